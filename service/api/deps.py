@@ -1,0 +1,61 @@
+"""Typed FastAPI dependencies: the app's services, request-scoped sessions, auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.auth import ANONYMOUS_ADMIN, Principal, authenticate, require_role
+from service.context import AppContext
+
+AUTH_COOKIE = "hpo_token"
+
+
+def get_services(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[AppContext, Depends(get_services)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    """A request-scoped unit of work (commit on success, rollback on error)."""
+    with services.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(AUTH_COOKIE)
+
+
+def get_principal(request: Request, services: ServicesDep) -> Principal:
+    if not services.settings.auth:
+        return ANONYMOUS_ADMIN
+    with services.db.session() as session:
+        return authenticate(session, _bearer(request))
+
+
+def _role_dep(*roles: str):  # type: ignore[no-untyped-def]
+    def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        require_role(principal, roles)
+        return principal
+
+    return dep
+
+
+#: Any valid token may read.
+ViewerDep = Annotated[Principal, Depends(_role_dep("viewer", "worker"))]
+#: Workers (and admins) speak the trial protocol.
+WorkerDep = Annotated[Principal, Depends(_role_dep("worker"))]
+#: Admins only: create/stop/delete studies, mint tokens.
+AdminDep = Annotated[Principal, Depends(_role_dep())]

@@ -1,0 +1,72 @@
+"""The one place where domain errors become HTTP answers.
+
+Domain errors: ``{"detail": message, "field": field}`` with the class's status.
+Request validation: FastAPI's usual 422 shape, each message prefixed with the
+dotted field path (``space.lr: low (1.0) must be < high (1.0)``) and without
+echoing the input back (it may hold NaN or huge values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import DomainError
+
+_DISCRIMINATORS = {"float", "int", "categorical", "function-after", "function-before"}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [p for p in parts if p not in _DISCRIMINATORS and not p.startswith("function-")]
+    return ".".join(parts)
+
+
+def _clean(err: dict[str, Any]) -> dict[str, Any]:
+    path = field_path(err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return {
+        "loc": [str(p) for p in err.get("loc", ())],
+        "msg": f"{path}: {msg}" if path else msg,
+        "type": str(err.get("type", "value_error")),
+    }
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+    body = {"detail": exc.message, "field": exc.field}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": [_clean(e) for e in exc.errors()]}, status_code=422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the domain errors a route can answer."""
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None

@@ -1,0 +1,91 @@
+"""The FastAPI application factory: ``create_app(settings)``.
+
+Everything the handlers need is built here once (database, Optuna storage,
+metrics) and stored on ``app.state.ctx``; routers are split by resource and
+stay thin. A background task reaps expired leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import leases, migrate
+from service.api import health, protocol, studies, tokens, workers
+from service.api.errors import install_handlers
+from service.config import Settings
+from service.context import AppContext
+from service.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
+from workers.protocol import API_PREFIX
+
+log = logging.getLogger("hpo.server")
+
+
+class SchemaOutdated(RuntimeError):
+    """The database schema is behind the code and auto-migration is off."""
+
+
+def prepare_database(ctx: AppContext) -> None:
+    """Upgrade the schema (or refuse to start when told not to migrate)."""
+    if ctx.settings.auto_migrate:
+        migrate.upgrade(ctx.settings.database_url)
+    elif not migrate.is_up_to_date(ctx.db.engine):
+        raise SchemaOutdated(
+            "the database schema is not up to date and HPO_AUTO_MIGRATE is off; "
+            "run `hpo db upgrade` first"
+        )
+
+
+async def _reaper(ctx: AppContext) -> None:
+    """Expire overdue leases every ``reaper_interval_s`` (also checked at lease time)."""
+    while True:
+        await asyncio.sleep(ctx.settings.reaper_interval_s)
+        try:
+            await run_in_threadpool(leases.reap_all, ctx)
+        except Exception:  # noqa: BLE001 - the reaper must survive a database outage
+            log.warning("lease reaper failed; will retry", exc_info=True)
+
+
+def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
+    """Build the app. ``ctx`` may be passed by tests that share one context."""
+    ctx = ctx or AppContext.build(settings)
+    prepare_database(ctx)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_reaper(ctx))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="hpo-service",
+        version="0.1.0",
+        description="Hyperparameter optimization as a service (Optuna studies, GPU workers).",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_handlers(app)
+    app.include_router(health.router)
+    for module in (studies, protocol, workers, tokens):
+        app.include_router(module.router, prefix=API_PREFIX)
+    _mount_dashboard(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadersAndMetricsMiddleware, metrics=ctx.metrics)
+    return app
+
+
+def _mount_dashboard(app: FastAPI) -> None:
+    try:
+        from service.dashboard import router as dashboard
+    except ImportError:  # the dashboard package is optional during development
+        return
+    dashboard.mount(app)

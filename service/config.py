@@ -1,0 +1,58 @@
+"""Server settings: one pydantic-settings object built at start-up.
+
+Every value can be set from the environment with the ``HPO_`` prefix, e.g.
+``HPO_DATABASE_URL=postgresql+psycopg://user@db/hpo``. The object is passed
+into :func:`service.app.create_app`; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process."""
+
+    model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///hpo.db",
+        description="SQLAlchemy URL; default is a SQLite file in the working directory",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    auth: bool = Field(default=True, description="require bearer tokens")
+    token_file: Path = Field(
+        default=Path("hpo-tokens.json"),
+        description="where first start writes the bootstrap admin/worker tokens (mode 0600)",
+    )
+    auto_migrate: bool = Field(default=True, description="upgrade the schema on start")
+    lease_ttl_s: float = Field(default=60.0, gt=0, description="lease lifetime without heartbeat")
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    orphan_grace_s: float = Field(
+        default=120.0, gt=0, description="age after which a half-created trial is cleaned up"
+    )
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    worker_timeout_s: float = Field(
+        default=120.0, gt=0, description="a worker not seen for this long is shown as gone"
+    )
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def host_is_loopback(self) -> bool:
+        """True when the bind address is only reachable from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

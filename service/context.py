@@ -1,0 +1,33 @@
+"""The app's long-lived services, built once by create_app and shared by handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.config import Settings
+from service.db import Database
+from service.metrics import Metrics
+from service.optuna_store import OptunaStore
+
+
+@dataclass
+class AppContext:
+    """Settings, database, Optuna storage and metrics of one app."""
+
+    settings: Settings
+    db: Database
+    store: OptunaStore
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppContext:
+        return cls(
+            settings=settings,
+            db=Database(settings),
+            store=OptunaStore(settings.database_url),
+            metrics=Metrics(),
+        )
+
+    def close(self) -> None:
+        self.store.dispose()
+        self.db.dispose()
