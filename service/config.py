@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
     auth: bool = Field(default=True, description="require bearer tokens")
     token_file: Path = Field(
         default=Path("hpo-tokens.json"),
