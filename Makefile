@@ -1,0 +1,23 @@
+# The two set-up commands (README): `make demo` and `make test`.
+PYTEST_ARGS ?=
+export HPO_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup test test-all demo lint
+
+setup:
+	bash scripts/setup.sh --browser
+
+## Run the test suite (fast: no full-size training); installs everything first.
+test: setup
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## Everything, including the full-MNIST equivalence run.
+test-all: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+## Server + workers + a quick study on the embedded SQLite default.
+demo: setup
+	bash scripts/demo.sh $(DEMO_ARGS)
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
