@@ -181,3 +181,5 @@ def _check_combination(config: TrainConfig) -> None:
         raise SettingsError(
             "batch_size", f"batch_size must be >= 2 with batch_norm, got {config.batch_size}"
         )
+    if config.optimizer == "nesterov" and config.momentum == 0:
+        raise SettingsError("momentum", "momentum must be > 0 with nesterov, got 0")
