@@ -5,7 +5,7 @@ export HPO_DATA_DIR ?= $(abspath ../shared/data)
 .PHONY: setup test test-all demo lint
 
 setup:
-	bash scripts/setup.sh --browser
+	bash scripts/setup.sh --system
 
 ## Run the test suite (fast: no full-size training); installs everything first.
 test: setup

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with every extra (idempotent).
 #   scripts/setup.sh            python environment only
-#   scripts/setup.sh --browser  also Debian's chromium for the browser tests (needs root)
+#   scripts/setup.sh --system   also Debian's chromium (browser tests) and docker-compose
+#                               (compose file validation); needs root or sudo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +19,15 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
-  echo "setup: installing Debian's chromium for the browser tests"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+if [ "${1:-}" = "--system" ]; then
+  missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
