@@ -1,7 +1,141 @@
-"""Placeholder router; being written."""
+"""Studies and their trials: create, list, inspect, pause/resume/stop, delete, export.
+
+The ``{study}`` path parameter is a study's name or its integer id. Reading
+needs any valid token (viewer, worker or admin); changing needs admin. The
+handlers are thin: the domain lives in :mod:`service.studies`,
+:mod:`service.study_trials` and :mod:`service.study_export`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
 
-router = APIRouter()
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from service import studies as domain
+from service.api.deps import AdminDep, ServicesDep, SessionDep, ViewerDep
+from service.api.errors import error_responses
+from service.schemas import StudyPage, StudySummary, TrialDetail, TrialOrder, TrialPage
+from service.spec import StudySpec
+from service.study_export import content_disposition, plan_export, stream_csv, stream_json
+from service.study_trials import get_trial, list_trials
+
+router = APIRouter(prefix="/studies", tags=["studies"], responses=error_responses(401, 403))
+
+StudyRef = Annotated[str, Path(description="study name, or its integer id", max_length=512)]
+Limit = Annotated[int, Query(ge=1, le=domain.MAX_PAGE, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="items to skip")]
+TrialStateFilter = Literal["complete", "pruned", "fail", "running", "waiting", "queued"]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=StudySummary,
+    responses=error_responses(409, 422),
+)
+def create_study(spec: StudySpec, services: ServicesDep, _: AdminDep) -> StudySummary:
+    """Create a study from its spec (a genuine Optuna study plus the service's record)."""
+    record = domain.create_study(services, spec)
+    with services.db.session() as session:
+        return domain.study_summary(session, record)
+
+
+@router.get("", response_model=StudyPage)
+def list_studies(
+    session: SessionDep, _: ViewerDep, limit: Limit = 50, offset: Offset = 0
+) -> StudyPage:
+    """Studies in creation order with their trial counts."""
+    return domain.list_studies(session, limit=limit, offset=offset)
+
+
+@router.get("/{study}", response_model=StudySummary, responses=error_responses(404))
+def get_study(study: StudyRef, session: SessionDep, _: ViewerDep) -> StudySummary:
+    """A study's spec, run state, trial counts and best trial (or Pareto front)."""
+    return domain.study_summary(session, domain.get_study_record(session, study))
+
+
+def _change(session: SessionDep, study: str, action: str) -> StudySummary:
+    record = domain.change_state_without_commit(session, study, action)
+    return domain.study_summary(session, record)
+
+
+@router.post("/{study}/pause", response_model=StudySummary, responses=error_responses(404, 409))
+def pause_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySummary:
+    """Stop handing out new trials; running trials finish. Repeating is a no-op."""
+    return _change(session, study, "pause")
+
+
+@router.post("/{study}/resume", response_model=StudySummary, responses=error_responses(404, 409))
+def resume_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySummary:
+    """Hand out trials again. A stopped study cannot be resumed (409)."""
+    return _change(session, study, "resume")
+
+
+@router.post("/{study}/stop", response_model=StudySummary, responses=error_responses(404))
+def stop_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySummary:
+    """Stop for good: no new trials, workers are told to stop at their next heartbeat."""
+    return _change(session, study, "stop")
+
+
+@router.delete("/{study}", status_code=204, responses=error_responses(404, 409))
+def delete_study(
+    study: StudyRef,
+    services: ServicesDep,
+    _: AdminDep,
+    force: Annotated[bool, Query(description="delete even while leases are active")] = False,
+) -> Response:
+    """Delete the Optuna study and every record of it (409 while leases are active)."""
+    domain.delete_study(services, study, force=force)
+    return Response(status_code=204)
+
+
+@router.get("/{study}/trials", response_model=TrialPage, responses=error_responses(404))
+def get_trials(
+    study: StudyRef,
+    session: SessionDep,
+    _: ViewerDep,
+    state: Annotated[TrialStateFilter | None, Query(description="only this state")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    order: Annotated[TrialOrder, Query(description="number or value; '-' descends")] = "number",
+) -> TrialPage:
+    """One page of the study's trials."""
+    return list_trials(session, study, state=state, limit=limit, offset=offset, order=order)
+
+
+@router.get("/{study}/trials/{number}", response_model=TrialDetail, responses=error_responses(404))
+def get_trial_detail(
+    study: StudyRef,
+    number: Annotated[int, Path(ge=0, le=2**31 - 1)],
+    session: SessionDep,
+    _: ViewerDep,
+) -> TrialDetail:
+    """One trial by number: values, params, learning curve, metrics, lease history."""
+    return get_trial(session, study, number)
+
+
+@router.get(
+    "/{study}/export",
+    response_class=StreamingResponse,
+    responses={
+        **error_responses(404),
+        200: {"content": {"text/csv": {}, "application/json": {}}, "description": "trials"},
+    },
+)
+def export_study(
+    study: StudyRef,
+    services: ServicesDep,
+    session: SessionDep,
+    _: ViewerDep,
+    fmt: Annotated[Literal["csv", "json"], Query(alias="format")] = "csv",
+) -> StreamingResponse:
+    """All trials as a CSV or JSON attachment (streamed)."""
+    plan = plan_export(session, study)
+    if fmt == "csv":
+        body, media = stream_csv(services, plan), "text/csv; charset=utf-8"
+    else:
+        body, media = stream_json(services, plan), "application/json"
+    headers = {"Content-Disposition": content_disposition(plan.name, fmt)}
+    return StreamingResponse(body, media_type=media, headers=headers)
