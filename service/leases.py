@@ -1,9 +1,258 @@
-"""Placeholder; being written (trial protocol domain)."""
+"""The trial protocol domain: lease / heartbeat / report / complete / fail / reap.
+
+The pieces live in :mod:`service.leasing` (handing out trials),
+:mod:`service.finishing` (complete, fail, abandon) and :mod:`service.reaping`
+(expired leases and orphans); heartbeat and report are here. Every function
+takes the app's :class:`~service.context.AppContext` and raises domain errors
+(:class:`~service.errors.LeaseNotFound` 404, :class:`~service.errors.LeaseExpired`
+409, :class:`~service.errors.TrialFinished` 409).
+
+Heartbeat and report accept only the trial's current lease. A lease that
+expired while its trial was not leased again is *revived* (same attempt) when
+the study still has a concurrency slot for it; otherwise it gets 409.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import optuna
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service import workers_registry
+from service.context import AppContext
+from service.db import utcnow
+from service.errors import LeaseExpired
+from service.finishing import abandon, complete, fail, recover
+from service.lease_rows import (
+    ACTIVE_TRIAL_STATES,
+    DONE_LEASE_STATES,
+    LeaseView,
+    cached_study,
+    check_current,
+    is_multi_objective,
+    load_lease_without_commit,
+    lock_study_without_commit,
+    study_budget,
+)
+from service.leasing import lease, long_poll
+from service.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
+from service.reaping import reap_all
+from workers.protocol import Action, ActionResponse
+
+__all__ = [
+    "abandon",
+    "complete",
+    "fail",
+    "heartbeat",
+    "lease",
+    "long_poll",
+    "reap_all",
+    "recover",
+    "report",
+]
 
 
-def reap_all(ctx: Any) -> int:
-    return 0
+_T = TypeVar("_T")
+
+
+class _Changed(Exception):
+    """A compare-and-set lost a race with the reaper: look again."""
+
+
+def heartbeat(ctx: AppContext, lease_id: str) -> ActionResponse:
+    """Extend the lease; ``stop`` when the study was stopped or the trial finished."""
+    return _with_retry(ctx, lambda session: _keep_alive_without_commit(ctx, session, lease_id)[0])
+
+
+def report(
+    ctx: AppContext, lease_id: str, step: int, value: float, metrics: dict[str, Any]
+) -> ActionResponse:
+    """Record one intermediate value (Optuna) and its metrics; answer prune/continue/stop."""
+
+    def unit(session: Session) -> tuple[ActionResponse, LeaseView]:
+        answer, view = _keep_alive_without_commit(ctx, session, lease_id)
+        if answer.action == Action.CONTINUE:
+            _record_metrics_without_commit(session, view, step, value, metrics)
+        return answer, view
+
+    answer, view = _with_retry(ctx, unit)
+    if answer.action != Action.CONTINUE:
+        return answer
+    trial_id = view.trial.optuna_trial_id
+    assert trial_id is not None
+    try:
+        ctx.store.storage.set_trial_intermediate_value(trial_id, step, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return ActionResponse(action=Action.STOP, message=f"{view.label} already finished")
+    if _should_prune(ctx, view, trial_id, step):
+        message = f"pruned by the study's pruner at step {step}"
+        return answer.model_copy(update={"action": Action.PRUNE, "message": message})
+    return answer
+
+
+def _with_retry(ctx: AppContext, unit: Callable[[Session], _T]) -> _T:
+    """Run ``unit`` in one unit of work; once more if it lost a race with the reaper."""
+    for _ in range(2):
+        try:
+            with ctx.db.session() as session:
+                return unit(session)
+        except _Changed:
+            continue
+    raise LeaseExpired("the lease changed while it was being extended; retry", "lease_id")
+
+
+# --------------------------------------------------------------------------- keep-alive
+
+
+def _keep_alive_without_commit(
+    ctx: AppContext, session: Session, lease_id: str
+) -> tuple[ActionResponse, LeaseView]:
+    view = load_lease_without_commit(session, lease_id)
+    lease, trial, study = view.lease, view.trial, view.study
+    check_current(view)
+    if lease.state in DONE_LEASE_STATES or lease.state == "finishing":
+        raise LeaseExpired(f"lease {lease_id} is already {lease.state}", "lease_id")
+    if trial.state == "finished":
+        stop = f"{view.label} already finished ({trial.final_state}): {trial.fail_reason or ''}"
+        return ActionResponse(action=Action.STOP, message=stop.rstrip(": ")), view
+    if study.state == "stopped":
+        stop = f"study {study.name!r} was stopped"
+        return ActionResponse(action=Action.STOP, message=stop), view
+    now = utcnow()
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    if lease.state == "expired":
+        _revive_without_commit(session, view, expires, now)
+    else:
+        _extend_without_commit(session, view, expires, now)
+    workers_registry.touch_without_commit(session, lease.worker_id, now)
+    return ActionResponse(action=Action.CONTINUE, lease_expires_at=expires), view
+
+
+def _extend_without_commit(
+    session: Session, view: LeaseView, expires: datetime, now: datetime
+) -> None:
+    lease_id = view.lease.lease_id
+    done = session.execute(
+        update(LeaseRecord)
+        .where(LeaseRecord.lease_id == lease_id, LeaseRecord.state == "active")
+        .values(expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise _Changed  # expired by the reaper a moment ago: look again (maybe revive)
+    _set_trial(session, view, ("leased",), {"lease_expires_at": expires}, now)
+
+
+def _revive_without_commit(
+    session: Session, view: LeaseView, expires: datetime, now: datetime
+) -> None:
+    """An expired lease whose trial waits in the queue takes it back (same attempt)."""
+    lease_id = view.lease.lease_id
+    study = lock_study_without_commit(session, view.study.study_id)
+    if study is None or view.trial.state != "queued":
+        raise LeaseExpired(f"lease {lease_id} expired", "lease_id")
+    limit = study_budget(study).max_concurrent
+    if limit is not None and _active_count(session, study) >= limit:
+        raise LeaseExpired(
+            f"lease {lease_id} expired and its slot was given away (max_concurrent {limit})",
+            "lease_id",
+        )
+    done = session.execute(
+        update(LeaseRecord)
+        .where(LeaseRecord.lease_id == lease_id, LeaseRecord.state == "expired")
+        .values(state="active", expires_at=expires, ended_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise _Changed
+    _set_trial(session, view, ("queued",), {"state": "leased", "lease_expires_at": expires}, now)
+
+
+def _active_count(session: Session, study: StudyRecord) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(TrialRecord)
+            .where(
+                TrialRecord.study_id == study.study_id,
+                TrialRecord.state.in_(ACTIVE_TRIAL_STATES),
+            )
+        )
+        or 0
+    )
+
+
+def _set_trial(
+    session: Session,
+    view: LeaseView,
+    from_states: tuple[str, ...],
+    values: dict[str, Any],
+    now: datetime,
+) -> None:
+    done = session.execute(
+        update(TrialRecord)
+        .where(
+            TrialRecord.id == view.trial.id,
+            TrialRecord.lease_id == view.lease.lease_id,
+            TrialRecord.state.in_(from_states),
+        )
+        .values(**values, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise _Changed
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _record_metrics_without_commit(
+    session: Session, view: LeaseView, step: int, value: float, metrics: dict[str, Any]
+) -> None:
+    """Upsert the (trial, step) metrics row; a re-run overwrites an earlier attempt's step."""
+    now = utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    row = {
+        "study_id": view.study.study_id,
+        "optuna_trial_id": view.trial.optuna_trial_id,
+        "attempt": view.lease.attempt,
+        "step": step,
+        "value": value,
+        "metrics": metrics,
+        "created_at": now,
+    }
+    stmt = insert(TrialMetric).values(**row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["optuna_trial_id", "step"],
+        set_={k: row[k] for k in ("attempt", "value", "metrics", "created_at")},
+    )
+    session.execute(stmt)
+    session.execute(
+        update(TrialRecord)
+        .where(TrialRecord.id == view.trial.id)
+        .values(last_step=step)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _should_prune(ctx: AppContext, view: LeaseView, trial_id: int, step: int) -> bool:
+    """``Trial.should_prune()`` without its sampler side effects: the pruner on the
+    latest trial, with steps beyond ``step`` (left by an earlier attempt) hidden."""
+    spec = view.study.spec or {}
+    if is_multi_objective(view.study) or (spec.get("pruner") or {}).get("name", "none") == "none":
+        return False
+    cached = cached_study(ctx, view.study)
+    frozen = ctx.store.storage.get_trial(trial_id)
+    if frozen.last_step is not None and frozen.last_step > step:
+        frozen = copy.copy(frozen)
+        frozen.intermediate_values = {
+            k: v for k, v in frozen.intermediate_values.items() if k <= step
+        }
+    with cached.lock:
+        return bool(cached.study.pruner.prune(cached.study, frozen))

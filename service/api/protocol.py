@@ -1,7 +1,69 @@
-"""Placeholder router; being written."""
+"""The trial protocol workers speak (worker or admin token); thin handlers.
+
+Errors: 404 unknown lease (or unregistered worker on lease), 409 stale lease
+(expired and re-leased, or already finished) or trial finished through another
+lease, 422 invalid body. See :mod:`service.leases` for the semantics.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
+from starlette.concurrency import run_in_threadpool
 
-router = APIRouter()
+from service import leases
+from service.api.deps import ServicesDep, WorkerDep
+from service.api.errors import error_responses
+from workers.protocol import (
+    ActionResponse,
+    CompleteRequest,
+    FailRequest,
+    FinishResponse,
+    HeartbeatRequest,
+    LeaseRequest,
+    LeaseResponse,
+    ReportRequest,
+)
+
+router = APIRouter(tags=["protocol"], responses=error_responses(401, 403))
+_LEASE_ERRORS = error_responses(404, 409)
+
+
+@router.post("/trials/lease", response_model=LeaseResponse, responses=error_responses(404))
+async def lease_trial(body: LeaseRequest, ctx: ServicesDep, _: WorkerDep) -> LeaseResponse:
+    """Lease one trial; with ``wait_s`` > 0 the answer waits up to that long for work."""
+    return await leases.long_poll(ctx, body.worker_id, body.studies, body.wait_s)
+
+
+@router.post("/leases/{lease_id}/heartbeat", response_model=ActionResponse, responses=_LEASE_ERRORS)
+def heartbeat(
+    lease_id: str,
+    ctx: ServicesDep,
+    _: WorkerDep,
+    body: HeartbeatRequest | None = Body(default=None),
+) -> ActionResponse:
+    """Extend the lease; the answer says continue or stop."""
+    return leases.heartbeat(ctx, lease_id)
+
+
+@router.post("/leases/{lease_id}/report", response_model=ActionResponse, responses=_LEASE_ERRORS)
+async def report(
+    lease_id: str, body: ReportRequest, ctx: ServicesDep, _: WorkerDep
+) -> ActionResponse:
+    """One intermediate objective value (per epoch); the answer says continue, prune or stop."""
+    return await run_in_threadpool(
+        leases.report, ctx, lease_id, body.step, body.value, body.metrics
+    )
+
+
+@router.post("/leases/{lease_id}/complete", response_model=FinishResponse, responses=_LEASE_ERRORS)
+def complete(
+    lease_id: str, body: CompleteRequest, ctx: ServicesDep, _: WorkerDep
+) -> FinishResponse:
+    """Finish the trial (complete or pruned); a retried request gets the same answer."""
+    return leases.complete(ctx, lease_id, body)
+
+
+@router.post("/leases/{lease_id}/fail", response_model=FinishResponse, responses=_LEASE_ERRORS)
+def fail(lease_id: str, body: FailRequest, ctx: ServicesDep, _: WorkerDep) -> FinishResponse:
+    """Fail the trial (``retry=false``) or abandon this attempt (``retry=true``)."""
+    return leases.fail(ctx, lease_id, body)

@@ -1,0 +1,160 @@
+"""Shared pieces of the trial protocol: loading a lease with its trial and study,
+the "is this lease still the trial's current one" rule, and the study handles.
+
+State names used throughout (see docs/architecture.md):
+
+* ``hpo_trials.state``: ``creating`` -> ``leased`` <-> ``queued`` -> ``finished``
+* ``hpo_leases.state``: ``active`` -> ``finishing`` -> ``completed`` | ``failed``;
+  ``active`` -> ``expired`` (may still finish while its trial was not re-leased);
+  ``active`` | ``expired`` -> ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.errors import LeaseExpired, LeaseNotFound, TrialFinished
+from service.models import LeaseRecord, StudyRecord, TrialRecord
+from service.optuna_store import CachedStudy
+from service.spec import BudgetSpec, StudySpec
+
+#: Trial rows that occupy a concurrency slot.
+ACTIVE_TRIAL_STATES = ("creating", "leased")
+#: Lease states whose answer is stored in ``hpo_leases.result``.
+DONE_LEASE_STATES = ("completed", "failed", "abandoned")
+
+#: Optuna state -> the state name of the wire contract.
+FINAL_STATES = {
+    optuna.trial.TrialState.COMPLETE: "complete",
+    optuna.trial.TrialState.PRUNED: "pruned",
+    optuna.trial.TrialState.FAIL: "fail",
+}
+
+
+@dataclass
+class LeaseView:
+    """A lease with its trial row and study row, read in one unit of work."""
+
+    lease: LeaseRecord
+    trial: TrialRecord
+    study: StudyRecord
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.trial.number} of study {self.study.name!r}"
+
+
+def load_lease_without_commit(session: Session, lease_id: str) -> LeaseView:
+    """The lease, its trial and its study; LeaseNotFound when there is no such lease."""
+    row = session.execute(
+        select(LeaseRecord, TrialRecord, StudyRecord)
+        .join(TrialRecord, TrialRecord.id == LeaseRecord.trial_row_id)
+        .join(StudyRecord, StudyRecord.study_id == TrialRecord.study_id)
+        .where(LeaseRecord.lease_id == lease_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        raise LeaseNotFound(f"lease {lease_id!r} not found", "lease_id")
+    return LeaseView(lease=row[0], trial=row[1], study=row[2])
+
+
+def check_current(view: LeaseView) -> None:
+    """Raise unless the lease is its trial's current one.
+
+    A trial finished through another lease -> TrialFinished; re-leased to a
+    newer attempt -> LeaseExpired (both 409).
+    """
+    lease, trial = view.lease, view.trial
+    if trial.lease_id == lease.lease_id:
+        return
+    if trial.state == "finished":
+        raise TrialFinished(
+            f"{view.label} already finished ({trial.final_state}) through another lease",
+            "lease_id",
+        )
+    raise LeaseExpired(
+        f"lease {lease.lease_id} (attempt {lease.attempt}) is no longer current: "
+        f"{view.label} was leased again (attempt {trial.attempts})",
+        "lease_id",
+    )
+
+
+def lock_study_without_commit(session: Session, study_id: int) -> StudyRecord | None:
+    """Serialize leasing of one study: bump ``lease_seq`` first, then read the row.
+
+    On PostgreSQL the UPDATE holds the study row lock until commit (across
+    server processes); on SQLite it takes the database write lock.
+    """
+    result = session.execute(
+        update(StudyRecord)
+        .where(StudyRecord.study_id == study_id)
+        .values(lease_seq=StudyRecord.lease_seq + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    return session.scalars(
+        select(StudyRecord)
+        .where(StudyRecord.study_id == study_id)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def concurrency_reason(study_name: str, active: int, limit: int) -> str:
+    return f"study {study_name!r}: {active} trials running (max_concurrent {limit})"
+
+
+def study_spec(study: StudyRecord) -> StudySpec:
+    return StudySpec.model_validate(study.spec)
+
+
+def study_budget(study: StudyRecord) -> BudgetSpec:
+    """The budget alone (cheaper than validating the whole spec)."""
+    return BudgetSpec.model_validate((study.spec or {}).get("budget") or {})
+
+
+def cached_study(ctx: AppContext, study: StudyRecord) -> CachedStudy:
+    """The app's cached Optuna study (loaded on first use)."""
+    return ctx.store.get(study.study_id, study.name, study_spec(study), study.seed)
+
+
+def stored_answer(lease: LeaseRecord) -> dict[str, Any] | None:
+    """The answer stored by complete/fail, if the lease has one."""
+    result = lease.result or {}
+    answer = result.get("answer")
+    return answer if isinstance(answer, dict) else None
+
+
+def is_multi_objective(study: StudyRecord) -> bool:
+    spec = study.spec or {}
+    return len(spec.get("directions") or []) > 1
+
+
+def naive_local(moment: datetime) -> datetime:
+    """Optuna stores naive local times; convert an aware time for comparisons."""
+    return moment.astimezone().replace(tzinfo=None)
+
+
+def tell_optuna(
+    cached: CachedStudy,
+    number: int,
+    state: optuna.trial.TrialState,
+    values: list[float] | None = None,
+) -> None:
+    """``study.tell`` under the study's lock, tolerant of a trial already finished.
+
+    A RuntimeError is swallowed: Optuna's UpdateFinishedTrialError (another
+    server finished it first) is one, and GridSampler.after_trial calls
+    ``study.stop()``, which raises outside ``optimize()`` *after* the state was
+    stored. Callers re-read the trial to learn its final state.
+    """
+    with cached.lock, contextlib.suppress(RuntimeError):
+        cached.study.tell(number, values, state=state, skip_if_finished=True)

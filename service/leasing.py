@@ -1,0 +1,451 @@
+"""Handing out trials: study choice, then reserve / sample / lease (docs/architecture.md).
+
+1. **Reserve** (one transaction, under the study lock ``lease_seq``): expire
+   overdue leases of the study, then lease a queued re-run at once, or check
+   the budget and concurrency and insert a ``creating`` row.
+2. **Sample** (no transaction of ours): ``study.ask()`` + define-by-run suggestions.
+3. **Lease** (one transaction): fill the ``creating`` row and insert the lease.
+
+A read-only pre-check first skips studies that clearly have no work, so that
+idle long-polling workers do not take write locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from service import workers_registry
+from service.context import AppContext
+from service.db import utcnow
+from service.lease_rows import (
+    ACTIVE_TRIAL_STATES,
+    cached_study,
+    concurrency_reason,
+    lock_study_without_commit,
+    study_budget,
+    study_spec,
+)
+from service.models import LeaseRecord, StudyRecord, TrialRecord
+from service.reaping import (
+    Expiry,
+    Settlement,
+    apply_expiry,
+    expire_study_without_commit,
+    settle,
+)
+from service.spec import suggest_params, to_settings, trial_seed
+from workers.protocol import LeaseResponse, TrialSpec
+
+log = logging.getLogger("hpo.leases")
+
+POLL_INTERVAL_S = 0.25
+RETRY_SOON_S = 1.0  # concurrency full: a slot frees up soon
+RETRY_LATER_S = 5.0  # paused, budget used, no study
+
+
+@dataclass
+class _Candidate:
+    study: StudyRecord
+    total: int
+    active: int
+    queued: int
+    overdue: int
+
+    def blocker(self) -> str | None:
+        """Why this study has no work (optimistic: overdue leases may free slots)."""
+        name = self.study.name
+        if self.study.state != "running":
+            return f"study {name!r} is {self.study.state}"
+        budget = study_budget(self.study)
+        active = self.active - self.overdue
+        queued = self.queued + self.overdue
+        if budget.max_concurrent is not None and active >= budget.max_concurrent:
+            return concurrency_reason(name, active, budget.max_concurrent)
+        if queued == 0 and self.total >= budget.max_trials:
+            return f"study {name!r}: budget used ({self.total}/{budget.max_trials} trials)"
+        return None
+
+
+@dataclass
+class _Reserved:
+    study: StudyRecord
+    row_id: int | None = None  # a new ``creating`` row to sample for
+    spec: TrialSpec | None = None  # a re-run, already leased
+    expiry: Expiry = field(default_factory=Expiry)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def lease(ctx: AppContext, worker_id: str, studies: list[str] | None = None) -> LeaseResponse:
+    """One attempt to lease a trial for ``worker_id``; the answer says why when there is none."""
+    with ctx.db.session() as session:
+        workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
+        candidates, reasons = _candidates(session, studies)
+    for cand in candidates:
+        spec, reason = _lease_from(ctx, cand.study.study_id, worker_id)
+        if spec is not None:
+            return LeaseResponse(trial=spec)
+        if reason:
+            reasons.append(reason)
+    return _no_work(reasons)
+
+
+async def long_poll(
+    ctx: AppContext, worker_id: str, studies: list[str] | None, wait_s: float
+) -> LeaseResponse:
+    """Lease, re-checking every 0.25 s for up to ``wait_s`` seconds (bounded at 30 s).
+
+    Database work runs in the threadpool; the wait itself holds no thread.
+    """
+    deadline = time.monotonic() + min(max(wait_s, 0.0), 30.0)
+    answer = await run_in_threadpool(lease, ctx, worker_id, studies)
+    while answer.trial is None and time.monotonic() + POLL_INTERVAL_S <= deadline:
+        await asyncio.sleep(POLL_INTERVAL_S)
+        answer = await run_in_threadpool(_lease_quiet, ctx, worker_id, studies)
+    return answer
+
+
+def _lease_quiet(ctx: AppContext, worker_id: str, studies: list[str] | None) -> LeaseResponse:
+    """A re-check during a long poll: the worker was touched by the first attempt."""
+    with ctx.db.session() as session:
+        candidates, reasons = _candidates(session, studies)
+    for cand in candidates:
+        spec, reason = _lease_from(ctx, cand.study.study_id, worker_id)
+        if spec is not None:
+            with ctx.db.session() as session:
+                workers_registry.touch_without_commit(session, worker_id, utcnow())
+            return LeaseResponse(trial=spec)
+        if reason:
+            reasons.append(reason)
+    return _no_work(reasons)
+
+
+def _no_work(reasons: list[str]) -> LeaseResponse:
+    soon = any("max_concurrent" in r or "sampling" in r for r in reasons)
+    return LeaseResponse(
+        trial=None,
+        retry_after_s=RETRY_SOON_S if soon else RETRY_LATER_S,
+        reason="; ".join(reasons) or "no running study",
+    )
+
+
+# --------------------------------------------------------------------------- study choice
+
+
+def _candidates(session: Session, names: list[str] | None) -> tuple[list[_Candidate], list[str]]:
+    """Studies that may have work, best first, and the reasons the others have none.
+
+    Order: queued re-runs first, then the fewest running trials, then the least
+    progressed (fewest trials so far), ties broken at random so that several
+    studies share the workers.
+    """
+    now = utcnow()
+    counts = (
+        select(
+            TrialRecord.study_id.label("sid"),
+            func.count(TrialRecord.id).label("total"),
+            _count_if(TrialRecord.state.in_(ACTIVE_TRIAL_STATES)).label("active"),
+            _count_if(TrialRecord.state == "queued").label("queued"),
+            _count_if((TrialRecord.state == "leased") & (TrialRecord.lease_expires_at < now)).label(
+                "overdue"
+            ),
+        )
+        .group_by(TrialRecord.study_id)
+        .subquery()
+    )
+    query = select(StudyRecord, counts.c.total, counts.c.active, counts.c.queued, counts.c.overdue)
+    query = query.outerjoin(counts, counts.c.sid == StudyRecord.study_id)
+    if names is not None:
+        query = query.where(StudyRecord.name.in_(names))
+    rows = session.execute(query).all()
+    reasons = _unknown_names(names, {row[0].name for row in rows})
+    found = [_Candidate(row[0], *(int(v or 0) for v in row[1:])) for row in rows]
+    if not found and not reasons:
+        reasons.append("no study")
+    ready = []
+    for cand in found:
+        blocker = cand.blocker()
+        if blocker:
+            reasons.append(blocker)
+        else:
+            ready.append(cand)
+    random.shuffle(ready)
+    ready.sort(key=lambda c: (c.queued + c.overdue == 0, c.active, c.total))
+    return ready, reasons
+
+
+def _count_if(condition):  # type: ignore[no-untyped-def]
+    return func.sum(case((condition, 1), else_=0))
+
+
+def _unknown_names(names: list[str] | None, found: set[str]) -> list[str]:
+    if names is None:
+        return []
+    return [f"no study named {n!r}" for n in dict.fromkeys(names) if n not in found]
+
+
+# --------------------------------------------------------------------------- three phases
+
+
+def _lease_from(ctx: AppContext, study_id: int, worker_id: str) -> tuple[TrialSpec | None, str]:
+    """Reserve / sample / lease for one study; (spec, "") or (None, reason)."""
+    reserved = _reserve(ctx, study_id, worker_id)
+    if isinstance(reserved, str):
+        return None, reserved
+    apply_expiry(ctx, reserved.expiry)
+    if reserved.spec is not None:
+        ctx.metrics.leases_granted.inc()
+        return reserved.spec, ""
+    assert reserved.row_id is not None
+    return _sample_and_grant(ctx, reserved.study, reserved.row_id, worker_id)
+
+
+def _reserve(ctx: AppContext, study_id: int, worker_id: str) -> _Reserved | str:
+    """Phase 1 under the study lock; a reason string when the study has no work."""
+    now = utcnow()
+    with ctx.db.session() as session:
+        study = lock_study_without_commit(session, study_id)
+        if study is None:
+            return f"study {study_id} was deleted"
+        expiry = expire_study_without_commit(ctx, session, study, now)
+        reserved = _Reserved(study=study, expiry=expiry)
+        reason = _reserve_locked(ctx, session, reserved, worker_id, now)
+    if reason:
+        apply_expiry(ctx, expiry)
+        return reason
+    return reserved
+
+
+def _reserve_locked(
+    ctx: AppContext, session: Session, reserved: _Reserved, worker_id: str, now: datetime
+) -> str:
+    study = reserved.study
+    if study.state != "running":
+        return f"study {study.name!r} is {study.state}"
+    budget = study_budget(study)
+    total, active = _study_counts(session, study.study_id)
+    if budget.max_concurrent is not None and active >= budget.max_concurrent:
+        return concurrency_reason(study.name, active, budget.max_concurrent)
+    queued = session.scalars(
+        select(TrialRecord)
+        .where(TrialRecord.study_id == study.study_id, TrialRecord.state == "queued")
+        .order_by(TrialRecord.id)
+        .limit(1)
+    ).first()
+    if queued is not None:
+        reserved.spec = _grant_without_commit(ctx, session, study, queued, worker_id, now)
+        return "" if reserved.spec is not None else f"study {study.name!r}: re-run taken"
+    if total >= budget.max_trials:
+        return f"study {study.name!r}: budget used ({total}/{budget.max_trials} trials)"
+    row = TrialRecord(
+        study_id=study.study_id,
+        state="creating",
+        attempts=0,
+        worker_id=worker_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    reserved.row_id = row.id
+    return ""
+
+
+def _study_counts(session: Session, study_id: int) -> tuple[int, int]:
+    """(every trial row, rows in creating/leased) of one study."""
+    row = session.execute(
+        select(
+            func.count(TrialRecord.id),
+            _count_if(TrialRecord.state.in_(ACTIVE_TRIAL_STATES)),
+        ).where(TrialRecord.study_id == study_id)
+    ).one()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
+def _sample_and_grant(
+    ctx: AppContext, study: StudyRecord, row_id: int, worker_id: str
+) -> tuple[TrialSpec | None, str]:
+    """Phases 2 and 3 for a reserved ``creating`` row."""
+    spec = study_spec(study)
+    cached = cached_study(ctx, study)
+    try:
+        with cached.lock:
+            trial = cached.study.ask()
+    except Exception as exc:  # noqa: BLE001 - no Optuna trial exists: drop the slot
+        log.exception("study %r: ask() failed", study.name)
+        _drop_creating(ctx, row_id)
+        return None, f"study {study.name!r}: sampling failed ({type(exc).__name__}: {exc})"
+    try:
+        with cached.lock:
+            params = suggest_params(trial, spec)
+    except Exception as exc:  # noqa: BLE001 - never leave a RUNNING trial without a row
+        log.exception("study %r: sampling trial %d failed", study.name, trial.number)
+        reason = f"sampling failed: {type(exc).__name__}: {exc}"
+        _fail_sampled(ctx, study, row_id, trial._trial_id, trial.number, reason)
+        return None, f"study {study.name!r}: {reason}"
+    now = utcnow()
+    with ctx.db.session() as session:
+        granted = _fill_creating_without_commit(
+            session, row_id, trial._trial_id, trial.number, params, now
+        )
+        spec_out = (
+            _grant_without_commit(ctx, session, study, granted, worker_id, now)
+            if granted is not None
+            else None
+        )
+    if spec_out is None:  # the reaper removed our row (slower than orphan_grace_s)
+        _fail_sampled(ctx, study, None, trial._trial_id, trial.number, "lease slot reaped")
+        return None, f"study {study.name!r}: sampling took too long"
+    ctx.metrics.leases_granted.inc()
+    return spec_out, ""
+
+
+def _fill_creating_without_commit(
+    session: Session, row_id: int, optuna_id: int, number: int, params: dict, now: datetime
+) -> TrialRecord | None:
+    result = session.execute(
+        update(TrialRecord)
+        .where(TrialRecord.id == row_id, TrialRecord.state == "creating")
+        .values(
+            optuna_trial_id=optuna_id,
+            number=number,
+            params=params,
+            state="queued",
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(TrialRecord, row_id, populate_existing=True)
+
+
+def _grant_without_commit(
+    ctx: AppContext,
+    session: Session,
+    study: StudyRecord,
+    trial: TrialRecord,
+    worker_id: str,
+    now: datetime,
+) -> TrialSpec | None:
+    """Lease a ``queued`` trial row to ``worker_id`` (compare-and-set on the row)."""
+    lease_id = str(uuid.uuid4())
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    attempt = trial.attempts + 1
+    result = session.execute(
+        update(TrialRecord)
+        .where(
+            TrialRecord.id == trial.id,
+            TrialRecord.state == "queued",
+            _same_lease(trial.lease_id),
+        )
+        .values(
+            state="leased",
+            lease_id=lease_id,
+            worker_id=worker_id,
+            attempts=attempt,
+            lease_expires_at=expires,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.add(
+        LeaseRecord(
+            lease_id=lease_id,
+            trial_row_id=trial.id,
+            worker_id=worker_id,
+            attempt=attempt,
+            state="active",
+            created_at=now,
+            expires_at=expires,
+        )
+    )
+    workers_registry.set_current_without_commit(
+        session, worker_id, trial.optuna_trial_id, study.name, now
+    )
+    return _trial_spec(ctx, study, trial, lease_id, attempt, expires)
+
+
+def _same_lease(lease_id: str | None):  # type: ignore[no-untyped-def]
+    if lease_id is None:
+        return TrialRecord.lease_id.is_(None)
+    return TrialRecord.lease_id == lease_id
+
+
+def _trial_spec(
+    ctx: AppContext,
+    study: StudyRecord,
+    trial: TrialRecord,
+    lease_id: str,
+    attempt: int,
+    expires: datetime,
+) -> TrialSpec:
+    spec = study_spec(study)
+    assert trial.optuna_trial_id is not None and trial.number is not None
+    return TrialSpec(
+        lease_id=lease_id,
+        trial_id=trial.optuna_trial_id,
+        trial_number=trial.number,
+        study_name=study.name,
+        attempt=attempt,
+        params=to_settings(spec, trial.params or {}),
+        fixed=dict(spec.fixed),
+        objective=spec.objective_names[0],
+        direction=spec.study_directions[0],
+        seed=trial_seed(study.seed, trial.number),
+        lease_expires_at=expires,
+        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+    )
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _drop_creating(ctx: AppContext, row_id: int) -> None:
+    with ctx.db.session() as session:
+        session.execute(
+            delete(TrialRecord).where(TrialRecord.id == row_id, TrialRecord.state == "creating")
+        )
+
+
+def _fail_sampled(
+    ctx: AppContext,
+    study: StudyRecord,
+    row_id: int | None,
+    optuna_id: int,
+    number: int,
+    reason: str,
+) -> None:
+    """Sampling failed after ask(): the trial is failed in Optuna, the slot recorded as
+    a failed trial (so a study whose sampling always fails runs out of budget)."""
+    now = utcnow()
+    with ctx.db.session() as session:
+        if row_id is not None:
+            session.execute(
+                update(TrialRecord)
+                .where(TrialRecord.id == row_id, TrialRecord.state == "creating")
+                .values(
+                    optuna_trial_id=optuna_id,
+                    number=number,
+                    state="finished",
+                    final_state="fail",
+                    fail_reason=reason,
+                    updated_at=now,
+                    finished_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+    settle(ctx, Settlement(study=study, optuna_trial_id=optuna_id, reason=reason))
