@@ -122,6 +122,8 @@ class RetryPolicies:
 
     default: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, None, 0.5, 5.0))
+    # A report blocks training: try briefly, then train on (the pruner misses one value).
+    report: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, None, 0.25, 2.0))
     finish: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, 3600.0, 0.5, 30.0))
     startup: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, None, 0.5, 10.0))
 
@@ -221,7 +223,7 @@ class ServiceClient:
     def report(self, lease_id: str, request: ReportRequest) -> ActionResponse:
         """Send one per-epoch objective value and metrics."""
         path = f"/leases/{quote(lease_id, safe='')}/report"
-        return self._call(path, request, ActionResponse, self.policies.default, lease=True)
+        return self._call(path, request, ActionResponse, self.policies.report, lease=True)
 
     def complete(self, lease_id: str, request: CompleteRequest) -> FinishResponse:
         """Finish a trial; retried until delivered (idempotent on the server)."""

@@ -55,6 +55,7 @@ WORKER = {
 FAST = RetryPolicies(
     default=RetryPolicy(5, None, 0.01, 0.05),
     heartbeat=RetryPolicy(3, None, 0.01, 0.05),
+    report=RetryPolicy(3, None, 0.01, 0.05),
     finish=RetryPolicy(None, 30.0, 0.01, 0.2),
     startup=RetryPolicy(None, None, 0.05, 0.2),
 )
