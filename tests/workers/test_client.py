@@ -341,12 +341,21 @@ def test_connection_errors_are_retried_then_answer_parsed() -> None:
         httpx.ReadTimeout("slow"),
         httpx.Response(502),
         httpx.Response(504),
-        httpx.Response(200, json={"action": "continue"}),
+        httpx.Response(200, json=FINISHED),
     ]
     transport, seen = scripted_transport(answers)
     client = ServiceClient("http://x", sleep=lambda s: None, transport=transport)
-    assert client.report("L", ReportRequest(step=1, value=0.2)).action == Action.CONTINUE
+    assert client.complete("L", CompleteRequest(value=0.2)).trial_id == 7
     assert len(seen) == 5
+
+
+def test_report_gives_up_quickly_so_training_goes_on() -> None:
+    transport, seen = scripted_transport([httpx.ConnectError("refused")] * 10)
+    delays: list[float] = []
+    client = ServiceClient("http://x", sleep=delays.append, transport=transport)
+    with pytest.raises(ServerUnavailable):
+        client.report("L", ReportRequest(step=1, value=0.2))
+    assert len(seen) == 3 and sum(delays) <= 4.0
 
 
 def test_retry_after_header_is_honoured() -> None:
