@@ -31,6 +31,7 @@ import httpx
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workers.protocol import API_PREFIX
@@ -91,7 +92,9 @@ def _clean_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    Console(stderr=True).print(
+        f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
@@ -185,11 +188,18 @@ def load_spec_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise CliError(f"{path}: not valid YAML: {exc}".replace("\n", " "), 2) from exc
+        raise CliError(f"{path}: not valid YAML: {_yaml_problem(exc)}", 2) from exc
     if not isinstance(data, dict):
         raise CliError(f"{path}: a study spec must be a YAML mapping", 2)
     _validate_locally(path, data)
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + problem
 
 
 def _validate_locally(path: Path, data: dict[str, Any]) -> None:
