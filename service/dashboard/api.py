@@ -1,0 +1,133 @@
+"""The dashboard's JSON API under ``/api/v1/dashboard`` (viewer role is enough).
+
+Charts answer Plotly figure JSON built on the server. Live refresh is
+incremental: ``/version`` is a few aggregate queries; a chart is refetched
+only when its version changed (and then usually comes from the figure
+cache); learning curves send only metric rows after the client's cursor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from service.api.deps import ViewerDep
+from service.api.errors import error_responses
+from service.dashboard import charts_curves, overview, queries, table, trial_view
+from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
+from service.dashboard.charts_base import ChartResult
+from service.dashboard.frame import load_meta
+from service.dashboard.pages import parse_ids
+from service.dashboard.state import DashboardDep
+from service.errors import NotFound
+
+router = APIRouter(
+    prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404)
+)
+
+
+def _json(body: str) -> Response:
+    return Response(body, media_type="application/json")
+
+
+@router.get("/studies")
+def studies(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
+    """Every study with its state, sampler, trials per state, best value and workers."""
+    with dash.ctx.db.session() as session:
+        return overview.studies(session)
+
+
+@router.get("/studies/{study_id}/version")
+def version(study_id: int, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
+    """What changed: trial fingerprint, metric cursor, service rows; plus the header numbers."""
+    with dash.ctx.db.session() as session:
+        frame = dash.frames.get(session, study_id)
+        best = frame.best()
+        return {
+            "trials": frame.key,
+            "metrics": queries.metrics_cursor(session, study_id),
+            "service": queries.service_version(session, study_id),
+            "counts": frame.counts(),
+            "best": None if best is None else {"number": best.number, "value": best.value},
+        }
+
+
+@router.get("/studies/{study_id}/charts/{name}")
+def chart(study_id: int, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
+    """One chart of the study page as ``{figure, version, message, note, ...}``."""
+    spec = STUDY_CHARTS.get(name)
+    if spec is None:
+        raise NotFound(f"no chart {name!r}; charts: {', '.join(STUDY_CHARTS)}", "name")
+    with dash.ctx.db.session() as session:
+        frame = dash.frames.get(session, study_id)
+        key = frame.key
+        if name == "curves":
+            key += f"|{queries.metrics_cursor(session, study_id)}"
+
+        def build() -> str:
+            result = safe_build(name, lambda: spec.build(session, frame, dash.frozen))
+            return payload(name, key, result)
+
+        return _json(dash.figures.get_or_build(("study", study_id, name), key, build))
+
+
+@router.get("/studies/{study_id}/curves")
+def curves_delta(
+    study_id: int, dash: DashboardDep, _: ViewerDep,
+    since: int = Query(ge=0), watch: str = Query(default="", max_length=4000),
+) -> dict[str, Any]:  # fmt: skip
+    """Learning-curve rows after metric id ``since``, and watched trials that have ended."""
+    with dash.ctx.db.session() as session:
+        frame = dash.frames.get(session, study_id)
+        return charts_curves.delta(session, frame, since, parse_ids(watch, limit=1000))
+
+
+@router.get("/studies/{study_id}/trials")
+def trials(
+    study_id: int, dash: DashboardDep, _: ViewerDep,
+    state: str | None = None, optimizer: str | None = Query(default=None, max_length=200),
+    sort: str = "number", order: str = Query(default="asc", pattern="^(asc|desc)$"),
+    offset: int = 0, limit: int = 25,
+) -> dict[str, Any]:  # fmt: skip
+    """A page of the trials table, filtered by state and optimizer, sorted on the server."""
+    q = table.TableQuery(state or None, optimizer or None, sort, order == "desc", offset, limit)
+    with dash.ctx.db.session() as session:
+        return table.page(session, dash.frames.get(session, study_id), q)
+
+
+@router.get("/studies/{study_id}/trials/{number}/chart")
+def trial_chart(study_id: int, number: int, dash: DashboardDep, _: ViewerDep) -> Response:
+    """Loss and accuracy per epoch of one trial."""
+    with dash.ctx.db.session() as session:
+        detail = trial_view.load(session, load_meta(session, study_id), number)
+    fig = trial_view.figure(detail)
+    message = None if fig is not None else "No epoch reported for this trial."
+    return _json(payload("trial", str(len(detail.epochs)), ChartResult(fig, message)))
+
+
+@router.get("/compare/{name}")
+def compare(
+    name: str, dash: DashboardDep, _: ViewerDep, ids: str = Query(max_length=200)
+) -> Response:
+    """Cross-study charts over ``ids`` (comma-separated study ids)."""
+    build_chart = COMPARE_CHARTS.get(name)
+    if build_chart is None:
+        raise NotFound(f"no comparison chart {name!r}", "name")
+    study_ids = parse_ids(ids)
+    with dash.ctx.db.session() as session:
+        frames = [dash.frames.get(session, sid) for sid in study_ids]
+    key = "/".join(f.key for f in frames)
+
+    def build() -> str:
+        return payload(name, key, safe_build(name, lambda: build_chart(frames)))
+
+    return _json(dash.figures.get_or_build(("compare", tuple(study_ids), name), key, build))
+
+
+@router.get("/workers")
+def workers(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
+    """Each worker: devices, current trial, last heartbeat, throughput, peak memory."""
+    with dash.ctx.db.session() as session:
+        return overview.workers(session, dash.ctx.settings.worker_timeout_s)

@@ -1,0 +1,122 @@
+"""The chart registry and the figure cache.
+
+Each chart of the study page is a name, a title and a builder over the
+study's :class:`StudyFrame`. Built figures are serialised once (Plotly's
+``to_json``) and cached per (study, chart) under the frame's version, so a
+chart request at an unchanged version costs one small version query and a
+dictionary lookup, whatever the size of the study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.dashboard import charts_compare, charts_curves, charts_optuna, charts_params
+from service.dashboard.charts_base import ChartResult
+from service.dashboard.frame import StudyFrame
+from service.dashboard.frame_study import FrozenCache
+
+log = logging.getLogger("hpo.dashboard")
+
+
+@dataclass(frozen=True)
+class Chart:
+    name: str
+    title: str
+    build: Callable[[Session, StudyFrame, FrozenCache], ChartResult]
+    wide: bool = False
+
+
+def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartResult]:
+    return lambda _session, frame, _frozen: fn(frame)
+
+
+def _with_frozen(
+    fn: Callable[[StudyFrame, FrozenCache], ChartResult],
+) -> Callable[..., ChartResult]:
+    return lambda _session, frame, frozen: fn(frame, frozen)
+
+
+STUDY_CHARTS: dict[str, Chart] = {
+    c.name: c
+    for c in [
+        Chart("optimizers", "Optimizer comparison", _frame_only(charts_params.optimizers)),
+        Chart("lr", "Learning rate vs objective", _frame_only(charts_params.learning_rate)),
+        Chart("curves", "Learning curves", lambda s, f, _z: charts_curves.curves(s, f), True),
+        Chart("regularization", "Regularization", _frame_only(charts_params.regularization), True),
+        Chart("batch_norm", "Batch norm", _frame_only(charts_params.batch_norm)),
+        Chart("history", "Optimization history", _with_frozen(charts_optuna.history)),
+        Chart("importance", "Parameter importance", _with_frozen(charts_optuna.importance)),
+        Chart("contour", "Contour", _with_frozen(charts_optuna.contour)),
+        Chart("parallel", "Parallel coordinates", _with_frozen(charts_optuna.parallel), True),
+        Chart("slice", "Slice plots", _with_frozen(charts_optuna.slices), True),
+    ]
+}
+COMPARE_CHARTS: dict[str, Callable[[list[StudyFrame]], ChartResult]] = {
+    "histories": charts_compare.histories,
+    "distributions": charts_compare.distributions,
+}
+
+
+def payload(name: str, version: str, result: ChartResult) -> str:
+    """The JSON answer of a chart request (the figure is Plotly's own serialisation)."""
+    meta: dict[str, Any] = {
+        "chart": name, "version": version, "message": result.message, "note": result.note,
+    }  # fmt: skip
+    meta.update(result.extra or {})
+    figure = result.figure.to_json() if result.figure is not None else "null"
+    return '{"figure":' + figure + "," + json.dumps(meta)[1:]
+
+
+def safe_build(name: str, build: Callable[[], ChartResult]) -> ChartResult:
+    """A failing chart shows a message instead of breaking the page."""
+    try:
+        return build()
+    except Exception:  # noqa: BLE001 - one chart must not take the page down
+        log.exception("dashboard chart %s failed", name)
+        return ChartResult(message="This chart could not be drawn (the server log has details).")
+
+
+class FigureCache:
+    """Serialised chart answers by key, each valid for one version (LRU bounded)."""
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._items: OrderedDict[tuple[Any, ...], tuple[str, str]] = OrderedDict()
+        self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_build(self, key: tuple[Any, ...], version: str, build: Callable[[], str]) -> str:
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:  # one build per key at a time; others wait and reuse it
+            with self._lock:
+                hit = self._items.get(key)
+                if hit is not None and hit[0] == version:
+                    self._items.move_to_end(key)
+                    self.hits += 1
+                    return hit[1]
+            body = build()
+            with self._lock:
+                self.misses += 1
+                self._items[key] = (version, body)
+                self._items.move_to_end(key)
+                while len(self._items) > self.max_entries:
+                    old, _ = self._items.popitem(last=False)
+                    self._key_locks.pop(old, None)
+            return body
+
+    def forget_study(self, study_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[1] == study_id]:
+                self._items.pop(key, None)

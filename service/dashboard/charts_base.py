@@ -1,0 +1,138 @@
+"""Shared pieces of the chart builders: results, colours, hover text, thinning."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+
+from service.dashboard.frame import StudyFrame, TrialRow
+from service.dashboard.frame_study import esc
+
+#: Settings the dashboard knows by name (the worker's TrainConfig names).
+OPTIMIZER, LR = "optimizer", "lr"
+REGULARIZATION = ("weight_decay", "l1", "dropout")
+BATCH_NORM = "batch_norm"
+#: Scatter charts draw at most this many points (best trials always kept).
+MAX_POINTS = 4000
+
+_KNOWN_COLORS = {
+    "gd": "#7f7f7f", "sgd": "#1f77b4", "momentum": "#17becf", "nesterov": "#9467bd",
+    "adagrad": "#bcbd22", "rmsprop": "#ff7f0e", "adam": "#d62728", "adamw": "#2ca02c",
+}  # fmt: skip
+PALETTE = ["#8c564b", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+
+
+@dataclass
+class ChartResult:
+    """A figure, or a message saying why there is none; ``note`` qualifies the figure."""
+
+    figure: go.Figure | None = None
+    message: str | None = None
+    note: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+def empty(message: str) -> ChartResult:
+    return ChartResult(message=message)
+
+
+def color_for(value: Any, known: Sequence[Any] = ()) -> str:
+    key = str(value)
+    if key in _KNOWN_COLORS:
+        return _KNOWN_COLORS[key]
+    others = [str(k) for k in known if str(k) not in _KNOWN_COLORS]
+    index = others.index(key) if key in others else sum(map(ord, key))
+    return PALETTE[index % len(PALETTE)]
+
+
+def layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
+    fig.update_layout(
+        title={"text": esc(title), "x": 0.01, "xanchor": "left"},
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        template="plotly_white",
+        legend={"itemsizing": "constant"},
+        **kwargs,
+    )
+    return fig
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def settings_text(row: TrialRow, frame: StudyFrame) -> str:
+    """Hover text: trial number, value and the settings that vary, escaped."""
+    parts = [f"trial #{row.number}", f"{esc(frame.meta.objective_name)} = {fmt(row.value)}"]
+    parts += [f"{esc(k)} = {esc(fmt(v))}" for k, v in row.settings.items() if k in frame.axes]
+    return "<br>".join(parts)
+
+
+def group_by(rows: Sequence[TrialRow], key: str) -> dict[Any, list[TrialRow]]:
+    out: dict[Any, list[TrialRow]] = {}
+    for r in rows:
+        out.setdefault(r.settings.get(key), []).append(r)
+    return out
+
+
+def optimizer_order(frame: StudyFrame, values: set[Any]) -> list[Any]:
+    """Optimizers in the spec's order (then the rest sorted), so colours stay put."""
+    dist = frame.axes.get(OPTIMIZER)
+    ordered = list(getattr(dist, "choices", ()))
+    return [v for v in ordered if v in values] + sorted(
+        (v for v in values if v not in ordered), key=str
+    )
+
+
+def scored(frame: StudyFrame) -> list[TrialRow]:
+    """COMPLETE trials with a finite objective value."""
+    return [
+        r for r in frame.rows
+        if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)
+    ]  # fmt: skip
+
+
+def thin(
+    rows: list[TrialRow], frame: StudyFrame, limit: int = MAX_POINTS
+) -> tuple[list[TrialRow], str | None]:
+    """At most ``limit`` rows: the best 10 % always, a seeded sample of the rest."""
+    if len(rows) <= limit:
+        return rows, None
+    ranked = sorted(rows, key=lambda r: r.value or 0.0, reverse=frame.meta.maximize)
+    keep = ranked[: limit // 10]
+    rest = ranked[limit // 10 :]
+    keep += random.Random(frame.meta.study_id).sample(rest, limit - len(keep))
+    keep.sort(key=lambda r: r.number)
+    return keep, f"showing {len(keep):,} of {len(rows):,} trials (the best 10 % always shown)"
+
+
+def no_scores_message(frame: StudyFrame) -> str:
+    """Why there is nothing to plot yet."""
+    counts = frame.counts()
+    if not frame.rows:
+        return "No trials yet: charts appear when the first trial finishes."
+    failed = counts.get("FAIL", 0)
+    if failed == len(frame.rows):
+        return f"All {failed} trials failed: see the trials table for their reasons."
+    if not counts.get("COMPLETE"):
+        return "No completed trial yet: charts appear when the first trial completes."
+    return "No completed trial with a finite objective value yet."
+
+
+def needs(frame: StudyFrame, setting: str, what: str) -> ChartResult | None:
+    """An empty result when the study does not vary ``setting``."""
+    if setting in frame.axes:
+        return None
+    fixed = frame.meta.fixed
+    if setting in fixed:
+        return empty(f"{what} is fixed at {fmt(fixed[setting])} in this study: nothing to compare.")
+    return empty(f"This study's search space has no '{setting}' setting.")
+
+
+Builder = Callable[[StudyFrame], ChartResult]

@@ -1,0 +1,182 @@
+"""Charts of the objective against the training settings: optimizer, lr, regularization."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from service.dashboard.charts_base import (
+    BATCH_NORM,
+    LR,
+    OPTIMIZER,
+    REGULARIZATION,
+    ChartResult,
+    color_for,
+    empty,
+    fmt,
+    group_by,
+    layout,
+    needs,
+    no_scores_message,
+    optimizer_order,
+    scored,
+    settings_text,
+    thin,
+)
+from service.dashboard.frame import StudyFrame, TrialRow
+from service.dashboard.frame_study import esc
+
+#: Box plots show every point up to this many trials, only outliers above.
+BOX_POINTS_LIMIT = 2000
+_HOVER = "%{text}<extra></extra>"
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "on", "yes", "1")
+    return bool(value)
+
+
+def _best(rows: list[TrialRow], maximize: bool) -> TrialRow:
+    pick = max if maximize else min
+    return pick(rows, key=lambda r: (r.value, -r.number))
+
+
+def optimizers(frame: StudyFrame) -> ChartResult:
+    """Distribution of the objective per optimizer, each optimizer's best trial starred."""
+    rows = scored(frame)
+    if not rows:
+        return empty(no_scores_message(frame))
+    missing = needs(frame, OPTIMIZER, "The optimizer")
+    if missing:
+        return missing
+    groups = group_by(rows, OPTIMIZER)
+    if len(groups) < 2:
+        only = fmt(next(iter(groups)))
+        return empty(f"Only one optimizer ({only}) has completed trials: nothing to compare yet.")
+    fig = go.Figure()
+    points = "all" if len(rows) <= BOX_POINTS_LIMIT else "outliers"
+    order = optimizer_order(frame, set(groups))
+    for opt in order:
+        _add_optimizer_box(fig, frame, opt, groups[opt], points, order)
+    title = f"{frame.meta.objective_name} per optimizer (★ best trial)"
+    layout(fig, title, showlegend=False, yaxis_title=esc(frame.meta.objective_name))
+    note = None if points == "all" else f"{len(rows):,} trials: points shown for outliers only"
+    return ChartResult(fig, note=note)
+
+
+def _add_optimizer_box(
+    fig: go.Figure, frame: StudyFrame, opt: Any, rows: list[TrialRow], points: str, order: list[Any]
+) -> None:
+    color = color_for(opt, order)
+    texts = [settings_text(r, frame) for r in rows] if points == "all" else None
+    fig.add_trace(go.Box(
+        y=[r.value for r in rows], name=esc(opt), boxpoints=points, jitter=0.5, pointpos=0,
+        marker={"color": color, "size": 5, "opacity": 0.6}, line={"color": color},
+        text=texts, customdata=[r.number for r in rows], hoveron="points+boxes",
+    ))  # fmt: skip
+    best = _best(rows, frame.meta.maximize)
+    fig.add_trace(go.Scatter(
+        x=[esc(opt)], y=[best.value], mode="markers", name=f"best {esc(opt)}",
+        marker={"symbol": "star", "size": 18, "color": color, "line": {"width": 1.5,
+                "color": "#222"}},
+        text=[settings_text(best, frame)], customdata=[best.number],
+        hovertemplate="best " + esc(opt) + "<br>%{text}<extra></extra>", showlegend=False,
+    ))  # fmt: skip
+
+
+def _scatter_by_optimizer(
+    frame: StudyFrame, rows: list[TrialRow], setting: str, **trace: Any
+) -> list[go.Scatter]:
+    """One scatter trace per optimizer of the objective against ``setting``."""
+    has = [r for r in rows if setting in r.settings]
+    groups = group_by(has, OPTIMIZER)
+    order = optimizer_order(frame, set(groups))
+    return [
+        go.Scatter(
+            x=[r.settings[setting] for r in groups[opt]],
+            y=[r.value for r in groups[opt]],
+            mode="markers",
+            name=esc(opt if opt is not None else "trials"),
+            legendgroup=esc(opt),
+            marker={"color": color_for(opt, order), "size": 6, "opacity": 0.7},
+            text=[settings_text(r, frame) for r in groups[opt]],
+            customdata=[r.number for r in groups[opt]],
+            hovertemplate=_HOVER,
+            **trace,
+        )  # fmt: skip
+        for opt in order
+    ]
+
+
+def learning_rate(frame: StudyFrame) -> ChartResult:
+    """Objective against the learning rate (log x where the space is log), by optimizer."""
+    rows = scored(frame)
+    if not rows:
+        return empty(no_scores_message(frame))
+    missing = needs(frame, LR, "The learning rate")
+    if missing:
+        return missing
+    shown, note = thin(rows, frame)
+    fig = go.Figure(_scatter_by_optimizer(frame, shown, LR))
+    layout(fig, f"{frame.meta.objective_name} vs learning rate", legend_title_text="optimizer",
+           yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
+    fig.update_xaxes(title_text="learning rate", type="log" if frame.is_log(LR) else "linear")
+    return ChartResult(fig, note=note)
+
+
+def regularization(frame: StudyFrame) -> ChartResult:
+    """Weight decay, L1 and dropout against the objective, one panel each."""
+    rows = scored(frame)
+    if not rows:
+        return empty(no_scores_message(frame))
+    present = [s for s in REGULARIZATION if s in frame.axes]
+    fixed = {s: frame.meta.fixed[s] for s in REGULARIZATION if s in frame.meta.fixed}
+    if not present:
+        what = ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items()) or "none in the space"
+        return empty(f"This study does not vary weight decay, L1 or dropout ({what}).")
+    shown, note = thin(rows, frame)
+    fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True,
+                        subplot_titles=[esc(s) for s in present])  # fmt: skip
+    for col, setting in enumerate(present, start=1):
+        for trace in _scatter_by_optimizer(frame, shown, setting, showlegend=col == 1):
+            fig.add_trace(trace, row=1, col=col)
+        log = frame.is_log(setting)
+        fig.update_xaxes(type="log" if log else "linear", title_text=esc(setting), row=1, col=col)
+    layout(fig, f"Regularization vs {frame.meta.objective_name}", legend_title_text="optimizer")
+    fig.update_yaxes(title_text=esc(frame.meta.objective_name), row=1, col=1)
+    if fixed:
+        extra = "fixed: " + ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items())
+        note = f"{note}; {extra}" if note else extra
+    return ChartResult(fig, note=note)
+
+
+def batch_norm(frame: StudyFrame) -> ChartResult:
+    """Batch norm on vs off: objective distribution, grouped by optimizer."""
+    rows = scored(frame)
+    if not rows:
+        return empty(no_scores_message(frame))
+    missing = needs(frame, BATCH_NORM, "Batch norm")
+    if missing:
+        return missing
+    fig = go.Figure()
+    optimizers_seen = optimizer_order(frame, {r.settings.get(OPTIMIZER) for r in rows})
+    for flag, color in ((True, "#1f77b4"), (False, "#ff7f0e")):
+        part = [r for r in rows if _truthy(r.settings.get(BATCH_NORM)) is flag]
+        if not part:
+            continue
+        fig.add_trace(go.Box(
+            x=[esc(fmt(r.settings.get(OPTIMIZER, "all trials"))) for r in part],
+            y=[r.value for r in part], name=f"batch norm {'on' if flag else 'off'}",
+            marker={"color": color}, boxpoints=False,
+        ))  # fmt: skip
+    if len(fig.data) < 2:
+        return empty("Every completed trial used the same batch-norm setting: nothing to compare.")
+    layout(fig, "Batch norm on vs off", boxmode="group",
+           yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
+    order = [esc(fmt(o)) for o in optimizers_seen if o is not None]
+    if order:
+        fig.update_xaxes(categoryorder="array", categoryarray=order, title_text="optimizer")
+    return ChartResult(fig)

@@ -1,0 +1,109 @@
+"""Server-rendered dashboard pages (Jinja2, autoescaped). Data comes from ``api.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from service.dashboard import overview, trial_view
+from service.dashboard.charts import STUDY_CHARTS
+from service.dashboard.charts_base import OPTIMIZER
+from service.dashboard.frame import load_meta
+from service.dashboard.login import PREFIX, PageUser
+from service.dashboard.state import DashboardDep, DashboardState
+from service.dashboard.static import asset_url
+from service.dashboard.table import STATES
+from service.errors import StudyNotFound
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+API = "/api/v1/dashboard"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def render(
+    dash: DashboardState, request: Request, template: str, user: Any, **context: Any
+) -> HTMLResponse:
+    """Render a page with the common context and a strict Content-Security-Policy."""
+    context |= {
+        "auth": dash.ctx.settings.auth, "user": user.name, "role": user.role, "api": API,
+        "prefix": PREFIX, "asset": asset_url, "poll_ms": int(dash.poll_interval_s * 1000),
+    }  # fmt: skip
+    response = dash.templates.TemplateResponse(request, template, context)
+    response.headers["Content-Security-Policy"] = CSP
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def studies_page(request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    return render(dash, request, "studies.html", user, page="studies")
+
+
+def _optimizer_choices(meta: Any) -> list[str]:
+    if meta.spec is None:
+        return []
+    choices: list[str] = []
+    for name, param in meta.spec.space.items():
+        if meta.setting_of(name) == OPTIMIZER:
+            choices += [str(c) for c in getattr(param, "choices", []) if str(c) not in choices]
+    return choices
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(study_id: int, request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    with dash.ctx.db.session() as session:
+        meta = load_meta(session, study_id)
+        summary = overview.studies(session, study_id)[0]
+    dash.warm(study_id)  # the charts need the trial table: load it while the page loads
+    return render(
+        dash, request, "study.html", user, page="study", study=summary, meta=meta,
+        charts=list(STUDY_CHARTS.values()), states=STATES, optimizers=_optimizer_choices(meta),
+        export=f"/api/v1/studies/{study_id}/export",
+    )  # fmt: skip
+
+
+@router.get("/studies/{study_id}/trials/{number}", response_class=HTMLResponse)
+def trial_page(
+    study_id: int, number: int, request: Request, dash: DashboardDep, user: PageUser
+) -> Response:
+    with dash.ctx.db.session() as session:
+        meta = load_meta(session, study_id)
+        detail = trial_view.load(session, meta, number)
+    return render(dash, request, "trial.html", user, page="trial", meta=meta, trial=detail)
+
+
+@router.get("/workers", response_class=HTMLResponse)
+def workers_page(request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    return render(dash, request, "workers.html", user, page="workers")
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request, dash: DashboardDep, user: PageUser, ids: str = Query(default="")
+) -> Response:
+    study_ids = parse_ids(ids)
+    with dash.ctx.db.session() as session:
+        metas = []
+        for sid in study_ids:
+            try:
+                metas.append(load_meta(session, sid))
+            except StudyNotFound:
+                continue
+    query = quote(",".join(str(m.study_id) for m in metas))
+    return render(dash, request, "compare.html", user, page="compare", metas=metas, ids=query)
+
+
+def parse_ids(text: str, limit: int = 12) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3] (digits only, unique, at most ``limit``)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) not in out:
+            out.append(int(part))
+    return out[:limit]

@@ -1,0 +1,74 @@
+"""The dashboard's per-app state (caches, templates) and the dependencies that reach it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.templating import Jinja2Templates
+
+from service.context import AppContext
+from service.dashboard.charts import FigureCache
+from service.dashboard.charts_base import fmt
+from service.dashboard.frame import FrameCache, StudyFrame
+from service.dashboard.frame_study import FrozenCache
+
+HERE = Path(__file__).parent
+log = logging.getLogger("hpo.dashboard")
+
+
+class DashboardState:
+    """Caches shared by every dashboard request of one app."""
+
+    def __init__(self, ctx: AppContext, poll_interval_s: float = 3.0) -> None:
+        self.ctx = ctx
+        self.frames = FrameCache()
+        self.frozen = FrozenCache()
+        self.figures = FigureCache()
+        self.poll_interval_s = poll_interval_s
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
+        self.templates.env.filters["fmt"] = fmt
+
+    def frame(self, study_id: int) -> StudyFrame:
+        with self.ctx.db.session() as session:
+            return self.frames.get(session, study_id)
+
+    def warm(self, study_id: int) -> None:
+        """Load a study's frame in the background (the page's charts will need it)."""
+
+        def run() -> None:
+            try:
+                self.frame(study_id)
+            except Exception:  # noqa: BLE001 - best effort: the chart requests report errors
+                log.debug("warming study %s failed", study_id, exc_info=True)
+
+        threading.Thread(target=run, name=f"dashboard-warm-{study_id}", daemon=True).start()
+
+
+def _prewarm_libraries() -> None:
+    """Import what the first chart requests would otherwise wait for (Plotly's trace
+    validators, scikit-learn for fANOVA): seconds of one-off work on a small machine."""
+    try:
+        import plotly.graph_objects as go
+        import sklearn.ensemble  # noqa: F401 - imported for its side effect (warm import)
+
+        for trace in (go.Box(y=[1]), go.Scatter(y=[1]), go.Violin(y=[1]), go.Contour(z=[[1]])):
+            go.Figure(trace).to_json()
+        go.Figure(go.Parcoords(dimensions=[{"values": [1]}])).to_json()
+    except Exception:  # noqa: BLE001 - best effort
+        log.debug("prewarming the chart libraries failed", exc_info=True)
+
+
+def prewarm() -> None:
+    threading.Thread(target=_prewarm_libraries, name="dashboard-prewarm", daemon=True).start()
+
+
+def get_dashboard(request: Request) -> DashboardState:
+    return request.app.state.dashboard  # type: ignore[no-any-return]
+
+
+DashboardDep = Annotated[DashboardState, Depends(get_dashboard)]

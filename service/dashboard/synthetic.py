@@ -1,0 +1,197 @@
+"""Synthetic MNIST-like trials for dashboard tests, benchmarks and demos.
+
+:mod:`service.dashboard.seeding` writes them into the database. The objective
+is a made-up function of the settings: a per-optimizer optimum learning rate,
+penalties for heavy regularization, divergence for learning rates far too
+high and early pruning of poor trials, so that every chart has something to
+show.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from service.spec import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    StudySpec,
+)
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+#: log10 of the best learning rate of each optimizer in the made-up objective.
+_BEST_LOG_LR = {
+    "gd": -0.5,
+    "sgd": -1.0,
+    "momentum": -1.8,
+    "nesterov": -1.8,
+    "adagrad": -1.5,
+    "rmsprop": -3.2,
+    "adam": -3.0,
+    "adamw": -3.0,
+}
+EPOCHS = 10
+SAMPLES_PER_EPOCH = 50_000
+
+
+def demo_spec(
+    name: str, optimizers: list[str] | None = None, max_trials: int = 20_000
+) -> StudySpec:
+    """The MNIST MLP search space of the design, with ``setting:`` renames for lr."""
+    optimizers = optimizers or OPTIMIZERS
+    plain = [o for o in optimizers if o in ("gd", "sgd", "momentum", "nesterov")]
+    adaptive = [o for o in optimizers if o not in plain]
+    space: dict[str, Any] = {
+        "optimizer": {"type": "categorical", "choices": optimizers},
+    }
+    if plain:
+        space["lr_sgd"] = {
+            "type": "float",
+            "low": 1e-3,
+            "high": 1.0,
+            "log": True,
+            "setting": "lr",
+            "when": {"optimizer": plain},
+        }
+    if adaptive:
+        space["lr_adaptive"] = {
+            "type": "float",
+            "low": 1e-5,
+            "high": 1e-1,
+            "log": True,
+            "setting": "lr",
+            "when": {"optimizer": adaptive},
+        }
+    with_momentum = [o for o in optimizers if o in ("momentum", "nesterov")]
+    if with_momentum:
+        space["momentum"] = {
+            "type": "float",
+            "low": 0.5,
+            "high": 0.99,
+            "when": {"optimizer": with_momentum},
+        }
+    space |= {
+        "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
+        "l1": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.8},
+        "batch_norm": {"type": "categorical", "choices": [True, False]},
+    }
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "direction": "maximize",
+            "objective": "val_accuracy",
+            "sampler": {"name": "tpe"},
+            "pruner": {"name": "median"},
+            "budget": {"max_trials": max_trials},
+            "fixed": {"epochs": EPOCHS, "batch_size": 64},
+            "space": space,
+        }
+    )
+
+
+@dataclass
+class Outcome:
+    """What a synthetic training run produced."""
+
+    state: TrialState
+    value: float | None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: str | None = None
+    fail_reason: str | None = None
+
+
+def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
+    """Train nothing; return a plausible learning curve and final state."""
+    optimizer = str(settings.get("optimizer", "sgd"))
+    lr = float(settings.get("lr", 0.01))
+    distance = math.log10(lr) - _BEST_LOG_LR.get(optimizer, -2.0)
+    if distance > 1.3:
+        return Outcome(
+            TrialState.FAIL,
+            None,
+            _curve(0.1, 2, rng, lr, diverged=True),
+            "diverged at epoch 2",
+            "loss became NaN at epoch 2 (diverged)",
+        )
+    final = 0.985 - 0.025 * distance**2
+    final -= 0.5 * float(settings.get("weight_decay", 0.0)) + 40 * float(settings.get("l1", 0.0))
+    final -= 0.03 * float(settings.get("dropout", 0.0)) ** 2
+    final += 0.002 if settings.get("batch_norm") else 0.0
+    final = min(0.995, max(0.1, final + rng.gauss(0.0, 0.004)))
+    if final < 0.93 and rng.random() < 0.6:
+        stop = rng.randint(2, 5)
+        curve = _curve(final, stop, rng, lr)
+        return Outcome(
+            TrialState.PRUNED, curve[-1]["val_accuracy"], curve, f"pruned at epoch {stop}"
+        )
+    curve = _curve(final, EPOCHS, rng, lr)
+    return Outcome(TrialState.COMPLETE, curve[-1]["val_accuracy"], curve)
+
+
+def _curve(
+    final: float, epochs: int, rng: random.Random, lr: float, diverged: bool = False
+) -> list[dict[str, Any]]:
+    rows = []
+    speed = rng.uniform(40_000, 90_000)
+    memory = rng.uniform(300, 900)
+    for epoch in range(1, epochs + 1):
+        acc = final - (final - 0.8) * math.exp(-epoch / 2.0) + rng.gauss(0.0, 0.002)
+        loss = max(0.01, (1.0 - acc) * 2.5)
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(loss * 0.9, 5),
+                "val_loss": round(loss, 5),
+                "val_accuracy": round(min(acc, 0.999), 5),
+                "lr": lr,
+                "grad_norm": round(rng.uniform(0.5, 3.0), 4),
+                "epoch_time_s": round(SAMPLES_PER_EPOCH / speed, 3),
+                "samples_per_s": round(speed, 1),
+                "peak_memory_mb": round(memory, 1),
+            }
+        )
+    if diverged:
+        rows[-1] |= {"val_accuracy": 0.098, "val_loss": None, "train_loss": None}
+    return rows
+
+
+def distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    """Optuna distributions of the spec's parameters."""
+    out: dict[str, BaseDistribution] = {}
+    for name, p in spec.space.items():
+        if isinstance(p, FloatParam):
+            out[name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, CategoricalParam):
+            out[name] = CategoricalDistribution(p.choices)
+        else:
+            out[name] = IntDistribution(p.low, p.high, log=p.log, step=p.step)
+    return out
+
+
+def sample_params(spec: StudySpec, rng: random.Random) -> dict[str, Any]:
+    """Uniform (log-uniform where the space says log) sampling, honouring ``when``."""
+    values: dict[str, Any] = {}
+    for name, p in spec.space.items():
+        if any(values.get(ref, object()) not in ok for ref, ok in (p.when or {}).items()):
+            continue
+        if isinstance(p, CategoricalParam):
+            values[name] = rng.choice(p.choices)
+        elif p.log:
+            values[name] = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+        else:
+            values[name] = rng.uniform(p.low, p.high)
+        if isinstance(p, IntParam):
+            values[name] = int(round(values[name]))
+    return values
