@@ -124,8 +124,9 @@ class RetryPolicies:
     heartbeat: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, None, 0.5, 5.0))
     # A report blocks training: try briefly, then train on (the pruner misses one value).
     report: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, None, 0.25, 2.0))
-    finish: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, 3600.0, 0.5, 30.0))
-    startup: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, None, 0.5, 10.0))
+    # complete/fail: up to an hour; capped at 10 s so a result lands soon after a restart.
+    finish: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, 3600.0, 0.5, 10.0))
+    startup: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, None, 0.5, 5.0))
 
 
 # --------------------------------------------------------------------------- client

@@ -104,15 +104,15 @@ class Server(Proc):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.token_file = workdir / "tokens.json"
-        env = _clean_env(
-            HPO_DATABASE_URL=f"sqlite:///{workdir / 'e2e.db'}",
-            HPO_AUTH="true",
-            HPO_TOKEN_FILE=str(self.token_file),
-            HPO_LEASE_TTL_S="3",
-            HPO_HEARTBEAT_INTERVAL_S="1",
-            HPO_REAPER_INTERVAL_S="1",
-            **settings,
-        )
+        defaults = {
+            "HPO_DATABASE_URL": f"sqlite:///{workdir / 'e2e.db'}",
+            "HPO_AUTH": "true",
+            "HPO_TOKEN_FILE": str(self.token_file),
+            "HPO_LEASE_TTL_S": "3",
+            "HPO_HEARTBEAT_INTERVAL_S": "1",
+            "HPO_REAPER_INTERVAL_S": "1",
+        }
+        env = _clean_env(**{**defaults, **settings})
         argv = [sys.executable, "-m", "service.cli", "server", "--host", "127.0.0.1"]
         super().__init__(argv + ["--port", str(port)], env, workdir / "server.log")
 
