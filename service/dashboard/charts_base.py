@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import plotly.graph_objects as go
@@ -51,19 +52,25 @@ def color_for(value: Any, known: Sequence[Any] = ()) -> str:
 
 
 def layout(fig: go.Figure, title: str, **kwargs: Any) -> go.Figure:
-    fig.update_layout(
-        title={"text": esc(title), "x": 0.01, "xanchor": "left"},
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        template="plotly_white",
-        legend={"itemsizing": "constant"},
-        **kwargs,
-    )
+    """The dashboard's common layout; ``kwargs`` override the defaults."""
+    settings: dict[str, Any] = {
+        "title": {"text": esc(title), "x": 0.01, "xanchor": "left"},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
+        "template": "plotly_white",
+        "legend": {"itemsizing": "constant"},
+    }
+    fig.update_layout(**(settings | kwargs))
     return fig
 
 
 def fmt(value: Any) -> str:
+    """Short display of a value: 4 significant digits, thousands separated."""
     if isinstance(value, float):
+        if math.isfinite(value) and 1e4 <= abs(value) < 1e12:
+            return f"{value:,.0f}"
         return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 

@@ -128,7 +128,7 @@ def param_rows(
         .where(trials_t.c.study_id == study_id, p.trial_id >= from_trial_id)
         .order_by(p.trial_id, p.param_id)
     )
-    return session.execute(stmt).tuples().all()  # type: ignore[return-value]
+    return [tuple(r) for r in session.execute(stmt)]  # type: ignore[misc]
 
 
 def other_objectives(
@@ -186,7 +186,7 @@ def params_of(session: Session, trial_ids: list[int]) -> list[Row[Any]]:
 def values_of(session: Session, trial_ids: list[int]) -> dict[int, float | None]:
     v = values_t.c
     stmt = select(v.trial_id, v.value).where(v.trial_id.in_(trial_ids), v.objective == 0)
-    return dict(session.execute(stmt).tuples().all())
+    return {k: v for k, v in session.execute(stmt)}
 
 
 def active_workers(session: Session) -> dict[int, list[str]]:
@@ -229,7 +229,7 @@ def epochs_done(session: Session, trial_ids: list[int]) -> dict[int, int]:
         .where(m.optuna_trial_id.in_(trial_ids))
         .group_by(m.optuna_trial_id)
     )
-    return dict(session.execute(stmt).tuples().all())
+    return {k: v for k, v in session.execute(stmt)}
 
 
 def metric_rows(
@@ -242,7 +242,7 @@ def metric_rows(
     )
     if trial_ids is not None:
         stmt = stmt.where(m.optuna_trial_id.in_(trial_ids))
-    rows = session.execute(stmt.order_by(m.id)).tuples().all()
+    rows = session.execute(stmt.order_by(m.id)).all()
     return [(i, t, s, v, _as_dict(x)) for i, t, s, v, x in rows]
 
 

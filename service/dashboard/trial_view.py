@@ -89,5 +89,5 @@ def figure(detail: TrialDetail) -> go.Figure | None:
         if any(e.get(key) is not None for e in detail.epochs):
             ys = [e.get(key) for e in detail.epochs]
             fig.add_trace(go.Scatter(x=epochs, y=ys, mode="lines+markers", name=key), 1, col)
-    fig.update_xaxes(title_text="epoch")
+    fig.update_xaxes(title_text="epoch", dtick=1)
     return layout(fig, f"Trial {detail.number}: per-epoch metrics")

@@ -1,0 +1,221 @@
+"""Chart endpoints: the shape of each figure (traces per optimizer, log axes), empty
+states, caching by version and the incremental learning-curve deltas.
+
+Every test runs on SQLite and on PostgreSQL (the ``db_url`` fixture)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import optuna
+import pytest
+
+from service.dashboard import charts_optuna, seeding, synthetic
+from service.dashboard.charts import STUDY_CHARTS
+from service.models import TrialMetric
+from tests.dashboard.conftest import chart
+
+OPTIMIZERS = set(synthetic.OPTIMIZERS)
+
+
+def _curve_traces(figure: dict) -> list[dict]:
+    return [t for t in figure["data"] if "mark" not in (t.get("meta") or {})]
+
+
+def test_every_chart_answers_a_figure(viewer, study_id) -> None:
+    for name in STUDY_CHARTS:
+        body = chart(viewer, study_id, name)
+        assert body["chart"] == name
+        assert body["message"] is None, (name, body["message"])
+        assert body["figure"]["data"], name
+        assert body["version"]
+
+
+def test_charts_need_a_token(client, study_id) -> None:
+    response = client.get(f"/api/v1/dashboard/studies/{study_id}/charts/lr")
+    assert response.status_code == 401
+    assert client.get("/api/v1/dashboard/studies/999/charts/lr").status_code == 401
+
+
+def test_unknown_chart_and_study_are_404(viewer, study_id) -> None:
+    assert viewer.get(f"/api/v1/dashboard/studies/{study_id}/charts/nope").status_code == 404
+    assert viewer.get("/api/v1/dashboard/studies/999/charts/lr").status_code == 404
+
+
+def test_optimizer_comparison_has_a_box_and_a_best_star_per_optimizer(viewer, study_id) -> None:
+    data = chart(viewer, study_id, "optimizers")["figure"]["data"]
+    boxes = [t for t in data if t["type"] == "box"]
+    stars = [t for t in data if t["type"] == "scatter"]
+    assert {b["name"] for b in boxes} == OPTIMIZERS
+    assert len(stars) == len(boxes)
+    for box, star in zip(boxes, stars, strict=True):
+        assert star["x"] == [box["name"]]
+        assert star["marker"]["symbol"] == "star"
+        assert star["y"][0] == pytest.approx(max(box["y"]))  # the study maximizes
+        assert len(box["customdata"]) == len(box["y"])  # trial numbers for click-through
+
+
+def test_learning_rate_chart_is_log_x_and_coloured_by_optimizer(viewer, study_id) -> None:
+    figure = chart(viewer, study_id, "lr")["figure"]
+    assert figure["layout"]["xaxis"]["type"] == "log"
+    names = [t["name"] for t in figure["data"]]
+    assert set(names) == OPTIMIZERS and len(names) == len(OPTIMIZERS)
+    colors = {t["marker"]["color"] for t in figure["data"]}
+    assert len(colors) == len(OPTIMIZERS)
+    # lr_sgd and lr_adaptive both set the training setting `lr`: every trial is on the chart
+    assert sum(len(t["x"]) for t in figure["data"]) > 50
+
+
+def test_regularization_panels_use_log_axes_where_the_space_is_log(viewer, study_id) -> None:
+    layout = chart(viewer, study_id, "regularization")["figure"]["layout"]
+    titles = [a["text"] for a in layout["annotations"]]
+    assert titles == ["weight_decay", "l1", "dropout"]
+    assert layout["xaxis"]["type"] == "log"  # weight_decay
+    assert layout["xaxis2"]["type"] == "log"  # l1
+    assert layout["xaxis3"]["type"] == "linear"  # dropout
+
+
+def test_batch_norm_compares_on_and_off(viewer, study_id) -> None:
+    data = chart(viewer, study_id, "batch_norm")["figure"]["data"]
+    assert [t["name"] for t in data] == ["batch norm on", "batch norm off"]
+
+
+def test_learning_curves_one_trace_per_optimizer_and_pruned_marked(viewer, study_id) -> None:
+    body = chart(viewer, study_id, "curves")
+    figure = body["figure"]
+    curves = _curve_traces(figure)
+    assert {t["name"] for t in curves} <= OPTIMIZERS and len(curves) >= 5
+    marks = {t["meta"]["mark"]: t for t in figure["data"] if "mark" in (t.get("meta") or {})}
+    assert set(marks) == {"PRUNED", "FAIL"}
+    assert marks["PRUNED"]["customdata"], "the seeded study has pruned trials"
+    assert marks["PRUNED"]["marker"]["symbol"] == "x"
+    # hover carries the trial's settings
+    assert any("lr = " in (text or "") for t in curves for text in t["text"])
+    assert body["cursor"] > 0 and body["running"] == []
+
+
+def test_optuna_plots_for_a_small_study(viewer, study_id) -> None:
+    history = chart(viewer, study_id, "history")["figure"]
+    assert {t["name"] for t in history["data"]} >= {"Best Value"}
+    importance = chart(viewer, study_id, "importance")["figure"]
+    assert set(importance["data"][0]["y"]) >= {"lr", "optimizer", "weight_decay"}
+    contour = chart(viewer, study_id, "contour")["figure"]
+    assert contour["layout"]["xaxis"]["title"]["text"] == "lr"
+    assert contour["layout"]["xaxis"]["type"] == "log"
+    assert contour["layout"]["yaxis"]["type"] == "log"
+    parallel = chart(viewer, study_id, "parallel")["figure"]
+    assert len(parallel["data"]) > 50  # Optuna 5 draws one line (scatter) per trial
+    slices = chart(viewer, study_id, "slice")["figure"]
+    assert len([t for t in slices["data"] if t["type"] == "scatter"]) >= 6
+
+
+def test_large_studies_use_the_aggregate_versions(viewer, study_id, monkeypatch) -> None:
+    monkeypatch.setattr(
+        charts_optuna, "OPTUNA_LIMITS", dict.fromkeys(charts_optuna.OPTUNA_LIMITS, 5)
+    )
+    history = chart(viewer, study_id, "history")
+    assert "Optuna's plot_optimization_history is used up to 5" in history["note"]
+    best = next(t for t in history["figure"]["data"] if t["name"] == "Best Value")
+    assert best["line"]["shape"] == "hv"
+    contour = chart(viewer, study_id, "contour")["figure"]
+    assert contour["data"][0]["type"] == "contour"
+    assert (
+        contour["layout"]["xaxis"]["type"] == "log" and contour["layout"]["yaxis"]["type"] == "log"
+    )
+    parallel = chart(viewer, study_id, "parallel")["figure"]["data"][0]
+    labels = [d["label"] for d in parallel["dimensions"]]
+    assert labels[0] == "val_accuracy" and "lr (log10)" in labels and "optimizer" in labels
+    slices = chart(viewer, study_id, "slice")["figure"]
+    assert slices["layout"]["xaxis"]["type"] == "-"  # optimizer: categorical
+
+
+def test_empty_study_shows_messages_not_broken_charts(viewer, ctx) -> None:
+    sid = seeding.create_study(ctx, synthetic.demo_spec("empty"))
+    for name in STUDY_CHARTS:
+        body = chart(viewer, sid, name)
+        assert body["figure"] is None and body["message"], name
+
+
+def test_only_failed_trials_says_so(viewer, ctx) -> None:
+    spec = synthetic.demo_spec("failing")
+    sid = seeding.create_study(ctx, spec)
+    study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
+    for _ in range(3):
+        trial = study.ask()
+        trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    for name in ("optimizers", "lr", "regularization", "history", "importance"):
+        body = chart(viewer, sid, name)
+        assert body["figure"] is None
+        assert "All 3 trials failed" in body["message"], name
+
+
+def test_single_optimizer_study(viewer, ctx) -> None:
+    sid = seeding.seed_bulk(ctx, synthetic.demo_spec("adam-only", ["adam"]), 30, seed=2)
+    body = chart(viewer, sid, "optimizers")
+    assert body["figure"] is None and "Only one optimizer (adam)" in body["message"]
+    lr = chart(viewer, sid, "lr")["figure"]  # still drawn, one colour
+    assert [t["name"] for t in lr["data"]] == ["adam"]
+
+
+def test_figures_are_cached_per_version(viewer, app, ctx, study_id) -> None:
+    figures = app.state.dashboard.figures
+    first = chart(viewer, study_id, "lr")
+    misses = figures.misses
+    again = chart(viewer, study_id, "lr")
+    assert again == first and figures.misses == misses
+    spec = synthetic.demo_spec("mnist-demo")
+    study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    study.tell(trial, 0.5)
+    changed = chart(viewer, study_id, "lr")
+    assert changed["version"] != first["version"] and figures.misses == misses + 1
+
+
+def test_curve_delta_sends_only_new_rows_and_ended_trials(viewer, ctx, study_id) -> None:
+    base = chart(viewer, study_id, "curves")
+    spec = synthetic.demo_spec("mnist-demo")
+    study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
+    study.enqueue_trial({"optimizer": "adam"})
+    trial = study.ask()
+    assert trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS) == "adam"
+    url = f"/api/v1/dashboard/studies/{study_id}/curves"
+    nothing = viewer.get(url, params={"since": base["cursor"]}).json()
+    assert nothing["rows"] == [] and nothing["cursor"] == base["cursor"]
+    with ctx.db.session() as session:
+        for epoch in (1, 2):
+            session.add(TrialMetric(
+                study_id=study_id, optuna_trial_id=trial._trial_id, attempt=1, step=epoch,
+                value=0.9 + epoch / 100, metrics={"val_accuracy": 0.9 + epoch / 100},
+                created_at=datetime.now(UTC),
+            ))  # fmt: skip
+    delta = viewer.get(url, params={"since": base["cursor"]}).json()
+    assert [(r["number"], r["epoch"], r["key"]) for r in delta["rows"]] == [
+        (trial.number, 1, "adam"), (trial.number, 2, "adam"),
+    ]  # fmt: skip
+    assert delta["running"] == [trial.number] and delta["cursor"] > base["cursor"]
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    ended = viewer.get(url, params={"since": delta["cursor"], "watch": str(trial.number)}).json()
+    assert ended["rows"] == [] and ended["ended"] == [{"number": trial.number, "state": "PRUNED"}]
+
+
+def test_compare_charts_overlay_studies(viewer, ctx, study_id) -> None:
+    other = seeding.seed_bulk(ctx, synthetic.demo_spec("other", ["sgd", "adam"]), 40, seed=5)
+    ids = f"{study_id},{other}"
+    histories = viewer.get("/api/v1/dashboard/compare/histories", params={"ids": ids}).json()
+    assert [t["name"] for t in histories["figure"]["data"]] == [
+        f"mnist-demo (#{study_id})", f"other (#{other})",
+    ]  # fmt: skip
+    dist = viewer.get("/api/v1/dashboard/compare/distributions", params={"ids": ids}).json()
+    assert [t["type"] for t in dist["figure"]["data"]] == ["violin", "scatter"] * 2
+
+
+def test_html_in_names_and_values_is_escaped_in_figures(viewer, ctx) -> None:
+    spec = synthetic.demo_spec("x", ["adam", "<b onmouseover=alert(1)>bold</b>"])
+    sid = seeding.seed_ask_tell(ctx, spec, 12, seed=9, external_name="<script>alert(1)</script>")
+    for name in STUDY_CHARTS:
+        text = viewer.get(f"/api/v1/dashboard/studies/{sid}/charts/{name}").text
+        assert "<b onmouseover" not in text and "<script>" not in text, name
+    data = chart(viewer, sid, "optimizers")["figure"]["data"]
+    assert "&lt;b onmouseover=alert(1)&gt;bold&lt;/b&gt;" in {t.get("name") for t in data}
