@@ -181,7 +181,7 @@ class StudyFrame:
         return [r for r in self.rows if r.state in wanted]
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+        out = dict.fromkeys(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), 0)
         for r in self.rows:
             out[r.state] = out.get(r.state, 0) + 1
         return out

@@ -14,7 +14,6 @@ from service.dashboard.charts_base import OPTIMIZER
 from service.dashboard.frame import load_meta
 from service.dashboard.login import PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
-from service.dashboard.static import asset_url
 from service.dashboard.table import STATES
 from service.errors import StudyNotFound
 
@@ -32,8 +31,8 @@ def render(
 ) -> HTMLResponse:
     """Render a page with the common context and a strict Content-Security-Policy."""
     context |= {
-        "auth": dash.ctx.settings.auth, "user": user.name, "role": user.role, "api": API,
-        "prefix": PREFIX, "asset": asset_url, "poll_ms": int(dash.poll_interval_s * 1000),
+        "auth": dash.ctx.settings.auth, "user": user.name, "role": user.role,
+        "poll_ms": int(dash.poll_interval_s * 1000),
     }  # fmt: skip
     response = dash.templates.TemplateResponse(request, template, context)
     response.headers["Content-Security-Policy"] = CSP

@@ -15,6 +15,7 @@ from service.dashboard.charts import FigureCache
 from service.dashboard.charts_base import fmt
 from service.dashboard.frame import FrameCache, StudyFrame
 from service.dashboard.frame_study import FrozenCache
+from service.dashboard.static import asset_url
 
 HERE = Path(__file__).parent
 log = logging.getLogger("hpo.dashboard")
@@ -32,6 +33,10 @@ class DashboardState:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
+        self.templates.env.globals.update(
+            asset=asset_url, prefix="/dashboard", api="/api/v1/dashboard",
+            poll_ms=int(poll_interval_s * 1000),
+        )  # fmt: skip
 
     def frame(self, study_id: int) -> StudyFrame:
         with self.ctx.db.session() as session:

@@ -1,0 +1,189 @@
+"""Pages, sign-in, the trials table, workers, the incremental trial frame (HTTP level)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from service.dashboard import seeding, synthetic
+from service.dashboard.pages import CSP
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def test_pages_redirect_to_login_without_a_token(client, study_id) -> None:
+    for path in ("/dashboard/", f"/dashboard/studies/{study_id}", "/dashboard/workers"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == f"/dashboard/login?next={path}"
+
+
+def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(
+    client, tokens, study_id
+) -> None:
+    page = client.get("/dashboard/login")
+    assert page.status_code == 200 and 'type="password"' in page.text
+    response = client.post(
+        "/dashboard/login",
+        data={"token": tokens.viewer, "next": f"/dashboard/studies/{study_id}"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/dashboard/studies/{study_id}"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith("hpo_token=") and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie
+    study = client.get(f"/dashboard/studies/{study_id}")
+    assert study.status_code == 200
+    assert tokens.viewer not in study.text  # the dashboard never shows tokens
+    # the cookie also authorizes the dashboard's API calls
+    assert client.get(f"/api/v1/dashboard/studies/{study_id}/version").status_code == 200
+    out = client.post("/dashboard/logout", follow_redirects=False)
+    assert out.status_code == 303 and 'hpo_token=""' in out.headers["set-cookie"]
+    client.cookies.clear()
+    assert client.get("/dashboard/", follow_redirects=False).status_code == 303
+
+
+def test_login_rejects_bad_tokens_foreign_origins_and_open_redirects(client, tokens) -> None:
+    bad = client.post("/dashboard/login", data={"token": "hpo_nope"}, follow_redirects=False)
+    assert bad.status_code == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
+    foreign = client.post(
+        "/dashboard/login", data={"token": tokens.viewer},
+        headers={"Origin": "https://evil.example"}, follow_redirects=False,
+    )  # fmt: skip
+    assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+    for target in ("https://evil.example/", "//evil.example/", "/dashboard\\..\\x"):
+        response = client.post(
+            "/dashboard/login", data={"token": tokens.viewer, "next": target},
+            follow_redirects=False,
+        )  # fmt: skip
+        assert response.headers["location"] == "/dashboard/"
+
+
+def test_no_login_when_auth_is_disabled(settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(settings.model_copy(update={"auth": False}))
+    try:
+        with TestClient(app) as open_client:
+            page = open_client.get("/dashboard/")
+            assert page.status_code == 200 and "Sign out" not in page.text
+            login = open_client.get("/dashboard/login", follow_redirects=False)
+            assert login.status_code == 303
+    finally:
+        app.state.ctx.close()
+
+
+def test_study_page_escapes_names_and_sends_a_strict_csp(viewer, ctx) -> None:
+    spec = synthetic.demo_spec("x", ["adam", "<img src=x onerror=alert(2)>"])
+    sid = seeding.seed_ask_tell(ctx, spec, 6, seed=2, external_name="<script>alert(1)</script>")
+    page = viewer.get(f"/dashboard/studies/{sid}")
+    assert page.status_code == 200
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "<img src=x" not in page.text
+    assert page.headers["content-security-policy"] == CSP
+    assert "script-src 'self';" in CSP and "unsafe-inline" not in CSP.split("style-src")[0]
+    assert "<script>" not in page.text.replace("<script src=", "")  # no inline scripts
+
+
+def test_study_page_links_exports_and_lists_charts(viewer, study_id) -> None:
+    text = viewer.get(f"/dashboard/studies/{study_id}").text
+    assert f"/api/v1/studies/{study_id}/export?format=csv" in text
+    assert f"/api/v1/studies/{study_id}/export?format=json" in text
+    for name in ("optimizers", "lr", "curves", "regularization", "history", "contour"):
+        assert f'data-chart="{name}"' in text
+    assert "/dashboard/static/plotly.min.js?v=" in text
+
+
+def test_static_assets_come_from_the_package_and_are_cacheable(viewer, study_id) -> None:
+    import plotly
+
+    js = viewer.get("/dashboard/static/plotly.min.js")
+    assert js.status_code == 200 and len(js.content) > 1_000_000
+    assert js.headers["cache-control"].startswith("public")
+    page = viewer.get(f"/dashboard/studies/{study_id}").text
+    assert f"/dashboard/static/plotly.min.js?v={plotly.__version__}" in page
+    assert viewer.get("/dashboard/static/../config.py").status_code == 404
+
+
+def test_studies_overview(viewer, study_id, ctx) -> None:
+    seeding.create_study(ctx, synthetic.demo_spec("empty"))
+    studies = {s["name"]: s for s in viewer.get("/api/v1/dashboard/studies").json()}
+    demo = studies["mnist-demo"]
+    assert demo["run_state"] == "running" and demo["sampler"] == "tpe"
+    assert sum(demo["counts"].values()) == demo["total"] == 90
+    assert demo["best"]["value"] > 0.9 and "lr" in demo["best"]["settings"]
+    assert demo["best"]["settings"]["epochs"] == 10  # fixed settings are part of it
+    assert studies["empty"]["best"] is None and studies["empty"]["total"] == 0
+
+
+def test_trials_table_filters_sorts_and_paginates(viewer, study_id) -> None:
+    url = f"/api/v1/dashboard/studies/{study_id}/trials"
+    page = viewer.get(url, params={"limit": 10, "offset": 10}).json()
+    assert page["total"] == 90 and len(page["rows"]) == 10
+    assert [r["number"] for r in page["rows"]] == list(range(10, 20))
+    best = viewer.get(url, params={"sort": "value", "order": "desc", "state": "COMPLETE"}).json()
+    values = [r["value"] for r in best["rows"]]
+    assert values == sorted(values, reverse=True)
+    assert all(r["state"] == "COMPLETE" for r in best["rows"])
+    adam = viewer.get(url, params={"optimizer": "adam", "sort": "lr"}).json()
+    assert adam["total"] > 0 and all(r["settings"]["optimizer"] == "adam" for r in adam["rows"])
+    lrs = [r["settings"]["lr"] for r in adam["rows"]]
+    assert lrs == sorted(lrs)
+    pruned = viewer.get(url, params={"state": "PRUNED"}).json()["rows"]
+    assert pruned and all(r["diagnosis"].startswith("pruned at epoch") for r in pruned)
+    assert all(r["worker"] for r in pruned)
+    assert viewer.get(url, params={"sort": "nope"}).status_code == 422
+    assert viewer.get(url, params={"limit": 5000}).status_code == 422
+
+
+def test_trial_page_shows_settings_metrics_diagnosis_and_worker(viewer, study_id) -> None:
+    url = f"/api/v1/dashboard/studies/{study_id}/trials"
+    failed = viewer.get(url, params={"state": "FAIL"}).json()["rows"][0]
+    page = viewer.get(f"/dashboard/studies/{study_id}/trials/{failed['number']}")
+    assert page.status_code == 200
+    text = page.text
+    assert "diverged" in text and failed["worker"] in text
+    for column in ("train_loss", "val_accuracy", "grad_norm", "samples_per_s", "peak_memory_mb"):
+        assert column in text
+    figure = viewer.get(f"/api/v1/dashboard/studies/{study_id}/trials/{failed['number']}/chart")
+    names = {t["name"] for t in figure.json()["figure"]["data"]}
+    assert {"train_loss", "val_accuracy"} <= names
+    assert viewer.get(f"/dashboard/studies/{study_id}/trials/9999").status_code == 404
+
+
+def test_workers_show_devices_current_trial_throughput_and_memory(viewer, ctx, study_id) -> None:
+    workers = viewer.get("/api/v1/dashboard/workers").json()
+    assert len(workers) == 4
+    first = workers[0]
+    assert first["devices"] and first["alive"] is True and first["recent_trials"] == 5
+    assert 40_000 <= first["samples_per_s"] <= 90_000
+    assert 300 <= first["peak_memory_mb"] <= 900
+    assert viewer.get("/dashboard/workers").status_code == 200
+
+
+def test_version_endpoint_and_incremental_frame(viewer, app, ctx, study_id) -> None:
+    url = f"/api/v1/dashboard/studies/{study_id}/version"
+    before = viewer.get(url).json()
+    assert before["counts"]["COMPLETE"] > 0 and before["metrics"] > 0
+    frame = app.state.dashboard.frames.peek(study_id)
+    study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    running = viewer.get(url).json()
+    assert running["trials"] != before["trials"] and running["counts"]["RUNNING"] == 1
+    refreshed = app.state.dashboard.frames.peek(study_id)
+    assert refreshed is not frame
+    assert refreshed.rows[0] is frame.rows[0]  # finished trials are kept, not reloaded
+    study.tell(trial, 0.99)
+    done = viewer.get(url).json()
+    assert done["counts"]["RUNNING"] == 0 and done["best"] == {"number": 90, "value": 0.99}
+
+
+def test_compare_page_lists_the_studies(viewer, study_id) -> None:
+    page = viewer.get("/dashboard/compare", params={"ids": f"{study_id},999,x"})
+    assert page.status_code == 200 and "mnist-demo" in page.text
+    assert 'data-compare="histories"' in page.text
