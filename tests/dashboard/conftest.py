@@ -121,7 +121,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         ctx, synthetic.demo_spec("mnist-optimizers"), 30, seed=3, workers=names, running=2
     )
     xss = seeding.seed_ask_tell(
-        ctx, synthetic.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]), 8,
+        ctx, synthetic.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]), 14,
         seed=4, external_name="<script>alert(1)</script>",
     )  # fmt: skip
     empty = seeding.create_study(ctx, synthetic.demo_spec("no-trials-yet"))

@@ -12,8 +12,10 @@
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
   // plotly.min.js is a deferred script after this one: wait for it before drawing,
   // but start fetching figures at once so that both happen at the same time.
+  // (A deferred script runs while readyState is already "interactive", before
+  // DOMContentLoaded: only "complete" means the later deferred scripts have run.)
   const plotlyReady = new Promise((resolve) => {
-    if (document.readyState !== "loading") resolve();
+    if (document.readyState === "complete") resolve();
     else document.addEventListener("DOMContentLoaded", resolve);
   });
   let firstChartMarked = false;

@@ -1,0 +1,171 @@
+"""The dashboard in headless Chromium, against a real uvicorn server (auth on).
+
+The ``page`` fixture signs in through the login form; every test checks that
+the page logged no console error and opened no dialog.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import optuna
+import pytest
+
+from service.dashboard import synthetic
+from service.models import TrialMetric
+from tests.dashboard.conftest import LiveServer, Watched
+
+pytestmark = pytest.mark.browser
+
+PLOTTED = ".js-plotly-plot .main-svg"
+
+
+def _scroll_all_charts(watched: Watched) -> None:
+    """Scroll down so that every lazily loaded chart comes into view."""
+    for _ in range(12):
+        watched.page.mouse.wheel(0, 900)
+        watched.page.wait_for_timeout(150)
+
+
+def _assert_clean(watched: Watched) -> None:
+    assert watched.errors == [], watched.errors
+    assert watched.dialogs == [], watched.dialogs
+
+
+def test_sign_in_keeps_the_token_out_of_reach_of_scripts(page: Watched, live_server) -> None:
+    cookies = page.page.context.cookies()
+    token = next(c for c in cookies if c["name"] == "hpo_token")
+    assert token["httpOnly"] is True and token["sameSite"] == "Strict"
+    assert "hpo_token" not in page.page.evaluate("() => document.cookie")
+    assert live_server.token not in page.page.content()
+    assert live_server.token not in page.page.url
+    _assert_clean(page)
+
+
+def test_studies_page_lists_studies_and_opens_one(
+    page: Watched, live_server: LiveServer, tmp_path: Path
+) -> None:
+    tab = page.page
+    tab.wait_for_selector("#studies-body tr")
+    assert tab.locator("#studies-body tr").count() == 3
+    row = tab.locator("#studies-body tr", has_text="mnist-optimizers")
+    assert "tpe" in row.inner_text()
+    tab.screenshot(path=str(tmp_path / "studies.png"))
+    row.locator("a", has_text="mnist-optimizers").click()
+    tab.wait_for_url(f"**/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_selector(PLOTTED)
+    _assert_clean(page)
+
+
+def test_study_page_renders_every_chart_and_links_to_trials(
+    page: Watched, live_server: LiveServer, tmp_path: Path
+) -> None:
+    tab = page.page
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_selector(PLOTTED)
+    _scroll_all_charts(page)
+    charts = tab.locator("[data-chart]").count()
+    tab.wait_for_function(
+        "n => document.querySelectorAll('[data-chart] .js-plotly-plot .main-svg').length >= n",
+        arg=charts,
+    )
+    assert tab.locator("[data-chart] .plot .empty").count() == 0
+    tab.wait_for_selector("#trials-body tr td a")
+    tab.screenshot(path=str(tmp_path / "study.png"), full_page=True)
+    link = tab.locator("#trials-body tr td a").first
+    number = link.inner_text().lstrip("#")
+    link.click()
+    tab.wait_for_url(f"**/trials/{number}")
+    assert tab.locator("h1").inner_text().startswith(f"Trial {number}")
+    tab.wait_for_selector("[data-trial-chart] .main-svg")
+    tab.screenshot(path=str(tmp_path / "trial.png"), full_page=True)
+    _assert_clean(page)
+
+
+def test_trials_table_sorts_and_filters_in_the_browser(page: Watched, live_server) -> None:
+    tab = page.page
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_selector("#trials-body tr td a")
+    tab.select_option("#trial-filters select[name=state]", "COMPLETE")
+    tab.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#trials-body .badge'))"
+        ".every(b => b.textContent === 'complete')"
+    )
+    tab.click("#trials-head button:text('value')")
+    tab.wait_for_selector("#trials-head th[aria-sort=ascending]")
+    _assert_clean(page)
+
+
+def test_a_study_named_script_renders_as_text(
+    page: Watched, live_server: LiveServer, tmp_path: Path
+) -> None:
+    tab = page.page
+    name = "<script>alert(1)</script>"
+    tab.wait_for_selector("#studies-body tr")
+    assert tab.locator("#studies-body a", has_text=name).count() == 1
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.xss_study_id}")
+    assert tab.locator("#study-name").inner_text() == name
+    tab.wait_for_selector(PLOTTED)
+    # the optimizer named <img src=x onerror=alert(2)> is a tick label, as text
+    labels = tab.locator("[data-chart=optimizers] .xtick text").all_text_contents()
+    assert "<img src=x onerror=alert(2)>" in labels
+    assert tab.locator("img[src=x]").count() == 0
+    assert tab.evaluate("() => Array.from(document.scripts).every(s => s.src)")
+    tab.screenshot(path=str(tmp_path / "escaped.png"))
+    tab.wait_for_timeout(500)
+    _assert_clean(page)
+
+
+def test_empty_study_shows_messages(page: Watched, live_server: LiveServer) -> None:
+    tab = page.page
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.empty_study_id}")
+    tab.wait_for_selector("[data-chart=optimizers] .plot .empty")
+    assert "No trials yet" in tab.locator("[data-chart=optimizers] .plot").inner_text()
+    _assert_clean(page)
+
+
+def test_live_updates_without_reload(page: Watched, live_server: LiveServer) -> None:
+    """A trial reporting epochs shows up in the learning curves and the table, no reload."""
+    tab = page.page
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_selector("[data-chart=curves] .main-svg")
+    tab.evaluate("() => { window.__sameDocument = true; }")
+    study = optuna.load_study(study_name="mnist-optimizers", storage=live_server.ctx.store.storage)
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    with live_server.ctx.db.session() as session:
+        for epoch in (1, 2, 3):
+            session.add(TrialMetric(
+                study_id=live_server.study_id, optuna_trial_id=trial._trial_id, attempt=1,
+                step=epoch, value=0.9, metrics={"val_accuracy": 0.9 + epoch / 1000},
+                created_at=datetime.now(UTC),
+            ))  # fmt: skip
+    has_trial = (
+        "n => document.querySelector('[data-chart=curves] .js-plotly-plot').data"
+        ".some(t => Array.from(t.customdata || []).includes(n))"
+    )
+    tab.wait_for_function(has_trial, arg=trial.number, timeout=20_000)
+    tab.wait_for_selector(f"#trials-body a:text('#{trial.number}')", timeout=20_000)
+    started = time.monotonic()
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    pruned_marked = (
+        "n => Array.from(document.querySelector('[data-chart=curves] .js-plotly-plot').data"
+        ".find(t => t.meta && t.meta.mark === 'PRUNED').customdata).includes(n)"
+    )
+    tab.wait_for_function(pruned_marked, arg=trial.number, timeout=20_000)
+    assert time.monotonic() - started < 20
+    assert tab.evaluate("() => window.__sameDocument") is True  # no reload happened
+    _assert_clean(page)
+
+
+def test_workers_page(page: Watched, live_server: LiveServer, tmp_path: Path) -> None:
+    tab = page.page
+    tab.goto(f"{live_server.base}/dashboard/workers")
+    tab.wait_for_selector("#workers-body tr")
+    assert tab.locator("#workers-body tr").count() == 3
+    text = tab.locator("#workers-body").inner_text()
+    assert "H100" in text and "mnist-optimizers #" in text
+    tab.screenshot(path=str(tmp_path / "workers.png"))
+    _assert_clean(page)
