@@ -221,3 +221,21 @@ def test_cli_requires_a_server_and_a_known_log_level() -> None:
     assert runner.invoke(app, [], env={"HPO_SERVER": ""}).exit_code != 0
     bad = runner.invoke(app, ["--server", "http://x", "--log-level", "loud"])
     assert bad.exit_code != 0
+
+
+# --------------------------------------------------------------------------- console
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import ui
+    from workers.steering import NoProgress
+
+    monkeypatch.setattr(ui, "_is_tty", lambda: False)
+    assert isinstance(ui.make_progress(), NoProgress)
+    monkeypatch.setattr(ui, "_is_tty", lambda: True)
+    bar = ui.make_progress()
+    assert isinstance(bar, ui.RichProgress)
+    bar.start("study#0", total=3)  # a whole trial's life cycle must not raise
+    bar.advance(1, {"val_accuracy": 0.9})
+    bar.advance(2, {})
+    bar.stop()
