@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import optuna
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,8 +29,8 @@ from service.context import AppContext
 from service.db import utcnow
 from service.errors import LeaseExpired
 from service.finishing import abandon, complete, fail, recover
+from service.lease_choice import study_counts
 from service.lease_rows import (
-    ACTIVE_TRIAL_STATES,
     DONE_LEASE_STATES,
     LeaseView,
     cached_study,
@@ -41,7 +41,7 @@ from service.lease_rows import (
     study_budget,
 )
 from service.leasing import lease, long_poll
-from service.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
+from service.models import LeaseRecord, TrialMetric, TrialRecord
 from service.reaping import reap_all
 from workers.protocol import Action, ActionResponse
 
@@ -158,7 +158,7 @@ def _revive_without_commit(
     if study is None or view.trial.state != "queued":
         raise LeaseExpired(f"lease {lease_id} expired", "lease_id")
     limit = study_budget(study).max_concurrent
-    if limit is not None and _active_count(session, study) >= limit:
+    if limit is not None and study_counts(session, study.study_id)[1] >= limit:
         raise LeaseExpired(
             f"lease {lease_id} expired and its slot was given away (max_concurrent {limit})",
             "lease_id",
@@ -172,20 +172,6 @@ def _revive_without_commit(
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise _Changed
     _set_trial(session, view, ("queued",), {"state": "leased", "lease_expires_at": expires}, now)
-
-
-def _active_count(session: Session, study: StudyRecord) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(TrialRecord)
-            .where(
-                TrialRecord.study_id == study.study_id,
-                TrialRecord.state.in_(ACTIVE_TRIAL_STATES),
-            )
-        )
-        or 0
-    )
 
 
 def _set_trial(

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service import workers_registry
 from service.context import AppContext
 from service.db import utcnow
+from service.lease_choice import candidates, study_counts
 from service.lease_rows import (
-    ACTIVE_TRIAL_STATES,
     cached_study,
     concurrency_reason,
     lock_study_without_commit,
@@ -54,29 +53,6 @@ RETRY_LATER_S = 5.0  # paused, budget used, no study
 
 
 @dataclass
-class _Candidate:
-    study: StudyRecord
-    total: int
-    active: int
-    queued: int
-    overdue: int
-
-    def blocker(self) -> str | None:
-        """Why this study has no work (optimistic: overdue leases may free slots)."""
-        name = self.study.name
-        if self.study.state != "running":
-            return f"study {name!r} is {self.study.state}"
-        budget = study_budget(self.study)
-        active = self.active - self.overdue
-        queued = self.queued + self.overdue
-        if budget.max_concurrent is not None and active >= budget.max_concurrent:
-            return concurrency_reason(name, active, budget.max_concurrent)
-        if queued == 0 and self.total >= budget.max_trials:
-            return f"study {name!r}: budget used ({self.total}/{budget.max_trials} trials)"
-        return None
-
-
-@dataclass
 class _Reserved:
     study: StudyRecord
     row_id: int | None = None  # a new ``creating`` row to sample for
@@ -91,14 +67,7 @@ def lease(ctx: AppContext, worker_id: str, studies: list[str] | None = None) -> 
     """One attempt to lease a trial for ``worker_id``; the answer says why when there is none."""
     with ctx.db.session() as session:
         workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
-        candidates, reasons = _candidates(session, studies)
-    for cand in candidates:
-        spec, reason = _lease_from(ctx, cand.study.study_id, worker_id)
-        if spec is not None:
-            return LeaseResponse(trial=spec)
-        if reason:
-            reasons.append(reason)
-    return _no_work(reasons)
+    return _try_studies(ctx, worker_id, studies)
 
 
 async def long_poll(
@@ -112,19 +81,17 @@ async def long_poll(
     answer = await run_in_threadpool(lease, ctx, worker_id, studies)
     while answer.trial is None and time.monotonic() + POLL_INTERVAL_S <= deadline:
         await asyncio.sleep(POLL_INTERVAL_S)
-        answer = await run_in_threadpool(_lease_quiet, ctx, worker_id, studies)
+        answer = await run_in_threadpool(_try_studies, ctx, worker_id, studies)
     return answer
 
 
-def _lease_quiet(ctx: AppContext, worker_id: str, studies: list[str] | None) -> LeaseResponse:
-    """A re-check during a long poll: the worker was touched by the first attempt."""
+def _try_studies(ctx: AppContext, worker_id: str, studies: list[str] | None) -> LeaseResponse:
+    """Try the candidate studies in order; the first trial leased wins."""
     with ctx.db.session() as session:
-        candidates, reasons = _candidates(session, studies)
-    for cand in candidates:
+        ready, reasons = candidates(session, studies)
+    for cand in ready:
         spec, reason = _lease_from(ctx, cand.study.study_id, worker_id)
         if spec is not None:
-            with ctx.db.session() as session:
-                workers_registry.touch_without_commit(session, worker_id, utcnow())
             return LeaseResponse(trial=spec)
         if reason:
             reasons.append(reason)
@@ -138,61 +105,6 @@ def _no_work(reasons: list[str]) -> LeaseResponse:
         retry_after_s=RETRY_SOON_S if soon else RETRY_LATER_S,
         reason="; ".join(reasons) or "no running study",
     )
-
-
-# --------------------------------------------------------------------------- study choice
-
-
-def _candidates(session: Session, names: list[str] | None) -> tuple[list[_Candidate], list[str]]:
-    """Studies that may have work, best first, and the reasons the others have none.
-
-    Order: queued re-runs first, then the fewest running trials, then the least
-    progressed (fewest trials so far), ties broken at random so that several
-    studies share the workers.
-    """
-    now = utcnow()
-    counts = (
-        select(
-            TrialRecord.study_id.label("sid"),
-            func.count(TrialRecord.id).label("total"),
-            _count_if(TrialRecord.state.in_(ACTIVE_TRIAL_STATES)).label("active"),
-            _count_if(TrialRecord.state == "queued").label("queued"),
-            _count_if((TrialRecord.state == "leased") & (TrialRecord.lease_expires_at < now)).label(
-                "overdue"
-            ),
-        )
-        .group_by(TrialRecord.study_id)
-        .subquery()
-    )
-    query = select(StudyRecord, counts.c.total, counts.c.active, counts.c.queued, counts.c.overdue)
-    query = query.outerjoin(counts, counts.c.sid == StudyRecord.study_id)
-    if names is not None:
-        query = query.where(StudyRecord.name.in_(names))
-    rows = session.execute(query).all()
-    reasons = _unknown_names(names, {row[0].name for row in rows})
-    found = [_Candidate(row[0], *(int(v or 0) for v in row[1:])) for row in rows]
-    if not found and not reasons:
-        reasons.append("no study")
-    ready = []
-    for cand in found:
-        blocker = cand.blocker()
-        if blocker:
-            reasons.append(blocker)
-        else:
-            ready.append(cand)
-    random.shuffle(ready)
-    ready.sort(key=lambda c: (c.queued + c.overdue == 0, c.active, c.total))
-    return ready, reasons
-
-
-def _count_if(condition):  # type: ignore[no-untyped-def]
-    return func.sum(case((condition, 1), else_=0))
-
-
-def _unknown_names(names: list[str] | None, found: set[str]) -> list[str]:
-    if names is None:
-        return []
-    return [f"no study named {n!r}" for n in dict.fromkeys(names) if n not in found]
 
 
 # --------------------------------------------------------------------------- three phases
@@ -234,7 +146,7 @@ def _reserve_locked(
     if study.state != "running":
         return f"study {study.name!r} is {study.state}"
     budget = study_budget(study)
-    total, active = _study_counts(session, study.study_id)
+    total, active = study_counts(session, study.study_id)
     if budget.max_concurrent is not None and active >= budget.max_concurrent:
         return concurrency_reason(study.name, active, budget.max_concurrent)
     queued = session.scalars(
@@ -260,17 +172,6 @@ def _reserve_locked(
     session.flush()
     reserved.row_id = row.id
     return ""
-
-
-def _study_counts(session: Session, study_id: int) -> tuple[int, int]:
-    """(every trial row, rows in creating/leased) of one study."""
-    row = session.execute(
-        select(
-            func.count(TrialRecord.id),
-            _count_if(TrialRecord.state.in_(ACTIVE_TRIAL_STATES)),
-        ).where(TrialRecord.study_id == study_id)
-    ).one()
-    return int(row[0] or 0), int(row[1] or 0)
 
 
 def _sample_and_grant(
@@ -343,24 +244,8 @@ def _grant_without_commit(
     lease_id = str(uuid.uuid4())
     expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
     attempt = trial.attempts + 1
-    result = session.execute(
-        update(TrialRecord)
-        .where(
-            TrialRecord.id == trial.id,
-            TrialRecord.state == "queued",
-            _same_lease(trial.lease_id),
-        )
-        .values(
-            state="leased",
-            lease_id=lease_id,
-            worker_id=worker_id,
-            attempts=attempt,
-            lease_expires_at=expires,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    taken = {"lease_id": lease_id, "worker_id": worker_id, "attempts": attempt}
+    if not _cas_queued_to_leased(session, trial, {**taken, "lease_expires_at": expires}, now):
         return None
     session.add(
         LeaseRecord(
@@ -377,6 +262,23 @@ def _grant_without_commit(
         session, worker_id, trial.optuna_trial_id, study.name, now
     )
     return _trial_spec(ctx, study, trial, lease_id, attempt, expires)
+
+
+def _cas_queued_to_leased(
+    session: Session, trial: TrialRecord, values: dict[str, object], now: datetime
+) -> bool:
+    """queued -> leased, only if nobody took the row since it was read."""
+    result = session.execute(
+        update(TrialRecord)
+        .where(
+            TrialRecord.id == trial.id,
+            TrialRecord.state == "queued",
+            _same_lease(trial.lease_id),
+        )
+        .values(state="leased", updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _same_lease(lease_id: str | None):  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from service import workers_registry
 from service.context import AppContext
 from service.db import utcnow
+from service.finishing import recover
 from service.lease_rows import (
     cached_study,
     lock_study_without_commit,
@@ -244,8 +245,6 @@ def _drop_stale_creating(ctx: AppContext, now: datetime) -> int:
 
 
 def _recover_finishing(ctx: AppContext, now: datetime) -> int:
-    from service.finishing import recover  # finishing imports this module's helpers
-
     with ctx.db.session() as session:
         stuck = session.scalars(
             select(LeaseRecord.lease_id)
@@ -273,17 +272,23 @@ def _reconcile_optuna(ctx: AppContext, now: datetime) -> int:
     cutoff = naive_local(_grace_cutoff(ctx, now))
     fixed = 0
     for study in studies:
-        running = ctx.store.storage.get_all_trials(
-            study.study_id, deepcopy=False, states=(RUNNING,)
-        )
-        if not running:
-            continue
-        rows = _rows_by_optuna_id(ctx, [t._trial_id for t in running])
-        for frozen in running:
-            row = rows.get(frozen._trial_id)
-            reason = _repair_reason(row, frozen, cutoff)
-            if reason and settle(ctx, Settlement(study, frozen._trial_id, reason)):
-                fixed += 1
+        try:
+            fixed += _reconcile_study(ctx, study, cutoff)
+        except Exception:  # noqa: BLE001 - e.g. deleted meanwhile; the next pass retries
+            log.warning("could not reconcile study %r", study.name, exc_info=True)
+    return fixed
+
+
+def _reconcile_study(ctx: AppContext, study: StudyRecord, cutoff: datetime) -> int:
+    running = ctx.store.storage.get_all_trials(study.study_id, deepcopy=False, states=(RUNNING,))
+    if not running:
+        return 0
+    rows = _rows_by_optuna_id(ctx, [t._trial_id for t in running])
+    fixed = 0
+    for frozen in running:
+        reason = _repair_reason(rows.get(frozen._trial_id), frozen, cutoff)
+        if reason and settle(ctx, Settlement(study, frozen._trial_id, reason)):
+            fixed += 1
     return fixed
 
 

@@ -123,6 +123,14 @@ def expire_lease(ctx: Any, lease_id: str) -> None:
         )
 
 
+def expire_and_reap(ctx: Any, lease_id: str) -> int:
+    """Expire the lease, then run one reaper pass; returns what the reaper cleaned up."""
+    from service import leases
+
+    expire_lease(ctx, lease_id)
+    return leases.reap_all(ctx)
+
+
 def optuna_trials(ctx: Any, name: str) -> list[optuna.trial.FrozenTrial]:
     storage = ctx.store.storage
     return storage.get_all_trials(storage.get_study_id_from_name(name))

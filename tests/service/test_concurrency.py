@@ -1,0 +1,233 @@
+"""Leasing under contention: budget and concurrency hold, no trial is leased twice.
+
+1. 16 threads hammer lease/complete against one app (SQLite and PostgreSQL).
+2. Two real server processes (uvicorn) share one PostgreSQL database, with
+   leasers on both: the study row lock, not a Python lock, keeps the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import optuna
+import pytest
+from sqlalchemy import select
+
+from service.models import LeaseRecord, TrialRecord
+from tests.conftest import REPO_ROOT, Tokens, make_settings, mint_tokens
+from tests.service.lease_helpers import API, Worker, create_study, optuna_trials, spec
+
+MAX_TRIALS = 40
+MAX_CONCURRENT = 4
+BUDGET = {"max_trials": MAX_TRIALS, "max_concurrent": MAX_CONCURRENT, "max_retries": 0}
+
+
+@dataclass
+class Tracker:
+    """Client-side view: a trial counts as running from its lease answer until just
+    before its complete request, so this count never exceeds the server's."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    live: set[int] = field(default_factory=set)
+    peak: int = 0
+    leased: Counter[int] = field(default_factory=Counter)
+    completed: Counter[int] = field(default_factory=Counter)
+    by_server: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def start(self, trial_id: int, server: str) -> None:
+        with self.lock:
+            if trial_id in self.live:
+                self.errors.append(f"trial {trial_id} leased while live elsewhere")
+            self.live.add(trial_id)
+            self.leased[trial_id] += 1
+            self.by_server[server] += 1
+            self.peak = max(self.peak, len(self.live))
+
+    def stop(self, trial_id: int) -> None:
+        with self.lock:
+            self.live.discard(trial_id)
+
+
+def run_worker(worker: Worker, tracker: Tracker, server: str, deadline: float) -> None:
+    """Lease, report once, complete; until the budget is used up."""
+    while time.monotonic() < deadline:
+        answer = worker.lease(wait_s=2.0)  # long-poll, as the daemon does
+        trial = answer["trial"]
+        if trial is None:
+            if "budget used" in (answer["reason"] or ""):
+                return
+            continue
+        tracker.start(trial["trial_id"], server)
+        lid = trial["lease_id"]
+        report = worker.ok(lid, "report", {"step": 0, "value": 0.5})
+        if report["action"] != "continue":
+            tracker.errors.append(f"report answered {report}")
+        tracker.stop(trial["trial_id"])
+        done = worker.ok(lid, "complete", {"value": trial["trial_number"] / 100})
+        with tracker.lock:
+            tracker.completed[done["trial_id"]] += 1
+        if done["state"] != "complete":
+            tracker.errors.append(f"complete answered {done}")
+    tracker.errors.append("deadline reached")
+
+
+def run_threads(targets: list[Callable[[], None]]) -> None:
+    errors: list[BaseException] = []
+
+    def guard(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guard, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors[:3]
+
+
+def check_outcome(tracker: Tracker, ctx_or_url: Any, name: str) -> None:
+    assert not tracker.errors, tracker.errors[:5]
+    assert tracker.peak <= MAX_CONCURRENT, tracker.peak
+    assert len(tracker.leased) == MAX_TRIALS
+    assert set(tracker.leased.values()) == {1}, "a trial was leased twice"
+    assert set(tracker.completed.values()) == {1}
+    storage = _storage(ctx_or_url)
+    trials = storage.get_all_trials(storage.get_study_id_from_name(name))
+    assert len(trials) == MAX_TRIALS
+    assert sorted(t.number for t in trials) == list(range(MAX_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(t.value == t.number / 100 for t in trials)
+
+
+def _storage(ctx_or_url: Any) -> Any:
+    if isinstance(ctx_or_url, str):
+        return optuna.storages.RDBStorage(ctx_or_url)
+    return ctx_or_url.store.storage
+
+
+# --------------------------------------------------------------------------- one app
+
+
+def test_budget_holds_under_16_concurrent_leasers(client, tokens: Tokens, ctx) -> None:
+    create_study(client, tokens, name="hot", budget=BUDGET)
+    tracker = Tracker()
+    workers = [Worker(client, tokens.worker) for _ in range(16)]
+    deadline = time.monotonic() + 60
+    run_threads([lambda w=w: run_worker(w, tracker, "one", deadline) for w in workers])
+    check_outcome(tracker, ctx, "hot")
+    with ctx.db.session() as session:
+        rows = session.scalars(select(TrialRecord)).all()
+        lease_count = len(session.scalars(select(LeaseRecord)).all())
+    assert len(rows) == MAX_TRIALS and lease_count == MAX_TRIALS
+    assert {(r.state, r.attempts) for r in rows} == {("finished", 1)}
+    assert len(optuna_trials(ctx, "hot")) == MAX_TRIALS
+
+
+# --------------------------------------------------------------------------- two servers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_SERVE = (
+    "import uvicorn\n"
+    "from service.app import create_app\n"
+    "from service.config import Settings\n"
+    "s = Settings()\n"
+    "uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='warning')\n"
+)
+
+
+@pytest.fixture
+def two_servers(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[str], Tokens]]:
+    """Two uvicorn processes on one PostgreSQL database; the schema, a study and
+    tokens are prepared here first."""
+    from service.app import create_app
+    from service.spec import StudySpec
+    from service.studies import create_study as create_study_domain
+
+    app = create_app(make_settings(pg_url, tmp_path))
+    ctx = app.state.ctx
+    tokens = mint_tokens(ctx)
+    create_study_domain(ctx, StudySpec.model_validate(spec("shared", budget=BUDGET)))
+    ctx.close()
+    procs, urls = [], []
+    for i in range(2):
+        port = _free_port()
+        env = {
+            **os.environ,
+            "HPO_DATABASE_URL": pg_url,
+            "HPO_PORT": str(port),
+            "HPO_HOST": "127.0.0.1",
+            "HPO_TOKEN_FILE": str(tmp_path / f"tokens{i}.json"),
+            "HPO_DB_POOL_SIZE": "12",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-c", _SERVE], cwd=REPO_ROOT, env=env))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for url, proc in zip(urls, procs, strict=True):
+            _wait_ready(url, proc)
+        yield urls, tokens
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server at {url} exited with {proc.returncode}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server at {url} did not start within 30 s")
+
+
+@pytest.mark.postgres
+def test_two_server_processes_share_one_budget(two_servers, pg_url: str) -> None:
+    urls, tokens = two_servers
+    tracker = Tracker()
+    clients = [httpx.Client(base_url=url, timeout=30) for url in urls for _ in range(6)]
+    try:
+        workers = [(Worker(c, tokens.worker), str(c.base_url)) for c in clients]
+        deadline = time.monotonic() + 60
+        run_threads([lambda w=w, s=s: run_worker(w, tracker, s, deadline) for w, s in workers])
+    finally:
+        for c in clients:
+            c.close()
+    check_outcome(tracker, pg_url, "shared")
+    assert len(tracker.by_server) == 2, f"both servers must have leased: {tracker.by_server}"
+    with httpx.Client(base_url=urls[0]) as c:
+        answer = c.post(
+            f"{API}/trials/lease",
+            json={"worker_id": "x"},
+            headers=Tokens.header(tokens.worker),
+        )
+    assert answer.status_code == 404  # unknown worker, even on a shared database
