@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -67,12 +66,17 @@ FAST = RetryPolicies(
 class ScriptedServer:
     """HTTP server whose answers per path come from a script: (status, body, delay_s)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self) -> None:
         self.script: dict[str, deque[tuple[int, Any, float]]] = defaultdict(deque)
         self.default: dict[str, tuple[int, Any, float]] = {}
         self.requests: list[tuple[str, dict[str, str], Any]] = []
         self.answered: list[tuple[str, int]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        # Bound but not listening until start(): connections are refused meanwhile, and
+        # no other process can take the port in between (a free-port probe could race).
+        self._httpd = ThreadingHTTPServer(
+            ("127.0.0.1", 0), self._handler(), bind_and_activate=False
+        )
+        self._httpd.server_bind()
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
@@ -84,11 +88,13 @@ class ScriptedServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ScriptedServer:
+        self._httpd.server_activate()
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread.is_alive():
+            self._httpd.shutdown()
         self._httpd.server_close()
 
     def _next(self, path: str) -> tuple[int, Any, float]:
@@ -129,12 +135,6 @@ def server() -> Iterator[ScriptedServer]:
     srv.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def client_for(url: str, **kwargs: Any) -> ServiceClient:
     kwargs.setdefault("policies", FAST)
     return ServiceClient(url, "secret-token", kwargs.pop("timeout", 5.0), **kwargs)
@@ -168,22 +168,21 @@ def test_complete_retried_after_503_is_delivered_once(server: ScriptedServer) ->
 
 
 def test_complete_is_delivered_when_the_server_comes_back() -> None:
-    port = free_port()  # nobody listens yet: connection refused
+    late = ScriptedServer()  # not listening yet: connection refused
+    late.default["/api/v1/leases/L2/fail"] = (200, {**FINISHED, "state": "queued"}, 0)
     body = FailRequest(reason="worker shutting down", retry=True)
     result: dict[str, Any] = {}
 
     def call() -> None:
-        with client_for(f"http://127.0.0.1:{port}") as client:
+        with client_for(late.url) as client:
             result["answer"] = client.fail("L2", body)
 
     caller = threading.Thread(target=call)
     caller.start()
     time.sleep(1.0)
-    late = ScriptedServer(port)
-    late.default["/api/v1/leases/L2/fail"] = (200, {**FINISHED, "state": "queued"}, 0)
     late.start()
     try:
-        caller.join(timeout=20)
+        caller.join(timeout=30)
         assert result["answer"].state == "queued"
         assert late.answered == [("/api/v1/leases/L2/fail", 200)]
     finally:
@@ -249,34 +248,29 @@ def test_heartbeat_answer_carries_the_action(server: ScriptedServer) -> None:
 
 
 def test_register_waits_for_server_then_succeeds(caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    servers: list[ScriptedServer] = []
-
-    def start_late() -> None:  # binding is listening: only now may connections succeed
-        late = ScriptedServer(port)
-        late.default["/api/v1/workers/register"] = (200, WORKER, 0)
-        servers.append(late.start())
-
-    starter = threading.Timer(0.8, start_late)
+    late = ScriptedServer()  # not listening for the first 0.8 s
+    late.default["/api/v1/workers/register"] = (200, WORKER, 0)
+    starter = threading.Timer(0.8, late.start)
     starter.start()
     try:
-        with caplog.at_level(logging.INFO, "workers.client"), client_for(url) as client:
-            info = client.register(WorkerRegistration(hostname="box"), wait=True, deadline_s=20)
+        with caplog.at_level(logging.INFO, "workers.client"), client_for(late.url) as client:
+            info = client.register(WorkerRegistration(hostname="box"), wait=True, deadline_s=30)
     finally:
         starter.join()
-        for late in servers:
-            late.stop()
+        late.stop()
     assert info.worker_id == "w-1"
     waiting = [r.getMessage() for r in caplog.records if "waiting for server" in r.getMessage()]
-    assert len(waiting) == 1 and waiting[0].startswith(f"waiting for server at {url} ...")
+    assert len(waiting) == 1 and waiting[0].startswith(f"waiting for server at {late.url} ...")
 
 
 def test_register_wait_is_bounded_by_the_deadline() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    never = ScriptedServer()  # never listens
     started = time.monotonic()
-    with client_for(url) as client, pytest.raises(ServerUnavailable, match="giving up"):
-        client.register(WorkerRegistration(hostname="box"), wait=True, deadline_s=0.5)
+    try:
+        with client_for(never.url) as client, pytest.raises(ServerUnavailable, match="giving up"):
+            client.register(WorkerRegistration(hostname="box"), wait=True, deadline_s=0.5)
+    finally:
+        never.stop()
     assert time.monotonic() - started < 5
 
 
