@@ -2,10 +2,12 @@
 
 One flat row per trial: number, state, value(s), every parameter as a
 ``params_<name>`` column, attempts, worker, datetimes, duration, failure
-reason, diagnosis and the trial's other user attributes (final metrics such
-as ``test_accuracy``). Rows are built from SQL, a batch of trials at a time,
-each batch in its own short unit of work, so a 10k-trial study streams
-without loading Study objects or holding a transaction open.
+reason, diagnosis, the final metrics a worker sent with ``complete`` (stored
+in the ``final_metrics`` user attribute; one column per metric, such as
+``test_accuracy``) and the trial's other user attributes. Rows are built
+from SQL, a batch of trials at a time, each batch in its own short unit of
+work, so a 10k-trial study streams without loading Study objects or holding
+a transaction open.
 
 CSV cells holding text that starts with ``= + - @`` (or a tab / carriage
 return) get a leading single quote, so a spreadsheet never runs them as a
@@ -25,15 +27,23 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.context import AppContext
-from service.optuna_rows import param_names, trials, user_attr_keys, user_attrs_by_trial
+from service.optuna_rows import (
+    param_names,
+    trial_user_attrs,
+    trials,
+    user_attr_keys,
+    user_attrs_by_trial,
+)
 from service.schemas import TrialItem
 from service.studies import get_study_record, load_spec
 from service.study_trials import REASON_KEYS, base_query, trial_items
 
 BATCH = 500
+FINAL_METRICS = "final_metrics"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _BASE = ["number", "trial_id", "state"]
 _TAIL = [
@@ -55,12 +65,14 @@ class ExportPlan:
     name: str
     value_columns: list[str]
     params: list[str]
-    extras: dict[str, str]  # user attribute key -> column name
+    finals: dict[str, str]  # final metric name -> column name
+    extras: dict[str, str]  # other user attribute key -> column name
 
     @property
     def columns(self) -> list[str]:
         params = [f"params_{p}" for p in self.params]
-        return [*_BASE, *self.value_columns, *params, *_TAIL, *self.extras.values()]
+        finals, extras = self.finals.values(), self.extras.values()
+        return [*_BASE, *self.value_columns, *params, *_TAIL, *finals, *extras]
 
 
 def plan_export(session: Session, ref: str) -> ExportPlan:
@@ -77,12 +89,36 @@ def plan_export(session: Session, ref: str) -> ExportPlan:
     params = list(spec.space)
     params += [p for p in param_names(session, record.study_id) if p not in spec.space]
     taken = set(_BASE) | set(_TAIL) | set(value_columns) | {f"params_{p}" for p in params}
-    extras = {
-        key: (f"user_attrs_{key}" if key in taken or key.startswith("params_") else key)
-        for key in user_attr_keys(session, record.study_id)
-        if key not in REASON_KEYS
-    }
-    return ExportPlan(record.study_id, record.name, value_columns, params, extras)
+    finals = _columns(final_metric_keys(session, record.study_id), taken, "final_")
+    attr_keys = user_attr_keys(session, record.study_id)
+    others = [k for k in attr_keys if k not in REASON_KEYS and k != FINAL_METRICS]
+    extras = _columns(others, taken | set(finals.values()), "user_attrs_")
+    return ExportPlan(record.study_id, record.name, value_columns, params, finals, extras)
+
+
+def _columns(keys: list[str], taken: set[str], prefix: str) -> dict[str, str]:
+    """Column names for ``keys``: the key itself unless taken (then ``prefix`` + key)."""
+    return {key: prefix + key if key in taken or key.startswith("params_") else key for key in keys}
+
+
+def final_metric_keys(session: Session, study_id: int) -> list[str]:
+    """Every metric name in the study's ``final_metrics`` user attributes."""
+    c = trial_user_attrs.c
+    stmt = (
+        select(c.value_json)
+        .join(trials, trials.c.trial_id == c.trial_id)
+        .where(trials.c.study_id == study_id, c.key == FINAL_METRICS)
+        .distinct()
+    )
+    keys: set[str] = set()
+    for value_json in session.scalars(stmt):
+        try:
+            value = json.loads(value_json)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(value, dict):
+            keys.update(str(k) for k in value)
+    return sorted(keys)
 
 
 def iter_rows(ctx: AppContext, plan: ExportPlan) -> Iterator[dict[str, Any]]:
@@ -93,7 +129,8 @@ def iter_rows(ctx: AppContext, plan: ExportPlan) -> Iterator[dict[str, Any]]:
             query = base_query(plan.study_id).where(trials.c.number > last)
             rows = session.execute(query.order_by(trials.c.number).limit(BATCH)).all()
             items = trial_items(session, rows)
-            attrs = user_attrs_by_trial(session, [r.trial_id for r in rows], list(plan.extras))
+            keys = [*plan.extras, FINAL_METRICS]
+            attrs = user_attrs_by_trial(session, [r.trial_id for r in rows], keys)
         for item in items:
             yield flat_row(plan, item, attrs.get(item.trial_id, {}))
         if len(rows) < BATCH:
@@ -111,6 +148,10 @@ def flat_row(plan: ExportPlan, item: TrialItem, attrs: dict[str, Any]) -> dict[s
         row[f"params_{name}"] = item.params.get(name)
     for column in _TAIL:
         row[column] = getattr(item, column)
+    finals = attrs.get(FINAL_METRICS)
+    finals = finals if isinstance(finals, dict) else {}
+    for key, column in plan.finals.items():
+        row[column] = finals.get(key)
     for key, column in plan.extras.items():
         row[column] = attrs.get(key)
     return row

@@ -604,3 +604,44 @@ def test_a_fresh_optuna_client_loads_a_study_created_through_the_api(admin, ctx,
     summary = admin.get(f"{API}/interop").json()
     assert summary["counts"]["complete"] == 4 and summary["best_trial"]["number"] == 4
     assert math.isclose(summary["best_trial"]["value"], 0.99)
+
+
+# --------------------------------------------------------------------------- with the protocol
+
+
+def test_trials_run_through_the_protocol_show_up_everywhere(client, tokens: Tokens, ctx) -> None:
+    from tests.service.lease_helpers import Worker
+
+    admin_h = Tokens.header(tokens.admin)
+    assert client.post(API, json=spec_body("via-protocol"), headers=admin_h).status_code == 201
+    worker = Worker(client, tokens.worker)
+    trial = worker.trial()
+
+    summary = client.get(f"{API}/via-protocol", headers=admin_h).json()
+    assert summary["counts"]["running"] == 1 and summary["counts"]["leased"] == 1
+    listed = client.get(f"{API}/via-protocol/trials", headers=admin_h).json()["items"]
+    assert listed[0]["worker_id"] == worker.worker_id and listed[0]["attempts"] == 1
+    assert listed[0]["params"] == trial["params"]
+    busy = client.delete(f"{API}/via-protocol", headers=admin_h)
+    assert busy.status_code == 409
+
+    lease = trial["lease_id"]
+    worker.ok(lease, "report", {"step": 0, "value": 0.5, "metrics": {"train_loss": 0.7}})
+    worker.ok(lease, "complete", {"value": 0.9, "metrics": {"test_accuracy": 0.88}})
+
+    detail = client.get(f"{API}/via-protocol/trials/0", headers=admin_h).json()
+    assert detail["state"] == "complete" and detail["value"] == pytest.approx(0.9)
+    assert detail["intermediate_values"] == [{"step": 0, "value": 0.5}]
+    assert detail["metrics"][0]["metrics"] == {"train_loss": 0.7}
+    assert [(x["attempt"], x["worker_id"]) for x in detail["leases"]] == [(1, worker.worker_id)]
+    assert detail["leases"][0]["ended_at"] is not None
+    summary = client.get(f"{API}/via-protocol", headers=admin_h).json()
+    assert summary["counts"]["complete"] == 1 and summary["counts"]["leased"] == 0
+    assert summary["best_trial"]["params"] == trial["params"]
+
+    rows = list(
+        csv.DictReader(io.StringIO(client.get(f"{API}/via-protocol/export", headers=admin_h).text))
+    )
+    assert rows[0]["test_accuracy"] == "0.88" and "final_metrics" not in rows[0]
+    assert rows[0]["worker_id"] == worker.worker_id
+    assert client.delete(f"{API}/via-protocol", headers=admin_h).status_code == 204
