@@ -1,0 +1,582 @@
+"""Service throughput benchmark: W worker processes run trial lifecycles over HTTP.
+
+For each cell (database, sampler, trials-before T, workers W) a fresh database
+(PostgreSQL: a new database on the local server; SQLite: a temporary file) gets
+a server process (``python -m service.cli server``, one uvicorn process), a
+study seeded with T finished trials (bulk SQL insert into Optuna's tables), and
+W processes that each loop lease -> report x3 -> complete with an instant
+objective. Two baselines run in the same database with the same sampler and
+the same seeded T: Optuna directly on RDBStorage (ask, report x3, tell), and
+Optuna through GrpcStorageProxy / run_grpc_proxy_server.
+
+    .venv/bin/python -m bench.service                          # the whole grid
+    .venv/bin/python -m bench.service --db postgresql --sampler tpe --workers 32 \
+        --trials-before 10000 --duration 8 --profile            # one cell, with py-spy
+    .venv/bin/python -m bench.service --memory 120              # RSS over a 2-minute run
+
+Prints trials/s and p50/p95/p99 (ms) of lease (ask), report and complete (tell)
+for the service and both baselines, and the ratio service/baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import _service_load as load  # noqa: E402
+
+OPS = ("lease", "report", "complete")
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def make_db(kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / f'bench-{time.time_ns()}.db'}"
+    from tests.conftest import create_pg_database
+
+    return create_pg_database()
+
+
+def drop_db(kind: str, url: str) -> None:
+    if kind == "postgresql":
+        from tests.conftest import drop_pg_database
+
+        drop_pg_database(url)
+
+
+def seed(url: str, study_name: str, n: int) -> float:
+    """Insert ``n`` COMPLETE trials with param x ~ U(0, 1) into an existing Optuna study."""
+    import random
+
+    import optuna
+    from optuna.distributions import FloatDistribution, distribution_to_json
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine, insert, select
+
+    t0 = time.perf_counter()
+    storage = optuna.storages.RDBStorage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    storage.engine.dispose()
+    if n == 0:
+        return 0.0
+    engine = create_engine(url)
+    rng = random.Random(0)
+    dist = distribution_to_json(FloatDistribution(0.0, 1.0))
+    now = __import__("datetime").datetime.now()
+    with engine.begin() as conn:
+        start = conn.execute(
+            select(models.TrialModel.number)
+            .where(models.TrialModel.study_id == study_id)
+            .order_by(models.TrialModel.number.desc())
+            .limit(1)
+        ).scalar()
+        first = 0 if start is None else start + 1
+        rows = [
+            {
+                "number": first + i,
+                "study_id": study_id,
+                "state": "COMPLETE",
+                "datetime_start": now,
+                "datetime_complete": now,
+            }
+            for i in range(n)
+        ]
+        for chunk in range(0, n, 5000):
+            conn.execute(insert(models.TrialModel.__table__), rows[chunk : chunk + 5000])
+        ids = conn.execute(
+            select(models.TrialModel.trial_id).where(
+                models.TrialModel.study_id == study_id, models.TrialModel.number >= first
+            )
+        ).scalars().all()
+        params, values = [], []
+        for tid in ids:
+            x = rng.random()
+            params.append(
+                {"trial_id": tid, "param_name": "x", "param_value": x, "distribution_json": dist}
+            )
+            values.append({"trial_id": tid, "objective": 0, "value": x, "value_type": "FINITE"})
+        for chunk in range(0, n, 5000):
+            conn.execute(insert(models.TrialParamModel.__table__), params[chunk : chunk + 5000])
+            conn.execute(insert(models.TrialValueModel.__table__), values[chunk : chunk + 5000])
+    engine.dispose()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen | mp.Process, path: str | None, limit: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_alive()
+        if not alive:
+            raise RuntimeError(f"process on port {port} exited")
+        try:
+            if path is None:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            elif httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port} within {limit} s")
+
+
+class Server:
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.port = free_port()
+        token_file = tmp / f"tokens-{self.port}.json"
+        env = {
+            **os.environ,
+            "HPO_DATABASE_URL": url,
+            "HPO_AUTH": "true",
+            "HPO_TOKEN_FILE": str(token_file),
+            "HPO_DB_POOL_SIZE": "40",
+        }
+        self.log = open(tmp / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "server", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, self.proc, "/readyz", 60)
+        self.tokens = json.loads(token_file.read_text())
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def create_study(self, name: str, sampler: str) -> None:
+        import httpx
+
+        spec = {
+            "name": name,
+            "direction": "maximize",
+            "sampler": {"name": sampler, "seed": 1},
+            "pruner": {"name": "none"},
+            "budget": {"max_trials": 1_000_000, "max_concurrent": None},
+            "space": {"x": {"type": "float", "low": 0, "high": 1}},
+        }
+        r = httpx.post(
+            f"http://127.0.0.1:{self.port}/api/v1/studies",
+            json=spec,
+            headers={"Authorization": f"Bearer {self.tokens['admin']}"},
+            timeout=30,
+        )
+        if r.status_code != 201:
+            raise RuntimeError(f"create study: {r.status_code} {r.text}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- load
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) -> dict:
+    """Start ``n`` processes of ``target``; collect and merge their results."""
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    t_start = time.monotonic() + 1.0 + warmup  # 1 s for the processes to start
+    t_end = t_start + duration
+    procs = [ctx.Process(target=target, args=(*args_of(i), t_start, t_end, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    results = []
+    limit = t_end + 120
+    while len(results) < n and time.monotonic() < limit:
+        try:
+            results.append(out.get(timeout=max(0.5, min(10.0, limit - time.monotonic()))))
+        except Exception:  # noqa: BLE001 - queue.Empty: check the deadline again
+            if not any(p.is_alive() for p in procs):
+                break
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    ops: dict[str, list[float]] = {op: [] for op in OPS}
+    done, n_errors, errors = 0, 0, []
+    for r in results:
+        done += r["done"]
+        n_errors += r["n_errors"]
+        errors += r["errors"]
+        for op in OPS:
+            ops[op] += r["ops"][op]
+    row: dict[str, Any] = {
+        "trials_s": done / duration,
+        "done": done,
+        "errors": n_errors,
+        "error_samples": errors[:3],
+        "missing": n - len(results),
+    }
+    for op in OPS:
+        for q in (50, 95, 99):
+            row[f"{op}_p{q}"] = pct(ops[op], q / 100)
+    return row
+
+
+def cell(
+    db: str, sampler: str, t_before: int, workers: int, a: argparse.Namespace, tmp: Path
+) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = make_db(db, tmp)
+    result: dict[str, Any] = {"db": db, "sampler": sampler, "T": t_before, "W": workers}
+    try:
+        # ---------------------------------------------------------------- service
+        if "service" in a.systems:
+            server = Server(url, tmp)
+            try:
+                server.create_study("svc", sampler)
+                result["seed_s"] = seed(url, "svc", t_before)
+                result["rss_start_mb"] = server.rss_mb()
+                spy = None
+                if a.profile and (db, sampler, workers, t_before) == ("postgresql", "tpe", 32, 10000):
+                    spy = start_profile(server.proc.pid, a.warmup + 1.0, a.duration, tmp)
+                token, port = server.tokens["worker"], server.port
+                result["service"] = run_load(
+                    load.service_worker,
+                    lambda i: (i, port, token, "svc"),
+                    workers, a.warmup, a.duration,
+                )
+                result["rss_end_mb"] = server.rss_mb()
+                if spy is not None:
+                    finish_profile(spy, result, a)
+            finally:
+                server.stop()
+        # ---------------------------------------------------------------- direct RDB
+        if "direct" in a.systems:
+            optuna.create_study(study_name="direct", storage=url, direction="maximize")
+            seed(url, "direct", t_before)
+            result["direct"] = run_load(
+                load.direct_worker, lambda i: (i, url, "direct", sampler),
+                workers, a.warmup, a.duration,
+            )
+        # ---------------------------------------------------------------- gRPC proxy
+        if "grpc" in a.systems:
+            optuna.create_study(study_name="grpc", storage=url, direction="maximize")
+            seed(url, "grpc", t_before)
+            port = free_port()
+            proxy = mp.get_context("fork").Process(target=load.grpc_server, args=(url, port))
+            proxy.start()
+            try:
+                wait_port(port, proxy, None, 30)
+                result["grpc"] = run_load(
+                    load.grpc_worker, lambda i: (i, port, "grpc", sampler),
+                    workers, a.warmup, a.duration,
+                )
+            finally:
+                proxy.terminate()
+                proxy.join(timeout=10)
+                if proxy.is_alive():
+                    proxy.kill()
+                    proxy.join()
+    finally:
+        drop_db(db, url)
+    return result
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def start_profile(pid: int, delay: float, duration: float, tmp: Path) -> dict:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = tmp / "profile.txt"
+    cmd = (
+        f"sleep {delay}; exec {exe} record --nonblocking --format raw -r 200 "
+        f"-d {int(duration)} -p {pid} -o {raw}"
+    )
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return {"proc": proc, "raw": raw}
+
+
+def finish_profile(spy: dict, result: dict, a: argparse.Namespace) -> None:
+    try:
+        _, err = spy["proc"].communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy["proc"].kill()
+        _, err = spy["proc"].communicate()
+    if not spy["raw"].exists():
+        print(f"py-spy produced nothing: {err.decode()[-500:]}", file=sys.stderr)
+        return
+    lines = spy["raw"].read_text().splitlines()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "service-profile.collapsed.txt").write_text(
+        "\n".join(_strip_paths(line) for line in lines) + "\n"
+    )
+    result["profile_samples"] = summarize_profile(lines)
+
+
+def _strip_paths(line: str) -> str:
+    """py-spy frames are 'func (file:line)'; keep file paths relative to site-packages/repo."""
+    for marker in ("site-packages/", str(REPO) + "/", "/lib/python3"):
+        while marker in line:
+            head, _, tail = line.partition(marker)
+            start = max(head.rfind("("), 0)
+            line = head[: start + 1] + tail if start else tail
+    return line
+
+
+def summarize_profile(lines: list[str]) -> dict:
+    self_c: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_strip_paths(f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        if frames:
+            self_c[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    return {
+        "total": total,
+        "self": self_c.most_common(30),
+        "inclusive": incl.most_common(60),
+    }
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_run(a: argparse.Namespace, tmp: Path) -> dict:
+    """PG + random, W=8: RSS sampled every 10 s over ``a.memory`` seconds."""
+    out: dict[str, Any] = {}
+    for t_before in a.memory_trials:
+        url = make_db("postgresql", tmp)
+        try:
+            server = Server(url, tmp)
+            try:
+                server.create_study("mem", "random")
+                rss_boot = server.rss_mb()
+                seed_s = seed(url, "mem", t_before)
+                samples: list[tuple[float, float]] = []
+                token, port = server.tokens["worker"], server.port
+                ctx = mp.get_context("fork")
+                q = ctx.Queue()
+                t_start = time.monotonic() + 1.0
+                t_end = t_start + a.memory
+                procs = [
+                    ctx.Process(target=load.service_worker,
+                                args=(i, port, token, "mem", t_start, t_end, q))
+                    for i in range(8)
+                ]
+                for p in procs:
+                    p.start()
+                while time.monotonic() < t_end:
+                    samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
+                    time.sleep(min(10.0, max(0.1, t_end - time.monotonic())))
+                done = 0
+                for _ in procs:
+                    try:
+                        done += q.get(timeout=60)["done"]
+                    except Exception:  # noqa: BLE001
+                        break
+                for p in procs:
+                    p.join(timeout=10)
+                samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
+                out[str(t_before)] = {
+                    "rss_boot_mb": rss_boot, "seed_s": seed_s, "samples": samples,
+                    "lifecycles": done, "seconds": a.memory,
+                }
+                print(f"memory T={t_before}: boot {rss_boot:.0f} MB, samples {samples}, "
+                      f"{done} lifecycles", flush=True)
+            finally:
+                server.stop()
+        finally:
+            drop_db("postgresql", url)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_row(r: dict) -> list[str]:
+    lines = []
+    for system in ("service", "direct", "grpc"):
+        s = r.get(system)
+        if not s:
+            continue
+        ratio = ""
+        if system == "service":
+            parts = []
+            for base in ("direct", "grpc"):
+                b = r.get(base)
+                if b and b["trials_s"] > 0:
+                    parts.append(f"{s['trials_s'] / b['trials_s']:.2f}x {base}")
+            ratio = ", ".join(parts)
+        lat = " | ".join(
+            f"{s[f'{op}_p50']:.1f} / {s[f'{op}_p95']:.1f} / {s[f'{op}_p99']:.1f}" for op in OPS
+        )
+        lines.append(
+            f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | {system} | "
+            f"{s['trials_s']:.1f} | {lat} | {s['errors']} | {ratio} |"
+        )
+    return lines
+
+
+HEADER = (
+    "| db | sampler | T | W | system | trials/s | lease (ask) p50/p95/p99 ms | "
+    "report p50/p95/p99 ms | complete (tell) p50/p95/p99 ms | errors | service/baseline |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def machine() -> dict:
+    import sqlite3
+
+    import optuna
+    import sqlalchemy
+
+    pg = "n/a"
+    try:
+        from sqlalchemy import create_engine
+
+        from tests.conftest import _pg_admin_url
+
+        eng = create_engine(_pg_admin_url())
+        with eng.connect() as conn:
+            pg = conn.exec_driver_sql("show server_version").scalar()
+        eng.dispose()
+    except Exception as exc:  # noqa: BLE001
+        pg = f"unreachable ({exc.__class__.__name__})"
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import grpc
+
+        grpc_v = grpc.__version__
+    except ImportError:
+        grpc_v = "not installed"
+    return {
+        "cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+        "optuna": optuna.__version__, "sqlalchemy": sqlalchemy.__version__,
+        "sqlite": sqlite3.sqlite_version, "postgresql": pg, "grpcio": grpc_v,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--db", nargs="+", default=["postgresql", "sqlite"],
+                   choices=["postgresql", "sqlite"])
+    p.add_argument("--sampler", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
+    p.add_argument("--workers", nargs="+", type=int, default=[32, 8, 1])
+    p.add_argument("--trials-before", nargs="+", type=int, default=[10000, 1000, 0])
+    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
+    p.add_argument("--systems", nargs="+", default=["service", "direct", "grpc"],
+                   choices=["service", "direct", "grpc"])
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the server during the postgresql/tpe/W=32/T=10000 cell")
+    p.add_argument("--memory", type=float, default=0.0,
+                   help="seconds of a W=8 PG random run sampling server RSS (0: skip)")
+    p.add_argument("--memory-trials", nargs="+", type=int, default=[10000])
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop starting new cells after this many minutes (0: no limit)")
+    p.add_argument("--out", default="", help="append rows as JSON lines to this file")
+    a = p.parse_args()
+
+    warnings.filterwarnings("ignore", message=".*experimental.*")
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    info = machine()
+    print(json.dumps(info), flush=True)
+    began = time.monotonic()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        if a.memory > 0:
+            mem = memory_run(a, tmp)
+            if a.out:
+                with open(a.out, "a") as fh:
+                    fh.write(json.dumps({"memory": mem, "machine": info}) + "\n")
+        cells = [
+            (db, s, t, w)
+            for db in a.db for s in a.sampler for t in a.trials_before for w in a.workers
+            if not (db == "sqlite" and False)
+        ]
+        if cells and a.systems:
+            print(HEADER, flush=True)
+        for db, s, t, w in cells:
+            if a.max_minutes and time.monotonic() - began > a.max_minutes * 60:
+                print(f"time limit: skipped {db} {s} T={t} W={w}", flush=True)
+                continue
+            try:
+                r = cell(db, s, t, w, a, tmp)
+            except Exception as exc:  # noqa: BLE001 - one bad cell must not end the grid
+                print(f"cell {db} {s} T={t} W={w} failed: {exc!r}", flush=True)
+                continue
+            rows.append(r)
+            for line in fmt_row(r):
+                print(line, flush=True)
+            extra = {k: r[k] for k in ("rss_start_mb", "rss_end_mb", "seed_s") if k in r}
+            errs = {k: r[k]["error_samples"] for k in ("service", "direct", "grpc")
+                    if k in r and r[k]["error_samples"]}
+            print(f"  {extra} {errs if errs else ''}", flush=True)
+            if a.out:
+                with open(a.out, "a") as fh:
+                    fh.write(json.dumps({**r, "machine": info}) + "\n")
+            if "profile_samples" in r:
+                prof = r["profile_samples"]
+                print(f"profile: {prof['total']} samples; top self:", flush=True)
+                for name, n in prof["self"][:15]:
+                    print(f"  {n / max(prof['total'], 1):6.1%} {name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
