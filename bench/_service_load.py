@@ -52,9 +52,18 @@ class _Http:
         raise AssertionError("unreachable")
 
 
-def service_worker(
-    idx: int, port: int, token: str, study: str, t_start: float, t_end: float, out: Any
-) -> None:
+def _sync(clock: Any) -> tuple[float, float]:
+    """Wait until every process is set up; the parent then publishes the window."""
+    barrier, t_start, duration = clock
+    barrier.wait(timeout=600)
+    for _ in range(6000):  # bounded: 60 s
+        if t_start.value > 0:
+            break
+        time.sleep(0.01)
+    return t_start.value, t_start.value + duration
+
+
+def service_worker(idx: int, port: int, token: str, study: str, clock: Any, out: Any) -> None:
     api = "/api/v1"
     http_ = _Http(port, token)
     ops: dict[str, list[float]] = {"lease": [], "report": [], "complete": []}
@@ -67,6 +76,7 @@ def service_worker(
         out.put(_result("service", ops, 0, [f"register {status} {info}"]))
         return
     wid = info["worker_id"]
+    t_start, t_end = _sync(clock)
     rng = random.Random(idx)
     while time.monotonic() < t_end and len(errors) < MAX_ERRORS:
         t0 = time.monotonic()
@@ -110,11 +120,11 @@ def service_worker(
     out.put(_result("service", ops, done, errors))
 
 
-def _optuna_loop(
-    kind: str, study: Any, t_start: float, t_end: float, out: Any, seed: int
-) -> None:
+def _optuna_loop(kind: str, study: Any, clock: Any, out: Any, seed: int) -> None:
     import optuna
 
+    study.get_trials(deepcopy=False)  # load the seeded trials before the clock starts
+    t_start, t_end = _sync(clock)
     ops: dict[str, list[float]] = {"lease": [], "report": [], "complete": []}
     errors: list[str] = []
     done = 0
@@ -156,27 +166,23 @@ def _sampler(name: str, seed: int) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def direct_worker(
-    idx: int, url: str, study: str, sampler: str, t_start: float, t_end: float, out: Any
-) -> None:
+def direct_worker(idx: int, url: str, study: str, sampler: str, clock: Any, out: Any) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(url)
     s = optuna.load_study(study_name=study, storage=storage, sampler=_sampler(sampler, idx))
-    _optuna_loop("direct", s, t_start, t_end, out, idx)
+    _optuna_loop("direct", s, clock, out, idx)
 
 
-def grpc_worker(
-    idx: int, port: int, study: str, sampler: str, t_start: float, t_end: float, out: Any
-) -> None:
+def grpc_worker(idx: int, port: int, study: str, sampler: str, clock: Any, out: Any) -> None:
     import optuna
     from optuna.storages import GrpcStorageProxy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = GrpcStorageProxy(host="127.0.0.1", port=port)
     s = optuna.load_study(study_name=study, storage=storage, sampler=_sampler(sampler, idx))
-    _optuna_loop("grpc", s, t_start, t_end, out, idx)
+    _optuna_loop("grpc", s, clock, out, idx)
 
 
 def grpc_server(url: str, port: int) -> None:

@@ -221,11 +221,20 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
     """Start ``n`` processes of ``target``; collect and merge their results."""
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    t_start = time.monotonic() + 1.0 + warmup  # 1 s for the processes to start
-    t_end = t_start + duration
-    procs = [ctx.Process(target=target, args=(*args_of(i), t_start, t_end, out)) for i in range(n)]
+    barrier = ctx.Barrier(n + 1)
+    t_start = ctx.Value("d", 0.0)
+    clock = (barrier, t_start, duration)
+    procs = [ctx.Process(target=target, args=(*args_of(i), clock, out)) for i in range(n)]
+    began = time.monotonic()
     for p in procs:
         p.start()
+    try:
+        barrier.wait(timeout=600)  # every process set up (seeded trials loaded, registered)
+    except Exception:  # noqa: BLE001 - a process died in set-up: collect what there is
+        pass
+    setup_s = time.monotonic() - began
+    t_start.value = time.monotonic() + warmup
+    t_end = t_start.value + duration
     results = []
     limit = t_end + 120
     while len(results) < n and time.monotonic() < limit:
@@ -253,6 +262,7 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
         "errors": n_errors,
         "error_samples": errors[:3],
         "missing": n - len(results),
+        "setup_s": round(setup_s, 1),
     }
     for op in OPS:
         for q in (50, 95, 99):
@@ -278,7 +288,7 @@ def cell(
                 result["rss_start_mb"] = server.rss_mb()
                 spy = None
                 if a.profile and (db, sampler, workers, t_before) == ("postgresql", "tpe", 32, 10000):
-                    spy = start_profile(server.proc.pid, a.warmup + 1.0, a.duration, tmp)
+                    spy = start_profile(server.proc.pid, a.warmup + 3.0, a.duration, tmp)
                 token, port = server.tokens["worker"], server.port
                 result["service"] = run_load(
                     load.service_worker,
@@ -404,16 +414,22 @@ def memory_run(a: argparse.Namespace, tmp: Path) -> dict:
                 token, port = server.tokens["worker"], server.port
                 ctx = mp.get_context("fork")
                 q = ctx.Queue()
-                t_start = time.monotonic() + 1.0
-                t_end = t_start + a.memory
+                barrier = ctx.Barrier(9)
+                start_v = ctx.Value("d", 0.0)
+                clock = (barrier, start_v, a.memory)
                 procs = [
-                    ctx.Process(target=load.service_worker,
-                                args=(i, port, token, "mem", t_start, t_end, q))
+                    ctx.Process(target=load.service_worker, args=(i, port, token, "mem", clock, q))
                     for i in range(8)
                 ]
                 for p in procs:
                     p.start()
-                while time.monotonic() < t_end:
+                barrier.wait(timeout=120)
+                t_start = time.monotonic()
+                start_v.value = t_start
+                t_end = t_start + a.memory
+                for _ in range(100_000):
+                    if time.monotonic() >= t_end:
+                        break
                     samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
                     time.sleep(min(10.0, max(0.1, t_end - time.monotonic())))
                 done = 0
@@ -424,6 +440,9 @@ def memory_run(a: argparse.Namespace, tmp: Path) -> dict:
                         break
                 for p in procs:
                     p.join(timeout=10)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
                 samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
                 out[str(t_before)] = {
                     "rss_boot_mb": rss_boot, "seed_s": seed_s, "samples": samples,
@@ -511,6 +530,39 @@ def machine() -> dict:
     }
 
 
+def render(path: Path) -> str:
+    """Markdown of a JSON-lines file written by --out: the table, RSS, memory runs."""
+    rows, mem, info = [], {}, {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        info = r.get("machine", info)
+        if "memory" in r:
+            mem.update(r["memory"])
+        else:
+            rows.append(r)
+    out = [HEADER]
+    for r in rows:
+        out += fmt_row(r)
+    out.append("")
+    out.append("| db | sampler | T | W | server RSS before load MB | after MB |")
+    out.append("|---|---|---|---|---|---|")
+    for r in rows:
+        if "rss_start_mb" in r:
+            out.append(f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | "
+                       f"{r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} |")
+    for t, m in mem.items():
+        out.append("")
+        out.append(f"Memory run, PostgreSQL + random, W=8, T={t}, {m['seconds']:.0f} s, "
+                   f"{m['lifecycles']} lifecycles; RSS after boot {m['rss_boot_mb']:.0f} MB:")
+        out.append("")
+        out.append("| t (s) | RSS MB |")
+        out.append("|---|---|")
+        out += [f"| {ts} | {mb:.0f} |" for ts, mb in m["samples"]]
+    out.append("")
+    out.append("Machine: " + json.dumps(info))
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--db", nargs="+", default=["postgresql", "sqlite"],
@@ -519,7 +571,7 @@ def main() -> None:
     p.add_argument("--workers", nargs="+", type=int, default=[32, 8, 1])
     p.add_argument("--trials-before", nargs="+", type=int, default=[10000, 1000, 0])
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
-    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
     p.add_argument("--systems", nargs="+", default=["service", "direct", "grpc"],
                    choices=["service", "direct", "grpc"])
     p.add_argument("--profile", action="store_true",
@@ -530,7 +582,12 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop starting new cells after this many minutes (0: no limit)")
     p.add_argument("--out", default="", help="append rows as JSON lines to this file")
+    p.add_argument("--render", default="",
+                   help="only print the markdown table of the rows in this JSON-lines file")
     a = p.parse_args()
+    if a.render:
+        print(render(Path(a.render)))
+        return
 
     warnings.filterwarnings("ignore", message=".*experimental.*")
     os.environ.setdefault("PYTHONHASHSEED", "0")
