@@ -270,6 +270,13 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
     return row
 
 
+def _partial(result: dict, system: str) -> None:
+    r = result[system]
+    print(f"  .. {result['db']} {result['sampler']} T={result['T']} W={result['W']} {system}: "
+          f"{r['trials_s']:.1f} trials/s, lease p95 {r['lease_p95']:.0f} ms, "
+          f"set-up {r['setup_s']} s, errors {r['errors']}", flush=True)
+
+
 def cell(
     db: str, sampler: str, t_before: int, workers: int, a: argparse.Namespace, tmp: Path
 ) -> dict:
@@ -296,6 +303,7 @@ def cell(
                     workers, a.warmup, a.duration,
                 )
                 result["rss_end_mb"] = server.rss_mb()
+                _partial(result, "service")
                 if spy is not None:
                     finish_profile(spy, result, a)
             finally:
@@ -308,6 +316,7 @@ def cell(
                 load.direct_worker, lambda i: (i, url, "direct", sampler),
                 workers, a.warmup, a.duration,
             )
+            _partial(result, "direct")
         # ---------------------------------------------------------------- gRPC proxy
         if "grpc" in a.systems:
             optuna.create_study(study_name="grpc", storage=url, direction="maximize")
@@ -321,6 +330,7 @@ def cell(
                     load.grpc_worker, lambda i: (i, port, "grpc", sampler),
                     workers, a.warmup, a.duration,
                 )
+                _partial(result, "grpc")
             finally:
                 proxy.terminate()
                 proxy.join(timeout=10)
@@ -572,7 +582,7 @@ def main() -> None:
     p.add_argument("--trials-before", nargs="+", type=int, default=[10000, 1000, 0])
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
-    p.add_argument("--systems", nargs="+", default=["service", "direct", "grpc"],
+    p.add_argument("--systems", nargs="*", default=["service", "direct", "grpc"],
                    choices=["service", "direct", "grpc"])
     p.add_argument("--profile", action="store_true",
                    help="py-spy the server during the postgresql/tpe/W=32/T=10000 cell")
@@ -605,8 +615,7 @@ def main() -> None:
         cells = [
             (db, s, t, w)
             for db in a.db for s in a.sampler for t in a.trials_before for w in a.workers
-            if not (db == "sqlite" and False)
-        ]
+        ] if a.systems else []
         if cells and a.systems:
             print(HEADER, flush=True)
         for db, s, t, w in cells:
