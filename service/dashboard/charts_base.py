@@ -75,10 +75,14 @@ def fmt(value: Any) -> str:
 
 
 def settings_text(row: TrialRow, frame: StudyFrame) -> str:
-    """Hover text: trial number, value and the settings that vary, escaped."""
-    parts = [f"trial #{row.number}", f"{esc(frame.meta.objective_name)} = {fmt(row.value)}"]
-    parts += [f"{esc(k)} = {esc(fmt(v))}" for k, v in row.settings.items() if k in frame.axes]
-    return "<br>".join(parts)
+    """Hover text: trial number, value and the settings that vary, escaped (cached per frame)."""
+    cache: dict[int, str] = frame.memo.setdefault("hover", {})
+    text = cache.get(row.trial_id)
+    if text is None:
+        parts = [f"trial #{row.number}", f"{esc(frame.meta.objective_name)} = {fmt(row.value)}"]
+        parts += [f"{esc(k)} = {esc(fmt(v))}" for k, v in row.settings.items() if k in frame.axes]
+        text = cache[row.trial_id] = "<br>".join(parts)
+    return text
 
 
 def group_by(rows: Sequence[TrialRow], key: str) -> dict[Any, list[TrialRow]]:

@@ -148,7 +148,7 @@ def _label(opt: Any) -> str:
 
 def delta(session: Session, frame: StudyFrame, since: int, watch: list[int]) -> dict[str, Any]:
     """Metric rows after ``since`` and the watched trials that have ended since."""
-    rows = queries.metric_rows(session, frame.meta.study_id, since=since)
+    rows = queries.metric_rows(session, frame.meta.study_id, since=since, limit=DELTA_LIMIT + 1)
     if len(rows) > DELTA_LIMIT:
         return {"reset": True, "cursor": since}
     by_id = {r.trial_id: r for r in frame.rows}

@@ -7,7 +7,8 @@ trials from the database. Beyond it Optuna's functions get slow and their
 figures huge (``plot_contour`` of 10,000 trials takes about 20 s and writes a
 gigabyte-sized figure; ``plot_parallel_coordinate`` about 14 s), so the same
 charts are drawn from the frame by :mod:`charts_large`. Parameter importance
-is always Optuna's fANOVA evaluator (fast enough at 10,000 trials).
+is always Optuna's default evaluator, PED-ANOVA (0.2 s at 10,000 trials; the
+fANOVA evaluator takes minutes there and still seconds at 250 trials).
 """
 
 from __future__ import annotations
@@ -67,14 +68,14 @@ def importance(frame: StudyFrame, frozen: FrozenCache) -> ChartResult:
             no_scores_message(frame) if not rows else "Importance needs 2+ completed trials."
         )
     study = frozen.study(frame, ("COMPLETE",))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     try:
         fig = ov.plot_param_importances(study, evaluator=evaluator, **_target(frame))
     except (ValueError, RuntimeError) as exc:
         return empty(f"Parameter importance is not available yet: {exc}")
     if not fig.data:
         return empty("No parameter varies across the completed trials yet.")
-    return ChartResult(layout(fig, "Parameter importance (fANOVA)"))
+    return ChartResult(layout(fig, "Parameter importance (PED-ANOVA)"))
 
 
 def parallel(frame: StudyFrame, frozen: FrozenCache) -> ChartResult:

@@ -30,6 +30,8 @@ from service.dashboard.frame_study import esc
 
 #: Box plots show every point up to this many trials, only outliers above.
 BOX_POINTS_LIMIT = 2000
+#: Points per regularization panel (three panels share them).
+REGULARIZATION_POINTS = 2000
 _HOVER = "%{text}<extra></extra>"
 
 
@@ -137,7 +139,7 @@ def regularization(frame: StudyFrame) -> ChartResult:
     if not present:
         what = ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items()) or "none in the space"
         return empty(f"This study does not vary weight decay, L1 or dropout ({what}).")
-    shown, note = thin(rows, frame)
+    shown, note = thin(rows, frame, REGULARIZATION_POINTS)
     fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True,
                         subplot_titles=[esc(s) for s in present])  # fmt: skip
     for col, setting in enumerate(present, start=1):

@@ -171,6 +171,8 @@ class StudyFrame:
         self.param_dists = param_dists
         self.by_number = {r.number: r for r in rows}
         self.built_at = datetime.now(UTC)
+        #: per-frame memo for derived data shared by charts (e.g. hover texts)
+        self.memo: dict[str, Any] = {}
 
     @property
     def key(self) -> str:

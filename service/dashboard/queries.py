@@ -233,16 +233,21 @@ def epochs_done(session: Session, trial_ids: list[int]) -> dict[int, int]:
 
 
 def metric_rows(
-    session: Session, study_id: int, *, trial_ids: list[int] | None = None, since: int = 0
+    session: Session,
+    study_id: int,
+    *,
+    trial_ids: list[int] | None = None,
+    since: int = 0,
+    limit: int | None = None,
 ) -> list[tuple[int, int, int, float | None, dict[str, Any]]]:
-    """(id, optuna_trial_id, step, value, metrics) ordered by id."""
+    """(id, optuna_trial_id, step, value, metrics) ordered by id (at most ``limit``)."""
     m = TrialMetric
     stmt = select(m.id, m.optuna_trial_id, m.step, m.value, m.metrics).where(
         m.study_id == study_id, m.id > since
     )
     if trial_ids is not None:
         stmt = stmt.where(m.optuna_trial_id.in_(trial_ids))
-    rows = session.execute(stmt.order_by(m.id)).all()
+    rows = session.execute(stmt.order_by(m.id).limit(limit)).all()
     return [(i, t, s, v, _as_dict(x)) for i, t, s, v, x in rows]
 
 

@@ -89,10 +89,10 @@ class LiveServer:
     empty_study_id: int
 
 
-def start_server(app: Any) -> tuple[Any, threading.Thread, str]:
+def start_server(app: Any, port: int | None = None) -> tuple[Any, threading.Thread, str]:
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

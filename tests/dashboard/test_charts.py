@@ -219,3 +219,11 @@ def test_html_in_names_and_values_is_escaped_in_figures(viewer, ctx) -> None:
         assert "<b onmouseover" not in text and "<script>" not in text, name
     data = chart(viewer, sid, "optimizers")["figure"]["data"]
     assert "&lt;b onmouseover=alert(1)&gt;bold&lt;/b&gt;" in {t.get("name") for t in data}
+
+
+def test_curve_delta_too_big_asks_for_a_reload(viewer, study_id, monkeypatch) -> None:
+    from service.dashboard import charts_curves
+
+    monkeypatch.setattr(charts_curves, "DELTA_LIMIT", 10)
+    url = f"/api/v1/dashboard/studies/{study_id}/curves"
+    assert viewer.get(url, params={"since": 0}).json() == {"reset": True, "cursor": 0}
