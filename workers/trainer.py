@@ -221,7 +221,9 @@ class _Loop:
             idx = order[start : start + size]
             if self.config.batch_norm and len(idx) < 2:
                 continue  # BatchNorm cannot normalise a single sample in train mode
-            loss = F.cross_entropy(self.forward(data.x[idx]), data.y[idx])
+            # index_select, not x[idx]: the generic advanced-indexing path costs ~10x more here.
+            x, y = data.x.index_select(0, idx), data.y.index_select(0, idx)
+            loss = F.cross_entropy(self.forward(x), y)
             out.diagnosis = self.guard.check(loss, epoch, batch)
             if out.diagnosis is not None:
                 return out  # no step: the loss is already unusable

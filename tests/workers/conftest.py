@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from workers.data import MnistData, MnistNotFound, load_mnist
 from workers.settings import TrainConfig
@@ -20,7 +22,21 @@ def mnist_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist(mnist_root: Path) -> MnistData:
+def one_torch_thread() -> Iterator[None]:
+    """Train on one intra-op thread while these tests run.
+
+    On a shared 2-core machine (other test processes, CPU workers) two OpenMP
+    threads wait on each other at every parallel region: measured here, an epoch
+    went from ~3 s to 30-120 s under load, while one thread stays ~3 s.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root: Path, one_torch_thread: None) -> MnistData:
     """MNIST on the CPU, loaded once for the whole session."""
     try:
         return load_mnist(mnist_root)
