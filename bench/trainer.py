@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of both; medians")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--output", default=None, help="also write the table here (.md or .json)")
     return p.parse_args(argv)
 
@@ -64,6 +67,7 @@ def machine(device: str) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),  # other processes share this machine
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     root = args.data_dir or os.environ.get("HPO_DATA_DIR") or "./data"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_runs, our_runs = [], []
     for i in range(args.repeats):
         seed_runs.append(run_seed(root, device, args.epochs))
