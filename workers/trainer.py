@@ -1,10 +1,16 @@
 """Train the reference MLP on MNIST for one trial: read ``train`` top to bottom.
 
-Fast path (why this is ~10x the seed loop on a 2-core CPU): the data already
-lives on the device as normalised tensors (workers.data), so an epoch is one
-``randperm`` plus index slicing; no DataLoader, no per-sample transforms, no
-per-batch host copies. Losses and gradient norms are summed on the device and
-read once per epoch, so on CUDA the loop does not synchronise on every batch.
+Fast path (bench/trainer.py measures it against the seed's DataLoader loop): the
+data already lives on the device as normalised tensors (workers.data), so an
+epoch is one ``randperm`` plus index selects; no DataLoader, no per-sample
+transforms, no per-batch host copies. What is left on a CPU is the two 64x784x512
+matrix products per step and the optimizer's pass over the weights. Losses and
+gradient norms are summed on the device and read once per epoch, so on CUDA the
+loop does not synchronise on every batch.
+
+CPU threads are the process's business (torch.set_num_threads), not the
+trainer's: several CPU trainers on one machine should split the cores between
+them, since OpenMP threads that outnumber free cores slow an epoch ten-fold.
 
 Epochs are numbered from 1 (what pruners see as the report step); batches too.
 """
@@ -123,16 +129,7 @@ def train(
     model = build_model(config).to(device)
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
-    guard = _Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
-    loop = _Loop(
-        config,
-        model,
-        _maybe_compile(model, config, device),
-        optimizer,
-        train_set.head(config.train_subset),
-        hooks or NullHooks(),
-        guard,
-    )
+    loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
 
     history: list[dict[str, float]] = []
     status, diagnosis = "completed", None
@@ -198,6 +195,20 @@ class _Loop:
     hooks: TrainHooks
     guard: _Guard
     steps: int = 0  # optimizer steps taken so far (gd: one per epoch)
+
+    @classmethod
+    def create(
+        cls,
+        config: TrainConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_set: Split,
+        hooks: TrainHooks | None,
+    ) -> _Loop:
+        device = train_set.x.device
+        guard = _Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
+        forward = _maybe_compile(model, config)
+        return cls(config, model, forward, optimizer, train_set, hooks or NullHooks(), guard)
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -380,7 +391,7 @@ def _configure_backend(device: torch.device) -> None:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
 
 
-def _maybe_compile(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+def _maybe_compile(model: nn.Module, config: TrainConfig) -> nn.Module:
     # "auto" means off for now: compiling costs tens of seconds per trial, and for this small
     # MLP that has not been measured to pay off on either CPU or GPU. True forces it on.
     if config.compile is True:
