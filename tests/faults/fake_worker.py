@@ -78,8 +78,11 @@ def main() -> int:
             continue
         idle_since = time.monotonic()
         t = resp.trial
-        print(f"LEASED trial={t.trial_id} number={t.trial_number} lease={t.lease_id} "
-              f"attempt={t.attempt}", flush=True)
+        print(
+            f"LEASED trial={t.trial_id} number={t.trial_number} lease={t.lease_id} "
+            f"attempt={t.attempt}",
+            flush=True,
+        )
         try:
             dropped = False
             for step in range(1, args.steps + 1):
@@ -94,11 +97,15 @@ def main() -> int:
             done = client.complete(
                 t.lease_id, CompleteRequest(value=fake_value(t.params), metrics={"fake": 1})
             )
-            print(f"COMPLETED trial={t.trial_id} number={t.trial_number} lease={t.lease_id} "
-                  f"state={done.state}", flush=True)
+            print(
+                f"COMPLETED trial={t.trial_id} number={t.trial_number} lease={t.lease_id} "
+                f"state={done.state}",
+                flush=True,
+            )
         except LeaseGone as exc:
-            print(f"LEASE-GONE trial={t.trial_id} lease={t.lease_id}: {exc.status_code}",
-                  flush=True)
+            print(
+                f"LEASE-GONE trial={t.trial_id} lease={t.lease_id}: {exc.status_code}", flush=True
+            )
         except ApiError as exc:
             print(f"API-ERROR {exc}", flush=True)
             if exc.status_code >= 500:

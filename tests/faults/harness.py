@@ -37,18 +37,24 @@ FAST = {
 }
 
 
-def spec(name: str, max_trials: int, max_concurrent: int | None = None,
-         max_retries: int = 100) -> dict[str, Any]:
+def spec(
+    name: str, max_trials: int, max_concurrent: int | None = None, max_retries: int = 100
+) -> dict[str, Any]:
     return {
         "name": name,
         "direction": "maximize",
         "objective": "fake",
         "sampler": {"name": "random", "seed": 7},
         "pruner": {"name": "none"},
-        "budget": {"max_trials": max_trials, "max_concurrent": max_concurrent,
-                   "max_retries": max_retries},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 10.0},
-                  "k": {"type": "int", "low": 1, "high": 5}},
+        "budget": {
+            "max_trials": max_trials,
+            "max_concurrent": max_concurrent,
+            "max_retries": max_retries,
+        },
+        "space": {
+            "x": {"type": "float", "low": 0.0, "high": 10.0},
+            "k": {"type": "int", "low": 1, "high": 5},
+        },
     }
 
 
@@ -60,15 +66,25 @@ def start_server(workdir: Path, db_url: str, port: int | None = None, **extra: s
 
 
 def admin(server: Server) -> httpx.Client:
-    return httpx.Client(base_url=server.url + API, timeout=10,
-                        headers={"Authorization": f"Bearer {server.tokens()['admin']}"})
+    return httpx.Client(
+        base_url=server.url + API,
+        timeout=10,
+        headers={"Authorization": f"Bearer {server.tokens()['admin']}"},
+    )
 
 
 class Fleet:
     """Fake worker processes; SIGKILLs and replacements are counted."""
 
-    def __init__(self, workdir: Path, url: str, token: str, study: str,
-                 step_sleep: float = 0.15, max_seconds: float = 240) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        url: str,
+        token: str,
+        study: str,
+        step_sleep: float = 0.15,
+        max_seconds: float = 240,
+    ) -> None:
         self.workdir, self.url, self.token, self.study = workdir, url, token, study
         self.step_sleep, self.max_seconds = step_sleep, max_seconds
         self.procs: list[Proc] = []
@@ -78,8 +94,18 @@ class Fleet:
 
     def spawn(self) -> Proc:
         n = len(self.procs)
-        argv = [sys.executable, str(FAKE_WORKER), "--server", self.url, "--study", self.study,
-                "--step-sleep", str(self.step_sleep), "--max-seconds", str(self.max_seconds)]
+        argv = [
+            sys.executable,
+            str(FAKE_WORKER),
+            "--server",
+            self.url,
+            "--study",
+            self.study,
+            "--step-sleep",
+            str(self.step_sleep),
+            "--max-seconds",
+            str(self.max_seconds),
+        ]
         proc = Proc(argv, _clean_env(HPO_TOKEN=self.token), self.workdir / f"fake-{n}.log")
         proc.start()
         with self.lock:
@@ -118,10 +144,16 @@ def _mid_trial(log: str) -> bool:
 class Chaos(threading.Thread):
     """Kills a random mid-trial worker every ``every`` seconds (bounded count and time)."""
 
-    def __init__(self, fleet: Fleet, every: float, max_kills: int, max_seconds: float,
-                 seed: int = 1) -> None:
+    def __init__(
+        self, fleet: Fleet, every: float, max_kills: int, max_seconds: float, seed: int = 1
+    ) -> None:
         super().__init__(daemon=True)
-        self.fleet, self.every, self.max_kills, self.max_seconds = fleet, every, max_kills, max_seconds
+        self.fleet, self.every, self.max_kills, self.max_seconds = (
+            fleet,
+            every,
+            max_kills,
+            max_seconds,
+        )
         self.rng = random.Random(seed)
         self.stop = threading.Event()
 
@@ -141,9 +173,13 @@ def finished_count(db_url: str, study: str) -> int:
     eng = create_engine(db_url)
     try:
         with eng.connect() as conn:
-            return conn.execute(text(
-                "SELECT count(*) FROM hpo_trials t JOIN hpo_studies s ON s.study_id=t.study_id "
-                "WHERE s.name=:n AND t.state='finished'"), {"n": study}).scalar_one()
+            return conn.execute(
+                text(
+                    "SELECT count(*) FROM hpo_trials t JOIN hpo_studies s ON s.study_id=t.study_id "
+                    "WHERE s.name=:n AND t.state='finished'"
+                ),
+                {"n": study},
+            ).scalar_one()
     finally:
         eng.dispose()
 
@@ -177,10 +213,12 @@ class Figures:
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"trials={self.trials} finished={self.finished} complete={self.complete} "
-                f"failed={self.failed} re-runs={self.reruns} leases={self.leases} "
-                f"lost={self.lost} duplicates={self.duplicates} running_left={self.running_left} "
-                f"active_leases={self.active_leases}")
+        return (
+            f"trials={self.trials} finished={self.finished} complete={self.complete} "
+            f"failed={self.failed} re-runs={self.reruns} leases={self.leases} "
+            f"lost={self.lost} duplicates={self.duplicates} running_left={self.running_left} "
+            f"active_leases={self.active_leases}"
+        )
 
 
 def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = "") -> Figures:
@@ -203,14 +241,23 @@ def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = 
     eng = create_engine(db_url)
     try:
         with eng.connect() as conn:
-            sid = conn.execute(text("SELECT study_id FROM hpo_studies WHERE name=:n"),
-                               {"n": study}).scalar_one()
-            rows = conn.execute(text(
-                "SELECT id, optuna_trial_id, number, state, final_state, value, fail_reason, "
-                "attempts FROM hpo_trials WHERE study_id=:s"), {"s": sid}).all()
-            leases = conn.execute(text(
-                "SELECT l.trial_row_id, l.state, l.lease_id FROM hpo_leases l JOIN hpo_trials t "
-                "ON t.id=l.trial_row_id WHERE t.study_id=:s"), {"s": sid}).all()
+            sid = conn.execute(
+                text("SELECT study_id FROM hpo_studies WHERE name=:n"), {"n": study}
+            ).scalar_one()
+            rows = conn.execute(
+                text(
+                    "SELECT id, optuna_trial_id, number, state, final_state, value, fail_reason, "
+                    "attempts FROM hpo_trials WHERE study_id=:s"
+                ),
+                {"s": sid},
+            ).all()
+            leases = conn.execute(
+                text(
+                    "SELECT l.trial_row_id, l.state, l.lease_id FROM hpo_leases l "
+                    "JOIN hpo_trials t ON t.id=l.trial_row_id WHERE t.study_id=:s"
+                ),
+                {"s": sid},
+            ).all()
     finally:
         eng.dispose()
     f.leases = len(leases)
@@ -238,8 +285,9 @@ def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = 
     f.duplicates += sum(len(v) - 1 for v in per_trial.values() if len(v) > 1)
     f.lost = max(0, expected - f.finished) + f.running_left
     if len(rows) != expected or f.trials != expected:
-        f.problems.append(f"expected {expected} trials, optuna has {f.trials}, "
-                          f"hpo_trials has {len(rows)}")
+        f.problems.append(
+            f"expected {expected} trials, optuna has {f.trials}, hpo_trials has {len(rows)}"
+        )
     return f
 
 
