@@ -12,16 +12,20 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from service.api.deps import ViewerDep
 from service.api.errors import error_responses
 from service.dashboard import charts_curves, overview, queries, table, trial_view
 from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
 from service.dashboard.charts_base import ChartResult
-from service.dashboard.frame import load_meta
+from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import parse_ids
 from service.dashboard.state import DashboardDep
 from service.errors import NotFound
+
+#: Studies with more trials than this are served stale-while-revalidate.
+STALE_OK_TRIALS = 2000
 
 router = APIRouter(
     prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404)
@@ -50,27 +54,41 @@ def version(study_id: int, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
             "metrics": queries.metrics_cursor(session, study_id),
             "service": queries.service_version(session, study_id),
             "counts": frame.counts(),
-            "best": None if best is None else {"number": best.number, "value": best.value},
+            "best": None if best is None else {
+                "number": best.number, "value": best.value, "settings": best.settings,
+            },
         }
+
+
+def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
+    if name == "curves":  # the curves also change with every reported epoch
+        return f"{frame.key}|{queries.metrics_cursor(session, frame.meta.study_id)}"
+    return frame.key
 
 
 @router.get("/studies/{study_id}/charts/{name}")
 def chart(study_id: int, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
-    """One chart of the study page as ``{figure, version, message, note, ...}``."""
+    """One chart of the study page as ``{figure, version, message, note, ...}``.
+
+    Studies over ``STALE_OK_TRIALS`` trials get the previous figure while the new
+    one is built in the background (its ``version`` tells the page to ask again)."""
     spec = STUDY_CHARTS.get(name)
     if spec is None:
         raise NotFound(f"no chart {name!r}; charts: {', '.join(STUDY_CHARTS)}", "name")
     with dash.ctx.db.session() as session:
         frame = dash.frames.get(session, study_id)
-        key = frame.key
-        if name == "curves":
-            key += f"|{queries.metrics_cursor(session, study_id)}"
+        version = _chart_version(session, frame, name)
 
-        def build() -> str:
-            result = safe_build(name, lambda: spec.build(session, frame, dash.frozen))
-            return payload(name, key, result)
+    def build() -> tuple[str, str]:
+        with dash.ctx.db.session() as session:
+            current = dash.frames.get(session, study_id)
+            built = _chart_version(session, current, name)
+            result = safe_build(name, lambda: spec.build(session, current, dash.frozen))
+            return built, payload(name, built, result)
 
-        return _json(dash.figures.get_or_build(("study", study_id, name), key, build))
+    stale_ok = len(frame.rows) > STALE_OK_TRIALS
+    key = ("study", study_id, name)
+    return _json(dash.figures.get(key, version, build, stale_ok=stale_ok))
 
 
 @router.get("/studies/{study_id}/curves")
@@ -120,10 +138,10 @@ def compare(
         frames = [dash.frames.get(session, sid) for sid in study_ids]
     key = "/".join(f.key for f in frames)
 
-    def build() -> str:
-        return payload(name, key, safe_build(name, lambda: build_chart(frames)))
+    def build() -> tuple[str, str]:
+        return key, payload(name, key, safe_build(name, lambda: build_chart(frames)))
 
-    return _json(dash.figures.get_or_build(("compare", tuple(study_ids), name), key, build))
+    return _json(dash.figures.get(("compare", tuple(study_ids), name), key, build))
 
 
 @router.get("/workers")

@@ -1,18 +1,10 @@
-"""The chart registry and the figure cache.
-
-Each chart of the study page is a name, a title and a builder over the
-study's :class:`StudyFrame`. Built figures are serialised once (Plotly's
-``to_json``) and cached per (study, chart) under the frame's version, so a
-chart request at an unchanged version costs one small version query and a
-dictionary lookup, whatever the size of the study.
-"""
+"""The chart registry: each chart of the study page is a name, a title and a
+builder over the study's :class:`StudyFrame` (see ``cache.py`` for caching)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,40 +75,3 @@ def safe_build(name: str, build: Callable[[], ChartResult]) -> ChartResult:
     except Exception:  # noqa: BLE001 - one chart must not take the page down
         log.exception("dashboard chart %s failed", name)
         return ChartResult(message="This chart could not be drawn (the server log has details).")
-
-
-class FigureCache:
-    """Serialised chart answers by key, each valid for one version (LRU bounded)."""
-
-    def __init__(self, max_entries: int = 512) -> None:
-        self._items: OrderedDict[tuple[Any, ...], tuple[str, str]] = OrderedDict()
-        self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}
-        self._lock = threading.Lock()
-        self.max_entries = max_entries
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_build(self, key: tuple[Any, ...], version: str, build: Callable[[], str]) -> str:
-        with self._lock:
-            lock = self._key_locks.setdefault(key, threading.Lock())
-        with lock:  # one build per key at a time; others wait and reuse it
-            with self._lock:
-                hit = self._items.get(key)
-                if hit is not None and hit[0] == version:
-                    self._items.move_to_end(key)
-                    self.hits += 1
-                    return hit[1]
-            body = build()
-            with self._lock:
-                self.misses += 1
-                self._items[key] = (version, body)
-                self._items.move_to_end(key)
-                while len(self._items) > self.max_entries:
-                    old, _ = self._items.popitem(last=False)
-                    self._key_locks.pop(old, None)
-            return body
-
-    def forget_study(self, study_id: int) -> None:
-        with self._lock:
-            for key in [k for k in self._items if k[1] == study_id]:
-                self._items.pop(key, None)

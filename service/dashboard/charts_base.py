@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
 from service.dashboard.frame import StudyFrame, TrialRow
@@ -36,6 +37,20 @@ class ChartResult:
     message: str | None = None
     note: str | None = None
     extra: dict[str, Any] | None = None
+
+
+def arr(values: Iterable[Any]) -> Any:
+    """Numbers as a numpy array (Plotly validates and encodes it at C speed, as a typed
+    array); anything else as a list, strings escaped."""
+    items = list(values)
+    try:
+        return np.asarray([math.nan if v is None else v for v in items], dtype=float)
+    except (TypeError, ValueError):
+        return [esc(v) if isinstance(v, str) else v for v in items]
+
+
+def ints(values: Iterable[int]) -> np.ndarray:
+    return np.asarray(list(values), dtype=np.int64)
 
 
 def empty(message: str) -> ChartResult:

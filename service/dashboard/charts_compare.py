@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from service.dashboard.charts_base import PALETTE, ChartResult, empty, layout, scored
+from service.dashboard.charts_base import PALETTE, ChartResult, arr, empty, ints, layout, scored
 from service.dashboard.frame import StudyFrame
 from service.dashboard.frame_study import esc
 
@@ -26,7 +26,7 @@ def histories(frames: list[StudyFrame]) -> ChartResult:
         values = np.array([r.value for r in rows], dtype=float)
         acc = np.maximum.accumulate if frame.meta.maximize else np.minimum.accumulate
         fig.add_trace(go.Scatter(
-            x=[r.number for r in rows], y=acc(values), mode="lines", name=_label(frame),
+            x=ints(r.number for r in rows), y=acc(values), mode="lines", name=_label(frame),
             line={"shape": "hv", "width": 2, "color": PALETTE[i % len(PALETTE)]},
             hovertemplate="trial %{x}: best %{y:.4f}<extra>" + _label(frame) + "</extra>",
         ))  # fmt: skip
@@ -46,7 +46,7 @@ def distributions(frames: list[StudyFrame]) -> ChartResult:
             continue
         color = PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Violin(
-            y=[r.value for r in rows], name=_label(frame), box_visible=True,
+            y=arr(r.value for r in rows), name=_label(frame), box_visible=True,
             meanline_visible=True, points=False, line_color=color, showlegend=False,
         ))  # fmt: skip
         best = max(r.value for r in rows) if frame.meta.maximize else min(r.value for r in rows)

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from plotly.subplots import make_subplots
 
-from service.dashboard.charts_base import fmt, layout, scored, thin
+from service.dashboard.charts_base import arr, fmt, ints, layout, scored, thin
 from service.dashboard.frame import StudyFrame
 from service.dashboard.frame_study import esc
 
@@ -31,9 +31,9 @@ def history(frame: StudyFrame) -> go.Figure:
     best = np.maximum.accumulate(values) if frame.meta.maximize else np.minimum.accumulate(values)
     shown, _ = thin(rows, frame)
     fig = go.Figure([
-        go.Scatter(x=[r.number for r in shown], y=[r.value for r in shown], mode="markers",
+        go.Scatter(x=ints(r.number for r in shown), y=arr(r.value for r in shown), mode="markers",
                    name=esc(frame.meta.objective_name), marker={"size": 4, "color": "#1f77b4"},
-                   customdata=[r.number for r in shown],
+                   customdata=ints(r.number for r in shown),
                    hovertemplate="trial #%{x}<br>%{y}<extra></extra>"),
         go.Scatter(x=numbers, y=best, mode="lines", name="Best Value",
                    line={"color": "#d62728", "width": 2, "shape": "hv"}),
@@ -110,9 +110,10 @@ def contour(frame: StudyFrame, x_name: str, y_name: str) -> go.Figure:
         go.Contour(x=x_mid, y=y_mid, z=z, colorscale="Blues", connectgaps=True,
                    reversescale=not frame.meta.maximize,
                    colorbar={"title": {"text": "mean " + esc(frame.meta.objective_name)}}),
-        go.Scatter(x=[r.settings[x_name] for r in shown], y=[r.settings[y_name] for r in shown],
+        go.Scatter(x=arr(r.settings[x_name] for r in shown),
+                   y=arr(r.settings[y_name] for r in shown),
                    mode="markers", marker={"size": 4, "color": "#222", "opacity": 0.5},
-                   name="trials", customdata=[r.number for r in shown], showlegend=False,
+                   name="trials", customdata=ints(r.number for r in shown), showlegend=False,
                    hovertemplate="trial #%{customdata}<extra></extra>"),
     ])  # fmt: skip
     layout(fig, f"Contour of {x_name} x {y_name} (mean per cell)")
@@ -128,11 +129,11 @@ def slices(frame: StudyFrame) -> go.Figure:
     for col, name in enumerate(names, start=1):
         part = [r for r in rows if name in r.settings]
         fig.add_trace(go.Scatter(
-            x=[esc(v) if isinstance(v, str) else v for v in (r.settings[name] for r in part)],
-            y=[r.value for r in part], mode="markers", showlegend=False,
-            marker={"size": 4, "color": [r.number for r in part], "colorscale": "Blues",
+            x=arr(r.settings[name] for r in part), y=arr(r.value for r in part),
+            mode="markers", showlegend=False,
+            marker={"size": 4, "color": ints(r.number for r in part), "colorscale": "Blues",
                     "showscale": col == 1, "colorbar": {"title": {"text": "trial"}}},
-            customdata=[r.number for r in part],
+            customdata=ints(r.number for r in part),
             hovertemplate="trial #%{customdata}<br>%{x}: %{y}<extra></extra>",
         ), row=1, col=col)  # fmt: skip
         log = getattr(frame.axes[name], "log", False)

@@ -13,10 +13,12 @@ from service.dashboard.charts_base import (
     OPTIMIZER,
     REGULARIZATION,
     ChartResult,
+    arr,
     color_for,
     empty,
     fmt,
     group_by,
+    ints,
     layout,
     needs,
     no_scores_message,
@@ -75,9 +77,9 @@ def _add_optimizer_box(
     color = color_for(opt, order)
     texts = [settings_text(r, frame) for r in rows] if points == "all" else None
     fig.add_trace(go.Box(
-        y=[r.value for r in rows], name=esc(opt), boxpoints=points, jitter=0.5, pointpos=0,
+        y=arr(r.value for r in rows), name=esc(opt), boxpoints=points, jitter=0.5, pointpos=0,
         marker={"color": color, "size": 5, "opacity": 0.6}, line={"color": color},
-        text=texts, customdata=[r.number for r in rows], hoveron="points+boxes",
+        text=texts, customdata=ints(r.number for r in rows), hoveron="points+boxes",
     ))  # fmt: skip
     best = _best(rows, frame.meta.maximize)
     fig.add_trace(go.Scatter(
@@ -98,14 +100,14 @@ def _scatter_by_optimizer(
     order = optimizer_order(frame, set(groups))
     return [
         go.Scatter(
-            x=[r.settings[setting] for r in groups[opt]],
-            y=[r.value for r in groups[opt]],
+            x=arr(r.settings[setting] for r in groups[opt]),
+            y=arr(r.value for r in groups[opt]),
             mode="markers",
             name=esc(opt if opt is not None else "trials"),
             legendgroup=esc(opt),
             marker={"color": color_for(opt, order), "size": 6, "opacity": 0.7},
             text=[settings_text(r, frame) for r in groups[opt]],
-            customdata=[r.number for r in groups[opt]],
+            customdata=ints(r.number for r in groups[opt]),
             hovertemplate=_HOVER,
             **trace,
         )  # fmt: skip
@@ -171,7 +173,7 @@ def batch_norm(frame: StudyFrame) -> ChartResult:
             continue
         fig.add_trace(go.Box(
             x=[esc(fmt(r.settings.get(OPTIMIZER, "all trials"))) for r in part],
-            y=[r.value for r in part], name=f"batch norm {'on' if flag else 'off'}",
+            y=arr(r.value for r in part), name=f"batch norm {'on' if flag else 'off'}",
             marker={"color": color}, boxpoints=False,
         ))  # fmt: skip
     if len(fig.data) < 2:

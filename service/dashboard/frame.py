@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -265,15 +266,24 @@ class _Entry:
 
 
 class FrameCache:
-    """Study frames by study id, refreshed incrementally when their version changes."""
+    """Study frames by study id, refreshed incrementally when their version changes.
 
-    def __init__(self) -> None:
-        self._entries: dict[int, _Entry] = {}
+    At most ``max_studies`` frames are kept (least recently used go first): a
+    10,000-trial frame is a few tens of MB.
+    """
+
+    def __init__(self, max_studies: int = 32) -> None:
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self.max_studies = max_studies
 
     def _entry(self, study_id: int) -> _Entry:
         with self._lock:
-            return self._entries.setdefault(study_id, _Entry())
+            entry = self._entries.setdefault(study_id, _Entry())
+            self._entries.move_to_end(study_id)
+            while len(self._entries) > self.max_studies:
+                self._entries.popitem(last=False)
+            return entry
 
     def get(self, session: Session, study_id: int) -> StudyFrame:
         """The current frame of a study (raises StudyNotFound)."""

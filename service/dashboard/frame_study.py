@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import threading
+from collections import OrderedDict
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from service.dashboard.frame import StudyFrame, TrialRow
+
+#: Studies whose FrozenTrials are kept (least recently used go first).
+MAX_STUDIES = 16
 
 
 def esc(text: Any) -> str:
@@ -82,7 +86,9 @@ class FrozenCache:
     """FrozenTrials per (study, trial id), reused while the trial stays finished."""
 
     def __init__(self) -> None:
-        self._by_study: dict[int, tuple[str, dict[int, tuple[str, FrozenTrial]]]] = {}
+        self._by_study: OrderedDict[int, tuple[str, dict[int, tuple[str, FrozenTrial]]]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def study(self, frame: StudyFrame, states: Sequence[str] | None = None) -> FrameStudy:
@@ -94,6 +100,9 @@ class FrozenCache:
             if cached_axes != signature:  # a new parameter changed the axes: rebuild all
                 known = {}
                 self._by_study[frame.meta.study_id] = (signature, known)
+            self._by_study.move_to_end(frame.meta.study_id)
+            while len(self._by_study) > MAX_STUDIES:
+                self._by_study.popitem(last=False)
             trials = []
             for row in frame.rows:
                 if states is not None and row.state not in states:

@@ -11,8 +11,8 @@ from service.dashboard.state import DashboardState, prewarm
 
 def mount(app: FastAPI) -> None:
     """Wire the dashboard into ``app`` (its AppContext must already be on ``app.state``)."""
-    app.state.dashboard = DashboardState(app.state.ctx)
-    prewarm()
+    app.state.dashboard = dash = DashboardState(app.state.ctx)
+    prewarm(dash)
     app.add_exception_handler(login.LoginRequired, login.login_redirect)
     app.include_router(static.router)
     app.include_router(login.router)

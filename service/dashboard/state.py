@@ -11,7 +11,8 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from service.context import AppContext
-from service.dashboard.charts import FigureCache
+from service.dashboard import queries
+from service.dashboard.cache import FigureCache
 from service.dashboard.charts_base import fmt
 from service.dashboard.frame import FrameCache, StudyFrame
 from service.dashboard.frame_study import FrozenCache
@@ -74,8 +75,21 @@ def _prewarm_libraries() -> None:
         log.debug("prewarming the chart libraries failed", exc_info=True)
 
 
-def prewarm() -> None:
-    threading.Thread(target=_prewarm_libraries, name="dashboard-prewarm", daemon=True).start()
+def prewarm(dash: DashboardState, studies: int = 4) -> None:
+    """In the background: warm the libraries, then load the trial tables of the most
+    recent studies, so that the first page view after a start does not wait for them."""
+
+    def run() -> None:
+        _prewarm_libraries()
+        try:
+            with dash.ctx.db.session() as session:
+                recent = [row.study_id for row in queries.list_studies(session)][-studies:]
+            for study_id in reversed(recent):
+                dash.frame(study_id)
+        except Exception:  # noqa: BLE001 - best effort
+            log.debug("prewarming study frames failed", exc_info=True)
+
+    threading.Thread(target=run, name="dashboard-prewarm", daemon=True).start()
 
 
 def get_dashboard(request: Request) -> DashboardState:

@@ -19,6 +19,7 @@ from service.errors import NotFound
 HERE = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FILES = {
+    "lib.js": (HERE / "lib.js", "text/javascript"),
     "app.js": (HERE / "app.js", "text/javascript"),
     "style.css": (HERE / "style.css", "text/css"),
     "plotly.min.js": (PLOTLY_JS, "text/javascript"),

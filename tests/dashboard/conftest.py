@@ -45,6 +45,17 @@ def study_id(ctx, workers) -> int:  # type: ignore[no-untyped-def]
     return seeding.seed_bulk(ctx, synthetic.demo_spec("mnist-demo"), 90, seed=1, workers=workers)
 
 
+def values(data: Any) -> list[Any]:
+    """A Plotly data array as a list (numpy arrays travel as base64 typed arrays)."""
+    if isinstance(data, dict) and "bdata" in data:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)
+
+
 def chart(client: Any, study: int, name: str) -> dict[str, Any]:
     response = client.get(f"/api/v1/dashboard/studies/{study}/charts/{name}")
     assert response.status_code == 200, response.text

@@ -1,195 +1,13 @@
-// hpo dashboard: fetches JSON from /api/v1/dashboard and draws it.
-// Rules: figures come ready-made from the server (Plotly JSON); every string
-// from the server goes into the page through textContent, never innerHTML.
+// hpo dashboard pages: fetches JSON from /api/v1/dashboard and draws it (helpers in lib.js).
 // Live updates poll a cheap version endpoint and refetch only what changed.
 "use strict";
 
 (() => {
   const body = document.body;
-  const API = body.dataset.api;
-  const PREFIX = body.dataset.prefix;
-  const POLL_MS = Number(body.dataset.pollMs) || 3000;
-  const PLOT_CONFIG = { responsive: true, displaylogo: false };
-  // plotly.min.js is a deferred script after this one: wait for it before drawing,
-  // but start fetching figures at once so that both happen at the same time.
-  // (A deferred script runs while readyState is already "interactive", before
-  // DOMContentLoaded: only "complete" means the later deferred scripts have run.)
-  const plotlyReady = new Promise((resolve) => {
-    if (document.readyState === "complete") resolve();
-    else document.addEventListener("DOMContentLoaded", resolve);
-  });
-  let firstChartMarked = false;
-
-  // Chart requests go out one at a time until the first answer, then two at a
-  // time: the server's CPU goes to the chart on top of the page first.
-  class Loader {
-    constructor() { this.active = 0; this.limit = 1; this.queue = []; }
-    add(fn) {
-      return new Promise((resolve, reject) => { this.queue.push({ fn, resolve, reject }); this.pump(); });
-    }
-    pump() {
-      while (this.active < this.limit && this.queue.length) {
-        const job = this.queue.shift();
-        this.active += 1;
-        job.fn().then(job.resolve, job.reject).finally(() => { this.active -= 1; this.limit = 2; this.pump(); });
-      }
-    }
-  }
-  const loader = new Loader();
-
-  // ------------------------------------------------------------------ helpers
-
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "on") for (const [ev, fn] of Object.entries(value)) node.addEventListener(ev, fn);
-      else node.setAttribute(key, value);
-    }
-    for (const child of children) {
-      if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-
-  function fmt(value) {
-    if (value === null || value === undefined) return "—";
-    if (typeof value === "number") {
-      if (Number.isInteger(value)) return String(value);
-      const abs = Math.abs(value);
-      return abs !== 0 && (abs < 1e-3 || abs >= 1e5) ? value.toExponential(2) : value.toPrecision(4);
-    }
-    return String(value);
-  }
-
-  function duration(seconds) {
-    if (seconds === null || seconds === undefined) return "—";
-    if (seconds < 60) return `${seconds.toFixed(1)} s`;
-    if (seconds < 3600) return `${(seconds / 60).toFixed(1)} min`;
-    return `${(seconds / 3600).toFixed(1)} h`;
-  }
-
-  function ago(iso) {
-    const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-    return seconds < 90 ? `${Math.round(seconds)} s ago` : `${duration(seconds)} ago`;
-  }
-
-  function setLive(ok) {
-    const live = document.getElementById("live");
-    if (live) live.className = ok ? "live ok" : "live stale";
-  }
-
-  async function getJSON(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (response.status === 401) {
-      window.location.assign(`${PREFIX}/login?next=${encodeURIComponent(window.location.pathname)}`);
-      throw new Error("signed out");
-    }
-    if (!response.ok) throw new Error(`${response.status} ${url}`);
-    return response.json();
-  }
-
-  function every(ms, fn) {
-    let timer = null;
-    const tick = async () => {
-      if (!document.hidden) {
-        try { await fn(); setLive(true); } catch (err) { setLive(false); }
-      }
-      timer = window.setTimeout(tick, ms);
-    };
-    timer = window.setTimeout(tick, ms);
-    return () => window.clearTimeout(timer);
-  }
-
-  const trialUrl = (studyId, number) => `${PREFIX}/studies/${encodeURIComponent(studyId)}/trials/${encodeURIComponent(number)}`;
-
-  // ------------------------------------------------------------------ charts
-
-  function showChart(section, data, studyId) {
-    const plot = section.querySelector(".plot");
-    section.querySelector(".note").textContent = data.note || "";
-    section.dataset.version = data.version;
-    plot.removeAttribute("aria-busy");
-    if (!data.figure) {
-      if (plot.dataset.plotted) window.Plotly.purge(plot);
-      delete plot.dataset.plotted;
-      plot.replaceChildren(el("p", { class: "empty" }, data.message || "Nothing to show yet."));
-      return Promise.resolve();
-    }
-    if (!plot.dataset.plotted) plot.replaceChildren();
-    const layout = Object.assign({ autosize: true }, data.figure.layout);
-    return window.Plotly.react(plot, data.figure.data, layout, PLOT_CONFIG).then(() => {
-      if (!firstChartMarked) { firstChartMarked = true; performance.mark("hpo:first-chart"); }
-      if (plot.dataset.plotted || studyId === undefined) { plot.dataset.plotted = "1"; return; }
-      plot.dataset.plotted = "1";
-      plot.on("plotly_click", (event) => {
-        const number = event.points && event.points[0] && event.points[0].customdata;
-        if (Number.isInteger(number)) window.location.assign(trialUrl(studyId, number));
-      });
-    });
-  }
-
-  function chartError(section, err) {
-    const plot = section.querySelector(".plot");
-    plot.removeAttribute("aria-busy");
-    if (!plot.dataset.plotted) plot.replaceChildren(el("p", { class: "error" }, `Could not load: ${err.message}`));
-  }
-
-  function whenVisible(sections, load) {
-    if (!("IntersectionObserver" in window)) { sections.forEach(load); return; }
-    const observer = new IntersectionObserver((entries) => {
-      for (const entry of entries) {
-        if (entry.isIntersecting) { observer.unobserve(entry.target); load(entry.target); }
-      }
-    }, { rootMargin: "300px" });
-    sections.forEach((s) => observer.observe(s));
-  }
-
-  // ------------------------------------------------------------------ learning curves (delta)
-
-  function curveTrace(plot, row) {
-    let trace = plot.data.find((t) => t.meta && t.meta.key === row.key);
-    if (trace) return trace;
-    trace = {
-      type: "scatter", mode: "lines", x: [], y: [], customdata: [], text: [], name: row.name,
-      meta: { key: row.key, color: row.color }, line: { color: row.color, width: 1 }, opacity: 0.75,
-      connectgaps: false, hovertemplate: "epoch %{x}: %{y:.4f}<br>%{text}<extra></extra>",
-    };
-    const firstMark = plot.data.findIndex((t) => t.meta && t.meta.mark);
-    plot.data.splice(firstMark < 0 ? plot.data.length : firstMark, 0, trace);
-    return trace;
-  }
-
-  function addCurvePoint(plot, row) {
-    const trace = curveTrace(plot, row);
-    for (const key of ["x", "y", "customdata", "text"]) if (!Array.isArray(trace[key])) trace[key] = Array.from(trace[key] || []);
-    const numbers = trace.customdata;
-    const last = numbers.lastIndexOf(row.number);
-    const values = { x: row.epoch, y: row.y, customdata: row.number, text: row.text };
-    if (last < 0) {
-      if (numbers.length) for (const key of Object.keys(values)) trace[key].push(null);
-      for (const [key, value] of Object.entries(values)) trace[key].push(value);
-    } else {
-      for (const [key, value] of Object.entries(values)) trace[key].splice(last + 1, 0, value);
-    }
-  }
-
-  function markEnded(plot, ended) {
-    const mark = plot.data.find((t) => t.meta && t.meta.mark === ended.state);
-    if (!mark) return;
-    for (const key of ["x", "y", "customdata"]) if (!Array.isArray(mark[key])) mark[key] = Array.from(mark[key] || []);
-    if (mark.customdata.includes(ended.number)) return;
-    for (const trace of plot.data) {
-      if (!trace.meta || trace.meta.mark || !trace.customdata) continue;
-      const i = Array.from(trace.customdata).lastIndexOf(ended.number);
-      if (i >= 0) {
-        mark.x.push(trace.x[i]); mark.y.push(trace.y[i]); mark.customdata.push(ended.number);
-        return;
-      }
-    }
-  }
+  const {
+    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, duration, ago, setLive,
+    getJSON, every, trialUrl, showChart, chartError, whenVisible, addCurvePoint, markEnded,
+  } = window.HPO;
 
   // ------------------------------------------------------------------ study page
 
@@ -296,6 +114,9 @@
         this.pending.delete(section);
         const data = await (pending || this.fetchChart(section));
         await plotlyReady;
+        // A big study answers with the previous figure while the new one is built:
+        // nothing to redraw until its version moves.
+        if (this.loaded.has(section) && data.version === section.dataset.version) return;
         if (name === "curves") { this.cursor = data.cursor ?? null; this.running = new Set(data.running || []); }
         this.loaded.add(section);
         await showChart(section, data, this.studyId);
@@ -305,17 +126,32 @@
     async poll() {
       const v = await getJSON(`${API}/studies/${this.studyId}/version`);
       this.updateSummary(v);
-      const changed = this.last && v.trials !== this.last.trials;
-      for (const section of this.loaded) {
-        if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) await this.loadChart(section);
-      }
-      if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) await this.curvesDelta();
-      if (changed || (this.last && v.service !== this.last.service) || (this.last && v.metrics !== this.last.metrics)) await this.table.load();
+      const last = this.last;
       this.last = v;
+      const changed = last && v.trials !== last.trials;
+      // Cheap updates first (table page, curve points), then the charts whose version
+      // moved, through the loader (two at a time), so that one slow chart never holds
+      // back the table or the curves.
+      const jobs = [];
+      if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) jobs.push(this.curvesDelta());
+      if (changed || (last && (v.service !== last.service || v.metrics !== last.metrics))) jobs.push(this.table.load());
+      for (const section of this.loaded) {
+        if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) jobs.push(this.loadChart(section));
+      }
+      const failed = (await Promise.allSettled(jobs)).find((r) => r.status === "rejected");
+      if (failed) throw failed.reason;
     }
 
     updateSummary(v) {
       for (const node of document.querySelectorAll("[data-count]")) node.textContent = String(v.counts[node.dataset.count] || 0);
+      const link = document.getElementById("best-link");
+      if (!v.best || !link || link.dataset.number === String(v.best.number)) return;
+      link.dataset.number = String(v.best.number);
+      link.href = trialUrl(this.studyId, v.best.number);
+      link.textContent = `#${v.best.number}`;
+      document.getElementById("best-value").textContent = fmt(v.best.value);
+      document.getElementById("best-settings").replaceChildren(...Object.entries(v.best.settings)
+        .map(([key, value]) => el("div", {}, el("dt", {}, key), el("dd", {}, fmt(value)))));
     }
 
     async curvesDelta() {
