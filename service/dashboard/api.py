@@ -54,8 +54,12 @@ def version(study_id: int, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
             "metrics": queries.metrics_cursor(session, study_id),
             "service": queries.service_version(session, study_id),
             "counts": frame.counts(),
-            "best": None if best is None else {
-                "number": best.number, "value": best.value, "settings": best.settings,
+            "best": None
+            if best is None
+            else {
+                "number": best.number,
+                "value": best.value,
+                "settings": best.settings,
             },
         }
 
