@@ -47,6 +47,7 @@ from service.lease_rows import (
     tell_optuna,
 )
 from service.models import LeaseRecord, TrialRecord
+from service.optuna_store import finished_copy
 from workers.protocol import CompleteRequest, FailRequest, FinishResponse, FinishState
 
 log = logging.getLogger("hpo.leases")
@@ -226,7 +227,11 @@ def _cas_trial(
 
 
 def _tell(ctx: AppContext, claim: _Claim) -> optuna.trial.FrozenTrial:
-    """Tell Optuna the outcome unless its trial already finished; returns the trial."""
+    """Tell Optuna the outcome unless its trial already finished; returns the trial.
+
+    After a tell that stored what was asked, the finished trial is built from what
+    was read and written here (no re-read); any other case re-reads it.
+    """
     trial_id = claim.view.trial.optuna_trial_id
     assert trial_id is not None
     storage = ctx.store.storage
@@ -234,7 +239,9 @@ def _tell(ctx: AppContext, claim: _Claim) -> optuna.trial.FrozenTrial:
     frozen = storage.get_trial(trial_id)
     if frozen.state == TrialState.RUNNING:
         try:
-            _tell_running(ctx, cached, frozen, claim.outcome)
+            done = _tell_running(ctx, cached, frozen, claim.outcome)
+            if done is not None:
+                return done
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # finished concurrently (same stored request)
         except (ValueError, TypeError) as exc:  # never leave the lease stuck
@@ -246,21 +253,30 @@ def _tell(ctx: AppContext, claim: _Claim) -> optuna.trial.FrozenTrial:
 
 def _tell_running(
     ctx: AppContext, cached: Any, frozen: optuna.trial.FrozenTrial, outcome: Outcome
-) -> None:
+) -> optuna.trial.FrozenTrial | None:
+    """User attrs, then tell; the finished trial, or None when it must be re-read."""
     storage, trial_id = ctx.store.storage, frozen._trial_id
+    attrs: dict[str, Any] = {}
     if outcome.diagnosis is not None:
-        storage.set_trial_user_attr(trial_id, "diagnosis", outcome.diagnosis)
+        attrs["diagnosis"] = outcome.diagnosis
     if outcome.metrics:
-        storage.set_trial_user_attr(trial_id, "final_metrics", outcome.metrics)
+        attrs["final_metrics"] = outcome.metrics
     if outcome.reason is not None:
-        storage.set_trial_user_attr(trial_id, "fail_reason", outcome.reason)
+        attrs["fail_reason"] = outcome.reason
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
     values = outcome.values
+    state = _OPTUNA_STATE[outcome.state]
     if outcome.state == "pruned":
         if values and not frozen.intermediate_values:
             # Optuna stores a pruned trial's last intermediate value as its value.
             storage.set_trial_intermediate_value(trial_id, 0, values[0])
+            frozen = storage.get_trial(trial_id)
         values = None
-    tell_optuna(cached, frozen.number, _OPTUNA_STATE[outcome.state], values)
+    told = tell_optuna(cached, frozen.number, state, values)
+    if told is None or told[0] != state:
+        return None
+    return finished_copy(frozen, told[0], told[1], attrs)
 
 
 # --------------------------------------------------------------------------- step 3: record

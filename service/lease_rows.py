@@ -11,7 +11,6 @@ State names used throughout (see docs/architecture.md):
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -148,13 +147,12 @@ def tell_optuna(
     number: int,
     state: optuna.trial.TrialState,
     values: list[float] | None = None,
-) -> None:
-    """``study.tell`` under the study's lock, tolerant of a trial already finished.
+) -> tuple[optuna.trial.TrialState, list[float] | None] | None:
+    """``study.tell``, tolerant of a trial already finished; (state, values) stored,
+    or None when Optuna refused (see :meth:`CachedStudy.tell`).
 
-    A RuntimeError is swallowed: Optuna's UpdateFinishedTrialError (another
-    server finished it first) is one, and GridSampler.after_trial calls
-    ``study.stop()``, which raises outside ``optimize()`` *after* the state was
-    stored. Callers re-read the trial to learn its final state.
+    The sampler lock is taken only for samplers whose ``after_trial`` keeps state
+    (grid, NSGA-II, ...); random and TPE tell without it, so completes never queue
+    behind sampling.
     """
-    with cached.lock, contextlib.suppress(RuntimeError):
-        cached.study.tell(number, values, state=state, skip_if_finished=True)
+    return cached.tell(number, state, values)

@@ -76,7 +76,7 @@ def report(
     """Record one intermediate value (Optuna) and its metrics; answer prune/continue/stop."""
 
     def unit(session: Session) -> tuple[ActionResponse, LeaseView]:
-        answer, view = _keep_alive_without_commit(ctx, session, lease_id)
+        answer, view = _keep_alive_without_commit(ctx, session, lease_id, last_step=step)
         if answer.action == Action.CONTINUE:
             _record_metrics_without_commit(session, view, step, value, metrics)
         return answer, view
@@ -111,8 +111,10 @@ def _with_retry(ctx: AppContext, unit: Callable[[Session], _T]) -> _T:
 
 
 def _keep_alive_without_commit(
-    ctx: AppContext, session: Session, lease_id: str
+    ctx: AppContext, session: Session, lease_id: str, last_step: int | None = None
 ) -> tuple[ActionResponse, LeaseView]:
+    """Extend (or revive) the lease; a report's ``last_step`` goes into the same
+    update of the trial row."""
     view = load_lease_without_commit(session, lease_id)
     lease, trial, study = view.lease, view.trial, view.study
     check_current(view)
@@ -126,16 +128,17 @@ def _keep_alive_without_commit(
         return ActionResponse(action=Action.STOP, message=stop), view
     now = utcnow()
     expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    extra = {} if last_step is None else {"last_step": last_step}
     if lease.state == "expired":
-        _revive_without_commit(session, view, expires, now)
+        _revive_without_commit(session, view, expires, now, extra)
     else:
-        _extend_without_commit(session, view, expires, now)
-    workers_registry.touch_without_commit(session, lease.worker_id, now)
+        _extend_without_commit(session, view, expires, now, extra)
+    workers_registry.touch_without_commit(session, lease.worker_id, now, throttle=True)
     return ActionResponse(action=Action.CONTINUE, lease_expires_at=expires), view
 
 
 def _extend_without_commit(
-    session: Session, view: LeaseView, expires: datetime, now: datetime
+    session: Session, view: LeaseView, expires: datetime, now: datetime, extra: dict[str, Any]
 ) -> None:
     lease_id = view.lease.lease_id
     done = session.execute(
@@ -146,11 +149,11 @@ def _extend_without_commit(
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise _Changed  # expired by the reaper a moment ago: look again (maybe revive)
-    _set_trial(session, view, ("leased",), {"lease_expires_at": expires}, now)
+    _set_trial(session, view, ("leased",), {"lease_expires_at": expires, **extra}, now)
 
 
 def _revive_without_commit(
-    session: Session, view: LeaseView, expires: datetime, now: datetime
+    session: Session, view: LeaseView, expires: datetime, now: datetime, extra: dict[str, Any]
 ) -> None:
     """An expired lease whose trial waits in the queue takes it back (same attempt)."""
     lease_id = view.lease.lease_id
@@ -171,7 +174,8 @@ def _revive_without_commit(
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise _Changed
-    _set_trial(session, view, ("queued",), {"state": "leased", "lease_expires_at": expires}, now)
+    values = {"state": "leased", "lease_expires_at": expires, **extra}
+    _set_trial(session, view, ("queued",), values, now)
 
 
 def _set_trial(
@@ -218,13 +222,7 @@ def _record_metrics_without_commit(
         index_elements=["optuna_trial_id", "step"],
         set_={k: row[k] for k in ("attempt", "value", "metrics", "created_at")},
     )
-    session.execute(stmt)
-    session.execute(
-        update(TrialRecord)
-        .where(TrialRecord.id == view.trial.id)
-        .values(last_step=step)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(stmt)  # last_step was set by the keep-alive update of the trial row
 
 
 def _should_prune(ctx: AppContext, view: LeaseView, trial_id: int, step: int) -> bool:

@@ -65,9 +65,7 @@ class _Reserved:
 
 def lease(ctx: AppContext, worker_id: str, studies: list[str] | None = None) -> LeaseResponse:
     """One attempt to lease a trial for ``worker_id``; the answer says why when there is none."""
-    with ctx.db.session() as session:
-        workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
-    return _try_studies(ctx, worker_id, studies)
+    return _try_studies(ctx, worker_id, studies, touch=True)
 
 
 async def long_poll(
@@ -85,9 +83,17 @@ async def long_poll(
     return answer
 
 
-def _try_studies(ctx: AppContext, worker_id: str, studies: list[str] | None) -> LeaseResponse:
-    """Try the candidate studies in order; the first trial leased wins."""
+def _try_studies(
+    ctx: AppContext, worker_id: str, studies: list[str] | None, *, touch: bool = False
+) -> LeaseResponse:
+    """Try the candidate studies in order; the first trial leased wins.
+
+    With ``touch`` the worker's ``last_seen_at`` is updated in the same transaction
+    as the read-only pre-check (an unknown worker raises WorkerNotFound).
+    """
     with ctx.db.session() as session:
+        if touch:
+            workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
         ready, reasons = candidates(session, studies)
     for cand in ready:
         spec, reason = _lease_from(ctx, cand.study.study_id, worker_id)
@@ -177,44 +183,57 @@ def _reserve_locked(
 def _sample_and_grant(
     ctx: AppContext, study: StudyRecord, row_id: int, worker_id: str
 ) -> tuple[TrialSpec | None, str]:
-    """Phases 2 and 3 for a reserved ``creating`` row."""
+    """Phases 2 and 3 for a reserved ``creating`` row.
+
+    The Optuna trial is created outside the sampler lock (one insert); only the
+    sampler's work (and Optuna's writes of the sampled values) runs under it.
+    """
     spec = study_spec(study)
     cached = cached_study(ctx, study)
     try:
-        with cached.lock:
-            trial = cached.study.ask()
+        trial_id = cached.new_trial()
     except Exception as exc:  # noqa: BLE001 - no Optuna trial exists: drop the slot
-        log.exception("study %r: ask() failed", study.name)
+        log.exception("study %r: creating a trial failed", study.name)
         _drop_creating(ctx, row_id)
         return None, f"study {study.name!r}: sampling failed ({type(exc).__name__}: {exc})"
+    number = -1
     try:
-        with cached.lock:
+        with cached.sampling(trial_id) as trial:
+            number = trial.number
             params = suggest_params(trial, spec)
     except Exception as exc:  # noqa: BLE001 - never leave a RUNNING trial without a row
-        log.exception("study %r: sampling trial %d failed", study.name, trial.number)
+        if number < 0:
+            number = ctx.store.storage.get_trial(trial_id).number
+        log.exception("study %r: sampling trial %d failed", study.name, number)
         reason = f"sampling failed: {type(exc).__name__}: {exc}"
-        _fail_sampled(ctx, study, row_id, trial._trial_id, trial.number, reason)
+        _fail_sampled(ctx, study, row_id, trial_id, number, reason)
         return None, f"study {study.name!r}: {reason}"
     now = utcnow()
     with ctx.db.session() as session:
-        granted = _fill_creating_without_commit(
-            session, row_id, trial._trial_id, trial.number, params, now
-        )
-        spec_out = (
-            _grant_without_commit(ctx, session, study, granted, worker_id, now)
-            if granted is not None
-            else None
+        spec_out = _grant_creating_without_commit(
+            ctx, session, study, row_id, trial_id, number, params, worker_id, now
         )
     if spec_out is None:  # the reaper removed our row (slower than orphan_grace_s)
-        _fail_sampled(ctx, study, None, trial._trial_id, trial.number, "lease slot reaped")
+        _fail_sampled(ctx, study, None, trial_id, number, "lease slot reaped")
         return None, f"study {study.name!r}: sampling took too long"
     ctx.metrics.leases_granted.inc()
     return spec_out, ""
 
 
-def _fill_creating_without_commit(
-    session: Session, row_id: int, optuna_id: int, number: int, params: dict, now: datetime
-) -> TrialRecord | None:
+def _grant_creating_without_commit(
+    ctx: AppContext,
+    session: Session,
+    study: StudyRecord,
+    row_id: int,
+    optuna_id: int,
+    number: int,
+    params: dict,
+    worker_id: str,
+    now: datetime,
+) -> TrialSpec | None:
+    """Our ``creating`` row -> ``leased`` in one compare-and-set, plus the lease row."""
+    lease_id = str(uuid.uuid4())
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
     result = session.execute(
         update(TrialRecord)
         .where(TrialRecord.id == row_id, TrialRecord.state == "creating")
@@ -222,14 +241,30 @@ def _fill_creating_without_commit(
             optuna_trial_id=optuna_id,
             number=number,
             params=params,
-            state="queued",
+            state="leased",
+            lease_id=lease_id,
+            worker_id=worker_id,
+            attempts=1,
+            lease_expires_at=expires,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    return session.get(TrialRecord, row_id, populate_existing=True)
+    session.add(
+        LeaseRecord(
+            lease_id=lease_id,
+            trial_row_id=row_id,
+            worker_id=worker_id,
+            attempt=1,
+            state="active",
+            created_at=now,
+            expires_at=expires,
+        )
+    )
+    workers_registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
+    return _spec_of(ctx, study, optuna_id, number, params, lease_id, 1, expires)
 
 
 def _grant_without_commit(
@@ -295,19 +330,41 @@ def _trial_spec(
     attempt: int,
     expires: datetime,
 ) -> TrialSpec:
-    spec = study_spec(study)
     assert trial.optuna_trial_id is not None and trial.number is not None
+    return _spec_of(
+        ctx,
+        study,
+        trial.optuna_trial_id,
+        trial.number,
+        trial.params or {},
+        lease_id,
+        attempt,
+        expires,
+    )
+
+
+def _spec_of(
+    ctx: AppContext,
+    study: StudyRecord,
+    trial_id: int,
+    number: int,
+    params: dict,
+    lease_id: str,
+    attempt: int,
+    expires: datetime,
+) -> TrialSpec:
+    spec = study_spec(study)
     return TrialSpec(
         lease_id=lease_id,
-        trial_id=trial.optuna_trial_id,
-        trial_number=trial.number,
+        trial_id=trial_id,
+        trial_number=number,
         study_name=study.name,
         attempt=attempt,
-        params=to_settings(spec, trial.params or {}),
+        params=to_settings(spec, params),
         fixed=dict(spec.fixed),
         objective=spec.objective_names[0],
         direction=spec.study_directions[0],
-        seed=trial_seed(study.seed, trial.number),
+        seed=trial_seed(study.seed, number),
         lease_expires_at=expires,
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
     )

@@ -7,6 +7,8 @@ lease, heartbeat and report touches ``last_seen_at``. A worker not seen for
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -51,10 +53,28 @@ def list_workers(session: Session) -> list[WorkerRecord]:
     )
 
 
+#: heartbeat/report refresh ``last_seen_at`` at most this often per worker and process
+TOUCH_EVERY_S = 5.0
+_touched: dict[str, float] = {}
+_touched_lock = threading.Lock()
+
+
 def touch_without_commit(
-    session: Session, worker_id: str, now: datetime, *, must_exist: bool = False
+    session: Session,
+    worker_id: str,
+    now: datetime,
+    *,
+    must_exist: bool = False,
+    throttle: bool = False,
 ) -> bool:
-    """Update ``last_seen_at``; with ``must_exist`` an unknown worker raises WorkerNotFound."""
+    """Update ``last_seen_at``; with ``must_exist`` an unknown worker raises WorkerNotFound.
+
+    With ``throttle`` (heartbeat, report: the worker is known to exist) the update
+    is skipped when this process wrote it less than ``TOUCH_EVERY_S`` ago: liveness
+    is judged over ``worker_timeout_s`` (minutes), not per request.
+    """
+    if throttle and not _due(worker_id):
+        return True
     result = session.execute(
         update(WorkerRecord)
         .where(WorkerRecord.worker_id == worker_id)
@@ -65,6 +85,19 @@ def touch_without_commit(
     if must_exist and not found:
         raise WorkerNotFound(_not_found(worker_id), "worker_id")
     return found
+
+
+def _due(worker_id: str) -> bool:
+    clock = time.monotonic()
+    with _touched_lock:
+        last = _touched.get(worker_id)
+        if last is not None and clock - last < TOUCH_EVERY_S:
+            return False
+        if len(_touched) > 10_000:  # bounded: drop entries that are due anyway
+            for key in [k for k, v in _touched.items() if clock - v >= TOUCH_EVERY_S]:
+                del _touched[key]
+        _touched[worker_id] = clock
+        return True
 
 
 def set_current_without_commit(
