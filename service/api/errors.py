@@ -8,15 +8,21 @@ echoing the input back (it may hold NaN or huge values).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import optuna
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import DomainError
+from service.db import _is_connection_error
+from service.errors import DatabaseUnavailable, DomainError
+
+log = logging.getLogger("hpo.server")
 
 _DISCRIMINATORS = {"float", "int", "categorical", "function-after", "function-before"}
 
@@ -56,8 +62,34 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _lost_connection(exc: BaseException) -> DBAPIError | None:
+    """The connection error behind ``exc`` (Optuna wraps it in StorageInternalError)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short cause chain; bounded
+        if seen is None:
+            return None
+        if isinstance(seen, DBAPIError) and _is_connection_error(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error outside our own sessions (inside Optuna's storage): 503 when the
+    connection was lost (the worker retries), else a logged 500 without internals."""
+    lost = _lost_connection(exc)
+    if lost is not None:
+        return await _domain_error(
+            request, DatabaseUnavailable(f"database unavailable: {lost.orig}")
+        )
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error", "field": None}, status_code=500)
+
+
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(optuna.exceptions.StorageInternalError, _storage_error)
+    app.add_exception_handler(DBAPIError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 

@@ -1,0 +1,114 @@
+"""Item 3: PostgreSQL stopped and restarted mid-run (a private instance, never the shared one).
+
+While the database is down every API call answers 503 (never 500) and
+``/readyz`` says so; when it is back the server recovers by itself (pre-ping
+pool, no server restart) and no completion is lost: the workers' completes
+are retried through the 503s and land once the database answers again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.faults.harness import (
+    API,
+    Fleet,
+    admin,
+    assert_invariants,
+    check_invariants,
+    server_errors,
+    spec,
+    start_server,
+    wait_finished,
+)
+from tests.faults.pg_private import PrivatePostgres, private_pg  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
+
+TRIALS = 40
+RESTARTS = 2
+DOWN_S = 4.0
+
+
+def _probe(url: str, tokens: dict[str, str], seconds: float) -> Counter[str]:
+    """Hit reads, a lease and readiness while the database is down; count status codes."""
+    seen: Counter[str] = Counter()
+    adm = {"Authorization": f"Bearer {tokens['admin']}"}
+    wrk = {"Authorization": f"Bearer {tokens['worker']}"}
+    calls = [
+        ("GET", "/readyz", None, None),
+        ("GET", f"{API}/studies", adm, None),
+        ("GET", f"{API}/studies/dbdown", adm, None),
+        ("GET", f"{API}/studies/dbdown/trials", adm, None),
+        ("POST", f"{API}/trials/lease", wrk, {"worker_id": "nobody"}),
+        ("POST", f"{API}/leases/nolease/heartbeat", wrk, None),
+    ]
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, timeout=15) as http:
+        while time.monotonic() < deadline:
+            for method, path, headers, body in calls:
+                resp = http.request(method, path, headers=headers, json=body)
+                seen[f"{method} {path.split('/')[-1]} {resp.status_code}"] += 1
+                if resp.status_code == 503 and path != "/readyz":
+                    assert "database" in resp.json()["detail"], resp.text
+            time.sleep(0.2)
+    return seen
+
+
+def _wait_ready(url: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not ready {timeout:.0f}s after the database came back")
+
+
+def test_database_restart_answers_503_and_loses_nothing(
+    private_pg: PrivatePostgres,  # noqa: F811
+    tmp_path: Path,
+    figures,
+) -> None:
+    db_url = private_pg.url
+    server = start_server(tmp_path, db_url)
+    fleet: Fleet | None = None
+    codes: Counter[str] = Counter()
+    try:
+        with admin(server) as api:
+            resp = api.post("/studies", json=spec("dbdown", TRIALS, max_concurrent=3))
+            assert resp.status_code == 201, resp.text
+        fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "dbdown", step_sleep=0.2)
+        for _ in range(3):
+            fleet.spawn()
+        recovered: list[float] = []
+        for i in range(RESTARTS):
+            wait_finished(db_url, "dbdown", 8 * (i + 1), timeout=60)
+            private_pg.stop()
+            codes += _probe(server.url, server.tokens(), DOWN_S)
+            private_pg.start()
+            recovered.append(_wait_ready(server.url, 30))
+        done = wait_finished(db_url, "dbdown", TRIALS, timeout=120)
+        logs = fleet.logs()
+        f = check_invariants(db_url, "dbdown", TRIALS, logs)
+        fives = {k: v for k, v in codes.items() if k.endswith(" 500")}
+        summary = f"restarts survived={RESTARTS} 500s={sum(fives.values())} {f.line()}"
+        print(f"\ndb restart: {summary}\n  while down: {dict(codes)}\n  ready after {recovered}")
+        figures["PostgreSQL restart"] = summary
+        assert not fives, f"500 while the database was down: {fives}"
+        assert all(k.endswith(" 503") for k in codes), dict(codes)
+        assert done == TRIALS, f.line()
+        assert_invariants(f, TRIALS)
+        assert server_errors(logs) == 0, "a worker saw a 5xx that is not retried"
+        assert " 500 " not in server.log(), server.log()[-4000:]
+    finally:
+        if fleet is not None:
+            fleet.close()
+        server.kill()
