@@ -6,13 +6,14 @@ version (plotly's version, or a hash of the file) so browsers may cache them.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from functools import lru_cache
 from pathlib import Path
 
 import plotly
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from service.errors import NotFound
 
@@ -38,11 +39,21 @@ def asset_url(name: str) -> str:
     return f"/dashboard/static/{name}?v={_digest(name)}"
 
 
+@lru_cache(maxsize=16)
+def _bodies(name: str) -> tuple[bytes, bytes]:
+    """(plain, gzip) bytes of an asset, compressed once: plotly.min.js is 4.6 MB plain and
+    about 1.4 MB gzipped, which matters on a real network, not on loopback."""
+    raw = FILES[name][0].read_bytes()
+    return raw, gzip.compress(raw, compresslevel=6, mtime=0)
+
+
 @router.get("/{name}")
-def asset(name: str) -> Response:
+def asset(name: str, request: Request) -> Response:
     if name not in FILES:
         raise NotFound(f"no asset {name!r}")
-    path, media_type = FILES[name]
-    return FileResponse(
-        path, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"}
-    )
+    plain, packed = _bodies(name)
+    headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        headers["Content-Encoding"] = "gzip"
+        return Response(packed, media_type=FILES[name][1], headers=headers)
+    return Response(plain, media_type=FILES[name][1], headers=headers)

@@ -109,6 +109,23 @@ def test_static_assets_come_from_the_package_and_are_cacheable(viewer, study_id)
     assert viewer.get("/dashboard/static/../config.py").status_code == 404
 
 
+def test_static_assets_are_gzipped_when_asked_and_prefetched_before_the_study_page(
+    viewer, study_id
+) -> None:
+    from service.dashboard.static import PLOTLY_JS
+
+    url = "/dashboard/static/plotly.min.js"
+    packed = viewer.get(url, headers={"Accept-Encoding": "gzip"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert int(packed.headers["content-length"]) < PLOTLY_JS.stat().st_size / 2
+    assert packed.content == PLOTLY_JS.read_bytes()  # httpx decodes it back
+    plain = viewer.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == PLOTLY_JS.read_bytes()
+    studies = viewer.get("/dashboard/").text
+    assert 'rel="prefetch" href="/dashboard/static/plotly.min.js?v=' in studies
+    assert 'rel="prefetch"' not in viewer.get(f"/dashboard/studies/{study_id}").text
+
+
 def test_studies_overview(viewer, study_id, ctx) -> None:
     seeding.create_study(ctx, synthetic.demo_spec("empty"))
     studies = {s["name"]: s for s in viewer.get("/api/v1/dashboard/studies").json()}
