@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -27,7 +27,17 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+def _session_depends() -> Any:
+    """Commit *before* the answer is sent (``scope="function"``): FastAPI >= 0.118 runs a
+    yield dependency's exit code after the response by default, so a client could get
+    201 for a write not yet committed (or never committed, when the commit fails)."""
+    try:
+        return Depends(get_session, scope="function")
+    except TypeError:  # FastAPI < 0.121 has no scope; before 0.118 it exits before sending
+        return Depends(get_session)
+
+
+SessionDep = Annotated[Session, _session_depends()]
 
 
 def _bearer(request: Request) -> str | None:
