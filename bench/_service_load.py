@@ -170,7 +170,14 @@ def direct_worker(idx: int, url: str, study: str, sampler: str, clock: Any, out:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(url)
+    for attempt in range(30):  # a shared PostgreSQL may be at max_connections for a moment
+        try:
+            storage = optuna.storages.RDBStorage(url)
+            break
+        except Exception:  # noqa: BLE001
+            if attempt == 29:
+                raise
+            time.sleep(1.0 + random.random())
     s = optuna.load_study(study_name=study, storage=storage, sampler=_sampler(sampler, idx))
     _optuna_loop("direct", s, clock, out, idx)
 

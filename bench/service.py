@@ -152,7 +152,8 @@ def wait_port(port: int, proc: subprocess.Popen | mp.Process, path: str | None, 
 
 
 class Server:
-    def __init__(self, url: str, tmp: Path) -> None:
+    def __init__(self, url: str, tmp: Path, processes: int = 1) -> None:
+        self.processes = processes
         self.port = free_port()
         token_file = tmp / f"tokens-{self.port}.json"
         env = {
@@ -165,17 +166,36 @@ class Server:
         self.log = open(tmp / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "server", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
+             "--port", str(self.port), "--log-level", "warning", "--workers", str(processes)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_port(self.port, self.proc, "/readyz", 60)
         self.tokens = json.loads(token_file.read_text())
 
+    def pids(self) -> list[int]:
+        """The serving processes: the server itself, or uvicorn's worker children."""
+        if self.processes == 1:
+            return [self.proc.pid]
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return [self.proc.pid]
+        # uvicorn's supervisor forks one child per worker (plus a resource tracker)
+        pids = [int(p) for p in kids.split()]
+        workers = [p for p in pids if "multiprocessing" not in _cmdline(p)]
+        return workers or [self.proc.pid]
+
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the serving process(es), summed, in MB."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+            except OSError:
+                return float("nan")
+        return total
 
     def create_study(self, name: str, sampler: str) -> None:
         import httpx
@@ -198,20 +218,38 @@ class Server:
             raise RuntimeError(f"create study: {r.status_code} {r.text}")
 
     def warm_up(self, study: str) -> float:
-        """One lifecycle before the clock starts: the server loads the seeded trials into
-        Optuna's cache on its first lease. Returns the seconds that first lease took."""
+        """Lifecycles before the clock starts: each server process loads the seeded trials
+        into its Optuna cache on its first lease (TPE). With several processes, rounds of
+        concurrent lifecycles on fresh connections run until no lease is slow any more.
+        Returns the seconds the slowest first lease took."""
         import httpx
+        from concurrent.futures import ThreadPoolExecutor
 
         base = f"http://127.0.0.1:{self.port}/api/v1"
         h = {"Authorization": f"Bearer {self.tokens['worker']}"}
-        with httpx.Client(base_url=base, headers=h, timeout=600) as c:
-            wid = c.post("/workers/register", json={"hostname": "warm"}).json()["worker_id"]
-            t0 = time.perf_counter()
-            trial = c.post("/trials/lease", json={"worker_id": wid, "studies": [study]}).json()
-            took = time.perf_counter() - t0
-            lease_id = trial["trial"]["lease_id"]
-            c.post(f"/leases/{lease_id}/complete", json={"value": 0.5})
-        return took
+
+        def one(_: int) -> float:
+            with httpx.Client(base_url=base, headers=h, timeout=600) as c:
+                wid = c.post("/workers/register", json={"hostname": "warm"}).json()["worker_id"]
+                t0 = time.perf_counter()
+                trial = c.post("/trials/lease", json={"worker_id": wid, "studies": [study]}).json()
+                took = time.perf_counter() - t0
+                lease_id = trial["trial"]["lease_id"]
+                c.post(f"/leases/{lease_id}/complete", json={"value": 0.5})
+            return took
+
+        first = one(0)
+        if self.processes == 1:
+            return first
+        deadline = time.monotonic() + 300
+        width = 4 * self.processes
+        with ThreadPoolExecutor(width) as pool:
+            while time.monotonic() < deadline:
+                took = list(pool.map(one, range(width)))
+                first = max(first, *took)
+                if max(took) < 1.0:
+                    break
+        return first
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -226,11 +264,41 @@ class Server:
 # --------------------------------------------------------------------------- load
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+def _await_setup(barrier: Any, procs: list, limit: float) -> None:
+    """Wait at the barrier; if a process dies in set-up, break the barrier (the others
+    then stop) instead of waiting out the limit."""
+    import threading
+
+    waiter = threading.Thread(target=_barrier_wait, args=(barrier, limit), daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        waiter.join(timeout=1.0)
+        if waiter.is_alive() and any(p.exitcode not in (None, 0) for p in procs):
+            print("  .. a load process died in set-up; aborting the cell", flush=True)
+            barrier.abort()
+            waiter.join(timeout=5)
+            return
+
+
+def _barrier_wait(barrier: Any, limit: float) -> None:
+    try:
+        barrier.wait(timeout=limit)
+    except Exception:  # noqa: BLE001 - broken or timed out: collect what there is
+        pass
 
 
 def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) -> dict:
@@ -244,10 +312,7 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
     began = time.monotonic()
     for p in procs:
         p.start()
-    try:
-        barrier.wait(timeout=600)  # every process set up (seeded trials loaded, registered)
-    except Exception:  # noqa: BLE001 - a process died in set-up: collect what there is
-        pass
+    _await_setup(barrier, procs, 600)  # every process set up (seeded trials loaded, registered)
     setup_s = time.monotonic() - began
     t_start.value = time.monotonic() + warmup
     t_end = t_start.value + duration
@@ -304,7 +369,9 @@ def cell(
     try:
         # ---------------------------------------------------------------- service
         if "service" in a.systems:
-            server = Server(url, tmp)
+            procs = a.server_workers if db == "postgresql" else 1
+            result["server_workers"] = procs
+            server = Server(url, tmp, procs)
             try:
                 server.create_study("svc", sampler)
                 result["seed_s"] = seed(url, "svc", t_before)
@@ -312,7 +379,7 @@ def cell(
                 result["rss_start_mb"] = server.rss_mb()
                 spy = None
                 if a.profile and (db, sampler, workers, t_before) == ("postgresql", "tpe", 32, 10000):
-                    spy = start_profile(server.proc.pid, a.warmup + 3.0, a.duration, tmp)
+                    spy = start_profile(server, a.warmup + 3.0, a.duration, tmp)
                 token, port = server.tokens["worker"], server.port
                 result["service"] = run_load(
                     load.service_worker,
@@ -362,12 +429,15 @@ def cell(
 # --------------------------------------------------------------------------- profile
 
 
-def start_profile(pid: int, delay: float, duration: float, tmp: Path) -> dict:
+def start_profile(server: Server, delay: float, duration: float, tmp: Path) -> dict:
+    """py-spy on the server process (several uvicorn processes: the supervisor and its
+    children, ``--subprocesses``)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = tmp / "profile.txt"
+    target = f"-p {server.proc.pid}" + (" --subprocesses" if server.processes > 1 else "")
     cmd = (
         f"sleep {delay}; exec {exe} record --nonblocking --format raw -r 200 "
-        f"-d {int(duration)} -p {pid} -o {raw}"
+        f"-d {int(duration)} {target} -o {raw}"
     )
     proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return {"proc": proc, "raw": raw}
@@ -606,6 +676,8 @@ def main() -> None:
     p.add_argument("--memory", type=float, default=0.0,
                    help="seconds of a W=8 PG random run sampling server RSS (0: skip)")
     p.add_argument("--memory-trials", nargs="+", type=int, default=[10000])
+    p.add_argument("--server-workers", type=int, default=1,
+                   help="uvicorn processes of the server on PostgreSQL (SQLite: always 1)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop starting new cells after this many minutes (0: no limit)")
     p.add_argument("--out", default="", help="append rows as JSON lines to this file")
