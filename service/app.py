@@ -12,12 +12,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import leases, migrate
 from service.api import health, protocol, studies, tokens, workers
 from service.api.errors import install_handlers
+from service.api.input_guard import reject_nul
 from service.config import Settings
 from service.context import AppContext
 from service.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
@@ -71,6 +72,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
         version="0.1.0",
         description="Hyperparameter optimization as a service (Optuna studies, GPU workers).",
         lifespan=lifespan,
+        dependencies=[Depends(reject_nul)],
     )
     app.state.ctx = ctx
     install_handlers(app)

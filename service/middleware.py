@@ -38,7 +38,7 @@ class BodyLimitMiddleware:
             await self._reject(send)
             return
         seen = 0
-        started = False
+        state = {"started": False, "too_large": False}
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -46,18 +46,26 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    state["too_large"] = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            # FastAPI catches the _TooLarge raised while it reads the body and answers
+            # "error parsing the body" instead: replace that answer with the 413.
+            if state["too_large"]:
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._reject(send)
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
-            if not started:
+            if not state["started"]:
+                state["started"] = True
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:

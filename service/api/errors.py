@@ -55,8 +55,20 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": [_clean(e) for e in exc.errors()]}, status_code=422)
 
 
+#: FastAPI's answer to a body it cannot decode (e.g. invalid UTF-8); reported as a 422
+#: like malformed JSON is, so every body error has the one documented shape.
+_UNPARSABLE = "There was an error parsing the body"
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSABLE:
+        err = {
+            "loc": ["body"],
+            "msg": "body: not valid UTF-8 JSON, or nested too deeply",
+            "type": "json_invalid",
+        }
+        return JSONResponse({"detail": [err]}, status_code=422)
     return JSONResponse(
         {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )
@@ -99,6 +111,15 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
+class ValidationItem(BaseModel):
+    loc: list[str]
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
-    detail: str
+    """A domain error (``detail`` a message, ``field`` the field at fault) or, for 422,
+    request validation (``detail`` a list, each message prefixed with its field path)."""
+
+    detail: str | list[ValidationItem]
     field: str | None = None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import AdminDep, SessionDep
@@ -53,5 +53,9 @@ def get_tokens(session: SessionDep, _: AdminDep) -> list[TokenInfo]:
 
 
 @router.delete("/{token_id}", status_code=204, responses=error_responses(404))
-def revoke_token(token_id: int, session: SessionDep, _: AdminDep) -> None:
+def revoke_token(
+    token_id: Annotated[int, Path(ge=-(2**63), le=2**63 - 1, description="the token's id")],
+    session: SessionDep,
+    _: AdminDep,
+) -> None:
     revoke_token_without_commit(session, token_id)

@@ -1,0 +1,65 @@
+"""Refuse NUL characters anywhere in a request (path, query, JSON body) with a 422.
+
+PostgreSQL text columns cannot hold U+0000: such a string reached the
+database as a 500, and in a complete/fail request (``diagnosis``,
+``reason``) it left the lease stuck in ``finishing`` for ever, because the
+stored request failed again on every retry and reaper pass. SQLite accepts
+NUL, so it is refused on every backend, before any write.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from service.errors import InvalidRequest
+
+NUL = "\x00"
+_MAX_NODES = 200_000  # the body is at most max_body_bytes; bounded walk anyway
+
+
+def _find_nul(value: Any, where: str) -> str | None:
+    """Dotted path of the first string (or key) holding a NUL, else None."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    for _ in range(_MAX_NODES):
+        if not stack:
+            return None
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return path
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if NUL in key:
+                    return path
+                stack.append((sub, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{path}.{i}" if path else str(i)) for i, sub in enumerate(item))
+    return None
+
+
+def _refuse(where: str) -> None:
+    raise InvalidRequest(f"{where}: text must not contain NUL (0x00) characters", where)
+
+
+async def reject_nul(request: Request) -> None:
+    """App-wide dependency: 422 naming the part of the request that holds a NUL."""
+    if NUL in request.scope.get("path", ""):
+        _refuse("path")
+    for key, value in request.query_params.multi_items():
+        if NUL in key or NUL in value:
+            _refuse(key.replace(NUL, "") or "query")
+    if "json" not in request.headers.get("content-type", ""):
+        return
+    body = await request.body()  # cached: the route reads the same bytes
+    if b"\\u0000" not in body:
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:  # malformed: the route's own parsing answers 422
+        return
+    found = _find_nul(parsed, "")
+    if found is not None:
+        _refuse(found or "body")
