@@ -180,9 +180,9 @@ class Server:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         except OSError:
             return [self.proc.pid]
-        # uvicorn's supervisor forks one child per worker (plus a resource tracker)
+        # uvicorn's supervisor spawns one child per worker (plus a resource tracker)
         pids = [int(p) for p in kids.split()]
-        workers = [p for p in pids if "multiprocessing" not in _cmdline(p)]
+        workers = [p for p in pids if "spawn_main" in _cmdline(p)]
         return workers or [self.proc.pid]
 
     def rss_mb(self) -> float:
