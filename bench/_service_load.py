@@ -15,10 +15,10 @@ latencies (seconds) of each operation started inside it.
 from __future__ import annotations
 
 import http.client
-import warnings
 import json
 import random
 import time
+import warnings
 from typing import Any
 
 REPORTS = 3

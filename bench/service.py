@@ -21,7 +21,7 @@ for the service and both baselines, and the ratio service/baseline.
 from __future__ import annotations
 
 import argparse
-import warnings
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, proc: subprocess.Popen | mp.Process, path: str | None, limit: float) -> None:
+def wait_port(
+    port: int, proc: subprocess.Popen | mp.Process, path: str | None, limit: float
+) -> None:
     import httpx
 
     deadline = time.monotonic() + limit
@@ -222,8 +225,9 @@ class Server:
         into its Optuna cache on its first lease (TPE). With several processes, rounds of
         concurrent lifecycles on fresh connections run until no lease is slow any more.
         Returns the seconds the slowest first lease took."""
-        import httpx
         from concurrent.futures import ThreadPoolExecutor
+
+        import httpx
 
         base = f"http://127.0.0.1:{self.port}/api/v1"
         h = {"Authorization": f"Bearer {self.tokens['worker']}"}
@@ -295,10 +299,9 @@ def _await_setup(barrier: Any, procs: list, limit: float) -> None:
 
 
 def _barrier_wait(barrier: Any, limit: float) -> None:
-    try:
+    # broken or timed out: the caller collects what there is
+    with contextlib.suppress(Exception):
         barrier.wait(timeout=limit)
-    except Exception:  # noqa: BLE001 - broken or timed out: collect what there is
-        pass
 
 
 def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) -> dict:
@@ -378,7 +381,8 @@ def cell(
                 result["first_lease_s"] = server.warm_up("svc")
                 result["rss_start_mb"] = server.rss_mb()
                 spy = None
-                if a.profile and (db, sampler, workers, t_before) == ("postgresql", "tpe", 32, 10000):
+                profiled = ("postgresql", "tpe", 32, 10000)
+                if a.profile and (db, sampler, workers, t_before) == profiled:
                     spy = start_profile(server, a.warmup + 3.0, a.duration, tmp)
                 token, port = server.tokens["worker"], server.port
                 result["service"] = run_load(
