@@ -13,44 +13,45 @@ import json
 from typing import Any
 
 from fastapi import Request
-
-from service.errors import InvalidRequest
+from fastapi.exceptions import RequestValidationError
 
 NUL = "\x00"
 _MAX_NODES = 200_000  # the body is at most max_body_bytes; bounded walk anyway
 
 
-def _find_nul(value: Any, where: str) -> str | None:
-    """Dotted path of the first string (or key) holding a NUL, else None."""
-    stack: list[tuple[Any, str]] = [(value, where)]
+def _find_nul(value: Any) -> list[str] | None:
+    """Location of the first string (or key) holding a NUL, else None."""
+    stack: list[tuple[Any, list[str]]] = [(value, ["body"])]
     for _ in range(_MAX_NODES):
         if not stack:
             return None
-        item, path = stack.pop()
+        item, loc = stack.pop()
         if isinstance(item, str):
             if NUL in item:
-                return path
+                return loc
         elif isinstance(item, dict):
             for key, sub in item.items():
                 if NUL in key:
-                    return path
-                stack.append((sub, f"{path}.{key}" if path else key))
+                    return loc
+                stack.append((sub, [*loc, key]))
         elif isinstance(item, list):
-            stack.extend((sub, f"{path}.{i}" if path else str(i)) for i, sub in enumerate(item))
+            stack.extend((sub, [*loc, str(i)]) for i, sub in enumerate(item))
     return None
 
 
-def _refuse(where: str) -> None:
-    raise InvalidRequest(f"{where}: text must not contain NUL (0x00) characters", where)
+def _refuse(loc: list[str]) -> None:
+    """A validation error like any other 422 (the handler prefixes the field path)."""
+    msg = "text must not contain NUL (0x00) characters"
+    raise RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": "string_nul"}])
 
 
 async def reject_nul(request: Request) -> None:
     """App-wide dependency: 422 naming the part of the request that holds a NUL."""
     if NUL in request.scope.get("path", ""):
-        _refuse("path")
+        _refuse(["path"])
     for key, value in request.query_params.multi_items():
         if NUL in key or NUL in value:
-            _refuse(key.replace(NUL, "") or "query")
+            _refuse(["query", key.replace(NUL, "")])
     if "json" not in request.headers.get("content-type", ""):
         return
     body = await request.body()  # cached: the route reads the same bytes
@@ -60,6 +61,6 @@ async def reject_nul(request: Request) -> None:
         parsed = json.loads(body)
     except ValueError:  # malformed: the route's own parsing answers 422
         return
-    found = _find_nul(parsed, "")
+    found = _find_nul(parsed)
     if found is not None:
-        _refuse(found or "body")
+        _refuse(found)

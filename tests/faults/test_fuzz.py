@@ -1,0 +1,88 @@
+"""Item 5: schemathesis against the live OpenAPI schema, seeded and bounded.
+
+A real server (SQLite, auth on) with one study that always has work; the
+schemathesis CLI runs its coverage, fuzzing and stateful phases over every
+API operation with the admin token, a fixed seed and a bounded number of
+examples per operation. Checks: no 5xx, every response conforms to the
+schema (body, status code, content type). Left out of the run, and why:
+
+* ``DELETE /tokens/{token_id}``: the fuzzer would revoke its own token and
+  turn the rest of the run into 401s (covered by hand in test_hostile_input);
+* ``/api/v1/dashboard/*``: owned by the dashboard work in progress; its
+  known 5xx (huge integers) are pinned in ``test_dashboard_huge_integers``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import admin, spec, start_server
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(200)]
+
+SEED = 20261201
+EXAMPLES = 6
+CHECKS = (
+    "not_a_server_error,response_schema_conformance,status_code_conformance,"
+    "content_type_conformance"
+)
+EXCLUDE = r"(/dashboard|/tokens/\{)"
+
+
+def _schemathesis(url: str, token: str, out: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("schemathesis")
+    argv = [str(exe), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}"]
+    argv += ["--seed", str(SEED), "-n", str(EXAMPLES), "--checks", CHECKS, "--workers", "1"]
+    argv += ["--phases", "coverage,fuzzing,stateful", "--exclude-path-regex", EXCLUDE]
+    argv += ["--no-shrink", "--request-timeout", "40", "--warnings", "off"]
+    argv += ["--report", "junit", "--report-dir", str(out)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=170, cwd=out)
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, figures) -> None:
+    server = start_server(tmp_path, f"sqlite:///{tmp_path / 'fuzz.db'}")
+    try:
+        with admin(server) as api:
+            resp = api.post("/studies", json=spec("fuzzed", 100_000))
+            assert resp.status_code == 201, resp.text
+        done = _schemathesis(server.url, server.tokens()["admin"], tmp_path)
+    finally:
+        server.kill()
+    out = done.stdout
+    cases = re.search(r"(\d+) generated", out)
+    fives = len(re.findall(r'" 5\d\d ', server.log()))
+    summary = (
+        f"cases tried={cases.group(1) if cases else '?'} 5xx seen={fives} rc={done.returncode}"
+    )
+    print(f"\nschemathesis: {summary}")
+    figures["schemathesis"] = summary
+    assert cases is not None, out[-3000:] + done.stderr[-2000:]
+    assert int(cases.group(1)) >= 500, summary
+    assert fives == 0, summary
+    assert done.returncode == 0, out[-6000:]
+    assert server.token_file.read_text() not in out  # the report filters the token
+
+
+def test_dashboard_huge_integers_are_not_500(client, tokens) -> None:
+    """Found by schemathesis; the dashboard is owned elsewhere, so this is pinned as a
+    known failure until it bounds its integer parameters."""
+    from tests.conftest import Tokens
+
+    urls = [
+        "/api/v1/dashboard/studies/29993448449332501103886991360/version",
+        "/api/v1/dashboard/studies/1/trials/218552852372041015527865810660884480/chart",
+        "/api/v1/dashboard/studies/1/curves?since=2417618390299110071599104",
+    ]
+    client.post("/api/v1/studies", json=spec("dash", 10), headers=Tokens.header(tokens.admin))
+    from fastapi.testclient import TestClient
+
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    codes = {u: quiet.get(u, headers=Tokens.header(tokens.admin)).status_code for u in urls}
+    bad = {u: c for u, c in codes.items() if c >= 500}
+    if bad:
+        pytest.xfail(f"dashboard answers 5xx for huge integers: {bad}")
