@@ -210,6 +210,7 @@ class Figures:
     duplicates: int = 0
     running_left: int = 0
     active_leases: int = 0
+    orphans: int = 0
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -217,27 +218,14 @@ class Figures:
             f"trials={self.trials} finished={self.finished} complete={self.complete} "
             f"failed={self.failed} re-runs={self.reruns} leases={self.leases} "
             f"lost={self.lost} duplicates={self.duplicates} running_left={self.running_left} "
-            f"active_leases={self.active_leases}"
+            f"active_leases={self.active_leases} failed_orphans={self.orphans}"
         )
 
 
-def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = "") -> Figures:
-    """Exactly ``expected`` finished trials, each with a value or a failure reason; none
-    RUNNING; no active lease; no trial completed through two leases."""
-    import optuna
+def _read_rows(db_url: str, study: str) -> tuple[list[Any], list[Any]]:
+    """The study's hpo_trials rows and hpo_leases rows."""
     from sqlalchemy import create_engine, text
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    f = Figures()
-    ostudy = optuna.load_study(study_name=study, storage=db_url)
-    trials = ostudy.get_trials(deepcopy=False)
-    f.trials = len(trials)
-    states = Counter(t.state.name for t in trials)
-    f.complete, f.failed = states.get("COMPLETE", 0), states.get("FAIL", 0)
-    f.running_left = states.get("RUNNING", 0) + states.get("WAITING", 0)
-    f.finished = f.complete + f.failed + states.get("PRUNED", 0)
-    if len({t.number for t in trials}) != len(trials):
-        f.problems.append("duplicate optuna trial numbers")
     eng = create_engine(db_url)
     try:
         with eng.connect() as conn:
@@ -260,12 +248,10 @@ def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = 
             ).all()
     finally:
         eng.dispose()
-    f.leases = len(leases)
-    f.reruns = max(0, len(leases) - len(rows))
-    f.active_leases = sum(1 for r in leases if r.state == "active")
-    completed = Counter(r.trial_row_id for r in leases if r.state == "completed")
-    f.duplicates = sum(n - 1 for n in completed.values() if n > 1)
-    by_id = {t._trial_id: t for t in trials}
+    return list(rows), list(leases)
+
+
+def _check_rows(f: Figures, rows: list[Any], by_id: dict[int, Any]) -> None:
     for row in rows:
         if row.state != "finished":
             f.problems.append(f"hpo_trials row {row.id} left in state {row.state}")
@@ -278,11 +264,53 @@ def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = 
             f.problems.append(f"trial #{ot.number} complete without a value")
         if ot.state.name == "FAIL" and not (row.fail_reason or ot.user_attrs.get("fail_reason")):
             f.problems.append(f"trial #{ot.number} failed without a reason")
-    # Worker-side view: a trial completed through two different leases is a duplicate too.
+
+
+def _check_orphans(f: Figures, orphans: list[Any]) -> None:
+    """Optuna trials without a row: a server died between ask() and recording the lease.
+    They are not part of the budget; each must be FAIL with the reaper's reason."""
+    f.orphans = len(orphans)
+    for ot in orphans:
+        if ot.state.name != "FAIL" or not ot.user_attrs.get("fail_reason"):
+            f.problems.append(f"orphan optuna trial #{ot.number} is {ot.state.name}, no reason")
+
+
+def _worker_duplicates(worker_logs: str) -> int:
+    """Worker-side view: a trial completed through two different leases."""
     per_trial: dict[str, set[str]] = {}
     for trial, lease in re.findall(r"COMPLETED trial=(\d+) number=\d+ lease=(\S+)", worker_logs):
         per_trial.setdefault(trial, set()).add(lease)
-    f.duplicates += sum(len(v) - 1 for v in per_trial.values() if len(v) > 1)
+    return sum(len(v) - 1 for v in per_trial.values() if len(v) > 1)
+
+
+def check_invariants(db_url: str, study: str, expected: int, worker_logs: str = "") -> Figures:
+    """Exactly ``expected`` finished trials, each with a value or a failure reason; none
+    RUNNING; no active lease; no trial completed through two leases. Optuna trials left
+    by a server killed between ask() and the lease (no hpo_trials row) are counted apart
+    as ``orphans`` and must be failed with a reason."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    f = Figures()
+    trials = optuna.load_study(study_name=study, storage=db_url).get_trials(deepcopy=False)
+    rows, leases = _read_rows(db_url, study)
+    row_ids = {r.optuna_trial_id for r in rows}
+    ours = [t for t in trials if t._trial_id in row_ids]
+    _check_orphans(f, [t for t in trials if t._trial_id not in row_ids])
+    f.trials = len(ours)
+    states = Counter(t.state.name for t in ours)
+    f.complete, f.failed = states.get("COMPLETE", 0), states.get("FAIL", 0)
+    f.running_left = sum(1 for t in trials if t.state.name in ("RUNNING", "WAITING"))
+    f.finished = f.complete + f.failed + states.get("PRUNED", 0)
+    if len({t.number for t in trials}) != len(trials):
+        f.problems.append("duplicate optuna trial numbers")
+    f.leases = len(leases)
+    f.reruns = max(0, len(leases) - len(rows))
+    f.active_leases = sum(1 for r in leases if r.state == "active")
+    completed = Counter(r.trial_row_id for r in leases if r.state == "completed")
+    f.duplicates = sum(n - 1 for n in completed.values() if n > 1)
+    f.duplicates += _worker_duplicates(worker_logs)
+    _check_rows(f, rows, {t._trial_id: t for t in trials})
     f.lost = max(0, expected - f.finished) + f.running_left
     if len(rows) != expected or f.trials != expected:
         f.problems.append(
