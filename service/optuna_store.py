@@ -37,7 +37,13 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, or_, select
 
 from service.db import engine_kwargs
-from service.spec import StudySpec, make_pruner, make_sampler
+from service.spec import (
+    StudySpec,
+    make_pruner,
+    make_sampler,
+    seed_sampler_for_trial,
+    trial_seed,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -246,6 +252,10 @@ class TrialView(_CachedStorage):
             return [(int(a), int(b), c, int(d)) for a, b, c, d in conn.execute(query).all()]
 
 
+#: keeps the sampler's per-trial seed apart from the training seed of the same trial
+SAMPLER_SALT = 0x5A3D
+
+
 @dataclass
 class CachedStudy:
     study: optuna.Study
@@ -254,6 +264,8 @@ class CachedStudy:
     view: TrialView | None = None
     #: False when the sampler's ``after_trial`` is a no-op (tell needs no lock)
     tell_under_lock: bool = field(default=True)
+    #: the study seed: the sampler is re-seeded from it and the trial number per trial
+    seed: int = 0
 
     def new_trial(self) -> int:
         """``Study.ask()``'s storage half, without its waiting-trial pop (the service
@@ -269,7 +281,10 @@ class CachedStudy:
         try:
             with self.lock, window:
                 self.study._thread_local.cached_all_trials = None
-                yield optuna.Trial(self.study, trial_id)
+                trial = optuna.Trial(self.study, trial_id)
+                seed = trial_seed(self.seed, trial.number) ^ SAMPLER_SALT
+                seed_sampler_for_trial(self.study.sampler, seed)
+                yield trial
         finally:
             if self.view is not None:
                 self.view.sampled(self.study._study_id, trial_id)
@@ -349,6 +364,7 @@ class OptunaStore:
                     spec=spec,
                     view=self.view,
                     tell_under_lock=not _tell_is_stateless(sampler),
+                    seed=seed,
                 )
                 self._studies[study_id] = cached
             return cached

@@ -13,6 +13,7 @@ import math
 import unicodedata
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -287,6 +288,28 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.sampler.name == "grid":
         return cls(grid_search_space(spec.space), seed=seed, **options)
     return cls(seed=seed, **options)
+
+
+def seed_sampler_for_trial(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Seed every random state of ``sampler`` (and of the samplers it wraps) from ``seed``.
+
+    Called before each trial is sampled, with a seed derived from the study seed and
+    the trial number. A sampler's randomness then depends on which trial it samples,
+    not on how many it sampled before in this process: a restarted server goes on
+    with the same proposals, and several server processes (each with its own copy of
+    the sampler, seeded alike) never hand out the same random draws twice.
+    Optuna's own ``reseed_rng()`` draws OS entropy, so the states are set here.
+    """
+    _seed_states(sampler, seed, depth=0)
+
+
+def _seed_states(obj: object, seed: int, depth: int) -> None:
+    for i, value in enumerate(vars(obj).values()):
+        state = getattr(value, "rng", value)  # optuna's LazyRandomState wraps a RandomState
+        if isinstance(state, np.random.RandomState):
+            state.seed((seed + 7_919 * i) % 2**32)
+        elif isinstance(value, optuna.samplers.BaseSampler) and depth < 3:
+            _seed_states(value, (seed * 31 + i + 1) % 2**32, depth + 1)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
