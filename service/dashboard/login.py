@@ -87,9 +87,19 @@ def check_same_origin(request: Request) -> None:
             raise Forbidden("cross-origin request refused")
 
 
+#: Every dashboard page, the sign-in page included (a token is pasted there).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
 def _render(dash: DashboardDep, request: Request, error: str | None, next_path: str, status: int):
     context = {"error": error, "next": next_path, "auth": True, "page": "login"}
-    return dash.templates.TemplateResponse(request, "login.html", context, status_code=status)
+    response = dash.templates.TemplateResponse(request, "login.html", context, status_code=status)
+    response.headers["Content-Security-Policy"] = CSP
+    return response
 
 
 @router.get("/login", response_class=HTMLResponse)

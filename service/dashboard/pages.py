@@ -12,18 +12,13 @@ from service.dashboard import overview, trial_view
 from service.dashboard.charts import STUDY_CHARTS
 from service.dashboard.charts_base import OPTIMIZER
 from service.dashboard.frame import load_meta
-from service.dashboard.login import PREFIX, PageUser
+from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
 from service.dashboard.table import STATES
 from service.errors import StudyNotFound
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 API = "/api/v1/dashboard"
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 
 
 def render(
