@@ -33,7 +33,7 @@ FAST = {
     "HPO_LEASE_TTL_S": "2",
     "HPO_HEARTBEAT_INTERVAL_S": "0.5",
     "HPO_REAPER_INTERVAL_S": "0.5",
-    "HPO_ORPHAN_GRACE_S": "3",
+    "HPO_ORPHAN_GRACE_S": "8",
 }
 
 

@@ -30,9 +30,9 @@ from tests.faults.pg_private import PrivatePostgres, private_pg  # noqa: F401 - 
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
 
-TRIALS = 40
+TRIALS = 30
 RESTARTS = 2
-DOWN_S = 4.0
+DOWN_S = 3.0
 
 
 def _probe(url: str, tokens: dict[str, str], seconds: float) -> Counter[str]:

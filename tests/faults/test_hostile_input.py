@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import inspect
 
 from tests.conftest import Tokens
+from tests.faults.conftest import FIGURES
 from tests.service.lease_helpers import Worker, create_study, expire_and_reap, spec
 
 pytestmark = pytest.mark.faults
@@ -22,6 +23,7 @@ HOSTILE: dict[str, int] = {"cases": 0, "5xx": 0}
 def _expect(resp: Any, status: int, *words: str) -> None:
     HOSTILE["cases"] += 1
     HOSTILE["5xx"] += resp.status_code >= 500
+    FIGURES["hostile hand-written"] = f"cases={HOSTILE['cases']} 5xx={HOSTILE['5xx']}"
     assert resp.status_code == status, f"{resp.status_code}: {resp.text[:300]}"
     text = resp.text.lower()
     for word in words:
@@ -35,7 +37,7 @@ def lease(client, tokens: Tokens) -> tuple[Worker, str]:
     return worker, worker.trial()["lease_id"]
 
 
-def test_oversized_bodies_are_413_declared_or_streamed(client, tokens: Tokens, figures) -> None:
+def test_oversized_bodies_are_413_declared_or_streamed(client, tokens: Tokens) -> None:
     big = b'{"name": "' + b"x" * 2_000_000 + b'"}'
     headers = {**Tokens.header(tokens.admin), **JSON}
     _expect(client.post("/api/v1/studies", content=big, headers=headers), 413, "larger than")
@@ -45,7 +47,6 @@ def test_oversized_bodies_are_413_declared_or_streamed(client, tokens: Tokens, f
             yield big[i : i + 65536]
 
     _expect(client.post("/api/v1/studies", content=chunks(), headers=headers), 413, "body")
-    figures["hostile hand-written"] = f"cases={HOSTILE['cases']}+ 5xx={HOSTILE['5xx']}"
 
 
 def test_deeply_nested_json_is_422(lease) -> None:

@@ -56,7 +56,7 @@ def _crash_loop(server, db_url: str, study: str, trials: int) -> tuple[object, i
 
 @pytest.mark.postgres
 def test_server_sigkilled_three_times_on_postgres(pg_url: str, tmp_path: Path, figures) -> None:
-    trials = 50
+    trials = 40
     server = start_server(tmp_path, pg_url)
     fleet: Fleet | None = None
     try:
@@ -82,7 +82,7 @@ def test_server_sigkilled_three_times_on_postgres(pg_url: str, tmp_path: Path, f
 
 
 def test_sqlite_eight_workers_never_see_database_is_locked(tmp_path: Path, figures) -> None:
-    trials = 80
+    trials = 64
     db_url = f"sqlite:///{tmp_path / 'faults.db'}"
     server = start_server(tmp_path, db_url)
     fleet: Fleet | None = None
