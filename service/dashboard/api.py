@@ -20,7 +20,7 @@ from service.dashboard import charts_curves, overview, queries, table, trial_vie
 from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
-from service.dashboard.pages import parse_ids
+from service.dashboard.pages import StudyId, TrialNumber, parse_ids
 from service.dashboard.state import DashboardDep
 from service.errors import NotFound
 
@@ -28,7 +28,7 @@ from service.errors import NotFound
 STALE_OK_TRIALS = 2000
 
 router = APIRouter(
-    prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404)
+    prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404, 422)
 )
 
 
@@ -44,7 +44,7 @@ def studies(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
 
 
 @router.get("/studies/{study_id}/version")
-def version(study_id: int, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
+def version(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
     """What changed: trial fingerprint, metric cursor, service rows; plus the header numbers."""
     with dash.ctx.db.session() as session:
         frame = dash.frames.get(session, study_id)
@@ -71,7 +71,7 @@ def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
 
 
 @router.get("/studies/{study_id}/charts/{name}")
-def chart(study_id: int, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
+def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
     """One chart of the study page as ``{figure, version, message, note, ...}``.
 
     Studies over ``STALE_OK_TRIALS`` trials get the previous figure while the new
@@ -97,8 +97,8 @@ def chart(study_id: int, name: str, dash: DashboardDep, _: ViewerDep) -> Respons
 
 @router.get("/studies/{study_id}/curves")
 def curves_delta(
-    study_id: int, dash: DashboardDep, _: ViewerDep,
-    since: int = Query(ge=0), watch: str = Query(default="", max_length=4000),
+    study_id: StudyId, dash: DashboardDep, _: ViewerDep,
+    since: int = Query(ge=0, le=2**63 - 1), watch: str = Query(default="", max_length=4000),
 ) -> dict[str, Any]:  # fmt: skip
     """Learning-curve rows after metric id ``since``, and watched trials that have ended."""
     with dash.ctx.db.session() as session:
@@ -108,10 +108,11 @@ def curves_delta(
 
 @router.get("/studies/{study_id}/trials")
 def trials(
-    study_id: int, dash: DashboardDep, _: ViewerDep,
+    study_id: StudyId, dash: DashboardDep, _: ViewerDep,
     state: str | None = None, optimizer: str | None = Query(default=None, max_length=200),
     sort: str = "number", order: str = Query(default="asc", pattern="^(asc|desc)$"),
-    offset: int = 0, limit: int = 25,
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
+    limit: int = Query(default=25, ge=1, le=table.MAX_LIMIT),
 ) -> dict[str, Any]:  # fmt: skip
     """A page of the trials table, filtered by state and optimizer, sorted on the server."""
     q = table.TableQuery(state or None, optimizer or None, sort, order == "desc", offset, limit)
@@ -120,7 +121,9 @@ def trials(
 
 
 @router.get("/studies/{study_id}/trials/{number}/chart")
-def trial_chart(study_id: int, number: int, dash: DashboardDep, _: ViewerDep) -> Response:
+def trial_chart(
+    study_id: StudyId, number: TrialNumber, dash: DashboardDep, _: ViewerDep
+) -> Response:
     """Loss and accuracy per epoch of one trial."""
     with dash.ctx.db.session() as session:
         detail = trial_view.load(session, load_meta(session, study_id), number)

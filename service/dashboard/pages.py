@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from service.dashboard import overview, trial_view
@@ -18,6 +18,9 @@ from service.dashboard.table import STATES
 from service.errors import StudyNotFound
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+#: Ids and numbers as the database stores them (larger ones are a 422, not an overflow).
+StudyId = Annotated[int, Path(ge=0, le=2**31 - 1, description="the study's id")]
+TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="the trial's number")]
 API = "/api/v1/dashboard"
 
 
@@ -50,7 +53,7 @@ def _optimizer_choices(meta: Any) -> list[str]:
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-def study_page(study_id: int, request: Request, dash: DashboardDep, user: PageUser) -> Response:
+def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: PageUser) -> Response:
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
         summary = overview.studies(session, study_id)[0]
@@ -64,7 +67,7 @@ def study_page(study_id: int, request: Request, dash: DashboardDep, user: PageUs
 
 @router.get("/studies/{study_id}/trials/{number}", response_class=HTMLResponse)
 def trial_page(
-    study_id: int, number: int, request: Request, dash: DashboardDep, user: PageUser
+    study_id: StudyId, number: TrialNumber, request: Request, dash: DashboardDep, user: PageUser
 ) -> Response:
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
