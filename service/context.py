@@ -24,7 +24,9 @@ class AppContext:
         return cls(
             settings=settings,
             db=Database(settings),
-            store=OptunaStore(settings.database_url),
+            store=OptunaStore(
+                settings.database_url, settings.db_pool_size, settings.db_max_overflow
+            ),
             metrics=Metrics(),
         )
 

@@ -329,9 +329,11 @@ def finished_copy(
 class OptunaStore:
     """The app's Optuna storage plus a cache of loaded studies."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20) -> None:
         self.url = url
-        self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        # Optuna's own engine: the same pool limits as ours (HPO_DB_POOL_SIZE / _MAX_OVERFLOW)
+        kwargs = engine_kwargs(url, pool_size, max_overflow)
+        self.storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         self.view = TrialView(self.storage)
         self._studies: dict[int, CachedStudy] = {}
         self._lock = threading.Lock()

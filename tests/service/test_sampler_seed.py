@@ -1,6 +1,7 @@
-"""Seeded samplers draw per trial: a restarted server, or a second server process with
-its own copy of the sampler, goes on with new proposals instead of repeating the
-first ones (service/spec.seed_sampler_for_trial, called by CachedStudy.sampling)."""
+"""Per-process Optuna state. Seeded samplers draw per trial, so a restarted server or
+a second server process (with its own copy of the sampler) goes on with new proposals
+instead of repeating the first ones (service/spec.seed_sampler_for_trial, called by
+CachedStudy.sampling); Optuna's engine gets the configured pool."""
 
 from __future__ import annotations
 
@@ -84,3 +85,14 @@ def test_seeding_reaches_the_samplers_a_sampler_wraps() -> None:
     assert draws[0] == draws[1]
     seed_sampler_for_trial(second, 124)
     assert second._random_sampler._rng.rng.random_sample() != draws[0]  # type: ignore[attr-defined]
+
+
+def test_optunas_engine_gets_the_configured_pool(pg_url: str) -> None:
+    """HPO_DB_POOL_SIZE / HPO_DB_MAX_OVERFLOW bound Optuna's engine too (several server
+    processes on one PostgreSQL must fit in its max_connections)."""
+    store = OptunaStore(pg_url, pool_size=2, max_overflow=1)
+    try:
+        pool = store.storage.engine.pool
+        assert (pool.size(), pool._max_overflow) == (2, 1)  # type: ignore[attr-defined]
+    finally:
+        store.dispose()
