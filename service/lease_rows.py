@@ -23,7 +23,7 @@ from service.context import AppContext
 from service.errors import LeaseExpired, LeaseNotFound, TrialFinished
 from service.models import LeaseRecord, StudyRecord, TrialRecord
 from service.optuna_store import CachedStudy
-from service.spec import BudgetSpec, StudySpec
+from service.spec import BudgetSpec, StudySpec, stored_spec
 
 #: Trial rows that occupy a concurrency slot.
 ACTIVE_TRIAL_STATES = ("creating", "leased")
@@ -112,7 +112,7 @@ def concurrency_reason(study_name: str, active: int, limit: int) -> str:
 
 
 def study_spec(study: StudyRecord) -> StudySpec:
-    return StudySpec.model_validate(study.spec)
+    return stored_spec(study.spec)
 
 
 def study_budget(study: StudyRecord) -> BudgetSpec:

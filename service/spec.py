@@ -8,7 +8,9 @@ search space define-by-run, so that conditional parameters work.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import math
 import unicodedata
 from typing import Annotated, Any, Literal
@@ -279,6 +281,21 @@ def grid_search_space(space: dict[str, Any]) -> dict[str, list[Scalar]]:
         if len(grid[name]) > 10_000:
             raise ValueError(f"space.{name}: grid too large ({len(grid[name])} points)")
     return grid
+
+
+def stored_spec(data: dict[str, Any]) -> StudySpec:
+    """A spec as stored with its study (validated at creation), parsed once per content.
+
+    Validating a spec builds its sampler and pruner to check their options; done for
+    every lease, report and complete it cost more than some of their queries. Specs
+    are never changed in place, so equal content gives one shared object.
+    """
+    return _stored_spec(json.dumps(data))  # key order matters: the space is define-by-run
+
+
+@functools.lru_cache(maxsize=512)
+def _stored_spec(text: str) -> StudySpec:
+    return StudySpec.model_validate_json(text)
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:

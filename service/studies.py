@@ -29,7 +29,7 @@ from service.errors import Conflict, InvalidRequest, InvalidSpec, StudyExists, S
 from service.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
 from service.optuna_rows import ValueType, decode_value, params_by_trial, trial_values, trials
 from service.schemas import BestTrial, StudyItem, StudyPage, StudySummary, TrialCounts
-from service.spec import StudySpec
+from service.spec import StudySpec, stored_spec
 
 MAX_PAGE = 500
 _MAX_ID = 2**31 - 1
@@ -143,7 +143,7 @@ def list_studies(session: Session, limit: int = 50, offset: int = 0) -> StudyPag
 
 def load_spec(record: StudyRecord) -> StudySpec:
     """The stored spec of a study (validated when it was created)."""
-    return StudySpec.model_validate(record.spec)
+    return stored_spec(record.spec)
 
 
 def study_item(record: StudyRecord, spec: StudySpec, counts: TrialCounts) -> StudyItem:

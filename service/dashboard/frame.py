@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from service.dashboard import queries
 from service.errors import StudyNotFound
-from service.spec import StudySpec
+from service.spec import StudySpec, stored_spec
 
 UNFINISHED = ("RUNNING", "WAITING")
 
@@ -131,7 +131,7 @@ def meta_from_row(row: queries.StudyRow) -> StudyMeta:
     spec = None
     if row.spec:
         try:
-            spec = StudySpec.model_validate(row.spec)
+            spec = stored_spec(row.spec)
         except ValueError:  # a spec written by an older version: show the study without it
             spec = None
     return StudyMeta(row.study_id, row.name, row.directions, spec, row.run_state)
