@@ -252,18 +252,8 @@ def _grant_creating_without_commit(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    session.add(
-        LeaseRecord(
-            lease_id=lease_id,
-            trial_row_id=row_id,
-            worker_id=worker_id,
-            attempt=1,
-            state="active",
-            created_at=now,
-            expires_at=expires,
-        )
-    )
-    workers_registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
+    lease = LeaseRecord(lease_id=lease_id, trial_row_id=row_id, attempt=1, expires_at=expires)
+    _add_lease_without_commit(session, study, lease, optuna_id, worker_id, now)
     return _spec_of(ctx, study, optuna_id, number, params, lease_id, 1, expires)
 
 
@@ -282,21 +272,25 @@ def _grant_without_commit(
     taken = {"lease_id": lease_id, "worker_id": worker_id, "attempts": attempt}
     if not _cas_queued_to_leased(session, trial, {**taken, "lease_expires_at": expires}, now):
         return None
-    session.add(
-        LeaseRecord(
-            lease_id=lease_id,
-            trial_row_id=trial.id,
-            worker_id=worker_id,
-            attempt=attempt,
-            state="active",
-            created_at=now,
-            expires_at=expires,
-        )
+    lease = LeaseRecord(
+        lease_id=lease_id, trial_row_id=trial.id, attempt=attempt, expires_at=expires
     )
-    workers_registry.set_current_without_commit(
-        session, worker_id, trial.optuna_trial_id, study.name, now
-    )
+    _add_lease_without_commit(session, study, lease, trial.optuna_trial_id, worker_id, now)
     return _trial_spec(ctx, study, trial, lease_id, attempt, expires)
+
+
+def _add_lease_without_commit(
+    session: Session,
+    study: StudyRecord,
+    lease: LeaseRecord,
+    optuna_id: int | None,
+    worker_id: str,
+    now: datetime,
+) -> None:
+    """Store ``lease`` as the active lease of ``worker_id``, who now runs the trial."""
+    lease.worker_id, lease.state, lease.created_at = worker_id, "active", now
+    session.add(lease)
+    workers_registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
 
 
 def _cas_queued_to_leased(
