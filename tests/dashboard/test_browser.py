@@ -160,6 +160,41 @@ def test_live_updates_without_reload(page: Watched, live_server: LiveServer) -> 
     _assert_clean(page)
 
 
+def test_a_change_before_the_first_poll_still_reaches_the_table(
+    page: Watched, live_server: LiveServer
+) -> None:
+    """The page's first version poll has nothing to compare with: a trial that appeared
+    between the first table load and that poll must still show (it once did not)."""
+    tab = page.page
+    held: list = []
+    released: list[bool] = []
+
+    def hold(route) -> None:  # type: ignore[no-untyped-def] - polls wait until released
+        if released:
+            route.continue_()
+        else:
+            held.append(route)
+
+    tab.route("**/version", hold)
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_selector("#trials-body a")
+    study = optuna.load_study(study_name="mnist-optimizers", storage=live_server.ctx.store.storage)
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    assert tab.locator(f"#trials-body a:text('#{trial.number}')").count() == 0
+    for _ in range(100):  # the first poll is due soon after the page is ready: held
+        if held:
+            break
+        tab.wait_for_timeout(100)
+    assert held, "the page did not poll"
+    released.append(True)
+    for route in held:
+        route.continue_()
+    tab.wait_for_selector(f"#trials-body a:text('#{trial.number}')", timeout=20_000)
+    study.tell(trial, 0.5)
+    _assert_clean(page)
+
+
 def test_workers_page(page: Watched, live_server: LiveServer, tmp_path: Path) -> None:
     tab = page.page
     tab.goto(f"{live_server.base}/dashboard/workers")

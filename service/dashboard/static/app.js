@@ -128,13 +128,15 @@
       this.updateSummary(v);
       const last = this.last;
       this.last = v;
-      const changed = last && v.trials !== last.trials;
+      // The first poll has nothing to compare with: what the page loaded at start may
+      // already be older than this version, so it counts as a change.
+      const changed = !last || v.trials !== last.trials;
       // Cheap updates first (table page, curve points), then the charts whose version
       // moved, through the loader (two at a time), so that one slow chart never holds
       // back the table or the curves.
       const jobs = [];
       if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) jobs.push(this.curvesDelta());
-      if (changed || (last && (v.service !== last.service || v.metrics !== last.metrics))) jobs.push(this.table.load());
+      if (changed || v.service !== last.service || v.metrics !== last.metrics) jobs.push(this.table.load());
       for (const section of this.loaded) {
         if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) jobs.push(this.loadChart(section));
       }
