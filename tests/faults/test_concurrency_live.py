@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,7 @@ from tests.faults.harness import (
     spec,
     start_server,
 )
+from tests.service.lease_helpers import Tracker
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -38,14 +38,10 @@ SERVER = {"HPO_LEASE_TTL_S": "30", "HPO_DB_POOL_SIZE": "6", "HPO_DB_MAX_OVERFLOW
 
 
 @dataclass
-class Tally:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    live: set[int] = field(default_factory=set)
-    peak: int = 0
-    leased: Counter[int] = field(default_factory=Counter)
-    completed: Counter[int] = field(default_factory=Counter)
-    by_url: Counter[str] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
+class Tally(Tracker):
+    """The client-side view of tests/service (a trial is live from its lease answer to
+    just before its complete), plus the 503s this run retried."""
+
     retried_503: int = 0
 
 
@@ -81,17 +77,10 @@ def _leaser(url: str, token: str, tally: Tally, deadline: float) -> None:
 
 def _run_one(http: httpx.Client, trial: dict, url: str, tally: Tally) -> None:
     tid, lid = trial["trial_id"], trial["lease_id"]
-    with tally.lock:
-        if tid in tally.live:
-            tally.errors.append(f"trial {tid} leased while live elsewhere")
-        tally.live.add(tid)
-        tally.leased[tid] += 1
-        tally.by_url[url] += 1
-        tally.peak = max(tally.peak, len(tally.live))
+    tally.start(tid, url)
     time.sleep(0.02)
     rep = _post(http, f"/leases/{lid}/report", {"step": 1, "value": 0.5}, tally)
-    with tally.lock:
-        tally.live.discard(tid)
+    tally.stop(tid)
     done = _post(http, f"/leases/{lid}/complete", {"value": trial["trial_number"] / 1000}, tally)
     with tally.lock:
         if rep.status_code != 200 or done.status_code != 200:
@@ -144,7 +133,7 @@ def _check(tally: Tally, sampler: DbSampler, db_url: str, label: str, figures) -
         f"leased-twice={sum(1 for n in tally.leased.values() if n > 1)} "
         f"503-retried={tally.retried_503} {f.line()}"
     )
-    print(f"\n{label}: {summary} by server={dict(tally.by_url)}")
+    print(f"\n{label}: {summary} by server={dict(tally.by_server)}")
     figures[label] = summary
     assert not tally.errors, tally.errors[:5]
     assert tally.peak <= MAX_CONCURRENT and sampler.peak <= MAX_CONCURRENT, summary
@@ -183,7 +172,7 @@ def test_32_leasers_two_servers_one_database(pg_url: str, tmp_path: Path, figure
         _study(first)
         tally, sampler = _hammer([first.url, second.url], first.tokens()["worker"], pg_url)
         _check(tally, sampler, pg_url, "32 leasers, 2 servers (PG)", figures)
-        assert len(tally.by_url) == 2 and min(tally.by_url.values()) > 0, tally.by_url
+        assert len(tally.by_server) == 2 and min(tally.by_server.values()) > 0, tally.by_server
     finally:
         first.kill()
         if second is not None:

@@ -3,6 +3,8 @@ through a TestClient (or any httpx-like client), and direct database pokes."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -155,3 +157,30 @@ def lease_row(ctx: Any, lease_id: str) -> LeaseRecord:
         row = session.get(LeaseRecord, lease_id)
         assert row is not None
         return row
+
+
+@dataclass
+class Tracker:
+    """Client-side view: a trial counts as running from its lease answer until just
+    before its complete request, so this count never exceeds the server's."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    live: set[int] = field(default_factory=set)
+    peak: int = 0
+    leased: Counter[int] = field(default_factory=Counter)
+    completed: Counter[int] = field(default_factory=Counter)
+    by_server: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def start(self, trial_id: int, server: str) -> None:
+        with self.lock:
+            if trial_id in self.live:
+                self.errors.append(f"trial {trial_id} leased while live elsewhere")
+            self.live.add(trial_id)
+            self.leased[trial_id] += 1
+            self.by_server[server] += 1
+            self.peak = max(self.peak, len(self.live))
+
+    def stop(self, trial_id: int) -> None:
+        with self.lock:
+            self.live.discard(trial_id)

@@ -13,9 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +24,11 @@ from sqlalchemy import select
 
 from service.models import LeaseRecord, TrialRecord
 from tests.conftest import REPO_ROOT, Tokens, make_settings, mint_tokens
-from tests.service.lease_helpers import API, Worker, create_study, optuna_trials, spec
+from tests.service.lease_helpers import API, Tracker, Worker, create_study, optuna_trials, spec
 
 MAX_TRIALS = 40
 MAX_CONCURRENT = 4
 BUDGET = {"max_trials": MAX_TRIALS, "max_concurrent": MAX_CONCURRENT, "max_retries": 0}
-
-
-@dataclass
-class Tracker:
-    """Client-side view: a trial counts as running from its lease answer until just
-    before its complete request, so this count never exceeds the server's."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    live: set[int] = field(default_factory=set)
-    peak: int = 0
-    leased: Counter[int] = field(default_factory=Counter)
-    completed: Counter[int] = field(default_factory=Counter)
-    by_server: Counter[str] = field(default_factory=Counter)
-    errors: list[str] = field(default_factory=list)
-
-    def start(self, trial_id: int, server: str) -> None:
-        with self.lock:
-            if trial_id in self.live:
-                self.errors.append(f"trial {trial_id} leased while live elsewhere")
-            self.live.add(trial_id)
-            self.leased[trial_id] += 1
-            self.by_server[server] += 1
-            self.peak = max(self.peak, len(self.live))
-
-    def stop(self, trial_id: int) -> None:
-        with self.lock:
-            self.live.discard(trial_id)
 
 
 def run_worker(worker: Worker, tracker: Tracker, server: str, deadline: float) -> None:
