@@ -237,6 +237,12 @@ def test_gradual_schedule_prunes_a_model_during_training() -> None:
         schedule.step(model, epoch)
         assert zeros(model) == round(schedule.target(epoch) * total)
     assert sparsity(model) == pytest.approx(0.9, abs=1 / total)
+    # compress() after in-training pruning tops up nothing and ships those very zeros.
+    settings = {"prune_amount": 0.9, "prune_schedule": "gradual"}
+    shipped, report = compress(model, settings, latency_repeats=2)
+    assert report.sparsity == sparsity(model)
+    for trained_w, shipped_w in zip(linear_weights(model), linear_weights(shipped), strict=True):
+        assert torch.equal(trained_w == 0, shipped_w == 0)
 
 
 # --------------------------------------------------------------------------- low rank

@@ -89,8 +89,9 @@ def measure_latency(model: nn.Module, batch: int, repeats: int = 20, warmup: int
     """Time ``repeats`` forward passes of a random float32 batch after ``warmup`` untimed ones.
 
     Runs where the model lives (an int8 model: the CPU), in eval mode and
-    inference mode; on CUDA each pass is bracketed by synchronize, so the time is
-    the kernels' and not just their launch.
+    inference mode, with the process's torch thread count (the caller's choice);
+    on CUDA each pass is bracketed by synchronize, so the time is the kernels'
+    and not just their launch.
     """
     model.eval()
     device = model_device(model)

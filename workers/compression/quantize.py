@@ -43,6 +43,7 @@ class Shipped(nn.Module):
     Takes float32 inputs on any device, returns float32 logits on the input's
     device, so the trainer's evaluation code needs no change. The casts are
     no-ops when the input already matches (as in the latency measurement).
+    Do not ``.to()`` a Shipped model: ``device`` would not follow; quantize again.
     """
 
     def __init__(self, inner: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
