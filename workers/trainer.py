@@ -26,9 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo.settings import TrainConfig
 from workers.data import MnistData, Split
-from workers.model import build_model, count_params, linear_weights
-from workers.settings import TrainConfig
+from workers.model import (
+    build_model,
+    count_params,
+    dropout_generator,
+    linear_weights,
+    set_dropout_generator,
+)
 
 GD_CHUNK = 8192  # full-batch gd accumulates its gradient in chunks to bound activation memory
 EVAL_CHUNK = 10000  # evaluation batch: large, since inference needs no activations kept
@@ -123,10 +129,12 @@ def train(
     """Train one trial; ``data`` should be loaded on ``device`` (else it is copied)."""
     started, device = time.perf_counter(), torch.device(device)
     _configure_backend(device)
-    torch.manual_seed(config.seed)  # weight init and dropout masks
+    torch.manual_seed(config.seed)  # weight init
     shuffle = torch.Generator().manual_seed(config.seed)  # batch order: CPU generator everywhere
     train_set, val_set = (_on(s, device) for s in data.split(config.val_size))
     model = build_model(config).to(device)
+    # Dropout masks from the trial's own generator, not the global RNG: a pack draws them too.
+    set_dropout_generator(model, dropout_generator(config.seed, device))
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
     loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)

@@ -1,0 +1,164 @@
+"""One trial inside a pack: its settings, hooks, random streams, schedule and history.
+
+A member carries everything that makes it the same trial as when it trains
+alone: the initial weights (``torch.manual_seed(seed); build_model(config)``),
+its batch order (a CPU generator seeded with its seed, as the solo trainer),
+its dropout masks (its own generator, workers.model.dropout_generator), its
+learning-rate schedule (a real torch scheduler on a stand-in optimizer) and its
+divergence guard. The pack holds its tensors while it trains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpo.settings import TrainConfig
+from workers.data import Split
+from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
+from workers.packs.keys import optimizer_kind
+from workers.packs.stack import Layout, Rows
+from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate, make_scheduler
+
+
+@dataclass
+class Checkpoint:
+    """A member as it was at its last epoch boundary (to re-run an epoch after a CUDA OOM)."""
+
+    rows: Rows  # on the host
+    shuffle: torch.Tensor
+    dropout: torch.Tensor | None
+    epoch: int
+    n_history: int
+    steps: int
+    batches_tracked: int
+    guard_reference: float | None
+
+
+class Member:
+    """A trial to train in a pack: ``Member(trial_id, config, hooks)``.
+
+    ``hooks`` has the solo trainer's shape (workers.trainer.TrainHooks):
+    ``on_epoch(epoch, metrics) -> bool`` after each of this member's epochs
+    (False prunes it), ``should_stop()`` polled at every batch boundary.
+    """
+
+    def __init__(self, id: Hashable, config: TrainConfig, hooks: TrainHooks | None = None) -> None:
+        self.id, self.config = id, config
+        self.hooks: TrainHooks = hooks or NullHooks()
+        self.kind = optimizer_kind(config)
+        self.epoch = 0  # the epoch being trained (1-based), or the last one ended
+        self.history: list[dict[str, float]] = []
+        self.steps = 0  # optimizer steps taken
+        self.batches_tracked = 0  # batch-norm forward passes in train mode
+        self.rows: Rows | None = None  # own tensors while not stacked (new, or parked)
+        self.checkpoint: Checkpoint | None = None
+        self.module: nn.Sequential | None = None  # solo-shaped copy: init, evaluation, result
+        self._started = time.perf_counter()
+
+    def __repr__(self) -> str:
+        return f"Member({self.id!r}, {self.config.optimizer}, epoch {self.epoch})"
+
+    @property
+    def prepared(self) -> bool:
+        return self.module is not None
+
+    def prepare(self, device: torch.device, guard_every: int) -> None:
+        """Build the initial weights and random streams on ``device`` (once)."""
+        if self.prepared:
+            return
+        c = self.config
+        # The solo trainer's torch.manual_seed(seed) before build_model, without touching
+        # the process's global RNG for anyone else.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            module = build_model(c)
+        self.module = module.to(device)
+        self.shuffle = torch.Generator().manual_seed(c.seed)  # batch order, as solo: CPU
+        self.dropout = dropout_generator(c.seed, device) if c.dropout > 0 else None
+        set_dropout_generator(self.module, self.dropout)
+        self.guard = _Guard(c.divergence_factor, guard_every)
+        self._schedule()
+        self.layout = Layout.of(self.module)
+        self.rows = Rows(self.layout.row(self.module), self.layout.running(self.module))
+        self._started = time.perf_counter()
+
+    def _schedule(self, epochs_done: int = 0) -> None:
+        # A real torch scheduler on a stand-in optimizer: the solo trainer's per-epoch lr values,
+        # bit for bit, whatever make_scheduler does. Replayed after a rollback.
+        stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.config.lr)
+        self._lr_optimizer, self._scheduler = stand_in, make_scheduler(self.config, stand_in)
+        for _ in range(epochs_done):
+            self.schedule_step()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current epoch."""
+        return self._lr_optimizer.param_groups[0]["lr"]
+
+    def schedule_step(self) -> None:
+        """End of an epoch: advance the schedule (the solo trainer's scheduler.step())."""
+        self._lr_optimizer.step()  # no gradient: a no-op that keeps torch from warning
+        self._scheduler.step()
+
+    @property
+    def finished_epochs(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def dropout_rate(self) -> float:
+        return self.config.dropout if self.dropout is not None else 0.0
+
+    # ----------------------------------------------------------------------- results
+
+    def result(self, status: str, diagnosis: str | None, test_set: Split | None) -> TrainResult:
+        """The solo trainer's TrainResult for this member (weights must be loaded into module)."""
+        assert self.module is not None
+        final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
+        if status != "stopped" and test_set is not None:  # reported, never optimized on
+            final["test_accuracy"] = evaluate(self.module, test_set)[1]
+        final["n_params"] = count_params(self.module)
+        final["total_time_s"] = time.perf_counter() - self._started
+        objective = self.history[-1]["val_accuracy"] if self.history else None
+        return TrainResult(
+            status,
+            objective,
+            len(self.history),
+            self.history,
+            final,
+            diagnosis,
+            self.steps,
+            self.module,
+        )
+
+    # ----------------------------------------------------------------------- rollback
+
+    def save(self, rows: Rows) -> None:
+        """Remember this member as it is now (its rows copied to the host)."""
+        self.checkpoint = Checkpoint(
+            rows.to("cpu"),
+            self.shuffle.get_state(),
+            None if self.dropout is None else self.dropout.get_state(),
+            self.epoch,
+            len(self.history),
+            self.steps,
+            self.batches_tracked,
+            self.guard.reference,
+        )
+
+    def restore(self) -> None:
+        """Back to the last :meth:`save`: the epoch in progress is forgotten, to be re-run."""
+        cp = self.checkpoint
+        assert cp is not None, "restore() without a checkpoint"
+        self.rows = cp.rows.to("cpu")
+        self.shuffle.set_state(cp.shuffle)
+        if self.dropout is not None and cp.dropout is not None:
+            self.dropout.set_state(cp.dropout)
+        self.epoch, self.steps, self.batches_tracked = cp.epoch, cp.steps, cp.batches_tracked
+        del self.history[cp.n_history :]
+        self.guard.reference = cp.guard_reference
+        self._schedule(epochs_done=cp.epoch)

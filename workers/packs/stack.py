@@ -1,0 +1,328 @@
+"""K copies of the reference MLP as one stacked model.
+
+Every parameter of member k lives in row k of one [K, P] tensor (``flat``): one
+leaf for autograd, one gradient, and the optimizer updates a block of members
+in a handful of whole-row operations instead of a few per parameter tensor.
+The Linear weights come first in a row, so L1 acts on a prefix. A Linear layer
+is a batched matrix product over members (``baddbmm``), which on the CPU gives
+each member the same bits as its solo ``F.linear``, forward and backward; batch norm runs as one
+F.batch_norm over [B, K*H] (every member's channels side by side), which is
+per member and per channel exactly what the solo BatchNorm1d computes.
+
+Rows in the stack are grouped by update rule (see keys.KINDS), so each rule's
+members are one contiguous block (a view) for the optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workers.model import Dropout, linear_weights
+from workers.packs.optim import STATE, Group
+
+# (hidden layer index, shape) -> the [K, *shape] dropout noise after that layer's ReLU, or None
+NoiseFn = Callable[[int, tuple[int, ...]], Tensor | None]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where one solo parameter (by its name in the nn.Sequential) sits in a row."""
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + _numel(self.shape)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One Linear (+ BatchNorm1d) (+ ReLU) (+ Dropout) block, by segment and module names."""
+
+    weight: Segment
+    bias: Segment | None
+    bn: str | None = None  # name of the BatchNorm1d module (its running stats)
+    bn_weight: Segment | None = None
+    bn_bias: Segment | None = None
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    relu: bool = True  # hidden layers; the output layer has neither ReLU nor dropout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a solo model's parameters map to a row, read off the model itself."""
+
+    segments: tuple[Segment, ...]  # row order: Linear weights first
+    solo_order: tuple[int, ...]  # segment indices in the model's parameters() order
+    layers: tuple[Layer, ...]  # hidden layers, then the output layer (relu False)
+    n_weights: int  # the Linear weights: row[:n_weights]
+    size: int  # P
+
+    @classmethod
+    def of(cls, model: nn.Sequential) -> Layout:
+        """The layout of ``model`` (as built by workers.model.build_model)."""
+        named = list(model.named_parameters())
+        weights = {id(w) for w in linear_weights(model)}
+        ordered = [n for n, p in named if id(p) in weights] + [
+            n for n, p in named if id(p) not in weights
+        ]
+        shapes = dict((n, tuple(p.shape)) for n, p in named)
+        segments, start = [], 0
+        for name in ordered:
+            segments.append(Segment(name, shapes[name], start))
+            start = segments[-1].stop
+        by_name = {s.name: s for s in segments}
+        solo_order = tuple(ordered.index(n) for n, _ in named)
+        n_weights = sum(_numel(shapes[n]) for n, p in named if id(p) in weights)
+        return cls(tuple(segments), solo_order, _layers(model, by_name), n_weights, start)
+
+    def row(self, model: nn.Module) -> Tensor:
+        """The model's parameters as one row (a copy)."""
+        params = dict(model.named_parameters())
+        return torch.cat([params[s.name].detach().reshape(-1) for s in self.segments])
+
+    @torch.no_grad()
+    def load(
+        self, model: nn.Module, row: Tensor, running: Sequence[Tensor], batches_tracked: int
+    ) -> None:
+        """Copy a row (and the batch-norm state) into the solo-shaped ``model``."""
+        params = dict(model.named_parameters())
+        for s in self.segments:
+            params[s.name].copy_(row[s.start : s.stop].view(s.shape))
+        modules = dict(model.named_modules())
+        bns = [layer.bn for layer in self.layers if layer.bn is not None]
+        for i, name in enumerate(bns):
+            modules[name].running_mean.copy_(running[2 * i])  # type: ignore[operator]
+            modules[name].running_var.copy_(running[2 * i + 1])  # type: ignore[operator]
+            modules[name].num_batches_tracked.fill_(batches_tracked)  # type: ignore[operator]
+
+    def running(self, model: nn.Module) -> list[Tensor]:
+        """The model's batch-norm running (mean, var) per layer, flattened into one list."""
+        modules = dict(model.named_modules())
+        out: list[Tensor] = []
+        for layer in self.layers:
+            if layer.bn is not None:
+                bn = modules[layer.bn]
+                out += [bn.running_mean.detach().clone(), bn.running_var.detach().clone()]  # type: ignore[union-attr]
+        return out
+
+
+def _layers(model: nn.Sequential, seg: dict[str, Segment]) -> tuple[Layer, ...]:
+    # Walk the Sequential: each Linear opens a block; BN, ReLU and Dropout attach to it.
+    blocks: list[dict] = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Linear):
+            bias = seg.get(f"{name}.bias")
+            blocks.append({"weight": seg[f"{name}.weight"], "bias": bias, "relu": False})
+        elif isinstance(m, nn.BatchNorm1d):
+            blocks[-1].update(
+                bn=name,
+                bn_weight=seg[f"{name}.weight"],
+                bn_bias=seg[f"{name}.bias"],
+                bn_eps=m.eps,
+                bn_momentum=m.momentum,
+            )
+        elif isinstance(m, nn.ReLU):
+            blocks[-1]["relu"] = True
+        elif isinstance(m, Dropout | nn.Dropout):
+            pass  # a pack draws every member's masks itself (members' rates differ)
+        else:
+            raise TypeError(f"packs cannot stack a {type(m).__name__} layer")
+    return tuple(Layer(**b) for b in blocks)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear for every member at once: out[k] = h[k] @ w[k].T + b[k].
+
+    Its backward computes each gradient with the matrix products the solo
+    F.linear's backward (addmm's) uses, in the same orientation: the weight
+    gradient as grad.T @ h. bmm's own backward computes h.T @ grad instead,
+    which for some shapes (the 512 x 10 output layer) rounds differently.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        if b is None:
+            return torch.bmm(h, w.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad
+        grad_h = torch.bmm(grad, w) if need_h else None
+        grad_w = torch.bmm(grad.transpose(1, 2), h) if need_w else None
+        grad_b = grad.sum(1) if ctx.has_bias and need_b else None
+        return grad_h, grad_w, grad_b
+
+
+@dataclass
+class Rows:
+    """One member's slice of every stacked tensor: views into a stack, or its own copies."""
+
+    params: Tensor  # [P]
+    running: list[Tensor]  # batch-norm running (mean, var) per layer
+    state: dict[str, Tensor] = field(default_factory=dict)  # optimizer state; missing: zeros
+    steps: float = 0.0  # optimizer steps taken
+    grad: Tensor | None = None  # mid-epoch gradient (gd accumulates over chunks)
+
+    def to(self, device: torch.device | str) -> Rows:
+        """Copies on ``device`` (a checkpoint, or a parked member's state)."""
+        return Rows(
+            self.params.detach().to(device, copy=True),
+            [r.to(device, copy=True) for r in self.running],
+            {k: v.to(device, copy=True) for k, v in self.state.items()},
+            self.steps,
+            None if self.grad is None else self.grad.to(device, copy=True),
+        )
+
+
+class Stack:
+    """The stacked parameters, batch-norm statistics and optimizer state of K members.
+
+    Immutable in membership: a member joining or leaving builds a new Stack from
+    the rows of the members that stay (:meth:`rows`), one copy of each tensor.
+    """
+
+    def __init__(
+        self, layout: Layout, rows: Sequence[Rows], kinds: Sequence[str], device: torch.device
+    ) -> None:
+        self.layout, self.kinds = layout, list(kinds)
+        self.flat = torch.stack([r.params.detach().to(device) for r in rows]).requires_grad_()
+        grads = [r.grad for r in rows]
+        if all(g is not None for g in grads):  # leaving mid-gd-epoch keeps the partial gradient
+            self.flat.grad = torch.stack([g.to(device) for g in grads])  # type: ignore[union-attr]
+        n_running = len(rows[0].running)
+        self.running = [
+            torch.stack([r.running[i].to(device) for r in rows]) for i in range(n_running)
+        ]
+        self.groups = _groups(rows, self.kinds, layout.size, device)
+
+    def __len__(self) -> int:
+        return self.flat.shape[0]
+
+    def rows(self, k: int) -> Rows:
+        """Member k's rows (views: valid until this stack is replaced)."""
+        group = next(g for g in self.groups if g.start <= k < g.stop)
+        i = k - group.start
+        return Rows(
+            self.flat.detach()[k],
+            [r[k] for r in self.running],
+            {name: t[i] for name, t in group.state.items()},
+            float(group.steps[i].item()),
+            None if self.flat.grad is None else self.flat.grad[k],
+        )
+
+    def views(self) -> dict[str, Tensor]:
+        """Every parameter as a [K, *shape] view of ``flat`` (autograd flows back into it)."""
+        sizes = [s.stop - s.start for s in self.layout.segments]
+        parts = torch.split(self.flat, sizes, dim=1)
+        return {
+            s.name: p.view(len(self), *s.shape)
+            for s, p in zip(self.layout.segments, parts, strict=True)
+        }
+
+    def forward(self, x: Tensor, noise: NoiseFn) -> Tensor:
+        """Logits [K, B, 10] in train mode from inputs [K, B, 784] (an expanded view is fine)."""
+        views, h, bn = self.views(), x, 0
+        for index, layer in enumerate(self.layout.layers):
+            bias = None if layer.bias is None else views[layer.bias.name]
+            h = _Linear.apply(h, views[layer.weight.name], bias)
+            if layer.bn is not None:
+                assert layer.bn_weight is not None and layer.bn_bias is not None
+                gamma, beta = views[layer.bn_weight.name], views[layer.bn_bias.name]
+                h = self._batch_norm(h, layer, gamma, beta, self.running[bn], self.running[bn + 1])
+                bn += 2
+            if layer.relu:
+                h = torch.relu(h)
+                if (mask := noise(index, tuple(h.shape))) is not None:
+                    h = h * mask
+        return h
+
+    @staticmethod
+    def _batch_norm(
+        h: Tensor, layer: Layer, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor
+    ) -> Tensor:
+        # [K, B, H] -> [B, K*H]: each member's channels are channels of one batch norm, so its
+        # statistics are over that member's batch only, and the running stats update in place.
+        k, b, hidden = h.shape
+        flat = h.transpose(0, 1).reshape(b, k * hidden)
+        out = F.batch_norm(
+            flat,
+            mean.view(-1),
+            var.view(-1),
+            gamma.reshape(-1),
+            beta.reshape(-1),
+            training=True,
+            momentum=layer.bn_momentum,
+            eps=layer.bn_eps,
+        )
+        return out.view(b, k, hidden).transpose(0, 1)
+
+    @torch.no_grad()
+    def add_l1(self, l1: Tensor) -> None:
+        """Add d(l1 * sum|W|)/dW = l1 * sign(W) to the gradient ([K, 1] l1 per member)."""
+        assert self.flat.grad is not None
+        n = self.layout.n_weights
+        # One rounding of grad + l1*sign, like the solo trainer's (loss + l1 penalty).backward().
+        self.flat.grad[:, :n].addcmul_(l1, torch.sign(self.flat[:, :n]))
+
+    @torch.no_grad()
+    def grad_norms(self) -> Tensor:
+        """Per member global L2 norm of the gradient: the norm of the per-parameter norms."""
+        assert self.flat.grad is not None
+        segments = [self.layout.segments[i] for i in self.layout.solo_order]
+        norms = [
+            torch.linalg.vector_norm(self.flat.grad[:, s.start : s.stop], dim=1) for s in segments
+        ]
+        return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One optimizer step for every member, block by block."""
+        assert self.flat.grad is not None
+        for g in self.groups:
+            g.step(self.flat[g.start : g.stop], self.flat.grad[g.start : g.stop])
+
+
+def _groups(
+    rows: Sequence[Rows], kinds: Sequence[str], size: int, device: torch.device
+) -> list[Group]:
+    groups: list[Group] = []
+    start = 0
+    while start < len(kinds):
+        stop = start
+        while stop < len(kinds) and kinds[stop] == kinds[start]:
+            stop += 1
+        block = rows[start:stop]
+        state = {
+            name: torch.stack([_state_row(r, name, size, device) for r in block])
+            for name in STATE[kinds[start]]
+        }
+        steps = torch.tensor([[r.steps] for r in block], dtype=torch.float64, device=device)
+        groups.append(Group(kinds[start], start, stop, state, steps))
+        start = stop
+    return groups
+
+
+def _state_row(rows: Rows, name: str, size: int, device: torch.device) -> Tensor:
+    row = rows.state.get(name)
+    return torch.zeros(size, device=device) if row is None else row.to(device)

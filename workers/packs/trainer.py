@@ -1,0 +1,415 @@
+"""Train K trials as one stacked model: read ``PackTrainer.run_epoch`` top to bottom.
+
+Members step in lockstep: batch b of a pack epoch is batch b of every member's
+own epoch (same training split, same batch size), but each member has its own
+epoch number, batch order, dropout masks, optimizer, schedule and guard. So a
+member can join at any pack epoch boundary (it starts its epoch 1 while the
+others go on) and leave at any batch boundary (stopped, diverged) or epoch
+boundary (pruned, done). Leaving shrinks the stacked tensors at once.
+
+Per step the only host work is Python; losses are summed on the device and read
+once per epoch, and on CUDA the divergence guard reads the losses every
+CUDA_GUARD_EVERY batches, like the solo trainer. Evaluation runs per member on
+its solo-shaped module (workers.trainer.evaluate), so the reported validation
+and test figures are computed exactly as the solo trainer computes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hpo.settings import TrainConfig
+from workers.data import MnistData, Split
+from workers.model import N_CLASSES, dropout_noise
+from workers.packs.keys import KINDS, PackKey, pack_key
+from workers.packs.member import Member
+from workers.packs.stack import Layout, Rows, Stack
+from workers.trainer import (
+    CUDA_GUARD_EVERY,
+    GD_CHUNK,
+    GRAD_NORM_EVERY,
+    TrainResult,
+    _configure_backend,
+    _epoch_metrics,
+    _EpochOutcome,
+    _nonfinite_loss,
+    _on,
+    _reset_peak_memory,
+    evaluate,
+)
+
+Finished = list[tuple[Member, TrainResult]]
+
+
+@dataclass
+class _Epoch:
+    """The pack epoch in progress. Per-member sums stay on the device until its end."""
+
+    t0: float
+    loss_sum: Tensor  # [K] sum over samples of each member's cross-entropy (no L1 term)
+    grad_sum: Tensor  # [K] sum of the gradient norms measured this epoch
+    order: Tensor | None = None  # [K, n] each member's batch order (mini-batch epochs)
+    samples: int = 0  # the same for every member: they step in lockstep
+    steps: int = 0
+    grad_norms: int = 0
+
+    def keep(self, index: Tensor) -> None:
+        self.loss_sum, self.grad_sum = self.loss_sum[index], self.grad_sum[index]
+        if self.order is not None:
+            self.order = self.order[index]
+
+
+class PackTrainer:
+    """A pack of compatible trials (same :func:`pack_key`) on one device.
+
+    Drive it epoch by epoch: ``add()`` members (they join at the next epoch
+    boundary), ``run_epoch()`` trains one pass and returns the members that
+    ended, with the solo trainer's TrainResult each. ``capacity`` only sizes
+    ``free_slots`` for whoever refills the pack. ``snapshots`` (default: on
+    CUDA) keeps each member's state at its last epoch boundary on the host, so
+    after a CUDA out-of-memory error :meth:`rollback` can hand every member
+    back to be re-run from there (see workers.packs.memory.train_pack).
+    """
+
+    def __init__(
+        self,
+        data: MnistData,
+        device: torch.device | str = "cpu",
+        *,
+        capacity: int | None = None,
+        snapshots: bool | None = None,
+    ) -> None:
+        self.data, self.device = data, torch.device(device)
+        _configure_backend(self.device)
+        self.capacity = capacity
+        self.snapshots = self.device.type == "cuda" if snapshots is None else snapshots
+        self.guard_every = 1 if self.device.type == "cpu" else CUDA_GUARD_EVERY
+        self.key: PackKey | None = None
+        self.members: list[Member] = []  # in the stack's row order
+        self.joining: list[Member] = []
+        self.stack: Stack | None = None
+        self.finished: Finished = []
+        self._epoch: _Epoch | None = None
+        self._l1: Tensor | None = None  # [K, 1] per-member L1 strength, None when all are 0
+        self._dropout_any = False
+
+    def __len__(self) -> int:
+        return len(self.members) + len(self.joining)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more members fit (``capacity`` minus members); large when unbounded."""
+        return (self.capacity or 1 << 30) - len(self)
+
+    def accepts(self, config: TrainConfig) -> bool:
+        """Whether a trial with ``config`` can join (an empty pack takes any)."""
+        return self.key is None or pack_key(config) == self.key
+
+    def add(self, member: Member) -> None:
+        """Queue ``member`` to join at the next epoch boundary (its epoch 1, or where it left)."""
+        if not self.accepts(member.config):
+            raise ValueError(f"{member!r} does not fit this pack: {pack_key(member.config)}")
+        if self.key is None:
+            self._open(pack_key(member.config))
+        member.prepare(self.device, self.guard_every)
+        if self.snapshots and member.checkpoint is None:
+            assert member.rows is not None
+            member.save(member.rows)
+        self.joining.append(member)
+
+    def remove(self, member_id: Hashable) -> TrainResult | None:
+        """Take a member out between epochs (e.g. its lease was lost): status "stopped"."""
+        for m in self.joining:
+            if m.id == member_id:
+                self.joining.remove(m)
+                return m.result("stopped", None, None)
+        for i, m in enumerate(self.members):
+            if m.id == member_id:
+                self._finish(i, "stopped", None)
+                self._drop([i])
+                return self.finished.pop()[1]
+        return None
+
+    def drain(self) -> Finished:
+        """The members that ended since the last call, with their results."""
+        out, self.finished = self.finished, []
+        return out
+
+    def run(self) -> dict[Hashable, TrainResult]:
+        """Train until every member has ended; results by member id."""
+        results: dict[Hashable, TrainResult] = {}
+        while len(self):
+            results.update((m.id, r) for m, r in self.run_epoch())
+        return results
+
+    # ----------------------------------------------------------------------- one epoch
+
+    def run_epoch(self) -> Finished:
+        """Admit the joining members, train one epoch of every member, report, shrink."""
+        self._admit()
+        if not self.members:
+            return self.drain()
+        assert self.key is not None and self.stack is not None
+        _reset_peak_memory(self.device)
+        for m in self.members:
+            m.epoch += 1
+        self._refresh()
+        k = len(self.members)
+        zeros = torch.zeros(k, device=self.device)
+        self._epoch = ep = _Epoch(time.perf_counter(), zeros, zeros.clone())
+        if self.key.batch == "gd":
+            self._full_batch_epoch(ep)
+        else:
+            self._minibatch_epoch(ep, int(self.key.batch))
+        if self.members:
+            self._end_epoch(ep)
+        self._epoch = None
+        if not len(self):
+            self.key = None  # empty: the next member may open a pack of another shape
+        return self.drain()
+
+    def _minibatch_epoch(self, ep: _Epoch, size: int) -> None:
+        """One shuffled pass in mini-batches, every member in its own order (the solo loop)."""
+        data, n = self.train_set, len(self.train_set)
+        orders = [torch.randperm(n, generator=m.shuffle) for m in self.members]
+        ep.order = torch.stack(orders).to(self.device)
+        for batch, start in enumerate(range(0, n, size), start=1):
+            if not self._poll_stops():
+                return
+            idx = ep.order[:, start : start + size]
+            if self.key_batch_norm and idx.shape[1] < 2:
+                continue  # BatchNorm cannot normalise a single sample (the solo trainer skips it)
+            flat = idx.reshape(-1)
+            x = data.x.index_select(0, flat).view(*idx.shape, -1)
+            losses = self._losses(x, data.y.index_select(0, flat).view(idx.shape)).mean(1)
+            diverged = self._check_guards(losses, batch)
+            self._finish_diverged(diverged)  # evaluated before this step, like solo
+            self._zero_grad()
+            losses.sum().backward()  # members are independent: each gets its own gradient
+            self._step(ep)
+            ep.loss_sum += losses.detach() * idx.shape[1]
+            ep.samples += idx.shape[1]
+            self._drop([i for i, _ in diverged])
+
+    def _full_batch_epoch(self, ep: _Epoch) -> None:
+        """gd: the exact full-batch gradient in chunks (shared inputs), then ONE step."""
+        data, n = self.train_set, len(self.train_set)
+        self._zero_grad()
+        for start in range(0, n, GD_CHUNK):
+            if not self._poll_stops():  # the chunk boundaries are gd's batch boundaries
+                return
+            x, y = data.x[start : start + GD_CHUNK], data.y[start : start + GD_CHUNK]
+            k = len(self.members)
+            # Every member sees the same chunk: an expanded view, no copy per member.
+            losses = self._losses(x.expand(k, *x.shape), y.expand(k, -1)).sum(1) / n
+            losses.sum().backward()
+            ep.loss_sum += losses.detach() * n
+        ep.samples = n
+        host = (ep.loss_sum / n).cpu()
+        checks = [
+            m.guard.check(host[i], m.epoch, 1, always=True) for i, m in enumerate(self.members)
+        ]
+        diverged = [(i, d) for i, d in enumerate(checks) if d is not None]
+        self._finish_diverged(diverged)
+        self._step(ep)
+        self._drop([i for i, _ in diverged])
+
+    def _losses(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-sample cross-entropy [K, B] of every member on its own inputs x [K, B, 784]."""
+        assert self.stack is not None
+        logits = self.stack.forward(x, self._noise)
+        if self.key_batch_norm:
+            for m in self.members:
+                m.batches_tracked += 1
+        flat = F.cross_entropy(logits.reshape(-1, N_CLASSES), y.reshape(-1), reduction="none")
+        return flat.view(y.shape)
+
+    def _noise(self, layer: int, shape: tuple[int, ...]) -> Tensor | None:
+        # Each member's mask from its own generator with the solo Dropout's call; 1 for members
+        # without dropout. Drawn layer by layer, the order the solo forward draws them in.
+        if not self._dropout_any:
+            return None
+        noise = torch.ones(shape, device=self.device)
+        for k, m in enumerate(self.members):
+            if (p := m.dropout_rate()) > 0:
+                assert m.dropout is not None
+                dropout_noise(noise[k], p, m.dropout)
+        return noise
+
+    def _zero_grad(self) -> None:
+        assert self.stack is not None
+        self.stack.flat.grad = None
+
+    def _step(self, ep: _Epoch) -> None:
+        """L1 gradient, the sampled gradient norm, then every member's optimizer step."""
+        assert self.stack is not None
+        if self._l1 is not None:
+            self.stack.add_l1(self._l1)
+        if ep.steps % GRAD_NORM_EVERY == 0:  # the solo trainer's sampling of the norm
+            ep.grad_sum += self.stack.grad_norms()
+            ep.grad_norms += 1
+        self.stack.step()
+        ep.steps += 1
+        for m in self.members:
+            m.steps += 1
+
+    def _check_guards(self, losses: Tensor, batch: int) -> list[tuple[int, str]]:
+        """Each member's solo divergence guard; reads the losses only when some guard looks."""
+        if batch % self.guard_every and all(m.guard.reference is not None for m in self.members):
+            return []  # CUDA between checks: no host sync
+        host = losses.detach().cpu()
+        checks = [m.guard.check(host[i], m.epoch, batch) for i, m in enumerate(self.members)]
+        return [(i, d) for i, d in enumerate(checks) if d is not None]
+
+    # ----------------------------------------------------------------------- epoch ends
+
+    def _end_epoch(self, ep: _Epoch) -> None:
+        """Per member: metrics, then diverged / schedule / on_epoch hook / done, like solo."""
+        host_loss, host_grad = torch.stack([ep.loss_sum, ep.grad_sum]).cpu()  # the one read
+        train_time = time.perf_counter() - ep.t0
+        leaving = []
+        for i, m in enumerate(self.members):
+            metrics = self._record(i, host_loss[i], host_grad[i], train_time)
+            if (diagnosis := _nonfinite_loss(metrics)) is not None:
+                self._finish(i, "diverged", diagnosis)
+            else:
+                m.schedule_step()
+                if not m.hooks.on_epoch(m.epoch, metrics):
+                    self._finish(i, "pruned", None)
+                elif m.finished_epochs:
+                    self._finish(i, "completed", None)
+                else:
+                    if self.snapshots:  # reported: a later OOM must not re-run this epoch
+                        m.save(self._rows(i))
+                    continue
+            leaving.append(i)
+        self._drop(leaving)
+        if self.stack is not None:
+            self.stack.flat.grad = None
+
+    def _record(self, i: int, loss_sum: Tensor, grad_sum: Tensor, train_time: float) -> dict:
+        """Member i's epoch metrics (validation on its solo-shaped module), added to its history."""
+        ep, m = self._epoch, self.members[i]
+        assert ep is not None and m.module is not None
+        self._load(i)
+        out = _EpochOutcome(loss_sum, grad_sum, ep.samples, ep.steps, ep.grad_norms)
+        val = evaluate(m.module, self.val_set)
+        metrics = _epoch_metrics(m.epoch, out, val, m.lr, ep.t0, train_time, self.device)
+        m.history.append(metrics)
+        return metrics
+
+    def _finish_diverged(self, diverged: list[tuple[int, str]]) -> None:
+        if not diverged:
+            return
+        ep = self._epoch
+        assert ep is not None
+        host_loss, host_grad = torch.stack([ep.loss_sum, ep.grad_sum]).cpu()
+        for i, diagnosis in diverged:
+            self._record(i, host_loss[i], host_grad[i], time.perf_counter() - ep.t0)
+            self._finish(i, "diverged", diagnosis)
+
+    def _finish(self, i: int, status: str, diagnosis: str | None) -> None:
+        """Member i ends: its TrainResult (test accuracy on its module) joins ``finished``."""
+        self._load(i)
+        m = self.members[i]
+        self.finished.append((m, m.result(status, diagnosis, self.test_set)))
+
+    def _poll_stops(self) -> bool:
+        """Ask every member's should_stop() at a batch boundary; False when none is left."""
+        stopped = [i for i, m in enumerate(self.members) if m.hooks.should_stop()]
+        for i in stopped:
+            self._finish(i, "stopped", None)
+        self._drop(stopped)
+        return bool(self.members)
+
+    # ----------------------------------------------------------------------- membership
+
+    def _open(self, key: PackKey) -> None:
+        self.key, self.key_batch_norm = key, key.batch_norm
+        train, val = (_on(s, self.device) for s in self.data.split(key.val_size))
+        self.train_set: Split = train.head(key.train_subset)
+        self.val_set: Split = val
+        self.test_set: Split = _on(self.data.test, self.device)
+        self.layout: Layout | None = None
+
+    def _admit(self) -> None:
+        """Stack the joining members with the others, each update rule in one block of rows."""
+        if not self.joining:
+            return
+        old = [(m, self._rows(i)) for i, m in enumerate(self.members)]
+        new = []
+        for m in self.joining:
+            assert m.rows is not None
+            new.append((m, m.rows))
+        pairs = sorted(old + new, key=lambda p: KINDS.index(p[0].kind))  # stable
+        if self.layout is None:
+            self.layout = pairs[0][0].layout
+        self._rebuild([m for m, _ in pairs], [r for _, r in pairs])
+        for m in self.joining:
+            m.rows = None  # the stack holds them now
+        self.joining = []
+
+    def _drop(self, leaving: list[int]) -> None:
+        """Remove members (by row) from the stack at once; the others keep their state."""
+        if not leaving:
+            return
+        keep = [i for i in range(len(self.members)) if i not in set(leaving)]
+        members = [self.members[i] for i in keep]
+        self._rebuild(members, [self._rows(i) for i in keep])
+        if self._epoch is not None and keep:
+            self._epoch.keep(torch.tensor(keep, device=self.device))
+        if self.stack is not None and self._epoch is not None:
+            self._refresh()
+
+    def _rebuild(self, members: list[Member], rows: list[Rows]) -> None:
+        self.members = members
+        if not members:
+            self.stack = None
+            return
+        assert self.layout is not None
+        self.stack = Stack(self.layout, rows, [m.kind for m in members], self.device)
+
+    def _refresh(self) -> None:
+        """Per-member hyperparameters as tensors for the current members and their epoch's lr."""
+        assert self.stack is not None
+        for g in self.stack.groups:
+            block = self.members[g.start : g.stop]
+            g.set_hypers([m.config for m in block], [m.lr for m in block])
+        l1 = [m.config.l1 for m in self.members]
+        self._l1 = torch.tensor(l1, device=self.device).view(-1, 1) if any(l1) else None
+        self._dropout_any = any(m.dropout_rate() > 0 for m in self.members)
+
+    def _rows(self, i: int) -> Rows:
+        assert self.stack is not None
+        return self.stack.rows(i)
+
+    def _load(self, i: int) -> None:
+        """Copy member i's rows into its solo-shaped module (evaluation, result)."""
+        m, rows = self.members[i], self._rows(i)
+        assert m.module is not None
+        m.layout.load(m.module, rows.params, rows.running, m.batches_tracked)
+
+    # ----------------------------------------------------------------------- OOM
+
+    def rollback(self) -> list[Member]:
+        """After an error mid-epoch: every member still here back to its last checkpoint.
+
+        Returns them unstacked (the pack is empty); the caller adds them again, to
+        this pack or another. Members that ended before the error keep their results
+        in ``finished``. Needs ``snapshots``.
+        """
+        if not self.snapshots:
+            raise RuntimeError("rollback() needs a pack created with snapshots=True")
+        members = self.members + self.joining
+        self.members, self.joining, self.stack, self._epoch = [], [], None, None
+        for m in members:
+            m.restore()
+        if not members:
+            self.key = None
+        return members
