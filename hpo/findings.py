@@ -160,7 +160,7 @@ def _g(value: float) -> str:
 
 _DIVERGED_AT = re.compile(
     r"epoch (?P<epoch>\d+)(?: batch (?P<batch>\d+))?: loss (?P<loss>\S+?)"
-    r"(?: > (?P<factor>\S+) x first loss (?P<first>\S+))?$"
+    r"(?: > (?P<factor>\S+) x first loss (?P<first_loss>\S+))?$"
 )
 
 
