@@ -108,6 +108,15 @@ def test_a_few_bad_trials_are_not_a_pattern() -> None:
     assert paths(diagnose_study(trials, OPTIMIZERS_SPEC)) == ["space.lr_sgd.high"]
 
 
+def test_no_narrowing_without_a_good_region_to_keep() -> None:
+    # Above 0.5 every trial diverges, but below it 40% do as well: no clean split.
+    trials = sgd_study(60, seed=12, diverge_above=0.5)
+    for t in trials:
+        if t.params["lr_sgd"] <= 0.5 and t.number % 5 < 2:
+            t.findings.append(finding(FindingKind.DIVERGED))
+    assert diagnose_study(trials, OPTIMIZERS_SPEC) == []
+
+
 def test_running_trials_are_ignored() -> None:
     trials = sgd_study(40, seed=4, diverge_above=0.5)
     for t in trials:
@@ -261,6 +270,15 @@ def test_a_choice_that_always_diverges_is_removed() -> None:
     assert proposal.message == "rmsprop diverged in 12 of 12 trials: remove rmsprop from optimizer"
 
 
+def test_no_choice_is_removed_when_it_is_only_often_bad() -> None:
+    trials = []
+    for i in range(36):
+        optimizer = ("sgd", "adam", "rmsprop")[i % 3]
+        bad = optimizer == "rmsprop" and i % 5 < 3  # 60% of rmsprop trials diverge
+        trials.append(record(i, {"optimizer": optimizer}, *([FindingKind.DIVERGED] if bad else [])))
+    assert diagnose_study(trials, OPTIMIZERS_SPEC) == []
+
+
 def test_no_choice_is_removed_when_every_choice_is_bad() -> None:
     trials = [
         record(i, {"optimizer": ("sgd", "adam", "rmsprop")[i % 3]}, FindingKind.DIVERGED)
@@ -300,6 +318,10 @@ def test_fisher_and_best_split_agree_with_hand_counts() -> None:
     assert split is not None and (split.bad, split.total, split.kept_total) == (5, 5, 5)
     assert 5 <= split.threshold < 6
     assert best_split([(v, not b) for v, b in points], "above") is None
+    # Counts and rates pass (5 of 5 above, 1 of 4 kept) but p = 6 / 126: chance.
+    lucky = [(float(v), v > 4 or v == 1) for v in range(1, 10)]
+    assert fisher_greater(5, 5, 6, 9) == pytest.approx(6 / 126)
+    assert best_split(lucky, "above") is None
     below = best_split([(v, not b) for v, b in points], "below")
     assert below is not None and 5 < below.threshold <= 6 and below.bad == 5
 
