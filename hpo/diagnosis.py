@@ -3,9 +3,9 @@
 ``diagnose_study(trials, spec)`` takes the study's trials (number, state,
 params, value, findings) and its spec as a dict, and returns
 :class:`Proposal` s such as "9 of 12 adam trials with lr_adaptive > 0.02
-diverged: narrow lr_adaptive to high: 0.01", each with its counts and a
-concrete edit of the spec (``{"path": "space.lr_adaptive.high", "old": 0.03,
-"new": 0.01}``).
+diverged: narrow lr_adaptive to high: 0.02", each with its counts and a
+concrete edit of the spec (``{"path": "space.lr_adaptive.high", "old": 0.1,
+"new": 0.02}``).
 
 Two patterns are looked for, per bad outcome (each finding kind, and "failed"
 for trials in state fail):
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -197,9 +197,9 @@ def readable_between(low: float, high: float, side: Literal["above", "below"]) -
 # --------------------------------------------------------------------------- numeric splits
 
 
-class _Split(BaseModel):
+class _Split(NamedTuple):
     side: Literal["above", "below"]
-    threshold: float
+    threshold: float  # readable value between the two sides
     bad: int
     total: int
     kept_bad: int
@@ -213,38 +213,26 @@ def best_split(
     """The threshold whose far side (``side``) is mostly bad and near side mostly good.
 
     ``points`` are (value, bad). Among admissible cuts (the module's minimum counts
-    and rates) the one cutting the most bad minus good trials wins; None if none
-    is admissible or its Fisher p exceeds MAX_P_VALUE.
+    and rates) the one cutting the most bad minus good trials wins, the smaller
+    region on a tie; None if none is admissible or its Fisher p exceeds MAX_P_VALUE.
     """
     ordered = sorted(points, key=lambda p: p[0], reverse=side == "below")
     n, bad_all = len(ordered), sum(b for _, b in ordered)
     kept_bad, best = 0, None
     for i in range(1, n):  # kept = ordered[:i], region = ordered[i:]
         kept_bad += ordered[i - 1][1]
-        if ordered[i - 1][0] == ordered[i][0]:
-            continue
         bad, total = bad_all - kept_bad, n - i
-        if not _admissible(bad, total, kept_bad, i):
+        if ordered[i - 1][0] == ordered[i][0] or not _admissible(bad, total, kept_bad, i):
             continue
-        score = (2 * bad - total, -total)
-        if best is None or score > best[0]:
-            best = (score, i, bad, total, kept_bad)
+        if best is None or (2 * bad - total, -total) > best[0]:
+            best = ((2 * bad - total, -total), i, bad, kept_bad)
     if best is None:
         return None
-    _, i, bad, total, kept = best
-    p = fisher_greater(bad, total, bad_all, n)
-    if p > MAX_P_VALUE:
-        return None
+    _, i, bad, kept_bad = best
+    p = fisher_greater(bad, n - i, bad_all, n)
     lo, hi = sorted((ordered[i - 1][0], ordered[i][0]))
-    return _Split(
-        side=side,
-        threshold=readable_between(lo, hi, side),
-        bad=bad,
-        total=total,
-        kept_bad=kept,
-        kept_total=i,
-        p_value=p,
-    )
+    r = readable_between(lo, hi, side)
+    return _Split(side, r, bad, n - i, kept_bad, i, p) if p <= MAX_P_VALUE else None
 
 
 def _admissible(bad: int, total: int, kept_bad: int, kept_total: int) -> bool:
@@ -272,58 +260,46 @@ def _conditions(study: _Study, name: str, rows: list[tuple[TrialRecord, float]])
 def _numeric_proposals(study: _Study, name: str) -> list[Proposal]:
     """Per outcome and side: the pattern over all trials, else the strongest conditioned one."""
     rows = study.numeric_rows(name)
+    conditions = [{}, *_conditions(study, name, rows)]
     found = []
     for outcome in sorted({o for t, _ in rows for o in t.outcomes()}):
         for side in ("above", "below"):
-            candidates = []
-            for condition in [{}, *_conditions(study, name, rows)]:
-                points = [
-                    (v, outcome in t.outcomes()) for t, v in rows if study.matches(t, condition)
-                ]
-                split = best_split(points, side)
-                proposal = split and _narrow(study, name, outcome, condition, split)
-                if proposal:
-                    candidates.append(proposal)
-                    if not condition:
-                        break  # the pattern holds over all trials: no need to condition
-            if candidates:
-                found.append(
-                    candidates[0] if not candidates[0].condition else _strongest(candidates)
-                )
+            made = [_narrow(study, name, rows, outcome, c, side) for c in conditions]
+            made = [p for p in made if p is not None]
+            if made:
+                strongest = min(made, key=lambda p: (-p.bad, p.p_value))
+                found.append(made[0] if not made[0].condition else strongest)
     return found
 
 
-def _strongest(proposals: list[Proposal]) -> Proposal:
-    return min(proposals, key=lambda p: (-p.bad, p.p_value))
-
-
 def _narrow(
-    study: _Study, name: str, outcome: str, condition: dict[str, Any], split: _Split
+    study: _Study,
+    name: str,
+    rows: list[tuple[TrialRecord, float]],
+    outcome: str,
+    condition: dict[str, Any],
+    side: Literal["above", "below"],
 ) -> Proposal | None:
+    """The proposal to move one bound of ``name`` past the region where ``outcome`` rules."""
+    points = [(v, outcome in t.outcomes()) for t, v in rows if study.matches(t, condition)]
+    split = best_split(points, side)
     entry = study.space[name]
-    bound = "high" if split.side == "above" else "low"
-    new: float | int = split.threshold
-    if entry.get("type") == "int":
-        new = math.floor(new) if bound == "high" else math.ceil(new)
-    low, high = _numeric(entry.get("low")), _numeric(entry.get("high"))
-    if low is None or high is None or not low < new < high:
-        return None  # already narrower than the split, or the edit would empty the range
-    who = "".join(f"{c} " for c in condition.values())
+    if split is None or (new := _new_bound(entry, split)) is None:
+        return None
+    bound = "high" if side == "above" else "low"
+    who = "".join(f"{v} " if isinstance(v, str) else f"{k}={v} " for k, v in condition.items())
     verb = _VERBS.get(outcome, outcome)
     if split.bad == split.total:
-        where = "above" if bound == "high" else "below"
-        pattern = (
-            f"{name} {where} {new:g} {verb} in every {who}trial ({split.bad} of {split.total})"
-        )
+        where = "above" if side == "above" else "below"
+        pattern = f"{name} {where} {new:g} {verb} in every {who}trial ({split.bad} of {split.bad})"
     else:
-        op = ">" if bound == "high" else "<"
+        op = ">" if side == "above" else "<"
         pattern = f"{split.bad} of {split.total} {who}trials with {name} {op} {new:g} {verb}"
     message = f"{pattern}: narrow {name} to {bound}: {new:g}"
-    message += _collateral(study, name, condition, split.side, new)
     return Proposal(
         parameter=name,
         outcome=outcome,
-        region=split.side,
+        region=side,
         threshold=new,
         condition=condition,
         bad=split.bad,
@@ -333,8 +309,19 @@ def _narrow(
         p_value=split.p_value,
         pattern=pattern,
         edit=SpecEdit(path=f"space.{name}.{bound}", old=entry.get(bound), new=new),
-        message=message,
+        message=message + _collateral(study, name, condition, side, new),
     )
+
+
+def _new_bound(entry: Mapping[str, Any], split: _Split) -> float | int | None:
+    """The split as the entry's new bound; None when it would not narrow the range."""
+    new: float | int = split.threshold
+    if entry.get("type") == "int":
+        new = math.floor(new) if split.side == "above" else math.ceil(new)
+    low, high = _numeric(entry.get("low")), _numeric(entry.get("high"))
+    if low is None or high is None or not low < new < high:
+        return None  # already narrower than the split, or the edit would empty the range
+    return new
 
 
 def _collateral(study: _Study, name: str, condition: dict[str, Any], side: str, new: float) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -211,10 +212,11 @@ def check_exploding(h: History, threshold: float = EXPLODING_NORM) -> Finding | 
         return None
     epoch, value = nonfinite or max(high, key=lambda ev: ev[1])
     started = min([e for e, _ in high] + ([nonfinite[0]] if nonfinite else []))
-    typical = _median([v for _, v in h.series("grad_norm")])
+    means = [v for _, v in h.series("grad_norm")]
+    typical = statistics.median(means) if means else None
     evidence: Evidence = {key: value if math.isfinite(value) else str(value)}
     evidence |= {"peak_epoch": epoch, "threshold": threshold, "median_grad_norm": typical}
-    many = typical is not None and len(h.series("grad_norm")) >= 3
+    many = typical is not None and len(means) >= 3
     usual = f" (median of the epoch means {_g(typical)})" if many else ""
     return Finding(
         kind=FindingKind.EXPLODING_GRADIENTS,
@@ -371,14 +373,6 @@ def _gain(values: Sequence[float], window: int) -> float:
     """Relative improvement of the best value over the last ``window`` entries."""
     before, recent = min(values[:-window]), min(values[-window:])
     return (before - recent) / before if before > 0 else 0.0
-
-
-def _median(values: Sequence[float]) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # --------------------------------------------------------------------------- entry point

@@ -345,43 +345,40 @@ def mnist_data() -> Any:
         torch.set_num_threads(before)
 
 
-def test_real_optuna_study_with_a_diverging_lr_region_is_told_to_narrow_it(
-    mnist_data: Any,
-) -> None:
-    """sgd over lr in [1e-3, 10] (log), 512 images x 2 epochs per trial, random sampler.
-
-    The reference trainer diverges for sgd lr >~ 1 (measured: 0.5 trains, 1.0 diverges at
-    batch 8), so the diagnosis must propose a high bound between the two regions.
-    """
+def run_sgd_lr_study(data: Any, n_trials: int) -> list[dict[str, Any]]:
+    """A real in-memory Optuna study: sgd, lr log-uniform in [1e-3, 10], 512 images x 2
+    epochs per trial, RandomSampler(seed=0); findings stored as user attrs (JSON)."""
     optuna = pytest.importorskip("optuna")
     from hpo.findings import check_trial
     from tests.workers.conftest import quick
     from workers.trainer import train
 
-    spec = {"space": {"lr": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}}}
-
     def objective(trial: Any) -> float:
         lr = trial.suggest_float("lr", 1e-3, 10.0, log=True)
         config = quick(optimizer="sgd", lr=lr, train_subset=512, epochs=2, val_size=1000)
-        result = train(config, mnist_data)
+        result = train(config, data)
         found = check_trial(result.history, result.status, result.diagnosis)
         trial.set_user_attr("findings", [f.model_dump(mode="json") for f in found])
         return result.objective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(objective, n_trials=30)
+    study.optimize(objective, n_trials=n_trials)
     states = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.FAIL: "fail"}
-    records = [
-        {
-            "number": t.number,
-            "state": states[t.state],
-            "params": t.params,
-            "value": t.value,
-            "findings": t.user_attrs["findings"],
-        }
+    return [
+        {"number": t.number, "state": states[t.state], "params": t.params, "value": t.value}
+        | {"findings": t.user_attrs["findings"]}
         for t in study.trials
     ]
+
+
+def test_real_optuna_study_with_a_diverging_lr_region_is_told_to_narrow_it(
+    mnist_data: Any,
+) -> None:
+    # The reference trainer diverges for sgd lr >~ 1 (measured: 0.5 trains, 1.0 diverges
+    # at batch 8), so the diagnosis must propose a high bound between the two regions.
+    records = run_sgd_lr_study(mnist_data, n_trials=30)
+    spec = {"space": {"lr": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}}}
     proposals = {p.edit.path: p for p in diagnose_study(records, spec)}
     high = proposals["space.lr.high"]
     assert high.outcome == "diverged" and high.edit.old == 10.0
