@@ -18,6 +18,7 @@ exits 0, or 3 for the task named by ``HPO_FAKE_FAIL_TASK``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -26,10 +27,12 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "slurm" / "hpo-workers.sbatch"
@@ -211,6 +214,28 @@ def test_options_reach_every_worker(fakes: dict[str, Path]) -> None:
         assert _opt(argv, "--data-dir") == "/shared/mnist"
         assert _opt(argv, "--pack") == "4"
         assert worker["env"]["HPO_TOKEN"] == "from-file-token"
+
+
+def test_every_worker_flag_exists_in_the_cli(fakes: dict[str, Path]) -> None:
+    result = _run_fake(
+        fakes,
+        SLURM_GPUS_ON_NODE="1",
+        CUDA_VISIBLE_DEVICES="0",
+        HPO_STUDIES="s",
+        HPO_DATA_DIR="/data",
+        HPO_LOG_DIR=str(fakes["logs"]),
+    )
+    assert result.returncode == 0, result.stderr
+    (worker,) = _records(fakes["records"])
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    app = importlib.import_module(scripts["hpo"].partition(":")[0]).app
+    help_text = CliRunner().invoke(app, ["worker", "--help"], terminal_width=200).output
+    assert "Usage" in help_text, help_text
+    flags = [a for a in worker["argv"] if a.startswith("--")]
+    missing = [flag for flag in flags if flag not in help_text]
+    if missing == ["--idle-exit"]:
+        pytest.xfail("issue 16: `hpo worker --idle-exit SECONDS` is not on this branch yet")
+    assert not missing, f"`hpo worker` has no {missing}"
 
 
 @pytest.mark.parametrize(
