@@ -100,18 +100,19 @@ def _halve(pack: PackTrainer, waiting: deque[Member]) -> None:
 def estimate_member_bytes(config: TrainConfig) -> int:
     """Device bytes one more member of a pack of ``config`` needs, from the model's size.
 
-    Per parameter: the stacked weight, its gradient, the split-backward copy, the
-    solo-shaped module, the optimizer's state and about two temporaries in its step.
-    Per sample of a batch: the gathered input and about six [batch, hidden] tensors
-    per hidden layer (pre-activation, normalised, ReLU, dropout mask and output,
-    plus their gradients). An estimate: :func:`probe_member_bytes` measures.
+    Per parameter: the stacked weight, its gradient, the optimizer's scratch, the
+    solo-shaped module (evaluation), the optimizer's state, and one more for the
+    stack being rebuilt when members join or leave. Per sample of a batch: the
+    gathered input and about six [batch, hidden] tensors per hidden layer
+    (pre-activation, normalised, ReLU, dropout mask and output, plus their
+    gradients). An estimate: :func:`probe_member_bytes` measures.
     """
     with torch.device("meta"):
         n_params = count_params(build_model(config))
     n_state = len(STATE[optimizer_kind(config)])
     rows = GD_CHUNK if config.optimizer == "gd" else config.batch_size
     per_sample = IN_FEATURES + 6 * config.hidden * config.depth + 3 * N_CLASSES
-    return 4 * (n_params * (6 + n_state) + 2 * rows * per_sample)
+    return 4 * (n_params * (5 + n_state) + 2 * rows * per_sample)
 
 
 def probe_member_bytes(

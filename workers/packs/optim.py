@@ -85,67 +85,71 @@ class Group:
         )
 
     @torch.no_grad()
-    def step(self, p: Tensor, g: Tensor) -> None:
-        """Update rows ``p`` in place from gradient rows ``g`` (both [n, P])."""
+    def step(self, p: Tensor, g: Tensor, tmp: Tensor) -> None:
+        """Update rows ``p`` in place from gradient rows ``g``, both [n, P].
+
+        ``g`` is used up (overwritten, as torch overwrites intermediates), and ``tmp``
+        is scratch of the same shape: no [n, P] tensor is allocated per step.
+        """
         assert self.hypers is not None, "set_hypers() before step()"
         h, s = self.hypers, self.state
         self.steps += 1
+        if h.weight_decay is not None and self.kind != "adamw":
+            g.addcmul_(h.weight_decay, p)  # torch: grads + weight_decay * params (one FMA)
         match self.kind:
             case "sgd" | "momentum" | "nesterov":
                 _sgd(p, g, h, s.get("momentum_buffer"), nesterov=self.kind == "nesterov")
             case "adagrad":
-                _adagrad(p, g, h, s["sum"])
+                _adagrad(p, g, h, s["sum"], tmp)
             case "rmsprop" | "rmsprop_momentum":
-                _rmsprop(p, g, h, s["square_avg"], s.get("momentum_buffer"))
+                _rmsprop(p, g, h, s["square_avg"], s.get("momentum_buffer"), tmp)
             case "adam" | "adamw":
-                _adam(p, g, h, s, self.steps, decoupled=self.kind == "adamw")
-
-
-def _l2(p: Tensor, g: Tensor, h: Hypers) -> Tensor:
-    # torch: grads = grads + weight_decay * params (a new tensor: p.grad is left alone)
-    return g if h.weight_decay is None else torch.addcmul(g, h.weight_decay, p)
+                _adam(p, g, h, s, self.steps, tmp, decoupled=self.kind == "adamw")
 
 
 def _sgd(p: Tensor, g: Tensor, h: Hypers, buf: Tensor | None, nesterov: bool) -> None:
-    g = _l2(p, g, h)
     if buf is not None:
         # torch's first step sets buf = g; a zero buffer gives the same: 0 * m + g == g.
         buf.mul_(h.momentum).add_(g)
-        g = torch.addcmul(g, h.momentum, buf) if nesterov else buf
+        g = g.addcmul_(h.momentum, buf) if nesterov else buf
     p.addcmul_(h.neg_lr, g)
 
 
-def _adagrad(p: Tensor, g: Tensor, h: Hypers, total: Tensor) -> None:
-    g = _l2(p, g, h)
+def _adagrad(p: Tensor, g: Tensor, h: Hypers, total: Tensor, tmp: Tensor) -> None:
     total.addcmul_(g, g)
-    std = total.sqrt().add_(h.eps)
-    p.addcdiv_(g * h.neg_lr, std)  # torch: numerator = g * -clr (lr_decay 0: clr = lr)
+    std = torch.sqrt(total, out=tmp).add_(h.eps)
+    p.addcdiv_(g.mul_(h.neg_lr), std)  # torch: numerator = g * -clr (lr_decay 0: clr = lr)
 
 
-def _rmsprop(p: Tensor, g: Tensor, h: Hypers, square_avg: Tensor, buf: Tensor | None) -> None:
-    g = _l2(p, g, h)
+def _rmsprop(
+    p: Tensor, g: Tensor, h: Hypers, square_avg: Tensor, buf: Tensor | None, tmp: Tensor
+) -> None:
     square_avg.mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
-    avg = square_avg.sqrt().add_(h.eps)
+    avg = torch.sqrt(square_avg, out=tmp).add_(h.eps)
     if buf is None:
-        p.addcdiv_(g * h.neg_lr, avg)
+        p.addcdiv_(g.mul_(h.neg_lr), avg)  # torch: addcdiv(value=-lr) = p + (-lr * g) / avg
     else:
         buf.mul_(h.momentum).addcdiv_(g, avg)
         p.addcmul_(h.neg_lr, buf)
 
 
 def _adam(
-    p: Tensor, g: Tensor, h: Hypers, state: dict[str, Tensor], steps: Tensor, decoupled: bool
+    p: Tensor,
+    g: Tensor,
+    h: Hypers,
+    state: dict[str, Tensor],
+    steps: Tensor,
+    tmp: Tensor,
+    decoupled: bool,
 ) -> None:
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    if decoupled:
-        if h.decay is not None:
-            p.mul_(h.decay)
-    else:
-        g = _l2(p, g, h)
+    if decoupled and h.decay is not None:
+        p.mul_(h.decay)
     exp_avg.lerp_(g, (1 - h.beta1).float())
-    exp_avg_sq.mul_(h.beta2.float()).addcmul_(g * (1 - h.beta2).float(), g)
+    scaled = torch.mul(g, (1 - h.beta2).float(), out=tmp)
+    exp_avg_sq.mul_(h.beta2.float()).addcmul_(scaled, g)
     # Bias corrections in double, per member, from its own step count (as torch: Python floats).
     step_size = (-(h.lr64 / (1 - h.beta1**steps))).float()
     bias_correction2_sqrt = (1 - h.beta2**steps).sqrt().float()
-    denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(h.eps)
-    p.addcdiv_(exp_avg * step_size, denom)
+    denom = torch.sqrt(exp_avg_sq, out=tmp).div_(bias_correction2_sqrt).add_(h.eps)
+    p.addcdiv_(torch.mul(exp_avg, step_size, out=g), denom)

@@ -1,8 +1,8 @@
 """K copies of the reference MLP as one stacked model.
 
-Every parameter of member k lives in row k of one [K, P] tensor (``flat``): one
-leaf for autograd, one gradient, and the optimizer updates a block of members
-in a handful of whole-row operations instead of a few per parameter tensor.
+Every parameter of member k lives in row k of one [K, P] tensor (``flat``), its
+gradient in row k of ``grad``, so the optimizer updates a block of members in
+a handful of whole-row operations instead of a few per parameter tensor.
 The Linear weights come first in a row, so L1 acts on a prefix. A Linear layer
 is a batched matrix product over members (``baddbmm``), which on the CPU gives
 each member the same bits as its solo ``F.linear``, forward and backward; batch norm runs as one
@@ -150,16 +150,22 @@ def _numel(shape: tuple[int, ...]) -> int:
 class _Linear(torch.autograd.Function):
     """F.linear for every member at once: out[k] = h[k] @ w[k].T + b[k].
 
-    Its backward computes each gradient with the matrix products the solo
-    F.linear's backward (addmm's) uses, in the same orientation: the weight
-    gradient as grad.T @ h. bmm's own backward computes h.T @ grad instead,
-    which for some shapes (the 512 x 10 output layer) rounds differently.
+    The backward writes the weight and bias gradients straight into the stack's
+    gradient buffer (``sinks``), overwriting or accumulating (gd's chunks), so no
+    [K, P] gradient is ever allocated or concatenated per step. It computes them
+    with the matrix products the solo F.linear's backward (addmm's) uses, in the
+    same orientation: the weight gradient as grad.T @ h. (bmm's own backward
+    computes h.T @ grad, which for some shapes, the 512 x 10 output layer,
+    rounds differently.) ``trigger`` is a leaf that requires grad, so the
+    backward runs even for the first layer, whose inputs need no gradient.
     """
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    def forward(
+        ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, sinks: _Sinks, trigger: Tensor
+    ) -> Tensor:
         ctx.save_for_backward(h, w)
-        ctx.has_bias = b is not None
+        ctx.sinks = sinks
         if b is None:
             return torch.bmm(h, w.transpose(1, 2))
         return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -167,11 +173,27 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         h, w = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad
-        grad_h = torch.bmm(grad, w) if need_h else None
-        grad_w = torch.bmm(grad.transpose(1, 2), h) if need_w else None
-        grad_b = grad.sum(1) if ctx.has_bias and need_b else None
-        return grad_h, grad_w, grad_b
+        sinks: _Sinks = ctx.sinks
+        grad_t = grad.transpose(1, 2)
+        if sinks.stack.grad_fresh:
+            torch.bmm(grad_t, h, out=sinks.weight)
+            if sinks.bias is not None:
+                torch.sum(grad, 1, out=sinks.bias)
+        else:  # accumulate like AccumulateGrad: old + new
+            sinks.weight.add_(torch.bmm(grad_t, h))
+            if sinks.bias is not None:
+                sinks.bias.add_(grad.sum(1))
+        grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
+        return grad_h, None, None, None, None
+
+
+@dataclass
+class _Sinks:
+    """Where a Linear layer's gradients go: views into the stack's gradient buffer."""
+
+    stack: Stack
+    weight: Tensor  # [K, out, in]
+    bias: Tensor | None  # [K, out]
 
 
 @dataclass
@@ -182,7 +204,7 @@ class Rows:
     running: list[Tensor]  # batch-norm running (mean, var) per layer
     state: dict[str, Tensor] = field(default_factory=dict)  # optimizer state; missing: zeros
     steps: float = 0.0  # optimizer steps taken
-    grad: Tensor | None = None  # mid-epoch gradient (gd accumulates over chunks)
+    grad: Tensor | None = None  # its gradient so far (gd accumulates over an epoch's chunks)
 
     def to(self, device: torch.device | str) -> Rows:
         """Copies on ``device`` (a checkpoint, or a parked member's state)."""
@@ -191,30 +213,44 @@ class Rows:
             [r.to(device, copy=True) for r in self.running],
             {k: v.to(device, copy=True) for k, v in self.state.items()},
             self.steps,
-            None if self.grad is None else self.grad.to(device, copy=True),
+            None,  # a checkpoint is taken at an epoch boundary: no gradient in flight
         )
 
 
 class Stack:
-    """The stacked parameters, batch-norm statistics and optimizer state of K members.
+    """The stacked parameters, gradients, batch-norm statistics and optimizer state of K members.
 
     Immutable in membership: a member joining or leaving builds a new Stack from
     the rows of the members that stay (:meth:`rows`), one copy of each tensor.
+    ``rows`` must be ordered by update rule (each rule one block). ``flat`` and
+    ``grad`` are [K, P]; ``scratch`` is the optimizer's temporary, allocated once
+    (fresh multi-megabyte tensors every step cost page faults on the CPU).
     """
 
     def __init__(
-        self, layout: Layout, rows: Sequence[Rows], kinds: Sequence[str], device: torch.device
+        self,
+        layout: Layout,
+        rows: Sequence[Rows],
+        kinds: Sequence[str],
+        device: torch.device,
+        grad_fresh: bool = True,
     ) -> None:
         self.layout, self.kinds = layout, list(kinds)
-        self.flat = torch.stack([r.params.detach().to(device) for r in rows]).requires_grad_()
+        self.flat = torch.stack([r.params.detach().to(device) for r in rows])
         grads = [r.grad for r in rows]
-        if all(g is not None for g in grads):  # leaving mid-gd-epoch keeps the partial gradient
-            self.flat.grad = torch.stack([g.to(device) for g in grads])  # type: ignore[union-attr]
+        if not grad_fresh and all(g is not None for g in grads):  # mid-gd-epoch: keep it
+            self.grad = torch.stack([g.to(device) for g in grads])  # type: ignore[union-attr]
+        else:
+            self.grad, grad_fresh = torch.zeros_like(self.flat), True
+        self.grad_fresh = grad_fresh  # the next backward overwrites the gradient
+        self.scratch = torch.empty_like(self.flat)
         n_running = len(rows[0].running)
         self.running = [
             torch.stack([r.running[i].to(device) for r in rows]) for i in range(n_running)
         ]
         self.groups = _groups(rows, self.kinds, layout.size, device)
+        self._trigger = torch.zeros((), device=device, requires_grad=True)
+        self._leaves: dict[str, Tensor] = {}
 
     def __len__(self) -> int:
         return self.flat.shape[0]
@@ -224,31 +260,29 @@ class Stack:
         group = next(g for g in self.groups if g.start <= k < g.stop)
         i = k - group.start
         return Rows(
-            self.flat.detach()[k],
+            self.flat[k],
             [r[k] for r in self.running],
             {name: t[i] for name, t in group.state.items()},
             float(group.steps[i].item()),
-            None if self.flat.grad is None else self.flat.grad[k],
+            self.grad[k],
         )
 
-    def views(self) -> dict[str, Tensor]:
-        """Every parameter as a [K, *shape] view of ``flat`` (autograd flows back into it)."""
-        sizes = [s.stop - s.start for s in self.layout.segments]
-        parts = torch.split(self.flat, sizes, dim=1)
-        return {
-            s.name: p.view(len(self), *s.shape)
-            for s, p in zip(self.layout.segments, parts, strict=True)
-        }
+    def _view(self, t: Tensor, s: Segment) -> Tensor:
+        return t[:, s.start : s.stop].view(len(self), *s.shape)
 
     def forward(self, x: Tensor, noise: NoiseFn) -> Tensor:
         """Logits [K, B, 10] in train mode from inputs [K, B, 784] (an expanded view is fine)."""
-        views, h, bn = self.views(), x, 0
+        h, bn = x, 0
         for index, layer in enumerate(self.layout.layers):
-            bias = None if layer.bias is None else views[layer.bias.name]
-            h = _Linear.apply(h, views[layer.weight.name], bias)
+            bias = None if layer.bias is None else self._view(self.flat, layer.bias)
+            sinks = _Sinks(
+                self,
+                self._view(self.grad, layer.weight),
+                None if layer.bias is None else self._view(self.grad, layer.bias),
+            )
+            h = _Linear.apply(h, self._view(self.flat, layer.weight), bias, sinks, self._trigger)
             if layer.bn is not None:
-                assert layer.bn_weight is not None and layer.bn_bias is not None
-                gamma, beta = views[layer.bn_weight.name], views[layer.bn_bias.name]
+                gamma, beta = self._leaf(layer.bn_weight), self._leaf(layer.bn_bias)
                 h = self._batch_norm(h, layer, gamma, beta, self.running[bn], self.running[bn + 1])
                 bn += 2
             if layer.relu:
@@ -256,6 +290,33 @@ class Stack:
                 if (mask := noise(index, tuple(h.shape))) is not None:
                     h = h * mask
         return h
+
+    def _leaf(self, segment: Segment | None) -> Tensor:
+        # Batch-norm scale and shift go through autograd (F.batch_norm computes their
+        # gradients): leaves that are views of flat; backward() folds their gradients in.
+        assert segment is not None
+        leaf = self._view(self.flat, segment).detach().requires_grad_()
+        self._leaves[segment.name] = leaf
+        return leaf
+
+    def backward(self, loss: Tensor) -> None:
+        """Gradient of ``loss`` (a sum over members) into ``grad``; accumulates after the first."""
+        loss.backward()
+        segments = {s.name: s for s in self.layout.segments}
+        for name, leaf in self._leaves.items():
+            if leaf.grad is None:
+                continue
+            sink = self._view(self.grad, segments[name])
+            if self.grad_fresh:
+                sink.copy_(leaf.grad)
+            else:
+                sink.add_(leaf.grad)
+        self._leaves.clear()
+        self.grad_fresh = False
+
+    def zero_grad(self) -> None:
+        """The next backward starts a new gradient (overwrites instead of adding)."""
+        self.grad_fresh = True
 
     @staticmethod
     def _batch_norm(
@@ -280,27 +341,24 @@ class Stack:
     @torch.no_grad()
     def add_l1(self, l1: Tensor) -> None:
         """Add d(l1 * sum|W|)/dW = l1 * sign(W) to the gradient ([K, 1] l1 per member)."""
-        assert self.flat.grad is not None
         n = self.layout.n_weights
+        sign = torch.sign(self.flat[:, :n], out=self.scratch[:, :n])
         # One rounding of grad + l1*sign, like the solo trainer's (loss + l1 penalty).backward().
-        self.flat.grad[:, :n].addcmul_(l1, torch.sign(self.flat[:, :n]))
+        self.grad[:, :n].addcmul_(l1, sign)
 
     @torch.no_grad()
     def grad_norms(self) -> Tensor:
         """Per member global L2 norm of the gradient: the norm of the per-parameter norms."""
-        assert self.flat.grad is not None
         segments = [self.layout.segments[i] for i in self.layout.solo_order]
-        norms = [
-            torch.linalg.vector_norm(self.flat.grad[:, s.start : s.stop], dim=1) for s in segments
-        ]
+        norms = [torch.linalg.vector_norm(self.grad[:, s.start : s.stop], dim=1) for s in segments]
         return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
 
     @torch.no_grad()
     def step(self) -> None:
-        """One optimizer step for every member, block by block."""
-        assert self.flat.grad is not None
+        """One optimizer step for every member, block by block (the gradient is used up)."""
         for g in self.groups:
-            g.step(self.flat[g.start : g.stop], self.flat.grad[g.start : g.stop])
+            rows = slice(g.start, g.stop)
+            g.step(self.flat[rows], self.grad[rows], self.scratch[rows])
 
 
 def _groups(

@@ -190,8 +190,8 @@ class PackTrainer:
             losses = self._losses(x, data.y.index_select(0, flat).view(idx.shape)).mean(1)
             diverged = self._check_guards(losses, batch)
             self._finish_diverged(diverged)  # evaluated before this step, like solo
-            self._zero_grad()
-            losses.sum().backward()  # members are independent: each gets its own gradient
+            self.stack.zero_grad()
+            self.stack.backward(losses.sum())  # members are independent: each its own gradient
             self._step(ep)
             ep.loss_sum += losses.detach() * idx.shape[1]
             ep.samples += idx.shape[1]
@@ -200,7 +200,7 @@ class PackTrainer:
     def _full_batch_epoch(self, ep: _Epoch) -> None:
         """gd: the exact full-batch gradient in chunks (shared inputs), then ONE step."""
         data, n = self.train_set, len(self.train_set)
-        self._zero_grad()
+        self.stack.zero_grad()
         for start in range(0, n, GD_CHUNK):
             if not self._poll_stops():  # the chunk boundaries are gd's batch boundaries
                 return
@@ -208,7 +208,7 @@ class PackTrainer:
             k = len(self.members)
             # Every member sees the same chunk: an expanded view, no copy per member.
             losses = self._losses(x.expand(k, *x.shape), y.expand(k, -1)).sum(1) / n
-            losses.sum().backward()
+            self.stack.backward(losses.sum())
             ep.loss_sum += losses.detach() * n
         ep.samples = n
         host = (ep.loss_sum / n).cpu()
@@ -241,10 +241,6 @@ class PackTrainer:
                 assert m.dropout is not None
                 dropout_noise(noise[k], p, m.dropout)
         return noise
-
-    def _zero_grad(self) -> None:
-        assert self.stack is not None
-        self.stack.flat.grad = None
 
     def _step(self, ep: _Epoch) -> None:
         """L1 gradient, the sampled gradient norm, then every member's optimizer step."""
@@ -290,8 +286,6 @@ class PackTrainer:
                     continue
             leaving.append(i)
         self._drop(leaving)
-        if self.stack is not None:
-            self.stack.flat.grad = None
 
     def _record(self, i: int, loss_sum: Tensor, grad_sum: Tensor, train_time: float) -> dict:
         """Member i's epoch metrics (validation on its solo-shaped module), added to its history."""
@@ -361,19 +355,22 @@ class PackTrainer:
             return
         keep = [i for i in range(len(self.members)) if i not in set(leaving)]
         members = [self.members[i] for i in keep]
-        self._rebuild(members, [self._rows(i) for i in keep])
+        assert self.stack is not None
+        fresh = self.stack.grad_fresh  # mid-gd-epoch the others keep their partial gradient
+        self._rebuild(members, [self._rows(i) for i in keep], fresh)
         if self._epoch is not None and keep:
             self._epoch.keep(torch.tensor(keep, device=self.device))
         if self.stack is not None and self._epoch is not None:
             self._refresh()
 
-    def _rebuild(self, members: list[Member], rows: list[Rows]) -> None:
+    def _rebuild(self, members: list[Member], rows: list[Rows], grad_fresh: bool = True) -> None:
         self.members = members
         if not members:
             self.stack = None
             return
         assert self.layout is not None
-        self.stack = Stack(self.layout, rows, [m.kind for m in members], self.device)
+        kinds = [m.kind for m in members]
+        self.stack = Stack(self.layout, rows, kinds, self.device, grad_fresh)
 
     def _refresh(self) -> None:
         """Per-member hyperparameters as tensors for the current members and their epoch's lr."""
