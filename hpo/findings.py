@@ -23,6 +23,7 @@ Standard library and pydantic only: the client and the server import this too.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -292,8 +293,8 @@ def check_overfitting(h: History) -> Finding | None:
     if len(recent) < OVERFIT_MIN_EPOCHS or min(recent) < floor:
         return None  # too soon after the best, or not (or no longer) clearly above it
     train_best, train_last = train.get(best_epoch), train.get(last_epoch)
-    if train_best is None or train_last is None or train_last >= train_best:
-        return None
+    if train_best is None or train_last is None or train_last > train_best * (1 - OVERFIT_RISE):
+        return None  # the training loss did not keep falling: not memorising, maybe unstable
     accuracy = dict(h.series("val_accuracy"))
     return Finding(
         kind=FindingKind.OVERFITTING,
@@ -339,13 +340,22 @@ def check_underfitting(h: History) -> Finding | None:
     lr, acc = h.last("lr"), h.last("val_accuracy")
     at_lr = f" at lr {_g(lr)}" if lr is not None else ""
     accuracy = f", validation accuracy {acc:.3f}" if acc is not None else ""
+    # Rising epochs mean the loss bounced instead of creeping: a too-HIGH lr (full-batch gd
+    # at lr 1: 2.35 -> 1.55 -> 5.12 -> ...) also ends up "barely lower" than it started.
+    rises = sum(b > a * (1 + OVERFIT_RISE) for (_, a), (_, b) in itertools.pairwise(train))
+    why = (
+        f"it rose in {rises} of {len(train) - 1} epochs: unstable, the lr may be too high"
+        if rises
+        else "the model is underfitting (lr too low, or too much regularization)"
+    )
     return Finding(
         kind=FindingKind.UNDERFITTING,
         epoch=train[0][0],
         message=f"Training loss barely moved{at_lr}: {_g(start)} -> {_g(train[-1][1])} "
-        f"({drop:.1%} lower) over {len(train)} epochs{accuracy}: the model is underfitting.",
+        f"({drop:.1%} lower) over {len(train)} epochs{accuracy}; {why}.",
         evidence={"start_loss": start, "train_loss": train[-1][1], "loss_drop": drop}
-        | {"epochs": len(train), "lr": lr, "val_accuracy": acc, "threshold": UNDERFIT_MIN_DROP},
+        | {"epochs": len(train), "rising_epochs": rises, "lr": lr, "val_accuracy": acc}
+        | {"threshold": UNDERFIT_MIN_DROP},
         severity=Severity.WARNING,
     )
 

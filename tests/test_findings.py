@@ -220,6 +220,20 @@ def test_healthy_full_mnist_runs_are_not_overfitting(history: list[dict[str, Any
     assert kinds(scaled) == {FindingKind.OVERFITTING}
 
 
+def test_a_bouncing_loss_is_unstable_not_overfitting() -> None:
+    # Measured: full-batch gd at lr 1 on full MNIST (train loss is the pre-step loss).
+    history = epochs(
+        train_loss=[2.3475, 1.5546, 5.1245, 4.4947, 2.669, 1.9467, 1.9148, 3.8616, 2.0572, 2.1699],
+        val_loss=[1.5841, 5.1246, 4.6203, 2.6403, 1.9523, 1.954, 3.7501, 2.0769, 2.2107, 2.2223],
+        lr=[1.0] * 10,
+    )
+    (finding,) = check_trial(history)
+    assert finding.kind == FindingKind.UNDERFITTING and finding.evidence["rising_epochs"] == 2
+    assert "unstable, the lr may be too high" in finding.message
+    flat = epochs(train_loss=[2.3, 2.3, 2.29])
+    assert "lr too low" in check_trial(flat)[0].message
+
+
 def test_plateau_only_while_the_loss_is_still_high() -> None:
     n = PLATEAU_EPOCHS + 3
     stuck = epochs(
