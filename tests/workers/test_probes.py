@@ -88,3 +88,19 @@ def test_dead_unit_fraction_counts_units_silent_on_every_input() -> None:
 
 def test_dead_unit_fraction_without_relu_is_none() -> None:
     assert dead_unit_fraction(nn.Sequential(nn.Linear(4, 2)), torch.randn(5, 4)) is None
+
+
+def test_dead_unit_probe_around_the_trainers_evaluate() -> None:
+    # The documented wiring: the probe records during the trainer's own validation pass
+    # (inference mode, chunked), so the trainer needs no extra forward pass.
+    from workers.data import Split
+    from workers.trainer import evaluate
+
+    model = _model()
+    with torch.no_grad():
+        model[0].bias[:3] = -1e3
+    x, y = torch.randn(50, 4), torch.randint(0, 2, (50,))
+    with DeadUnitProbe(model) as probe:
+        evaluate(model, Split(x, y))
+    assert probe.fraction() == pytest.approx(dead_unit_fraction(model, x))
+    assert probe.per_layer()[0] == pytest.approx(3 / 6)
