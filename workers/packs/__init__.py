@@ -8,6 +8,7 @@ boundaries (continuous batching). See docs in each module:
 
     keys      pack_key(config): which trials can share a pack
     member    Member(id, config, hooks): one trial in a pack
+    layout    where each solo parameter sits in a member's row
     stack     the stacked parameters and their batched forward pass
     optim     torch.optim's update rules with per-member hyperparameters
     trainer   PackTrainer: add / remove / run_epoch

@@ -22,7 +22,8 @@ from hpo.settings import TrainConfig
 from workers.data import Split
 from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
 from workers.packs.keys import optimizer_kind
-from workers.packs.stack import Layout, Rows
+from workers.packs.layout import Layout
+from workers.packs.stack import Rows
 from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate, make_scheduler
 
 

@@ -28,8 +28,9 @@ from hpo.settings import TrainConfig
 from workers.data import MnistData, Split
 from workers.model import N_CLASSES, dropout_noise
 from workers.packs.keys import KINDS, PackKey, pack_key
+from workers.packs.layout import Layout
 from workers.packs.member import Member
-from workers.packs.stack import Layout, Rows, Stack
+from workers.packs.stack import Rows, Stack
 from workers.trainer import (
     CUDA_GUARD_EVERY,
     GD_CHUNK,
