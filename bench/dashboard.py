@@ -43,8 +43,8 @@ import httpx  # noqa: E402
 import optuna  # noqa: E402
 import plotly  # noqa: E402
 
-from service.auth import create_token_without_commit  # noqa: E402
-from service.config import Settings  # noqa: E402
+from service.core.auth import create_token_without_commit  # noqa: E402
+from service.core.config import Settings  # noqa: E402
 from service.dashboard import seeding, synthetic  # noqa: E402
 from service.dashboard.charts import STUDY_CHARTS  # noqa: E402
 from tests.dashboard.conftest import BROWSER_ARGS, start_server  # noqa: E402

@@ -205,6 +205,7 @@ class Server:
 
         spec = {
             "name": name,
+            "workload": "instant",
             "direction": "maximize",
             "sampler": {"name": sampler, "seed": 1},
             "pruner": {"name": "none"},

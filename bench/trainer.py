@@ -31,8 +31,8 @@ sys.path.insert(1, str(HERE.parent))  # workers, when the project is not install
 
 from seed_loop import run_seed_loop  # noqa: E402
 
+from hpo.settings import TrainConfig  # noqa: E402
 from workers.data import load_mnist  # noqa: E402
-from workers.settings import TrainConfig  # noqa: E402
 from workers.trainer import train  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from alembic import context
 
-from service.db import make_engine
-from service.models import Base
+from service.core.db import make_engine
+from service.storage.models import Base
 
 VERSION_TABLE = "hpo_alembic_version"
 

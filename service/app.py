@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import leases, migrate
+from hpo.protocol import API_PREFIX
+from service import trials as leases
 from service.api import health, protocol, studies, tokens, workers
 from service.api.errors import install_handlers
 from service.api.input_guard import reject_nul
-from service.config import Settings
-from service.context import AppContext
-from service.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
-from workers.protocol import API_PREFIX
+from service.core import migrate
+from service.core.config import Settings
+from service.core.context import AppContext
+from service.core.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
 
 log = logging.getLogger("hpo.server")
 

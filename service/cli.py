@@ -1,12 +1,15 @@
-"""The ``hpo`` command line: server, database, tokens, studies and workers.
+"""The server's commands of ``hpo``: ``server``, ``db upgrade`` and ``token create``.
 
-Server-side imports (fastapi, sqlalchemy, optuna) happen inside the commands
-that need them, so ``hpo worker`` runs on a GPU box that has only the worker
-extra installed.
+:mod:`hpo.cli` puts them together with ``hpo study`` and ``hpo worker``;
+``python -m service.cli`` runs these alone. Server-side imports (fastapi,
+sqlalchemy, optuna) happen inside the commands, so importing this module is
+cheap and ``hpo worker`` runs on a box with only the worker extra installed;
+without the server extra these commands say which extra to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -36,10 +39,25 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+#: What the server's commands import; all come with ``pip install 'hpo-service[server]'``.
+SERVER_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "optuna", "pydantic_settings")
+
+
+def require_server_extra() -> None:
+    """Exit with a clear message when the server extra is not installed."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        _fail(
+            f"this command needs the server extra (missing: {', '.join(missing)}): "
+            "pip install 'hpo-service[server]'"
+        )
+
+
 def _settings(**overrides: Any) -> Any:
+    require_server_extra()
     from pydantic import ValidationError
 
-    from service.config import Settings
+    from service.core.config import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -56,7 +74,7 @@ DbUrl = Annotated[
 @db_app.command("upgrade")
 def db_upgrade(database_url: DbUrl = None) -> None:
     """Create or upgrade the service's tables (Optuna's are created on first use)."""
-    from service import migrate
+    from service.core import migrate
 
     settings = _settings(database_url=database_url)
     migrate.upgrade(settings.database_url)
@@ -73,8 +91,8 @@ def _write_token_file(path: Path, tokens: dict[str, str]) -> None:
 
 def bootstrap_tokens(settings: Any) -> dict[str, str] | None:
     """On first start (no tokens yet) mint an admin and a worker token into the token file."""
-    from service.auth import count_tokens, create_token_without_commit
-    from service.db import Database
+    from service.core.auth import count_tokens, create_token_without_commit
+    from service.core.db import Database
 
     db = Database(settings)
     try:
@@ -116,7 +134,7 @@ def server(
     """Run the API server and dashboard."""
     import uvicorn
 
-    from service import migrate as migrations
+    from service.core import migrate as migrations
 
     settings = _settings(
         host=host,
@@ -151,7 +169,7 @@ def server(
 
 
 def _prepare_schema(settings: Any, migrations: Any) -> None:
-    from service.db import Database
+    from service.core.db import Database
 
     if settings.auto_migrate:
         migrations.upgrade(settings.database_url)
@@ -167,7 +185,7 @@ def _prepare_schema(settings: Any, migrations: Any) -> None:
 def app_factory() -> Any:
     """Uvicorn factory: settings come from the HPO_* environment."""
     from service.app import create_app
-    from service.config import Settings
+    from service.core.config import Settings
 
     settings = Settings()
     # The parent already migrated; replicas must not race on the schema.
@@ -181,9 +199,9 @@ def token_create(
     database_url: DbUrl = None,
 ) -> None:
     """Mint a token directly in the database and print it (shown once)."""
-    from service import migrate
-    from service.auth import ROLES, create_token_without_commit
-    from service.db import Database
+    from service.core import migrate
+    from service.core.auth import ROLES, create_token_without_commit
+    from service.core.db import Database
 
     if role not in ROLES:
         _fail(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -199,27 +217,8 @@ def token_create(
     typer.echo(raw)
 
 
-def _register_optional() -> None:
-    """Sub-commands whose imports may be absent on a worker-only install."""
-    try:
-        from service.cli_studies import study_app
-
-        app.add_typer(study_app, name="study")
-    except ModuleNotFoundError:
-        pass
-    try:
-        from workers.cli import worker
-
-        app.command(name="worker")(worker)
-    except ModuleNotFoundError:
-        pass
-
-
-_register_optional()
-
-
 def main() -> None:
-    """Entry point of the ``hpo`` script."""
+    """``python -m service.cli``: the server's commands alone."""
     try:
         app()
     except KeyboardInterrupt:

@@ -95,7 +95,7 @@ class Tokens:
 
 
 def make_settings(db_url: str, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
-    from service.config import Settings
+    from service.core.config import Settings
 
     values: dict[str, object] = {
         "database_url": db_url,
@@ -110,7 +110,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: object):  # type: ig
 
 
 def mint_tokens(ctx) -> Tokens:  # type: ignore[no-untyped-def]
-    from service.auth import create_token_without_commit
+    from service.core.auth import create_token_without_commit
 
     with ctx.db.session() as session:
         admin, _ = create_token_without_commit(session, "admin", "test-admin")

@@ -1,85 +1,122 @@
-"""``hpo worker``: the worker daemon's command line.
+"""``hpo worker``: the worker daemon's command line, generated from :class:`WorkerOptions`.
 
-The main ``hpo`` app (service/cli.py) registers :func:`worker` as ``hpo worker``;
-``python -m workers`` runs the same command on its own (for GPU boxes that only
-install the ``worker`` extra). Importing this module is cheap: no torch and no
-server package; the daemon is imported when the command runs.
+Every option is declared once, in :mod:`workers.options`; this module turns
+each field that has a flag into a click option (same name, help, environment
+variable and bounds), validates the result with the model, and then decides
+what runs: one :class:`~workers.daemon.Worker` on one device, or a
+:class:`~workers.supervisor.Supervisor` with one worker process per GPU.
+
+``python -m workers`` runs the same command (for boxes with only the worker
+extra); a supervisor's children get their options from ``HPO_WORKER_OPTIONS``.
+Importing this module is cheap: no torch, no daemon, no server package.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import os
+import types
+import typing
+from typing import Any
+
 import typer
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+from workers.options import OPTIONS_ENV, ExitCode, WorkerOptions
+
+log = logging.getLogger("workers.cli")
 
 
-def _studies(value: str | None) -> list[str] | None:
-    if not value:
+def run(options: WorkerOptions) -> int:
+    """Run the daemon (one process, or a supervisor of one process per GPU); the exit code."""
+    from workers.devices import DeviceError, plan_gpus
+    from workers.ui import setup_logging
+
+    setup_logging(options.log_level)
+    try:
+        plan = plan_gpus(options.gpus, options.device)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return ExitCode.CONFIG
+    try:
+        if len(plan) > 1:
+            from workers.supervisor import Supervisor
+
+            return Supervisor(options, [gpu for _, gpu in plan]).run()
+        if plan:  # one GPU chosen with --gpus: run here, on it
+            options = options.model_copy(update={"device": f"cuda:{plan[0][0]}", "gpus": None})
+        from workers.daemon import Worker
+
+        return Worker(options).run()
+    except Exception:
+        log.exception("worker crashed")
+        return ExitCode.ERROR
+
+
+def options_from_env() -> WorkerOptions | None:
+    """The options a supervisor passed to this child process, if any."""
+    raw = os.environ.get(OPTIONS_ENV)
+    if not raw:
         return None
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    return names or None
+    options = WorkerOptions.model_validate_json(raw)
+    return options.model_copy(update={"token": os.environ.get("HPO_TOKEN") or None})
 
 
-def worker(
-    server: str = typer.Option(
-        ..., "--server", envvar="HPO_SERVER", help="server URL, e.g. http://hpo:8000"
-    ),
-    token: str | None = typer.Option(
-        None, "--token", envvar="HPO_TOKEN", help="API token with the worker role"
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="cpu, cuda, cuda:N or auto (cuda if available, else cpu)"
-    ),
-    gpus: str | None = typer.Option(
-        None, "--gpus", help='"all" or "0,1": one worker process per GPU (device cuda/auto)'
-    ),
-    studies: str | None = typer.Option(
-        None, "--studies", help="comma-separated study names to take work from (default: any)"
-    ),
-    max_trials: int | None = typer.Option(
-        None, "--max-trials", min=1, help="exit 0 after this many trials (per GPU process)"
-    ),
-    data_dir: str | None = typer.Option(
-        None, "--data-dir", envvar="HPO_DATA_DIR", help="MNIST root (the folder with MNIST/raw)"
-    ),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR"),
-    name: str | None = typer.Option(
-        None, "--name", help="worker name shown in the registry (default host:device:pid)"
-    ),
-    idle_backoff: float = typer.Option(
-        10.0, "--idle-backoff", min=0.1, help="longest wait in seconds between idle lease requests"
-    ),
-    server_wait: float | None = typer.Option(
+# --------------------------------------------------------------------------- the command
+
+
+def _cli_type(field: FieldInfo) -> Any:
+    """The command-line type of a field: its base type, optional; lists are comma text."""
+    annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        annotation = str  # "a,b" on the command line; the model splits it
+    return annotation | None
+
+
+def _parameter(name: str, field: FieldInfo) -> inspect.Parameter | None:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    flag = extra.get("flag")
+    if not flag:
+        return None
+    kind = _cli_type(field)
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind == bool | None else [flag]
+    default = typer.Option(
         None,
-        "--server-wait",
-        min=0.0,
-        help="give up after this many seconds if the server "
-        "is down at start (default: wait forever)",
-    ),
-) -> None:
-    """Run a worker daemon: lease trials from the server, train, report, complete."""
-    level = log_level.upper()
-    if level not in LOG_LEVELS:
-        raise typer.BadParameter(
-            f"must be one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
-        )
-    from workers.daemon import WorkerOptions, run_worker
-
-    options = WorkerOptions(
-        server=server,
-        token=token or None,
-        device=device,
-        gpus=gpus,
-        studies=_studies(studies),
-        max_trials=max_trials,
-        data_dir=data_dir or None,
-        log_level=level,
-        idle_backoff_s=idle_backoff,
-        server_wait_s=server_wait,
-        name=name,
+        *decls,
+        help=field.description,
+        envvar=extra.get("envvar"),
+        show_default=False,
     )
-    raise typer.Exit(run_worker(options))
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
 
+
+def _describe(err: Any) -> str:
+    field = str(err["loc"][0]) if err["loc"] else ""
+    info = WorkerOptions.model_fields.get(field)
+    extra = info.json_schema_extra if info and isinstance(info.json_schema_extra, dict) else {}
+    where = extra.get("flag") or field
+    return f"{where}: {str(err['msg']).removeprefix('Value error, ')}"
+
+
+def worker(**given: Any) -> None:
+    """Run a worker daemon: lease trials from the server, train, report, complete."""
+    values = {name: value for name, value in given.items() if value is not None}
+    try:
+        options = WorkerOptions.model_validate(values)
+    except ValidationError as exc:
+        raise typer.BadParameter("; ".join(_describe(e) for e in exc.errors())) from None
+    raise typer.Exit(int(run(options)))
+
+
+# typer reads a command's options from its signature: give ``worker`` one parameter per
+# flagged field of WorkerOptions, so the options are declared only in the model.
+_params = [p for n, f in WorkerOptions.model_fields.items() if (p := _parameter(n, f))]
+worker.__signature__ = inspect.Signature(_params)  # type: ignore[attr-defined]
+worker.__annotations__ = {p.name: p.annotation for p in _params}
 
 #: Standalone app: ``python -m workers`` (one command, so no sub-command name).
 app = typer.Typer(add_completion=False, help="hpo worker daemon")

@@ -158,5 +158,6 @@ def _missing_message(root: Path, detail: str) -> str:
         f"MNIST not found in {raw} ({detail}). Expected the four uncompressed files "
         f"{', '.join(MNIST_FILES)} in that folder. Point the worker at the folder that "
         "contains MNIST/raw with --data-dir DIR or the HPO_DATA_DIR environment variable, "
-        "or allow a download (needs network access)."
+        "or let the worker download it there with --download (HPO_DOWNLOAD=1; needs network "
+        "access)."
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.settings import TrainConfig
+from hpo.settings import TrainConfig
 
 IN_FEATURES = 28 * 28
 N_CLASSES = 10

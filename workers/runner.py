@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.client import ApiError, ClientError, LeaseGone, ServiceClient
-from workers.protocol import CompleteRequest, FailRequest, FinishState, TrialSpec
-from workers.settings import SettingsError
+from hpo.client import Client
+from hpo.protocol import CompleteRequest, FailRequest, FinishState, TrialSpec
+from hpo.settings import SettingsError
+from hpo.transport import ApiError, ClientError, LeaseGone
 from workers.steering import (
     Control,
     Heartbeat,
@@ -87,7 +88,7 @@ def final_metrics(result: Any) -> dict[str, float | int | str | None]:
 
 
 def finish(
-    client: ServiceClient, spec: TrialSpec, result: Any, control: Control, last_value: float | None
+    client: Client, spec: TrialSpec, result: Any, control: Control, last_value: float | None
 ) -> TrialEnd:
     """Send the one final call this attempt needs, judged from the result and the flags."""
     label = trial_label(spec)
@@ -110,7 +111,7 @@ def finish(
     return TrialEnd("failed", detail=reason)
 
 
-def _complete(client: ServiceClient, spec: TrialSpec, result: Any) -> TrialEnd:
+def _complete(client: Client, spec: TrialSpec, result: Any) -> TrialEnd:
     label = trial_label(spec)
     value = final_value(spec, result)
     diverged = result.status == "diverged"
@@ -142,7 +143,7 @@ def _complete(client: ServiceClient, spec: TrialSpec, result: Any) -> TrialEnd:
 
 
 def fail(
-    client: ServiceClient,
+    client: Client,
     spec: TrialSpec,
     reason: str,
     *,
@@ -158,7 +159,7 @@ def fail(
     )
 
 
-def abandon(client: ServiceClient, spec: TrialSpec) -> TrialEnd:
+def abandon(client: Client, spec: TrialSpec) -> TrialEnd:
     """Give the trial back so it is re-run at once (SIGTERM)."""
     fail(client, spec, SHUTDOWN_REASON, retry=True)
     return TrialEnd("abandoned", detail=SHUTDOWN_REASON)
@@ -194,8 +195,8 @@ class TrialEnv:
     daemon's logic can be tested without training.
     """
 
-    client: ServiceClient
-    make_client: Callable[[], ServiceClient]
+    client: Client
+    make_client: Callable[[], Client]
     device: Any
     data: Any
     shutdown: threading.Event
@@ -234,15 +235,13 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
     return finish(env.client, spec, result, control, hooks.last_value)
 
 
-def _bad_settings(client: ServiceClient, spec: TrialSpec, exc: SettingsError) -> TrialEnd:
+def _bad_settings(client: Client, spec: TrialSpec, exc: SettingsError) -> TrialEnd:
     reason = f"bad setting {exc.field!r}: {exc}"
     fail(client, spec, reason, diagnosis="bad_settings")
     return TrialEnd("failed", detail=reason)
 
 
-def _training_error(
-    client: ServiceClient, spec: TrialSpec, control: Control, exc: Exception
-) -> TrialEnd:
+def _training_error(client: Client, spec: TrialSpec, control: Control, exc: Exception) -> TrialEnd:
     """Classify an exception from the trainer and send the matching fail."""
     if control.drop.is_set():
         log.warning("%s dropped: %s (then %s)", trial_label(spec), control.drop_reason, exc)

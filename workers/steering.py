@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from workers.client import ClientError, LeaseGone, ServiceClient
-from workers.protocol import (
+from hpo.client import Client
+from hpo.protocol import (
     MAX_METRIC_NAME,
     MAX_METRICS,
     Action,
@@ -26,6 +26,7 @@ from workers.protocol import (
     ReportRequest,
     TrialSpec,
 )
+from hpo.transport import ClientError, LeaseGone
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class TrialHooks:
     """Trainer hooks: report each epoch, and stop when the server or a signal says so."""
 
     def __init__(
-        self, client: ServiceClient, spec: TrialSpec, control: Control, epochs: int, view: Progress
+        self, client: Client, spec: TrialSpec, control: Control, epochs: int, view: Progress
     ) -> None:
         self.client = client
         self.spec = spec
@@ -169,7 +170,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        make_client: Callable[[], ServiceClient],
+        make_client: Callable[[], Client],
         spec: TrialSpec,
         control: Control,
         progress: Callable[[], float | None],
@@ -198,7 +199,7 @@ class Heartbeat:
                 if not self._beat(client):
                     return
 
-    def _beat(self, client: ServiceClient) -> bool:
+    def _beat(self, client: Client) -> bool:
         """One heartbeat; False once the lease is gone (no point going on)."""
         try:
             body = HeartbeatRequest(progress=self._progress())

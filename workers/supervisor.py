@@ -26,85 +26,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workers.daemon import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, DeviceError, WorkerOptions
+from workers.options import OPTIONS_ENV, ExitCode, WorkerOptions
 
 log = logging.getLogger("workers.supervisor")
 
-#: (local index for ``cuda:N`` in this process, id to pin in the child's CUDA_VISIBLE_DEVICES)
-GpuPlan = list[tuple[int, str]]
-
-
-def _torch_cuda_count() -> int | None:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else None
-
-
-def plan_gpus(
-    gpus: str | None, device: str, cuda_count: Callable[[], int | None] = _torch_cuda_count
-) -> GpuPlan:
-    """The GPUs to run on: empty for one process on ``device``; else (index, pinned id) pairs.
-
-    ``gpus`` is ``"all"`` or comma-separated indices into the GPUs this process
-    sees (``CUDA_VISIBLE_DEVICES`` respected). It needs device ``cuda`` or
-    ``auto`` (``auto`` without CUDA falls back to one CPU process).
-    """
-    if not gpus or not gpus.strip():
-        return []
-    dev = (device or "auto").strip().lower()
-    if dev == "cpu":
-        log.warning("--gpus %s ignored with --device cpu", gpus)
-        return []
-    if dev not in ("cuda", "auto"):
-        raise DeviceError(f"--gpus needs --device cuda or auto, not {device!r}")
-    count = cuda_count()
-    if not count:
-        if dev == "auto":
-            log.warning("--gpus %s: CUDA not available, running one process on cpu", gpus)
-            return []
-        raise DeviceError(f"--gpus {gpus}: CUDA is not available here")
-    visible = _visible_ids(count)
-    if gpus.strip().lower() == "all":
-        return list(enumerate(visible))
-    plan: GpuPlan = []
-    for token in (t.strip() for t in gpus.split(",")):
-        if not token:
-            continue
-        if not token.isdigit() or int(token) >= count:
-            raise DeviceError(f"--gpus {gpus}: no GPU {token!r} (visible: 0..{count - 1})")
-        if int(token) not in [i for i, _ in plan]:
-            plan.append((int(token), visible[int(token)]))
-    return plan
-
-
-def _visible_ids(count: int) -> list[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env:
-        ids = [t.strip() for t in env.split(",") if t.strip()]
-        if len(ids) >= count:
-            return ids[:count]
-    return [str(i) for i in range(count)]
-
 
 def child_command(options: WorkerOptions, gpu: str) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of the worker process pinned to ``gpu``."""
+    """argv and environment of the worker process pinned to ``gpu``.
+
+    The options travel as JSON in ``HPO_WORKER_OPTIONS`` (so no option is listed
+    here), the token separately in ``HPO_TOKEN``, never on a command line.
+    """
     name = options.name or socket.gethostname()
-    argv = [sys.executable, "-m", "workers", "--server", options.server, "--device", "cuda:0"]
-    argv += ["--log-level", options.log_level, "--name", f"{name}:gpu{gpu}"]
-    argv += ["--idle-backoff", str(options.idle_backoff_s)]
-    if options.studies:
-        argv += ["--studies", ",".join(options.studies)]
-    if options.max_trials is not None:
-        argv += ["--max-trials", str(options.max_trials)]
-    if options.data_dir:
-        argv += ["--data-dir", options.data_dir]
-    if options.server_wait_s is not None:
-        argv += ["--server-wait", str(options.server_wait_s)]
+    child = options.model_copy(
+        update={"device": "cuda:0", "gpus": None, "name": f"{name}:gpu{gpu}", "token": None}
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
+    env[OPTIONS_ENV] = child.model_dump_json()
     env.pop("HPO_TOKEN", None)
     if options.token:
         env["HPO_TOKEN"] = options.token
-    return argv, env
+    return [sys.executable, "-m", "workers"], env
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -216,7 +158,7 @@ class Supervisor:
         if code is None:
             return
         child.proc, child.exit_code = None, code
-        if self.stopping or code in (EXIT_OK, EXIT_CONFIG):
+        if self.stopping or code in (ExitCode.OK, ExitCode.CONFIG):
             log.info("GPU %s: worker process exited with %d", child.gpu, code)
             child.done = True
             return
@@ -248,9 +190,9 @@ class Supervisor:
 
     def _exit_code(self) -> int:
         if self.stopping:
-            return EXIT_OK
+            return ExitCode.OK
         if any(child.gave_up for child in self.children):
-            return EXIT_ERROR
-        if any(child.exit_code == EXIT_CONFIG for child in self.children):
-            return EXIT_CONFIG
-        return EXIT_OK
+            return ExitCode.ERROR
+        if any(child.exit_code == ExitCode.CONFIG for child in self.children):
+            return ExitCode.CONFIG
+        return ExitCode.OK

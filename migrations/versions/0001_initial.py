@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import service.models
+import service.storage.models
 
 revision = "0001"
 down_revision = None
@@ -27,8 +27,8 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),
         sa.Column("lease_seq", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("study_id"),
         sa.UniqueConstraint("name"),
     )
@@ -38,8 +38,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
@@ -50,8 +50,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("devices", sa.JSON(), nullable=False),
         sa.Column("version", sa.String(length=64), nullable=False),
-        sa.Column("registered_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", service.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("registered_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("current_trial_id", sa.Integer(), nullable=True),
         sa.Column("current_study", sa.String(length=512), nullable=True),
         sa.PrimaryKeyConstraint("worker_id"),
@@ -65,7 +65,7 @@ def upgrade() -> None:
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("metrics", sa.JSON(), nullable=False),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["study_id"], ["hpo_studies.study_id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("optuna_trial_id", "step", name="uq_hpo_metric_step"),
@@ -89,15 +89,15 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_id", sa.String(length=36), nullable=True),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
-        sa.Column("lease_expires_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("lease_expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("final_state", sa.String(length=16), nullable=True),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("fail_reason", sa.Text(), nullable=True),
         sa.Column("diagnosis", sa.String(length=200), nullable=True),
         sa.Column("last_step", sa.Integer(), nullable=True),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["study_id"], ["hpo_studies.study_id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("optuna_trial_id"),
@@ -114,9 +114,9 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.String(length=64), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("created_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", service.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", service.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(["trial_row_id"], ["hpo_trials.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("lease_id"),

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.auth import ANONYMOUS_ADMIN, Principal, authenticate, require_role
-from service.context import AppContext
+from service.core.auth import ANONYMOUS_ADMIN, Principal, authenticate, require_role
+from service.core.context import AppContext
 
 AUTH_COOKIE = "hpo_token"
 

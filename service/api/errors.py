@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.db import _is_connection_error
-from service.errors import DatabaseUnavailable, DomainError
+from service.core.db import _is_connection_error
+from service.core.errors import DatabaseUnavailable, DomainError
 
 log = logging.getLogger("hpo.server")
 

@@ -2,7 +2,7 @@
 
 Errors: 404 unknown lease (or unregistered worker on lease), 409 stale lease
 (expired and re-leased, or already finished) or trial finished through another
-lease, 422 invalid body. See :mod:`service.leases` for the semantics.
+lease, 422 invalid body. See :mod:`service.trials` for the semantics.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
-from service import leases
-from service.api.deps import ServicesDep, WorkerDep
-from service.api.errors import error_responses
-from workers.protocol import (
+from hpo.protocol import (
     ActionResponse,
     CompleteRequest,
     FailRequest,
@@ -23,6 +20,9 @@ from workers.protocol import (
     LeaseResponse,
     ReportRequest,
 )
+from service import trials as leases
+from service.api.deps import ServicesDep, WorkerDep
+from service.api.errors import error_responses
 
 router = APIRouter(tags=["protocol"], responses=error_responses(401, 403))
 _LEASE_ERRORS = error_responses(404, 409)

@@ -3,7 +3,7 @@
 The ``{study}`` path parameter is a study's name or its integer id. Reading
 needs any valid token (viewer, worker or admin); changing needs admin. The
 handlers are thin: the domain lives in :mod:`service.studies`,
-:mod:`service.study_trials` and :mod:`service.study_export`.
+:mod:`service.studies.trials` and :mod:`service.studies.export`.
 """
 
 from __future__ import annotations
@@ -13,20 +13,19 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from service import studies as domain
+from hpo.schemas import ShownState, StudyPage, StudySummary, TrialDetail, TrialOrder, TrialPage
+from hpo.spec import StudySpec
 from service.api.deps import AdminDep, ServicesDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
-from service.schemas import StudyPage, StudySummary, TrialDetail, TrialOrder, TrialPage
-from service.spec import StudySpec
-from service.study_export import content_disposition, plan_export, stream_csv, stream_json
-from service.study_trials import get_trial, list_trials
+from service.studies import records as domain
+from service.studies.export import content_disposition, plan_export, stream_csv, stream_json
+from service.studies.trials import get_trial, list_trials
 
 router = APIRouter(prefix="/studies", tags=["studies"], responses=error_responses(401, 403))
 
 StudyRef = Annotated[str, Path(description="study name, or its integer id", max_length=512)]
 Limit = Annotated[int, Query(ge=1, le=domain.MAX_PAGE, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="items to skip")]
-TrialStateFilter = Literal["complete", "pruned", "fail", "running", "waiting", "queued"]
 
 
 @router.post(
@@ -96,7 +95,7 @@ def get_trials(
     study: StudyRef,
     session: SessionDep,
     _: ViewerDep,
-    state: Annotated[TrialStateFilter | None, Query(description="only this state")] = None,
+    state: Annotated[ShownState | None, Query(description="only this state")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
     order: Annotated[TrialOrder, Query(description="number or value; '-' descends")] = "number",

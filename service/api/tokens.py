@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import AdminDep, SessionDep
 from service.api.errors import error_responses
-from service.auth import create_token_without_commit, list_tokens, revoke_token_without_commit
+from service.core.auth import create_token_without_commit, list_tokens, revoke_token_without_commit
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=error_responses(401, 403))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service import workers_registry
+from hpo.protocol import WorkerInfo, WorkerRegistration
 from service.api.deps import ServicesDep, SessionDep, ViewerDep, WorkerDep
 from service.api.errors import error_responses
-from workers.protocol import WorkerInfo, WorkerRegistration
+from service.fleet import registry as workers_registry
 
 router = APIRouter(prefix="/workers", tags=["workers"], responses=error_responses(401, 403))
 

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import ViewerDep
 from service.api.errors import error_responses
+from service.core.errors import NotFound
 from service.dashboard import charts_curves, overview, queries, table, trial_view
 from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
 from service.dashboard.state import DashboardDep
-from service.errors import NotFound
 
 #: Studies with more trials than this are served stale-while-revalidate.
 STALE_OK_TRIALS = 2000

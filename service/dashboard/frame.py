@@ -31,9 +31,10 @@ from optuna.distributions import (
 )
 from sqlalchemy.orm import Session
 
+from hpo.spec import StudySpec
+from service.core.errors import StudyNotFound
 from service.dashboard import queries
-from service.errors import StudyNotFound
-from service.spec import StudySpec, stored_spec
+from service.studies.specs import stored_spec
 
 UNFINISHED = ("RUNNING", "WAITING")
 

@@ -17,9 +17,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AUTH_COOKIE
-from service.auth import ANONYMOUS_ADMIN, Principal, authenticate
+from service.core.auth import ANONYMOUS_ADMIN, Principal, authenticate
+from service.core.errors import Forbidden, Unauthorized
 from service.dashboard.state import DashboardDep
-from service.errors import Forbidden, Unauthorized
 
 PREFIX = "/dashboard"
 router = APIRouter(prefix=PREFIX, include_in_schema=False)

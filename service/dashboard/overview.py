@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.dashboard import queries
 from service.dashboard.frame import distribution, meta_from_row
-from service.models import TrialRecord
+from service.storage.models import TrialRecord
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 

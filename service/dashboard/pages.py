@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from service.core.errors import StudyNotFound
 from service.dashboard import overview, trial_view
 from service.dashboard.charts import STUDY_CHARTS
 from service.dashboard.charts_base import OPTIMIZER
@@ -15,7 +16,6 @@ from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
 from service.dashboard.table import STATES
-from service.errors import StudyNotFound
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 #: Ids and numbers as the database stores them (larger ones are a 422, not an overflow).

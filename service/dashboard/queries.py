@@ -16,7 +16,7 @@ from optuna.storages._rdb import models as om
 from sqlalchemy import Row, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from service.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord, WorkerRecord
+from service.storage.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord, WorkerRecord
 
 studies_t = om.StudyModel.__table__
 directions_t = om.StudyDirectionModel.__table__

@@ -18,10 +18,11 @@ from optuna.storages._rdb import models as om
 from optuna.trial import TrialState
 from sqlalchemy import insert, select
 
-from service.context import AppContext
+from hpo.spec import StudySpec, to_settings
+from service.core.context import AppContext
 from service.dashboard.synthetic import Outcome, distributions, sample_params, simulate
-from service.models import StudyRecord, TrialMetric, TrialRecord, WorkerRecord
-from service.spec import StudySpec, suggest_params, to_settings
+from service.storage.models import StudyRecord, TrialMetric, TrialRecord, WorkerRecord
+from service.storage.samplers import suggest_params
 
 # --------------------------------------------------------------------------- studies
 

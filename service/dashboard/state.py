@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
-from service.context import AppContext
+from service.core.context import AppContext
 from service.dashboard import queries
 from service.dashboard.cache import FigureCache
 from service.dashboard.charts_base import fmt

@@ -15,7 +15,7 @@ import plotly
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.errors import NotFound
+from service.core.errors import NotFound
 
 HERE = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"

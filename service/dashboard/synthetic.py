@@ -22,7 +22,9 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from service.spec import (
+from hpo.settings import OPTIMIZERS as TRAINER_OPTIMIZERS
+from hpo.settings import REFERENCE_WORKLOAD
+from hpo.spec import (
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -48,8 +50,13 @@ SAMPLES_PER_EPOCH = 50_000
 def demo_spec(
     name: str, optimizers: list[str] | None = None, max_trials: int = 20_000
 ) -> StudySpec:
-    """The MNIST MLP search space of the design, with ``setting:`` renames for lr."""
+    """The MNIST MLP search space of the design, with ``setting:`` renames for lr.
+
+    Optimizer names the built-in trainer does not know (hostile strings in the
+    escaping tests) make it a study of another workload, as a user's own would be.
+    """
     optimizers = optimizers or OPTIMIZERS
+    known = all(o in TRAINER_OPTIMIZERS for o in optimizers)
     plain = [o for o in optimizers if o in ("gd", "sgd", "momentum", "nesterov")]
     adaptive = [o for o in optimizers if o not in plain]
     space: dict[str, Any] = {
@@ -90,6 +97,7 @@ def demo_spec(
     return StudySpec.model_validate(
         {
             "name": name,
+            "workload": REFERENCE_WORKLOAD if known else "synthetic",
             "direction": "maximize",
             "objective": "val_accuracy",
             "sampler": {"name": "tpe"},

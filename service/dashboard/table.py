@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.core.errors import InvalidRequest
 from service.dashboard import queries
 from service.dashboard.charts_base import OPTIMIZER
 from service.dashboard.frame import StudyFrame, TrialRow
 from service.dashboard.overview import diagnosis
-from service.errors import InvalidRequest
 
 MAX_LIMIT = 200
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")

@@ -9,12 +9,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sqlalchemy.orm import Session
 
+from service.core.errors import TrialNotFound
 from service.dashboard import queries
 from service.dashboard.charts_base import layout
 from service.dashboard.frame import StudyMeta, as_utc, decode_value, distribution
 from service.dashboard.overview import diagnosis
-from service.errors import TrialNotFound
-from service.models import LeaseRecord
+from service.storage.models import LeaseRecord
 
 METRIC_COLUMNS = (
     "train_loss", "val_loss", "val_accuracy", "lr", "grad_norm", "epoch_time_s",

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from service.dashboard import synthetic
-from service.models import TrialMetric
+from service.storage.models import TrialMetric
 from tests.dashboard.conftest import LiveServer, Watched
 
 pytestmark = pytest.mark.browser

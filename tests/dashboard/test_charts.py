@@ -12,7 +12,7 @@ import pytest
 
 from service.dashboard import charts_optuna, seeding, synthetic
 from service.dashboard.charts import STUDY_CHARTS
-from service.models import TrialMetric
+from service.storage.models import TrialMetric
 from tests.dashboard.conftest import chart, values
 
 OPTIMIZERS = set(synthetic.OPTIMIZERS)

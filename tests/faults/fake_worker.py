@@ -1,6 +1,6 @@
 """A FAKE worker for the fault-injection suite: no training, only the protocol.
 
-It speaks the real trial protocol through :class:`workers.client.ServiceClient`
+It speaks the real trial protocol through :class:`hpo.client.Client`
 (with its retry/backoff policies): register, lease (short long-poll), report
 ``--steps`` intermediate values with short sleeps and a heartbeat after each,
 then complete with a value derived from the parameters. The point is the
@@ -23,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from workers.client import ApiError, ClientError, LeaseGone, ServiceClient  # noqa: E402
-from workers.protocol import (  # noqa: E402
+from hpo.client import Client
+from hpo.protocol import (  # noqa: E402
     CompleteRequest,
     LeaseRequest,
     ReportRequest,
     WorkerRegistration,
 )
+from hpo.transport import ApiError, ClientError, LeaseGone
 
 
 def fake_value(params: dict) -> float:
@@ -51,7 +52,7 @@ def main() -> int:
     args = ap.parse_args()
     token = os.environ["HPO_TOKEN"]
     deadline = time.monotonic() + args.max_seconds
-    client = ServiceClient(args.server, token, timeout=10)
+    client = Client(args.server, token, timeout=10)
     info = client.register(
         WorkerRegistration(hostname=socket.gethostname(), name=f"fake-{os.getpid()}"),
         wait=True,

@@ -42,6 +42,7 @@ def spec(
 ) -> dict[str, Any]:
     return {
         "name": name,
+        "workload": "fake",
         "direction": "maximize",
         "objective": "fake",
         "sampler": {"name": "random", "seed": 7},

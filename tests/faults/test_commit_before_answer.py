@@ -19,7 +19,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from service.models import StudyRecord, WorkerRecord
+from service.storage.models import StudyRecord, WorkerRecord
 from tests.conftest import Tokens
 from tests.service.lease_helpers import spec
 

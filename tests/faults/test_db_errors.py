@@ -15,7 +15,7 @@ import optuna
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from service import finishing
+from service.trials import finishing
 from tests.service.lease_helpers import Worker, create_study, optuna_trials
 
 pytestmark = pytest.mark.faults

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from service import auth
+from service.core import auth
 from tests.conftest import Tokens
 from tests.faults.harness import API, spec, start_server
 

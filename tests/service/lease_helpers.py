@@ -13,8 +13,8 @@ import httpx
 import optuna
 from sqlalchemy import select, update
 
-from service.db import utcnow
-from service.models import LeaseRecord, StudyRecord, TrialRecord
+from service.core.db import utcnow
+from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from tests.conftest import Tokens
 
 API = "/api/v1"
@@ -127,7 +127,7 @@ def expire_lease(ctx: Any, lease_id: str) -> None:
 
 def expire_and_reap(ctx: Any, lease_id: str) -> int:
     """Expire the lease, then run one reaper pass; returns what the reaper cleaned up."""
-    from service import leases
+    from service import trials as leases
 
     expire_lease(ctx, lease_id)
     return leases.reap_all(ctx)

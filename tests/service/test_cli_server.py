@@ -36,9 +36,9 @@ def test_token_create_rejects_unknown_role(tmp_path: Path) -> None:
 
 
 def test_token_create_prints_a_working_token(tmp_path: Path) -> None:
-    from service.auth import authenticate
-    from service.config import Settings
-    from service.db import Database
+    from service.core.auth import authenticate
+    from service.core.config import Settings
+    from service.core.db import Database
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     result = runner.invoke(app, ["token", "create", "--role", "viewer", "--database-url", url])
@@ -51,9 +51,9 @@ def test_token_create_prints_a_working_token(tmp_path: Path) -> None:
 
 
 def test_bootstrap_tokens_written_once_with_0600(tmp_path: Path) -> None:
-    from service import migrate
     from service.cli import bootstrap_tokens
-    from service.config import Settings
+    from service.core import migrate
+    from service.core.config import Settings
 
     url = f"sqlite:///{tmp_path / 'x.db'}"
     migrate.upgrade(url)

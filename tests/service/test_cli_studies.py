@@ -21,8 +21,8 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
 
-from service.cli_studies import study_app
-from service.db import utcnow
+from hpo.cli.study import study_app
+from service.core.db import utcnow
 from tests.conftest import Tokens, make_settings, mint_tokens
 from tests.service.test_studies_api import add_lease, add_trial_row, run_trials
 

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from sqlalchemy import select
 
-from service.models import LeaseRecord, TrialRecord
+from service.storage.models import LeaseRecord, TrialRecord
 from tests.conftest import REPO_ROOT, Tokens, make_settings, mint_tokens
 from tests.service.lease_helpers import API, Tracker, Worker, create_study, optuna_trials, spec
 
@@ -121,7 +121,7 @@ def _free_port() -> int:
 _SERVE = (
     "import uvicorn\n"
     "from service.app import create_app\n"
-    "from service.config import Settings\n"
+    "from service.core.config import Settings\n"
     "s = Settings()\n"
     "uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='warning')\n"
 )
@@ -131,9 +131,9 @@ _SERVE = (
 def two_servers(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[str], Tokens]]:
     """Two uvicorn processes on one PostgreSQL database; the schema, a study and
     tokens are prepared here first."""
+    from hpo.spec import StudySpec
     from service.app import create_app
-    from service.spec import StudySpec
-    from service.studies import create_study as create_study_domain
+    from service.studies.records import create_study as create_study_domain
 
     app = create_app(make_settings(pg_url, tmp_path))
     ctx = app.state.ctx

@@ -9,9 +9,9 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
-from service import migrate
 from service.app import SchemaOutdated, create_app
-from service.models import Base
+from service.core import migrate
+from service.storage.models import Base
 from tests.conftest import make_settings
 
 HPO_TABLES = {table.name for table in Base.metadata.sorted_tables}

@@ -14,8 +14,8 @@ import optuna
 import pytest
 from sqlalchemy import select
 
-from service import leases
-from service.models import TrialMetric, WorkerRecord
+from service import trials as leases
+from service.storage.models import TrialMetric, WorkerRecord
 from tests.conftest import Tokens
 from tests.service.lease_helpers import (
     API,
@@ -194,7 +194,7 @@ def test_fail_is_idempotent(client, tokens, ctx, worker: Worker) -> None:
 
 
 def test_concurrent_completes_tell_optuna_once(client, tokens, ctx, worker: Worker) -> None:
-    from workers.protocol import CompleteRequest
+    from hpo.protocol import CompleteRequest
 
     create_study(client, tokens)
     trial = worker.trial()
@@ -364,7 +364,12 @@ def test_report_nan_is_422_naming_value(client, tokens, worker: Worker) -> None:
 
 def test_no_work_answers(client, tokens, worker: Worker) -> None:
     answer = worker.lease()
-    assert answer == {"trial": None, "retry_after_s": 5.0, "reason": "no study"}
+    assert answer == {
+        "trial": None,
+        "retry_after_s": 5.0,
+        "reason": "no study",
+        "reasons": [{"code": "no_study", "message": "no study", "study": None}],
+    }
 
 
 def test_multi_objective_complete_needs_every_objective(client, tokens, ctx, worker) -> None:

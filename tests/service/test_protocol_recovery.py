@@ -14,9 +14,10 @@ import optuna
 import pytest
 from sqlalchemy import func, select, update
 
-from service import finishing, leases, leasing
-from service.db import utcnow
-from service.models import LeaseRecord, TrialMetric, TrialRecord
+from service import trials as leases
+from service.core.db import utcnow
+from service.storage.models import LeaseRecord, TrialMetric, TrialRecord
+from service.trials import finishing, leasing
 from tests.service.lease_helpers import (
     Worker,
     create_study,
@@ -41,7 +42,7 @@ def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
 def test_retried_complete_finishes_a_lease_stuck_in_finishing(
     client, tokens, ctx, worker: Worker, monkeypatch
 ) -> None:
-    from workers.protocol import CompleteRequest
+    from hpo.protocol import CompleteRequest
 
     create_study(client, tokens)
     trial = worker.trial()
@@ -66,7 +67,7 @@ def test_retried_complete_finishes_a_lease_stuck_in_finishing(
 def test_reaper_finishes_a_lease_stuck_before_tell(
     client, tokens, ctx, worker: Worker, monkeypatch
 ) -> None:
-    from workers.protocol import FailRequest
+    from hpo.protocol import FailRequest
 
     create_study(client, tokens)
     trial = worker.trial()

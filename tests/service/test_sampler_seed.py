@@ -10,8 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from service.optuna_store import OptunaStore
-from service.spec import StudySpec, make_sampler, seed_sampler_for_trial
+from hpo.spec import StudySpec
+from service.storage.optuna_store import OptunaStore
+from service.storage.samplers import make_sampler, seed_sampler_for_trial
 
 SEED = 11
 
@@ -23,6 +24,7 @@ def _spec(sampler: str) -> StudySpec:
             "direction": "maximize",
             "sampler": {"name": sampler, "seed": SEED},
             "pruner": {"name": "none"},
+            "workload": "toy",
             "space": {"x": {"type": "float", "low": 0, "high": 1}},
         }
     )

@@ -19,10 +19,11 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import event, func, select
 
-from service.db import utcnow
-from service.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
-from service.spec import StudySpec, suggest_params
-from service.studies import create_study
+from hpo.spec import StudySpec
+from service.core.db import utcnow
+from service.storage.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
+from service.storage.samplers import suggest_params
+from service.studies.records import create_study
 from tests.conftest import Tokens
 
 API = "/api/v1/studies"
@@ -211,7 +212,7 @@ def test_duplicate_name_is_409_also_for_a_plain_optuna_study(admin, ctx) -> None
 
 
 def test_no_half_created_study_when_our_insert_fails(ctx, monkeypatch) -> None:
-    import service.studies as studies
+    import service.studies.records as studies
 
     def broken(*_: Any) -> None:
         raise RuntimeError("disk full")
@@ -478,6 +479,7 @@ def test_summary_and_trial_pages_cost_the_same_queries_at_any_size(admin, ctx) -
 
 def test_export_csv_and_json(admin, ctx) -> None:
     body = spec_body("export me")
+    body["workload"] = "formula-injection"  # choices that are not optimizer names
     body["space"]["optimizer"]["choices"] = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "+1", "-2"]
     body["space"]["momentum"]["when"] = {"optimizer": ["-2"]}
     assert admin.post(API, json=body).status_code == 201
@@ -525,7 +527,7 @@ def test_export_of_an_empty_study_has_the_header_only(admin) -> None:
 
 
 def test_export_streams_many_trials_in_batches(admin, ctx, monkeypatch) -> None:
-    import service.study_export as export
+    import service.studies.export as export
 
     monkeypatch.setattr(export, "BATCH", 4)
     create(admin, "batched")

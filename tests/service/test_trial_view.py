@@ -8,8 +8,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from service.optuna_store import OptunaStore, TrialView
-from service.spec import StudySpec
+from hpo.spec import StudySpec
+from service.storage.optuna_store import OptunaStore, TrialView
 
 State = optuna.trial.TrialState
 
@@ -21,6 +21,7 @@ def _spec(name: str, sampler: str) -> StudySpec:
             "direction": "maximize",
             "sampler": {"name": sampler, "seed": 3},
             "pruner": {"name": "none"},
+            "workload": "toy",
             "space": {"x": {"type": "float", "low": 0, "high": 1}},
         }
     )

@@ -9,8 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from service.spec import StudySpec, suggest_params, to_settings
-from workers.settings import SettingsError, TrainConfig
+from hpo.settings import SettingsError, TrainConfig
+from hpo.spec import StudySpec, to_settings
+from service.storage.samplers import suggest_params
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
 EXPECTED = {

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hpo.settings import TrainConfig
 from workers.data import MnistData, MnistNotFound, load_mnist
-from workers.settings import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""ServiceClient: bearer auth, typed answers, retries with backoff, typed errors.
+"""Client: bearer auth, typed answers, retries with backoff, typed errors.
 
 Most tests talk to a real HTTP server on 127.0.0.1 (``ScriptedServer``: answers
 from a per-path script). httpx.MockTransport is used ONLY in the retry-sequencing
@@ -22,17 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.client import (
-    ApiError,
-    AuthError,
-    ClientAborted,
-    LeaseGone,
-    RetryPolicies,
-    RetryPolicy,
-    ServerUnavailable,
-    ServiceClient,
-)
-from workers.protocol import (
+from hpo.client import Client
+from hpo.protocol import (
     Action,
     CompleteRequest,
     FailRequest,
@@ -41,6 +32,15 @@ from workers.protocol import (
     LeaseRequest,
     ReportRequest,
     WorkerRegistration,
+)
+from hpo.transport import (
+    ApiError,
+    AuthError,
+    ClientAborted,
+    LeaseGone,
+    RetryPolicies,
+    RetryPolicy,
+    ServerUnavailable,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
@@ -135,9 +135,9 @@ def server() -> Iterator[ScriptedServer]:
     srv.stop()
 
 
-def client_for(url: str, **kwargs: Any) -> ServiceClient:
+def client_for(url: str, **kwargs: Any) -> Client:
     kwargs.setdefault("policies", FAST)
-    return ServiceClient(url, "secret-token", kwargs.pop("timeout", 5.0), **kwargs)
+    return Client(url, "secret-token", kwargs.pop("timeout", 5.0), **kwargs)
 
 
 # --------------------------------------------------------------------------- real HTTP
@@ -253,7 +253,7 @@ def test_register_waits_for_server_then_succeeds(caplog: pytest.LogCaptureFixtur
     starter = threading.Timer(0.8, late.start)
     starter.start()
     try:
-        with caplog.at_level(logging.INFO, "workers.client"), client_for(late.url) as client:
+        with caplog.at_level(logging.INFO, "hpo.client"), client_for(late.url) as client:
             info = client.register(WorkerRegistration(hostname="box"), wait=True, deadline_s=30)
     finally:
         starter.join()
@@ -303,7 +303,7 @@ def test_backoff_is_exponential_and_capped() -> None:
     transport, seen = scripted_transport(answers)
     delays: list[float] = []
     policies = RetryPolicies(finish=RetryPolicy(None, None, base_s=1.0, cap_s=4.0))
-    client = ServiceClient(
+    client = Client(
         "http://x", policies=policies, sleep=delays.append, rng=UpperBound(), transport=transport
     )
     client.complete("L", CompleteRequest(value=0.1))
@@ -338,7 +338,7 @@ def test_connection_errors_are_retried_then_answer_parsed() -> None:
         httpx.Response(200, json=FINISHED),
     ]
     transport, seen = scripted_transport(answers)
-    client = ServiceClient("http://x", sleep=lambda s: None, transport=transport)
+    client = Client("http://x", sleep=lambda s: None, transport=transport)
     assert client.complete("L", CompleteRequest(value=0.2)).trial_id == 7
     assert len(seen) == 5
 
@@ -346,7 +346,7 @@ def test_connection_errors_are_retried_then_answer_parsed() -> None:
 def test_report_gives_up_quickly_so_training_goes_on() -> None:
     transport, seen = scripted_transport([httpx.ConnectError("refused")] * 10)
     delays: list[float] = []
-    client = ServiceClient("http://x", sleep=delays.append, transport=transport)
+    client = Client("http://x", sleep=delays.append, transport=transport)
     with pytest.raises(ServerUnavailable):
         client.report("L", ReportRequest(step=1, value=0.2))
     assert len(seen) == 3 and sum(delays) <= 4.0
@@ -356,14 +356,14 @@ def test_retry_after_header_is_honoured() -> None:
     answers = [httpx.Response(503, headers={"Retry-After": "3"}), httpx.Response(200, json=WORKER)]
     transport, _ = scripted_transport(answers)
     delays: list[float] = []
-    client = ServiceClient("http://x", sleep=delays.append, transport=transport)
+    client = Client("http://x", sleep=delays.append, transport=transport)
     client.register(WorkerRegistration(hostname="box"))
     assert delays and delays[0] >= 3.0
 
 
 def test_500_is_not_retried() -> None:
     transport, seen = scripted_transport([httpx.Response(500, json={"detail": "bug"})])
-    client = ServiceClient("http://x", sleep=lambda s: None, transport=transport)
+    client = Client("http://x", sleep=lambda s: None, transport=transport)
     with pytest.raises(ApiError, match="bug"):
         client.complete("L", CompleteRequest(value=0.1))
     assert len(seen) == 1
@@ -374,7 +374,7 @@ def test_stop_interrupts_lease_retries_but_not_complete() -> None:
     stop.set()
     answers = [httpx.Response(503), httpx.Response(503), httpx.Response(200, json=FINISHED)]
     transport, seen = scripted_transport(answers)
-    client = ServiceClient("http://x", stop=stop, sleep=lambda s: None, transport=transport)
+    client = Client("http://x", stop=stop, sleep=lambda s: None, transport=transport)
     with pytest.raises(ClientAborted):
         client.lease(LeaseRequest(worker_id="w"))
     assert len(seen) == 1

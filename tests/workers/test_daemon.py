@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from workers.daemon import EXIT_CONFIG, EXIT_DEVICE, EXIT_OK, Worker, WorkerOptions
+from workers.daemon import Worker
 from workers.data import MnistNotFound
+from workers.options import ExitCode, WorkerOptions
 from workers.trainer import TrainResult
 
 NOW = datetime.now(UTC)
@@ -196,7 +197,7 @@ def one_trial(serve: Callable[[list[dict[str, Any]]], FakeService]) -> FakeServi
 
 def test_completed_trial_reports_each_epoch_then_completes(one_trial, trainer) -> None:
     code, worker = run(one_trial, trainer, max_trials=1)
-    assert code == EXIT_OK and worker.trials_done == 1
+    assert code == ExitCode.OK and worker.trials_done == 1
     reports = one_trial.of("report")
     assert [body["step"] for _, body in reports] == [1, 2, 3]  # epoch numbers, from 1
     assert [body["value"] for _, body in reports] == [0.80, 0.85, 0.90]
@@ -214,7 +215,7 @@ def test_completed_trial_reports_each_epoch_then_completes(one_trial, trainer) -
 def test_bad_settings_fail_without_retry_and_the_worker_goes_on(serve, trainer) -> None:
     service = serve([trial_spec(0, params={"optimizer": "adam", "lr": -1.0}), trial_spec(1)])
     code, _ = run(service, trainer, max_trials=2)
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     [(lease, body)] = service.of("fail")
     assert lease == "lease-0" and body["retry"] is False and "'lr'" in body["reason"]
     assert [lease for lease, _ in service.of("complete")] == ["lease-1"]
@@ -249,7 +250,7 @@ def test_stop_from_heartbeat_drops_the_trial(one_trial, trainer) -> None:
     one_trial.on_heartbeat = lambda lease, body: (200, {"action": "stop", "message": "stopped"})
     trainer.during_epoch = lambda epoch: time.sleep(0.5)
     code, worker = run(one_trial, trainer, max_trials=1)
-    assert code == EXIT_OK and worker.trials_done == 1
+    assert code == ExitCode.OK and worker.trials_done == 1
     assert one_trial.of("complete") == [] and one_trial.of("fail") == []
 
 
@@ -284,7 +285,7 @@ def test_shutdown_mid_trial_abandons_for_a_rerun(one_trial, trainer) -> None:
     worker = holder["w"] = Worker(
         opts, load_data=lambda r, d: "DATA", train=trainer, install_signals=False
     )
-    assert worker.run() == EXIT_OK
+    assert worker.run() == ExitCode.OK
     [(lease, body)] = one_trial.of("fail")
     assert body == {"reason": "worker shutting down", "retry": True, "diagnosis": None}
     assert one_trial.of("complete") == []
@@ -306,7 +307,7 @@ def test_no_work_waits_and_asks_again(serve, trainer) -> None:
     later.start()
     code, _ = run(service, trainer, max_trials=1)
     later.join()
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert len(service.of("lease")) >= 2 and len(service.of("complete")) == 1
 
 
@@ -316,7 +317,7 @@ def test_training_error_fails_the_trial(one_trial, trainer) -> None:
 
     trainer.during_epoch = boom
     code, _ = run(one_trial, trainer, max_trials=1)
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     [(_, body)] = one_trial.of("fail")
     assert body["retry"] is False and "shapes do not match" in body["reason"]
 
@@ -327,7 +328,7 @@ def test_cuda_error_gives_the_trial_back_and_exits_for_a_restart(one_trial, trai
 
     trainer.during_epoch = boom
     code, _ = run(one_trial, trainer)
-    assert code == EXIT_DEVICE
+    assert code == ExitCode.DEVICE
     [(_, body)] = one_trial.of("fail")
     assert body["retry"] is True and body["diagnosis"] == "device_error"
 
@@ -335,5 +336,5 @@ def test_cuda_error_gives_the_trial_back_and_exits_for_a_restart(one_trial, trai
 def test_unknown_device_is_a_configuration_error(one_trial, trainer) -> None:
     opts = WorkerOptions(server=one_trial.url, device="tpu")
     worker = Worker(opts, load_data=lambda r, d: "DATA", train=trainer, install_signals=False)
-    assert worker.run() == EXIT_CONFIG
+    assert worker.run() == ExitCode.CONFIG
     assert one_trial.calls == []

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workers.settings import OPTIMIZERS, SettingsError, TrainConfig
+from hpo.settings import OPTIMIZERS, SettingsError, TrainConfig
 
 
 def test_defaults_are_the_seed_settings() -> None:

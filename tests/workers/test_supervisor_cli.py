@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from workers import daemon
-from workers.cli import app
-from workers.daemon import DeviceError, WorkerOptions, resolve_device
-from workers.supervisor import Supervisor, child_command, plan_gpus
+from workers import cli
+from workers.cli import app, options_from_env
+from workers.devices import DeviceError, plan_gpus, resolve_device
+from workers.options import OPTIONS_ENV, ExitCode, WorkerOptions
+from workers.supervisor import Supervisor, child_command
 
 OPTS = WorkerOptions(server="http://hpo:8000", token="tok-123", device="cuda")
 
@@ -91,14 +92,19 @@ def test_child_command_pins_the_gpu_and_keeps_the_token_off_argv() -> None:
         name="box",
     )
     argv, env = child_command(options, "3")
-    assert argv[:3] == [sys.executable, "-m", "workers"]
-    assert argv[argv.index("--device") + 1] == "cuda:0"
-    assert argv[argv.index("--studies") + 1] == "a,b"
-    assert argv[argv.index("--max-trials") + 1] == "3"
-    assert argv[argv.index("--name") + 1] == "box:gpu3"
-    assert "--gpus" not in argv  # a child never supervises
-    assert "tok-123" not in " ".join(argv)
+    assert argv == [sys.executable, "-m", "workers"]
     assert env["HPO_TOKEN"] == "tok-123" and env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "tok-123" not in env[OPTIONS_ENV]  # the token only in HPO_TOKEN
+    monkeypatch_env = {OPTIONS_ENV: env[OPTIONS_ENV], "HPO_TOKEN": env["HPO_TOKEN"]}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in monkeypatch_env.items():
+            mp.setenv(key, value)
+        child = options_from_env()
+    assert child is not None
+    assert child.device == "cuda:0" and child.gpus is None  # a child never supervises
+    assert child.studies == ["a", "b"] and child.max_trials == 3
+    assert child.name == "box:gpu3" and child.token == "tok-123"
+    assert child.data_dir == "data" and child.server == options.server
 
 
 # --------------------------------------------------------------------------- supervisor
@@ -151,16 +157,16 @@ def test_supervisor_gives_up_after_bounded_restarts(tmp_path: Path) -> None:
         poll_s=0.02,
         install_signals=False,
     )
-    assert sup.run() == daemon.EXIT_ERROR
+    assert sup.run() == ExitCode.ERROR
     assert sup.children[0].gave_up and sup.children[0].restarts == 3
 
 
 def test_configuration_error_is_not_restarted() -> None:
     def command(options: WorkerOptions, gpu: str) -> tuple[list[str], dict[str, str]]:
-        return _python(f"import sys; sys.exit({daemon.EXIT_CONFIG})"), {}
+        return _python(f"import sys; sys.exit({ExitCode.CONFIG})"), {}
 
     sup = Supervisor(OPTS, ["0"], command=command, poll_s=0.02, install_signals=False)
-    assert sup.run() == daemon.EXIT_CONFIG
+    assert sup.run() == ExitCode.CONFIG
     assert sup.children[0].restarts == 0
 
 
@@ -192,7 +198,7 @@ def test_shutdown_is_forwarded_to_every_child(tmp_path: Path) -> None:
 
 def test_cli_builds_options_from_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[WorkerOptions] = []
-    monkeypatch.setattr(daemon, "run_worker", lambda options: seen.append(options) or 0)
+    monkeypatch.setattr(cli, "run", lambda options: seen.append(options) or 0)
     env = {"HPO_SERVER": "http://env:8000", "HPO_TOKEN": "env-token", "HPO_DATA_DIR": "mnist"}
     args = ["--device", "cpu", "--studies", "a, b,", "--max-trials", "2", "--log-level", "debug"]
     result = CliRunner().invoke(app, args, env=env)
@@ -208,7 +214,7 @@ def test_cli_flags_win_over_env_and_exit_code_is_passed_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[WorkerOptions] = []
-    monkeypatch.setattr(daemon, "run_worker", lambda options: seen.append(options) or 2)
+    monkeypatch.setattr(cli, "run", lambda options: seen.append(options) or 2)
     args = ["--server", "http://flag:1", "--token", "flag-token", "--gpus", "all"]
     result = CliRunner().invoke(app, args, env={"HPO_SERVER": "http://env:8000"})
     assert result.exit_code == 2

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from hpo.settings import TrainConfig
 from tests.workers.conftest import REPO_ROOT, quick
 from workers import trainer as trainer_module
 from workers.data import MnistData
 from workers.model import build_model, count_params
-from workers.settings import TrainConfig
 from workers.trainer import NullHooks, TrainResult, train
 
 METRIC_KEYS = {

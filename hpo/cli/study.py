@@ -1,0 +1,284 @@
+"""``hpo study ...``: manage studies on a running server, built on :class:`hpo.Client`.
+
+Commands: ``create FILE.yaml``, ``list``, ``show``, ``trials``, ``pause``,
+``resume``, ``stop``, ``delete [--force]`` and ``export --format csv|json
+[--output]``. Listing commands take ``--format table|json``. The server is
+``--server`` (env ``HPO_SERVER``, default http://127.0.0.1:8000); the token is
+``--token`` (env ``HPO_TOKEN``), else the ``admin`` entry of the bootstrap token
+file (env ``HPO_TOKEN_FILE``, default ``hpo-tokens.json`` in the working
+directory).
+
+Errors are one line on stderr, never a traceback. Exit codes: 0 success,
+1 the server refused or could not be reached, 2 bad input (unreadable file,
+YAML or spec error, found before any network call).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from hpo.cli import views
+from hpo.client import DEFAULT_SERVER, Client
+from hpo.specfile import SpecFileError, load_spec_file
+from hpo.transport import ApiError, ClientError, RetryPolicies, ServerUnavailable
+
+DEFAULT_TOKEN_FILE = "hpo-tokens.json"
+
+study_app = typer.Typer(help="Studies on a running server.", no_args_is_help=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Server = Annotated[
+    str, typer.Option("--server", envvar="HPO_SERVER", help="server URL (env HPO_SERVER)")
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="HPO_TOKEN",
+        show_default=False,
+        help="API token (env HPO_TOKEN; default: the admin token in HPO_TOKEN_FILE)",
+    ),
+]
+StudyRef = Annotated[str, typer.Argument(help="study name or id")]
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+class ListFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+Format = Annotated[ListFormat, typer.Option("--format", "-f", help="table or json")]
+
+
+class CliError(Exception):
+    """A failure reported as one line, with the process exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _clean_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn every expected failure into ``error: ...`` plus an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CliError as exc:
+            fail(exc.message, exc.code)
+        except SpecFileError as exc:
+            fail(str(exc), 2)
+        except ApiError as exc:
+            fail(f"{exc.status_code} {exc.detail}", 1)
+        except ServerUnavailable as exc:
+            fail(f"cannot reach server at {exc.server}", 1)
+        except ClientError as exc:
+            fail(f"request failed: {exc}", 1)
+        except OSError as exc:
+            fail(f"{exc.filename or 'file'}: {exc.strerror or exc}", 2)
+
+    return wrapper
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    Console(stderr=True).print(
+        f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def read_token_file(path: Path | None = None) -> str | None:
+    """The ``admin`` token of the bootstrap token file, or None when there is no file."""
+    path = path or Path(os.environ.get("HPO_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CliError(f"{path}: not a JSON token file ({exc})", 2) from exc
+    token = data.get("admin") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:
+        raise CliError(f"{path}: has no 'admin' token", 2)
+    return token
+
+
+def client(server: str, token: str | None) -> Client:
+    """A client for ``server`` that gives up within seconds (a person is waiting)."""
+    return Client(server, token or read_token_file() or "", policies=RetryPolicies.interactive())
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@study_app.command("create")
+@_clean_errors
+def create(
+    file: Annotated[Path, typer.Argument(help="study spec (YAML)")],
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Create a study from a YAML spec (validated locally first)."""
+    spec = load_spec_file(file)
+    with client(server, token) as api:
+        study = api.create_study(spec)
+    Console().print(f"created study {study.name!r} (id {study.study_id})", markup=False)
+
+
+@study_app.command("list")
+@_clean_errors
+def list_studies(
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    fmt: Format = ListFormat.table,
+) -> None:
+    """List studies with their trial counts."""
+    with client(server, token) as api:
+        page = api.list_studies(limit=limit, offset=offset)
+    if fmt == ListFormat.json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    views.print_study_page(page)
+
+
+@study_app.command("show")
+@_clean_errors
+def show(
+    ref: StudyRef,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    fmt: Format = ListFormat.table,
+) -> None:
+    """Show a study: state, counts and best trial (or Pareto front)."""
+    with client(server, token) as api:
+        study = api.get_study(ref)
+    if fmt == ListFormat.json:
+        typer.echo(study.model_dump_json(indent=2))
+        return
+    views.print_summary(study)
+
+
+@study_app.command("trials")
+@_clean_errors
+def trials(
+    ref: StudyRef,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    state: Annotated[str | None, typer.Option(help="only trials in this state")] = None,
+    fmt: Format = ListFormat.table,
+) -> None:
+    """List every trial of a study (number, state, value, params)."""
+    with client(server, token) as api:
+        items = list(api.trials(ref, state=state))
+    if fmt == ListFormat.json:
+        typer.echo(json.dumps([t.model_dump(mode="json") for t in items], indent=2))
+        return
+    views.print_trials(ref, items)
+
+
+def _change(ref: str, action: str, server: str, token: str | None) -> None:
+    with client(server, token) as api:
+        study = getattr(api, action)(ref)
+    Console().print(f"study {study.name!r}: {study.state}", markup=False)
+
+
+@study_app.command("pause")
+@_clean_errors
+def pause(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Pause a study: no new trials until it is resumed."""
+    _change(ref, "pause", server, token)
+
+
+@study_app.command("resume")
+@_clean_errors
+def resume(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Resume a paused study."""
+    _change(ref, "resume", server, token)
+
+
+@study_app.command("stop")
+@_clean_errors
+def stop(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Stop a study for good (it cannot be resumed)."""
+    _change(ref, "stop", server, token)
+
+
+@study_app.command("delete")
+@_clean_errors
+def delete(
+    ref: StudyRef,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    force: Annotated[bool, typer.Option("--force", help="delete even with active leases")] = False,
+) -> None:
+    """Delete a study and all its trials (Optuna's records included)."""
+    with client(server, token) as api:
+        api.delete_study(ref, force=force)
+    Console().print(f"deleted study {ref!r}", markup=False)
+
+
+@study_app.command("export")
+@_clean_errors
+def export(
+    ref: StudyRef,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="csv or json")] = (
+        ExportFormat.csv
+    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write here instead of stdout")
+    ] = None,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Export every trial of a study as CSV or JSON."""
+    with client(server, token) as api:
+        if output is None:
+            api.export(ref, lambda b: typer.echo(b, nl=False), fmt.value)
+            return
+        sink = _LazyFile(output)
+        try:
+            size = api.export(ref, sink.write, fmt.value)
+        finally:
+            sink.close()
+    Console(stderr=True).print(f"wrote {output} ({size} bytes)", markup=False)
+
+
+class _LazyFile:
+    """Opens the output file on the first byte, so a refused export leaves no file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        if self._fh is None:
+            self._fh = self.path.open("wb")
+        self._fh.write(chunk)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()

@@ -1,0 +1,304 @@
+"""``hpo.Client``: the typed REST client of hpo-service.
+
+One client for everything a user, the ``hpo study`` command line and the worker
+daemon do over HTTP, with one retry policy (:mod:`hpo.transport`)::
+
+    import hpo
+
+    client = hpo.Client("http://hpo.internal:8000", token)
+    study = client.create_study("studies/quick.yaml")
+    client.wait(study.name)
+    print(client.get_study(study.name).best_trial)
+
+Answers are the pydantic models of :mod:`hpo.schemas` and :mod:`hpo.protocol`.
+The trial protocol methods (register, lease, heartbeat, report, complete,
+fail) are what a worker speaks; see :mod:`hpo.protocol`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from hpo.protocol import (
+    ActionResponse,
+    CompleteRequest,
+    FailRequest,
+    FinishResponse,
+    HeartbeatRequest,
+    LeaseRequest,
+    LeaseResponse,
+    ReportRequest,
+    WorkerInfo,
+    WorkerRegistration,
+)
+from hpo.schemas import BestTrial, StudyPage, StudySummary, TrialDetail, TrialItem, TrialPage
+from hpo.spec import StudySpec
+from hpo.transport import Call, RetryPolicies, RetryPolicy, Transport
+
+T = TypeVar("T", bound=BaseModel)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+#: Trial states in which a study still has work going on.
+_UNFINISHED = ("running", "waiting", "queued")
+
+
+class Client:
+    """Typed client of one server. ``url`` and ``token`` default to ``$HPO_SERVER`` and
+    ``$HPO_TOKEN``. Not shared across threads: make one per thread."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        policies: RetryPolicies | None = None,
+        stop: threading.Event | None = None,
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+        transport: httpx.BaseTransport | None = None,
+        user_agent: str = "hpo-client",
+    ) -> None:
+        self.base_url = (url or os.environ.get("HPO_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self.policies = policies or RetryPolicies()
+        self._http = Transport(
+            self.base_url,
+            token if token is not None else os.environ.get("HPO_TOKEN"),
+            timeout,
+            stop=stop,
+            sleep=sleep,
+            rng=rng,
+            transport=transport,
+            user_agent=user_agent,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ studies
+
+    def create_study(self, spec: StudySpec | dict[str, Any] | str | Path) -> StudySummary:
+        """Create a study from a spec object, a dict, or the path of a YAML file."""
+        body = _spec_body(spec)
+        return self._typed(Call("POST", "/studies", self.policies.default, json=body), StudySummary)
+
+    def get_study(self, study: str | int) -> StudySummary:
+        """A study's spec, state, trial counts and best trial (or Pareto front)."""
+        return self._typed(Call("GET", _study(study), self.policies.default), StudySummary)
+
+    def list_studies(self, limit: int = 50, offset: int = 0) -> StudyPage:
+        """One page of studies in creation order."""
+        params = {"limit": limit, "offset": offset}
+        return self._typed(Call("GET", "/studies", self.policies.default, params=params), StudyPage)
+
+    def pause(self, study: str | int) -> StudySummary:
+        """Hand out no new trials until resumed."""
+        return self._state(study, "pause")
+
+    def resume(self, study: str | int) -> StudySummary:
+        """Hand out trials again."""
+        return self._state(study, "resume")
+
+    def stop(self, study: str | int) -> StudySummary:
+        """Stop for good; workers are told to drop the study's trials."""
+        return self._state(study, "stop")
+
+    def delete_study(self, study: str | int, force: bool = False) -> None:
+        """Delete the study and all its trials (409 while leases are active, unless ``force``)."""
+        params = {"force": str(force).lower()}
+        self._http.request(Call("DELETE", _study(study), self.policies.default, params=params))
+
+    def _state(self, study: str | int, action: str) -> StudySummary:
+        call = Call("POST", _study(study, f"/{action}"), self.policies.default)
+        return self._typed(call, StudySummary)
+
+    # ------------------------------------------------------------------ trials
+
+    def trials_page(
+        self,
+        study: str | int,
+        *,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        order: str = "number",
+    ) -> TrialPage:
+        """One page of a study's trials (``order``: number or value, ``-`` descends)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, "order": order}
+        if state is not None:
+            params["state"] = state
+        call = Call("GET", _study(study, "/trials"), self.policies.default, params=params)
+        return self._typed(call, TrialPage)
+
+    def trials(self, study: str | int, *, state: str | None = None) -> Iterator[TrialItem]:
+        """Every trial of the study, by number (fetched a page at a time)."""
+        offset = 0
+        while True:
+            page = self.trials_page(study, state=state, limit=500, offset=offset)
+            yield from page.items
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
+
+    def trial(self, study: str | int, number: int) -> TrialDetail:
+        """One trial with its learning curve, metrics and lease history."""
+        call = Call("GET", _study(study, f"/trials/{int(number)}"), self.policies.default)
+        return self._typed(call, TrialDetail)
+
+    def best_trials(self, study: str | int) -> list[BestTrial]:
+        """The best trial (single objective) or the Pareto front (several objectives)."""
+        summary = self.get_study(study)
+        if summary.best_trials is not None:
+            return summary.best_trials
+        return [summary.best_trial] if summary.best_trial else []
+
+    def export(self, study: str | int, write: Callable[[bytes], Any], fmt: str = "csv") -> int:
+        """Stream the study's export (``csv`` or ``json``) into ``write``; bytes written."""
+        size = 0
+        with self._http.stream(_study(study, "/export"), {"format": fmt}) as resp:
+            for chunk in resp.iter_bytes():
+                write(chunk)
+                size += len(chunk)
+        return size
+
+    def to_dataframe(self, study: str | int) -> Any:
+        """The study's trials as a pandas DataFrame (needs pandas): one row per trial,
+        ``params_<name>`` columns like Optuna's ``study.trials_dataframe()``."""
+        import pandas as pd  # optional: only this method needs it
+
+        rows = []
+        for t in self.trials(study):
+            row = t.model_dump(exclude={"params"})
+            row.update({f"params_{k}": v for k, v in t.params.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def wait(
+        self,
+        study: str | int,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 2.0,
+        progress: bool = True,
+    ) -> StudySummary:
+        """Block until the study's budget is spent (or it was stopped) and nothing runs.
+
+        With ``progress`` a rich progress bar shows finished / max_trials.
+        Raises TimeoutError after ``timeout_s``.
+        """
+        from hpo.progress import study_progress  # rich: imported only when waiting
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with study_progress(progress) as bar:
+            while True:
+                summary = self.get_study(study)
+                bar.update(summary)
+                if _finished(summary):
+                    return summary
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"study {summary.name!r} still running after {timeout_s}s")
+                time.sleep(poll_s)
+
+    # ------------------------------------------------------------------ trial protocol
+
+    def register(
+        self,
+        registration: WorkerRegistration,
+        *,
+        wait: bool = False,
+        deadline_s: float | None = None,
+    ) -> WorkerInfo:
+        """Register a worker; with ``wait`` an unreachable server is waited for
+        (at most ``deadline_s`` seconds when given)."""
+        body = registration.model_dump(mode="json")
+        if not wait:
+            call = Call("POST", "/workers/register", self.policies.default, json=body)
+        else:
+            s = self.policies.startup
+            policy = RetryPolicy(None, deadline_s, s.base_s, s.cap_s)
+            call = Call(
+                "POST", "/workers/register", policy, json=body, interruptible=True, startup=True
+            )
+        return self._typed(call, WorkerInfo)
+
+    def lease(self, request: LeaseRequest) -> LeaseResponse:
+        """Ask for work; long-polls up to ``request.wait_s`` seconds on the server."""
+        call = Call(
+            "POST",
+            "/trials/lease",
+            self.policies.default,
+            json=request.model_dump(mode="json"),
+            interruptible=True,
+            extra_timeout=request.wait_s,
+        )
+        return self._typed(call, LeaseResponse)
+
+    def heartbeat(self, lease_id: str, request: HeartbeatRequest | None = None) -> ActionResponse:
+        """Extend a lease (few attempts: the next heartbeat follows soon)."""
+        body = request or HeartbeatRequest()
+        return self._lease_call(
+            lease_id, "heartbeat", body, ActionResponse, self.policies.heartbeat
+        )
+
+    def report(self, lease_id: str, request: ReportRequest) -> ActionResponse:
+        """One per-step objective value and metrics; the answer says continue/prune/stop."""
+        return self._lease_call(lease_id, "report", request, ActionResponse, self.policies.report)
+
+    def complete(self, lease_id: str, request: CompleteRequest) -> FinishResponse:
+        """Finish a trial; retried until delivered (idempotent on the server)."""
+        return self._lease_call(lease_id, "complete", request, FinishResponse, self.policies.finish)
+
+    def fail(self, lease_id: str, request: FailRequest) -> FinishResponse:
+        """Fail or abandon a trial; retried until delivered (idempotent on the server)."""
+        return self._lease_call(lease_id, "fail", request, FinishResponse, self.policies.finish)
+
+    # ------------------------------------------------------------------ machinery
+
+    def _lease_call(
+        self, lease_id: str, verb: str, body: BaseModel, answer: type[T], policy: RetryPolicy
+    ) -> T:
+        path = f"/leases/{quote(lease_id, safe='')}/{verb}"
+        call = Call("POST", path, policy, json=body.model_dump(mode="json"), lease=True)
+        return self._typed(call, answer)
+
+    def _typed(self, call: Call, answer: type[T]) -> T:
+        return answer.model_validate(self._http.request(call).json())
+
+
+def _study(ref: str | int, suffix: str = "") -> str:
+    return f"/studies/{quote(str(ref), safe='')}{suffix}"
+
+
+def _spec_body(spec: StudySpec | dict[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(spec, StudySpec):
+        return spec.model_dump(mode="json", exclude_unset=True)
+    if isinstance(spec, str | Path):
+        from hpo.specfile import load_spec_file
+
+        return load_spec_file(Path(spec))
+    return dict(spec)
+
+
+def _finished(summary: StudySummary) -> bool:
+    counts = summary.counts
+    busy = sum(getattr(counts, name) for name in _UNFINISHED)
+    if busy:
+        return False
+    return summary.state == "stopped" or counts.total >= summary.max_trials

@@ -1,0 +1,262 @@
+"""The wire contract between the server and the worker daemons.
+
+This module is imported by both sides (``service`` and ``workers``), so it stays
+free of torch and of every server-only dependency (fastapi, sqlalchemy, alembic,
+optuna): pydantic only. Every request and answer body of the trial protocol
+lives here.
+
+Protocol (all under ``/api/v1``, bearer token with role ``worker`` or ``admin``):
+
+==========================  =========================================  ======================
+endpoint                    body                                       answer
+==========================  =========================================  ======================
+POST /workers/register      :class:`WorkerRegistration`                :class:`WorkerInfo`
+POST /trials/lease          :class:`LeaseRequest`                      :class:`LeaseResponse`
+POST /leases/{id}/heartbeat :class:`HeartbeatRequest`                  :class:`ActionResponse`
+POST /leases/{id}/report    :class:`ReportRequest`                     :class:`ActionResponse`
+POST /leases/{id}/complete  :class:`CompleteRequest`                   :class:`FinishResponse`
+POST /leases/{id}/fail      :class:`FailRequest`                       :class:`FinishResponse`
+==========================  =========================================  ======================
+
+``complete`` and ``fail`` are idempotent per lease: a retried request gets the
+same :class:`FinishResponse` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_PREFIX = "/api/v1"
+
+#: Upper bound on a metric name's length and on the number of metrics per report.
+MAX_METRIC_NAME = 64
+MAX_METRICS = 64
+
+
+class Action(StrEnum):
+    """What the server tells a worker to do with its current trial."""
+
+    CONTINUE = "continue"
+    PRUNE = "prune"  # stop training, then call complete with state=pruned
+    STOP = "stop"  # the study was stopped or the lease is gone: drop the trial
+
+
+class FinishState(StrEnum):
+    """How a worker ends a trial it completed."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+
+
+class TrialOutcome(StrEnum):
+    """A trial's state after complete or fail, as the wire reports it."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAIL = "fail"
+    QUEUED = "queued"  # the attempt was abandoned; the trial runs again elsewhere
+
+
+class NoWorkCode(StrEnum):
+    """Why a lease request got no trial (one code per study that had none)."""
+
+    NO_STUDY = "no_study"  # no study at all, or none of the names asked for exists
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    BUDGET_USED = "budget_used"
+    CONCURRENCY_FULL = "concurrency_full"  # max_concurrent trials are running
+    SAMPLING_FAILED = "sampling_failed"
+    BUSY = "busy"  # another request took the slot or re-run first
+    DELETED = "deleted"
+
+    @property
+    def retry_soon(self) -> bool:
+        """True when work may appear within a second or so (a slot frees, a race lost)."""
+        return self in (NoWorkCode.CONCURRENCY_FULL, NoWorkCode.SAMPLING_FAILED, NoWorkCode.BUSY)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _finite(value: float | None, field: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value}")
+    return value
+
+
+def _check_metrics(metrics: dict[str, float | int | str | None]) -> dict[str, Any]:
+    if len(metrics) > MAX_METRICS:
+        raise ValueError(f"at most {MAX_METRICS} metrics per report, got {len(metrics)}")
+    for name, value in metrics.items():
+        if not name or len(name) > MAX_METRIC_NAME:
+            raise ValueError(f"metric name must be 1..{MAX_METRIC_NAME} characters: {name!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # NaN/Inf are not JSON; the worker sends them as null plus a diagnosis.
+            raise ValueError(f"metric {name!r} must be finite, got {value}")
+        if isinstance(value, str) and len(value) > 1000:
+            raise ValueError(f"metric {name!r} is longer than 1000 characters")
+    return metrics
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class WorkerRegistration(_Body):
+    """Sent once when a worker daemon (or one of its GPU processes) starts."""
+
+    hostname: str = Field(min_length=1, max_length=255)
+    devices: list[str] = Field(default_factory=list, max_length=64)
+    version: str = Field(default="", max_length=64)
+    name: str | None = Field(default=None, max_length=255, description="e.g. host:gpu0")
+
+
+class WorkerInfo(BaseModel):
+    """A registered worker as the registry sees it."""
+
+    worker_id: str
+    hostname: str
+    name: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    version: str = ""
+    registered_at: datetime
+    last_seen_at: datetime
+    current_trial_id: int | None = None
+    current_study: str | None = None
+    alive: bool = True
+
+
+# --------------------------------------------------------------------------- leasing
+
+
+class LeaseRequest(_Body):
+    """Ask for one trial to run."""
+
+    worker_id: str = Field(min_length=1, max_length=64)
+    studies: list[str] | None = Field(
+        default=None, max_length=100, description="study names to take work from (default: any)"
+    )
+    wait_s: float = Field(
+        default=0.0, ge=0.0, le=30.0, description="long-poll: wait up to this long for work"
+    )
+
+
+class TrialSpec(BaseModel):
+    """Everything a worker needs to run one trial attempt."""
+
+    lease_id: str
+    trial_id: int
+    trial_number: int
+    study_name: str
+    attempt: int = Field(description="1 for the first run, 2 after one expired lease, ...")
+    params: dict[str, Any] = Field(description="values sampled by the study's sampler")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="the spec's fixed settings")
+    objective: str = Field(description="metric name whose value is the objective")
+    direction: str = Field(description="maximize or minimize")
+    seed: int = Field(description="trial seed: derived from the study seed and trial number")
+    lease_expires_at: datetime
+    heartbeat_interval_s: float
+
+
+class NoWork(BaseModel):
+    """Why one study (or the whole request) had no trial to hand out."""
+
+    code: NoWorkCode
+    message: str
+    study: str | None = None
+
+
+class LeaseResponse(BaseModel):
+    """A trial to run, or none (a normal answer: retry after ``retry_after_s``)."""
+
+    trial: TrialSpec | None = None
+    retry_after_s: float = 0.0
+    reason: str | None = Field(
+        default=None, description="why there is no work, in words (the messages of ``reasons``)"
+    )
+    reasons: list[NoWork] = Field(
+        default_factory=list, description="why there is no work, one entry per study"
+    )
+
+
+# --------------------------------------------------------------------------- running
+
+
+class HeartbeatRequest(_Body):
+    """Keeps a lease alive; may carry the latest progress for the dashboard."""
+
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class ReportRequest(_Body):
+    """One intermediate objective value (per epoch) plus free-form metrics."""
+
+    step: int = Field(ge=0, le=1_000_000)
+    value: float
+    metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
+
+    @field_validator("value")
+    @classmethod
+    def _value_finite(cls, v: float) -> float:
+        return _finite(v, "value")  # type: ignore[return-value]
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_metrics(v)
+
+
+class ActionResponse(BaseModel):
+    """Answer to heartbeat and report."""
+
+    action: Action
+    lease_expires_at: datetime | None = None
+    message: str | None = None
+
+
+class CompleteRequest(_Body):
+    """The trial ended normally (or was pruned at the server's request)."""
+
+    state: FinishState = FinishState.COMPLETE
+    value: float | None = Field(
+        default=None, description="objective value; for pruned trials the last reported value"
+    )
+    metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
+    diagnosis: str | None = Field(default=None, max_length=200, description="e.g. diverged")
+
+    @field_validator("value")
+    @classmethod
+    def _value_finite(cls, v: float | None) -> float | None:
+        return _finite(v, "value")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_metrics(v)
+
+
+class FailRequest(_Body):
+    """The trial could not run.
+
+    ``retry=True`` abandons the attempt (worker shutting down, device error): the
+    trial goes back to the queue at once and is run again elsewhere. ``retry=False``
+    fails the trial for good (bad settings): the reason is stored with it.
+    """
+
+    reason: str = Field(min_length=1, max_length=2000)
+    retry: bool = False
+    diagnosis: str | None = Field(default=None, max_length=200)
+
+
+class FinishResponse(BaseModel):
+    """Answer to complete and fail; identical for a retried request."""
+
+    trial_id: int
+    trial_number: int
+    state: TrialOutcome = Field(description="the trial's state now")
+    value: float | None = None

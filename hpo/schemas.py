@@ -1,0 +1,158 @@
+"""Answers of the study and trial endpoints (pydantic only): the read side of the API.
+
+The server's study domain builds these directly (the routers stay thin and the
+dashboard reuses them); :class:`hpo.Client` parses answers into them.
+Non-finite floats (an objective of ``inf``) serialize as ``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class StudyState(StrEnum):
+    """Run state of a study: ``running <-> paused``; any -> ``stopped`` (final)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class ShownState(StrEnum):
+    """The state a trial is shown in: Optuna's, plus ``queued`` (waiting for a re-run)."""
+
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+    FAIL = "fail"
+    RUNNING = "running"
+    WAITING = "waiting"
+    QUEUED = "queued"
+
+
+#: Back-compatible alias used by the API's query parameter.
+TrialStateName = ShownState
+TrialOrder = Literal["number", "-number", "value", "-value"]
+
+
+class TrialCounts(BaseModel):
+    """Trials per state. ``complete + pruned + fail + running + waiting + queued == total``;
+    ``leased`` counts the running trials a worker holds a lease on."""
+
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+    queued: int = 0
+    leased: int = 0
+    total: int = 0
+
+
+class BestTrial(BaseModel):
+    """A best trial (single objective) or one trial of the Pareto front."""
+
+    number: int
+    trial_id: int
+    value: float | None = Field(default=None, description="the objective (single-objective)")
+    values: list[float | None]
+    params: dict[str, Any]
+
+
+class StudyItem(BaseModel):
+    """A study as listed: identity, run state and trial counts."""
+
+    study_id: int
+    name: str
+    state: StudyState
+    directions: list[str]
+    objectives: list[str]
+    sampler: str
+    pruner: str
+    max_trials: int
+    counts: TrialCounts
+    created_at: datetime
+    updated_at: datetime
+
+
+class StudySummary(StudyItem):
+    """One study in full: its spec, seed and best trial (or Pareto front)."""
+
+    description: str
+    seed: int
+    spec: dict[str, Any]
+    best_trial: BestTrial | None = Field(default=None, description="single-objective studies")
+    best_trials: list[BestTrial] | None = Field(
+        default=None, description="multi-objective studies: the Pareto front"
+    )
+
+
+class StudyPage(BaseModel):
+    items: list[StudyItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialItem(BaseModel):
+    """One trial as listed (Optuna's record joined with the service's lease bookkeeping)."""
+
+    number: int
+    trial_id: int
+    state: TrialStateName
+    value: float | None = None
+    values: list[float | None] | None = None
+    params: dict[str, Any]
+    attempts: int
+    worker_id: str | None = None
+    datetime_start: datetime | None = None
+    datetime_complete: datetime | None = None
+    duration_s: float | None = None
+    fail_reason: str | None = None
+    diagnosis: str | None = None
+
+
+class TrialPage(BaseModel):
+    items: list[TrialItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class IntermediateValue(BaseModel):
+    step: int
+    value: float | None
+
+
+class StepMetrics(BaseModel):
+    """Metrics a worker reported for one step (epoch) of one attempt."""
+
+    step: int
+    attempt: int
+    value: float | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class LeaseInfo(BaseModel):
+    """One attempt at the trial."""
+
+    lease_id: str
+    attempt: int
+    worker_id: str
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None
+
+
+class TrialDetail(TrialItem):
+    """One trial with its learning curve, metrics, user attributes and lease history."""
+
+    intermediate_values: list[IntermediateValue]
+    metrics: list[StepMetrics]
+    user_attrs: dict[str, Any]
+    leases: list[LeaseInfo]

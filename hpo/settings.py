@@ -1,0 +1,182 @@
+"""The reference trainer's settings: one pydantic model, every name defined once.
+
+A trial's settings arrive as a JSON dict (the sampler's params merged with the
+study's fixed settings). :meth:`TrainConfig.from_settings` validates them
+before any tensor is touched, so a bad value fails the trial in milliseconds
+with a message that names the field; the server runs the same checks on a
+study's ``fixed`` settings and search space when the study is created
+(:func:`check_setting`), so a typo never reaches a worker.
+
+The setting names are part of the API (study specs use them): keep them
+stable. The dashboard, the trainer and the server import the names from here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+#: The workload name of the built-in reference trainer (the MNIST MLP).
+REFERENCE_WORKLOAD = "mnist-mlp"
+
+Optimizer = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+LrSchedule = Literal["constant", "step", "exponential", "cosine"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+
+#: Names the dashboard groups charts by.
+OPTIMIZER, LR, BATCH_NORM = "optimizer", "lr", "batch_norm"
+REGULARIZATION = ("weight_decay", "l1", "dropout")
+
+#: Per-epoch metrics the reference trainer reports (``val_accuracy`` is the default objective).
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "grad_norm",
+    "epoch_time_s",
+    "samples_per_s",
+    "peak_memory_mb",
+)
+DEFAULT_OBJECTIVE = "val_accuracy"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _number(value: Any) -> Any:
+    # JSON numbers only: True must not silently become lr=1, nor "0.1" a float.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+def _boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+Whole = Annotated[int, BeforeValidator(_number)]
+Flag = Annotated[bool, BeforeValidator(_boolean)]
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run depends on. Defaults are the seed's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: Optimizer = "sgd"
+    lr: Annotated[Real, Field(gt=0)] = 0.01
+    momentum: Annotated[Real, Field(ge=0, lt=1)] = 0.9  # momentum, nesterov, rmsprop
+    beta1: Annotated[Real, Field(gt=0, lt=1)] = 0.9  # adam, adamw
+    beta2: Annotated[Real, Field(gt=0, lt=1)] = 0.999  # adam, adamw
+    eps: Annotated[Real, Field(gt=0)] = 1e-8  # adagrad, rmsprop, adam, adamw
+    lr_schedule: LrSchedule = "constant"
+    warmup_epochs: Annotated[Whole, Field(ge=0, le=1000)] = 0
+    step_size: Annotated[Whole, Field(ge=1)] = 3  # epochs between decays (step)
+    gamma: Annotated[Real, Field(gt=0, le=1)] = 0.8  # step: per step_size epochs; exp: per epoch
+    weight_decay: Annotated[Real, Field(ge=0)] = 0.0  # L2 through the optimizer (adamw: decoupled)
+    l1: Annotated[Real, Field(ge=0)] = 0.0  # l1 * sum|w| over the Linear weights, added to the loss
+    dropout: Annotated[Real, Field(ge=0, le=0.8)] = 0.0
+    batch_norm: Flag = False
+    batch_size: Annotated[Whole, Field(ge=1, le=60000)] = 64  # ignored by gd (full batch)
+    hidden: Annotated[Whole, Field(ge=1, le=8192)] = 512
+    depth: Annotated[Whole, Field(ge=1, le=8)] = 1
+    epochs: Annotated[Whole, Field(ge=1, le=1000)] = 10
+    train_subset: Annotated[Whole, Field(ge=1, le=60000)] | None = None  # first N train images
+    val_size: Annotated[Whole, Field(ge=1, le=30000)] = 5000  # leaves >= 30k images to train on
+    seed: Annotated[Whole, Field(ge=0, lt=2**63)] = 0
+    compile: Flag | Literal["auto"] = "auto"
+    divergence_factor: Annotated[Real, Field(gt=1)] = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], seed: int = 0) -> TrainConfig:
+        """Validate a settings dict (unknown keys, types, ranges) and build a config.
+
+        ``seed`` is the trial seed handed out by the server; a ``seed`` key in
+        ``settings`` (e.g. a study's fixed setting) overrides it.
+        """
+        if not isinstance(settings, dict):
+            kind = type(settings).__name__
+            raise SettingsError("settings", f"settings must be a dict, got {kind}")
+        try:
+            config = cls.model_validate({"seed": seed, **settings})
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
+        check_combination(config)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (every setting, defaults included)."""
+        return self.model_dump(mode="json")
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(TrainConfig.model_fields)
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """Validate one setting on its own (no combination rules); the coerced value.
+
+    Raises SettingsError naming ``name`` for an unknown name or a bad value.
+    """
+    if name not in TrainConfig.model_fields:
+        raise SettingsError(name, f"unknown setting {name!r}")
+    try:
+        validated = TrainConfig.__pydantic_validator__.validate_assignment(
+            TrainConfig.model_construct(), name, value
+        )
+    except ValidationError as exc:
+        raise _settings_error(exc) from None
+    return getattr(validated, name)
+
+
+def check_combination(config: TrainConfig) -> None:
+    """Rules that involve two settings at once."""
+    # BatchNorm cannot compute batch statistics from a single sample in train mode.
+    if config.batch_norm and config.batch_size < 2 and config.optimizer != "gd":
+        raise SettingsError(
+            "batch_size", f"batch_size must be >= 2 with batch_norm, got {config.batch_size}"
+        )
+    if config.optimizer == "nesterov" and config.momentum == 0:
+        raise SettingsError("momentum", "momentum must be > 0 with nesterov, got 0")
+
+
+_BOUND_WORDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """The first problem of a validation error, in words that name the setting."""
+    err = exc.errors()[0]
+    name = str(err["loc"][0]) if err["loc"] else "settings"
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "extra_forbidden":
+        return SettingsError(name, f"unknown setting {name!r}")
+    if kind in _BOUND_WORDS:
+        key, op = _BOUND_WORDS[kind]
+        return SettingsError(name, f"{name} must be {op} {ctx[key]}, got {given!r}")
+    if kind == "literal_error":
+        choices = ", ".join(get_args(TrainConfig.model_fields[name].annotation))
+        return SettingsError(name, f"{name} must be one of {choices}; got {given!r}")
+    if kind == "finite_number":
+        return SettingsError(name, f"{name} must be finite, got {given!r}")
+    if kind == "int_from_float":
+        return SettingsError(name, f"{name} must be an integer, got {given!r}")
+    if name == "compile":
+        return SettingsError(name, f"compile must be true, false or 'auto', got {given!r}")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return SettingsError(name, f"{name} {message}")

@@ -1,0 +1,35 @@
+"""The app's long-lived services, built once by create_app and shared by handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.core.config import Settings
+from service.core.db import Database
+from service.core.metrics import Metrics
+from service.storage.optuna_store import OptunaStore
+
+
+@dataclass
+class AppContext:
+    """Settings, database, Optuna storage and metrics of one app."""
+
+    settings: Settings
+    db: Database
+    store: OptunaStore
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppContext:
+        return cls(
+            settings=settings,
+            db=Database(settings),
+            store=OptunaStore(
+                settings.database_url, settings.db_pool_size, settings.db_max_overflow
+            ),
+            metrics=Metrics(),
+        )
+
+    def close(self) -> None:
+        self.store.dispose()
+        self.db.dispose()

@@ -1,0 +1,146 @@
+"""Worker registry: who is out there, when they were last seen, what they run.
+
+A worker process (one per GPU) registers once and gets a ``worker_id``; every
+lease, heartbeat and report touches ``last_seen_at``. A worker not seen for
+``settings.worker_timeout_s`` is listed with ``alive = False``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from hpo.protocol import WorkerInfo, WorkerRegistration
+from service.core.db import utcnow
+from service.core.errors import WorkerNotFound
+from service.storage.models import WorkerRecord
+
+
+def register_without_commit(session: Session, registration: WorkerRegistration) -> WorkerRecord:
+    """Record a new worker; returns its row (with a fresh ``worker_id``)."""
+    now = utcnow()
+    record = WorkerRecord(
+        worker_id=str(uuid.uuid4()),
+        hostname=registration.hostname,
+        name=registration.name,
+        devices=list(registration.devices),
+        version=registration.version,
+        registered_at=now,
+        last_seen_at=now,
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_worker_without_commit(session: Session, worker_id: str) -> WorkerRecord:
+    record = session.get(WorkerRecord, worker_id)
+    if record is None:
+        raise WorkerNotFound(_not_found(worker_id), "worker_id")
+    return record
+
+
+def list_workers(session: Session) -> list[WorkerRecord]:
+    return list(
+        session.scalars(
+            select(WorkerRecord).order_by(WorkerRecord.last_seen_at.desc(), WorkerRecord.worker_id)
+        )
+    )
+
+
+#: heartbeat/report refresh ``last_seen_at`` at most this often per worker and process
+TOUCH_EVERY_S = 5.0
+_touched: dict[str, float] = {}
+_touched_lock = threading.Lock()
+
+
+def touch_without_commit(
+    session: Session,
+    worker_id: str,
+    now: datetime,
+    *,
+    must_exist: bool = False,
+    throttle: bool = False,
+) -> bool:
+    """Update ``last_seen_at``; with ``must_exist`` an unknown worker raises WorkerNotFound.
+
+    With ``throttle`` (heartbeat, report: the worker is known to exist) the update
+    is skipped when this process wrote it less than ``TOUCH_EVERY_S`` ago: liveness
+    is judged over ``worker_timeout_s`` (minutes), not per request.
+    """
+    if throttle and not _due(worker_id):
+        return True
+    result = session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.worker_id == worker_id)
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    found = result.rowcount == 1  # type: ignore[attr-defined]
+    if must_exist and not found:
+        raise WorkerNotFound(_not_found(worker_id), "worker_id")
+    return found
+
+
+def _due(worker_id: str) -> bool:
+    clock = time.monotonic()
+    with _touched_lock:
+        last = _touched.get(worker_id)
+        if last is not None and clock - last < TOUCH_EVERY_S:
+            return False
+        if len(_touched) > 10_000:  # bounded: drop entries that are due anyway
+            for key in [k for k, v in _touched.items() if clock - v >= TOUCH_EVERY_S]:
+                del _touched[key]
+        _touched[worker_id] = clock
+        return True
+
+
+def set_current_without_commit(
+    session: Session, worker_id: str, trial_id: int | None, study: str | None, now: datetime
+) -> None:
+    """The worker started ``trial_id`` (Optuna trial id) of ``study``."""
+    session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.worker_id == worker_id)
+        .values(current_trial_id=trial_id, current_study=study, last_seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def clear_current_without_commit(session: Session, worker_id: str, trial_id: int | None) -> None:
+    """The worker no longer runs ``trial_id`` (unless it moved on to another trial)."""
+    session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.worker_id == worker_id, WorkerRecord.current_trial_id == trial_id)
+        .values(current_trial_id=None, current_study=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def to_info(record: WorkerRecord, timeout_s: float, now: datetime | None = None) -> WorkerInfo:
+    """The wire view of a worker; ``alive`` = seen within ``timeout_s``."""
+    now = now or utcnow()
+    return WorkerInfo(
+        worker_id=record.worker_id,
+        hostname=record.hostname,
+        name=record.name,
+        devices=list(record.devices or []),
+        version=record.version or "",
+        registered_at=record.registered_at,
+        last_seen_at=record.last_seen_at,
+        current_trial_id=record.current_trial_id,
+        current_study=record.current_study,
+        alive=record.last_seen_at >= now - timedelta(seconds=timeout_s),
+    )
+
+
+def _not_found(worker_id: str) -> str:
+    return (
+        f"worker {worker_id!r} is not registered "
+        "(POST /api/v1/workers/register first; the server may have been reset)"
+    )

@@ -1,0 +1,145 @@
+"""The last step of leasing: a trial row becomes ``leased`` and gets its lease row.
+
+Two ways in, each one compare-and-set (:func:`service.trials.states.move_trial`):
+a freshly sampled ``creating`` row (attempt 1), or a ``queued`` re-run (the same
+Optuna trial and params, attempt + 1). The answer is the :class:`TrialSpec` the
+worker runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from hpo.protocol import TrialSpec
+from hpo.spec import to_settings, trial_seed
+from service.core.context import AppContext
+from service.fleet import registry as workers_registry
+from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
+from service.trials.rows import study_spec
+from service.trials.states import LeaseState, TrialState, move_trial
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A ``creating`` row whose Optuna trial was sampled."""
+
+    row_id: int
+    optuna_id: int
+    number: int
+    params: dict[str, Any]
+
+
+def grant_sampled_without_commit(
+    ctx: AppContext,
+    session: Session,
+    study: StudyRecord,
+    sampled: Sampled,
+    worker_id: str,
+    now: datetime,
+) -> TrialSpec | None:
+    """``creating`` -> ``leased`` plus the lease row; None when the reaper took the row."""
+    lease_id = str(uuid.uuid4())
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    values = {
+        "optuna_trial_id": sampled.optuna_id,
+        "number": sampled.number,
+        "params": sampled.params,
+        "lease_id": lease_id,
+        "worker_id": worker_id,
+        "attempts": 1,
+        "lease_expires_at": expires,
+    }
+    creating = [TrialState.CREATING]
+    if not move_trial(
+        session, sampled.row_id, creating, TrialState.LEASED, values, now, strict=False
+    ):
+        return None
+    lease = LeaseRecord(
+        lease_id=lease_id, trial_row_id=sampled.row_id, attempt=1, expires_at=expires
+    )
+    _add_lease_without_commit(session, study, lease, sampled.optuna_id, worker_id, now)
+    return trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease)
+
+
+def grant_queued_without_commit(
+    ctx: AppContext,
+    session: Session,
+    study: StudyRecord,
+    trial: TrialRecord,
+    worker_id: str,
+    now: datetime,
+) -> TrialSpec | None:
+    """``queued`` -> ``leased`` (only if nobody took the row since it was read)."""
+    lease_id = str(uuid.uuid4())
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    attempt = trial.attempts + 1
+    values = {
+        "lease_id": lease_id,
+        "worker_id": worker_id,
+        "attempts": attempt,
+        "lease_expires_at": expires,
+    }
+    queued = [TrialState.QUEUED]
+    moved = move_trial(
+        session,
+        trial.id,
+        queued,
+        TrialState.LEASED,
+        values,
+        now,
+        lease_id=trial.lease_id,
+        strict=False,
+    )
+    if not moved:
+        return None
+    lease = LeaseRecord(
+        lease_id=lease_id, trial_row_id=trial.id, attempt=attempt, expires_at=expires
+    )
+    _add_lease_without_commit(session, study, lease, trial.optuna_trial_id, worker_id, now)
+    assert trial.optuna_trial_id is not None and trial.number is not None
+    return trial_spec(ctx, study, trial.optuna_trial_id, trial.number, trial.params or {}, lease)
+
+
+def _add_lease_without_commit(
+    session: Session,
+    study: StudyRecord,
+    lease: LeaseRecord,
+    optuna_id: int | None,
+    worker_id: str,
+    now: datetime,
+) -> None:
+    """Store ``lease`` as the active lease of ``worker_id``, who now runs the trial."""
+    lease.worker_id, lease.state, lease.created_at = worker_id, LeaseState.ACTIVE, now
+    session.add(lease)
+    workers_registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
+
+
+def trial_spec(
+    ctx: AppContext,
+    study: StudyRecord,
+    optuna_id: int,
+    number: int,
+    params: dict[str, Any],
+    lease: LeaseRecord,
+) -> TrialSpec:
+    """What the worker needs to run this attempt."""
+    spec = study_spec(study)
+    return TrialSpec(
+        lease_id=lease.lease_id,
+        trial_id=optuna_id,
+        trial_number=number,
+        study_name=study.name,
+        attempt=lease.attempt,
+        params=to_settings(spec, params),
+        fixed=dict(spec.fixed),
+        objective=spec.objective_names[0],
+        direction=spec.study_directions[0],
+        seed=trial_seed(study.seed, number),
+        lease_expires_at=lease.expires_at,
+        heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+    )
