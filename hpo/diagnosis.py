@@ -1,26 +1,20 @@
 """Per-study diagnosis: patterns across trials, each with a proposed search-space edit.
 
-``diagnose_study(trials, spec)`` takes the study's trials (number, state,
-params, value, findings) and its spec as a dict, and returns
-:class:`Proposal` s such as "9 of 12 adam trials with lr_adaptive > 0.02
-diverged: narrow lr_adaptive to high: 0.02", each with its counts and a
-concrete edit of the spec (``{"path": "space.lr_adaptive.high", "old": 0.1,
-"new": 0.02}``).
+``diagnose_study(trials, spec)`` reads the study's trials (number, state, params,
+value, findings) and its spec (a dict) and returns :class:`Proposal` s such as
+"9 of 12 adam trials with lr_adaptive > 0.02 diverged: narrow lr_adaptive to
+high: 0.02", with counts and a spec edit (``{"path": "space.lr_adaptive.high",
+"old": 0.1, "new": 0.02}``). Per bad outcome (a finding kind, or "failed"):
 
-Two patterns are looked for, per bad outcome (each finding kind, and "failed"
-for trials in state fail):
+* numeric parameters: a threshold with the outcome on one side and mostly
+  healthy trials on the other, over all trials or among one categorical choice
+  (``optimizer: adam``): narrow the bound to the shortest decimal that still
+  separates the two sides (log ranges come out as 0.02, 3e-05...);
+* categorical choices whose trials (nearly) all have the outcome: remove them.
 
-* a numeric parameter whose trials above (or below) a threshold mostly have
-  the outcome while those on the other side mostly do not, over all trials or
-  among those of one choice of a categorical (``optimizer: adam``): narrow the
-  bound to the threshold, rounded to the shortest decimal that separates the
-  two sides (log ranges come out as 0.02, 3e-05...);
-* a categorical choice whose trials (nearly) all have the outcome while other
-  choices are mostly fine: remove it.
-
-Minimum counts and a one-sided Fisher exact test keep a handful of unlucky
-trials from producing a proposal; a study without findings gets none.
-Standard library and pydantic only: clients can run it on their own trials.
+Minimum counts and a one-sided Fisher exact test keep a few unlucky trials from
+making a proposal; a study without findings gets none. Standard library and
+pydantic only, so a client can run it on its own trials.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import itertools
 import math
 import re
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -123,22 +123,19 @@ class History:
     def has(self, key: str) -> bool:
         return any(_number(r.get(key)) is not None for r in self.records)
 
-    def series(self, key: str) -> list[tuple[int, float]]:
-        """(epoch, value) for every epoch where ``key`` is a finite number."""
-        out = []
+    def _values(self, key: str) -> Iterator[tuple[int, float]]:
         for i, record in enumerate(self.records):
             value = _number(record.get(key))
-            if value is not None and math.isfinite(value):
-                out.append((self.epoch(i), value))
-        return out
+            if value is not None:
+                yield self.epoch(i), value
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(epoch, value) for every epoch where ``key`` is a finite number."""
+        return [(e, v) for e, v in self._values(key) if math.isfinite(v)]
 
     def nonfinite(self, key: str) -> tuple[int, float] | None:
         """The first (epoch, value) where ``key`` is NaN or infinite."""
-        for i, record in enumerate(self.records):
-            value = _number(record.get(key))
-            if value is not None and not math.isfinite(value):
-                return self.epoch(i), value
-        return None
+        return next(((e, v) for e, v in self._values(key) if not math.isfinite(v)), None)
 
     def last(self, key: str) -> float | None:
         values = self.series(key)
@@ -147,16 +144,12 @@ class History:
 
 def _number(value: Any) -> float | None:
     """A metric as float; JSON's "NaN"/"Infinity" strings included; None if not a number."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
+    try:
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def _g(value: float) -> str:
