@@ -2,20 +2,25 @@
 PYTEST_ARGS ?=
 export HPO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-all demo lint
+.PHONY: setup setup-test test test-all demo lint
 
+## The Python environment (.venv with every extra).
 setup:
+	bash scripts/setup.sh
+
+## Also the Debian packages only the tests need (chromium, docker-compose, slurm-wlm).
+setup-test:
 	bash scripts/setup.sh --system
 
 ## Run the test suite (fast: no full-size training); installs everything first.
-test: setup
+test: setup-test
 	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ## Everything, including the full-MNIST equivalence run.
-test-all: setup
+test-all: setup-test
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-## Server + workers + a quick study on the embedded SQLite default.
+## Server + workers + a quick study on the embedded SQLite default (no system packages).
 demo: setup
 	bash scripts/demo.sh $(DEMO_ARGS)
 

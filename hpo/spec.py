@@ -5,7 +5,8 @@ field (``space.lr.low``, ``sampler.name``...). This module is the schema only
 (pydantic, no Optuna): the server adds the checks that need Optuna (sampler and
 pruner options) and builds the sampler, pruner and define-by-run sampling from
 a validated spec. The JSON Schema of :class:`StudySpec` is served at
-``GET /api/v1/spec-schema`` and kept in ``docs/spec-schema.json``.
+``GET /api/v1/spec-schema``, printed by ``hpo study schema`` and kept in
+``docs/spec-schema.json``.
 """
 
 from __future__ import annotations
@@ -312,3 +313,10 @@ def to_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
 def trial_seed(study_seed: int, number: int) -> int:
     """Deterministic per-trial seed from the study seed and the trial number."""
     return (study_seed * 1_000_003 + number * 7_919 + 17) % (2**31 - 1)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`StudySpec` (served at ``/api/v1/spec-schema``)."""
+    schema = StudySpec.model_json_schema()
+    schema["$id"] = "https://hpo-service/spec-schema.json"
+    return schema

@@ -27,6 +27,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+import hpo
+import hpo.schemas
+from hpo.transport import ApiError
+
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 
@@ -111,32 +115,21 @@ def _start_workers(
     return procs
 
 
-def _submit(client: httpx.Client, spec: dict[str, Any]) -> str:
+def _submit(client: hpo.Client, spec: dict[str, Any]) -> hpo.schemas.StudySummary:
     name = f"{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    response = client.post("/api/v1/studies", json={**spec, "name": name})
-    if response.status_code >= 400:
-        sys.exit(f"demo: study rejected: {response.text}")
-    return name
+    try:
+        return client.create_study({**spec, "name": name})
+    except ApiError as exc:
+        sys.exit(f"demo: study rejected: {exc.detail}")
 
 
-def _trials(client: httpx.Client, name: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    while True:
-        page = client.get(
-            f"/api/v1/studies/{name}/trials", params={"limit": 500, "offset": len(items)}
-        ).json()
-        items += page["items"]
-        if len(items) >= page["total"] or not page["items"]:
-            return items
-
-
-def _progress(client: httpx.Client, name: str, budget: int, timeout: float) -> None:
+def _progress(client: hpo.Client, name: str, budget: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        trials = _trials(client, name)
-        done = [t for t in trials if t["state"] in ("complete", "pruned", "fail")]
-        values = [t["value"] for t in done if t["state"] == "complete" and t["value"] is not None]
+        trials = list(client.trials(name))
+        done = [t for t in trials if t.state in ("complete", "pruned", "fail")]
+        values = [t.value for t in done if t.state == "complete" and t.value is not None]
         line = f"trials done {len(done)}/{budget}, running {len(trials) - len(done)}"
         line += f", best val accuracy {max(values):.4f}" if values else ""
         if line != last:
@@ -152,22 +145,31 @@ def _lr(params: dict[str, Any]) -> float | None:
     return next((v for k, v in params.items() if k == "lr" or k.startswith("lr_")), None)
 
 
-def results_table(trials: list[dict[str, Any]]) -> Table:
+def results_table(trials: list[hpo.schemas.TrialItem]) -> Table:
     """Best objective per optimizer, with its learning rate."""
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, hpo.schemas.TrialItem] = {}
     for t in trials:
-        if t["state"] != "complete" or t["value"] is None:
+        if t.state != "complete" or t.value is None:
             continue
-        opt = str(t["params"].get("optimizer", "-"))
-        if opt not in best or t["value"] > best[opt]["value"]:
+        opt = str(t.params.get("optimizer", "-"))
+        if opt not in best or t.value > (best[opt].value or 0.0):
             best[opt] = t
     table = Table(title="best validation accuracy per optimizer")
     for col in ("optimizer", "val_accuracy", "lr", "trial"):
         table.add_column(col)
-    for opt, t in sorted(best.items(), key=lambda kv: -kv[1]["value"]):
-        lr = _lr(t["params"])
-        table.add_row(opt, f"{t['value']:.4f}", f"{lr:.3g}" if lr else "-", str(t["number"]))
+    for opt, t in sorted(best.items(), key=lambda kv: -(kv[1].value or 0.0)):
+        lr = _lr(t.params)
+        table.add_row(opt, f"{t.value:.4f}", f"{lr:.3g}" if lr else "-", str(t.number))
     return table
+
+
+def _dashboard_link(url: str, study_id: int, admin_token: str) -> str:
+    """The study's dashboard page, checked to answer (signed in with the admin token)."""
+    link = f"{url}/dashboard/studies/{study_id}"
+    page = httpx.get(link, cookies={"hpo_token": admin_token}, timeout=30)
+    if page.status_code != 200:
+        sys.exit(f"demo: the dashboard page {link} answered HTTP {page.status_code}")
+    return link
 
 
 def main() -> None:
@@ -184,15 +186,15 @@ def main() -> None:
         _wait_ready(url, server)
         tokens = json.loads((workdir / "hpo-tokens.json").read_text())
         spec = yaml.safe_load(Path(args.spec).read_text())
-        headers = {"Authorization": f"Bearer {tokens['admin']}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
-            name = _submit(client, spec)
-            console.print(f"demo: server {url}, study {name!r} submitted")
+        with hpo.Client(url, tokens["admin"]) as client:
+            study = _submit(client, spec)
+            console.print(f"demo: server {url}, study {study.name!r} submitted")
             procs = _start_workers(url, tokens["worker"], args, workdir)
-            _progress(client, name, spec["budget"]["max_trials"], args.timeout)
-            console.print(results_table(_trials(client, name)))
+            _progress(client, study.name, spec["budget"]["max_trials"], args.timeout)
+            console.print(results_table(list(client.trials(study.name))))
         console.print(f"demo: finished in {time.monotonic() - started:.0f} s")
-        console.print(f"dashboard: {url}/studies/{name}  (log in with a token from {workdir})")
+        link = _dashboard_link(url, study.study_id, tokens["admin"])
+        console.print(f"dashboard: {link}  (sign in with the admin token in {workdir})")
         _stop(procs)
         procs = []
         if not args.exit:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with every extra (idempotent).
 #   scripts/setup.sh            python environment only
-#   scripts/setup.sh --system   also Debian's chromium (browser tests) and docker-compose
-#                               (compose file validation); needs root or sudo
+#   scripts/setup.sh --system   also what only the tests need, from Debian's packages:
+#                               chromium (browser tests), docker-compose (compose file
+#                               validation), slurm-wlm (the SLURM script on a one-node
+#                               cluster); needs root or sudo. `make demo` never asks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ if [ "${1:-}" = "--system" ]; then
   missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     SUDO=""

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hpo.protocol import API_PREFIX
 from service import trials as leases
-from service.api import health, protocol, studies, tokens, workers
+from service.api import health, protocol, specs, studies, tokens, workers
 from service.api.errors import install_handlers
 from service.api.input_guard import reject_nul
 from service.core import migrate
@@ -78,7 +78,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.state.ctx = ctx
     install_handlers(app)
     app.include_router(health.router)
-    for module in (studies, protocol, workers, tokens):
+    for module in (studies, specs, protocol, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
     _mount_dashboard(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

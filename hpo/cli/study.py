@@ -1,8 +1,8 @@
 """``hpo study ...``: manage studies on a running server, built on :class:`hpo.Client`.
 
 Commands: ``create FILE.yaml``, ``list``, ``show``, ``trials``, ``pause``,
-``resume``, ``stop``, ``delete [--force]`` and ``export --format csv|json
-[--output]``. Listing commands take ``--format table|json``. The server is
+``resume``, ``stop``, ``delete [--force]``, ``export --format csv|json
+[--output]`` and ``schema`` (the spec's JSON Schema). Listing commands take ``--format table|json``. The server is
 ``--server`` (env ``HPO_SERVER``, default http://127.0.0.1:8000); the token is
 ``--token`` (env ``HPO_TOKEN``), else the ``admin`` entry of the bootstrap token
 file (env ``HPO_TOKEN_FILE``, default ``hpo-tokens.json`` in the working
@@ -29,6 +29,7 @@ from rich.markup import escape
 
 from hpo.cli import views
 from hpo.client import DEFAULT_SERVER, Client
+from hpo.spec import spec_json_schema
 from hpo.specfile import SpecFileError, load_spec_file
 from hpo.transport import ApiError, ClientError, RetryPolicies, ServerUnavailable
 
@@ -265,6 +266,12 @@ def export(
         finally:
             sink.close()
     Console(stderr=True).print(f"wrote {output} ({size} bytes)", markup=False)
+
+
+@study_app.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a study spec (also served at /api/v1/spec-schema)."""
+    typer.echo(json.dumps(spec_json_schema(), indent=2, sort_keys=True))
 
 
 class _LazyFile:
