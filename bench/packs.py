@@ -2,7 +2,7 @@
 
     python bench/packs.py --data-dir DIR [--device cpu|cuda|auto] [--trials 32]
                           [--epochs 1] [--train-subset N] [--ks 4,8,16,32]
-                          [--sampler-seed 42] [--repeats 1] [--output FILE.md]
+                          [--sampler-seed 42] [--repeats 1] [--threads N] [--output FILE.md]
 
 Samples ``--trials`` trial settings from studies/mnist-optimizers.yaml's search
 space (optuna's RandomSampler with ``--sampler-seed`` on an in-memory study; the
@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ks", default="4,8,16,32", help="pack sizes, comma-separated")
     p.add_argument("--sampler-seed", type=int, default=42)
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of all; medians")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--spec", default=str(SPEC), help="study spec whose space is sampled")
     p.add_argument("--note", default="", help="a line about the machine for the report")
     p.add_argument("--output", default=None, help="also write the report here (markdown)")
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data = load_mnist(args.data_dir, device)
     configs = sample_configs(args)

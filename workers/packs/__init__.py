@@ -14,12 +14,22 @@ boundaries (continuous batching). See docs in each module:
     trainer   PackTrainer: add / remove / run_epoch
     memory    train_pack (refill, CUDA OOM halving), pack size from memory
 
-How a daemon drives it (one pack per device, K = --pack or auto_pack_size)::
+How a daemon drives it (one pack per device; K from --pack, or auto_pack_size)::
 
-    def refill(free, key):  # lease up to `free` trials that fit `key` (any when None)
-        return [Member(t.id, t.config, hooks_for(t)) for t in lease(free, key)]
+    def refill(free, key):
+        # Lease up to `free` trials; when `key` is set they must have pack_key(config) == key
+        # (group a batch lease with group_by_key; trials that fit no pack run solo).
+        return [Member(t.id, t.config, TrialHooks(t)) for t in lease(free, key)]
 
-    train_pack([], data, device, capacity=K, refill=refill, on_result=report)
+    train_pack([], data, device, capacity=K, refill=refill, on_result=report_result)
+
+Each member's hooks are the solo trainer's: on_epoch reports the epoch and may
+prune (the member leaves at that epoch boundary), should_stop is polled at every
+batch boundary (a lost lease: the member leaves at once, status "stopped"). Freed
+slots are refilled at the next epoch boundary; a joining trial starts its own
+epoch 1 while the others go on. On CUDA out of memory the pack halves itself and
+no trial fails. For finer control drive a PackTrainer directly: add(), then
+run_epoch() in a loop, each returning the members that ended with their results.
 """
 
 from workers.packs.keys import PackKey, group_by_key, optimizer_kind, pack_key

@@ -125,7 +125,12 @@ class PackTrainer:
         self.joining.append(member)
 
     def remove(self, member_id: Hashable) -> TrainResult | None:
-        """Take a member out between epochs (e.g. its lease was lost): status "stopped"."""
+        """Take a member out between epochs: its result, status "stopped" (None if unknown).
+
+        Call it from the thread that runs the pack. To end a member from elsewhere
+        (a heartbeat thread that lost the lease), make its should_stop() return True:
+        it leaves at the next batch boundary.
+        """
         for m in self.joining:
             if m.id == member_id:
                 self.joining.remove(m)
