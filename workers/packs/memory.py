@@ -24,7 +24,7 @@ from workers.packs.keys import PackKey, optimizer_kind
 from workers.packs.member import Member
 from workers.packs.optim import STATE
 from workers.packs.trainer import PackTrainer
-from workers.trainer import GD_CHUNK, NullHooks, TrainResult
+from workers.trainer import EVAL_CHUNK, GD_CHUNK, NullHooks, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,16 @@ def estimate_member_bytes(config: TrainConfig) -> int:
 def probe_member_bytes(
     config: TrainConfig, data: MnistData, device: torch.device | str, batches: int = 3
 ) -> tuple[int, int]:
-    """(base, per member) device bytes, measured: peak of packs of 1 and 2 members (CUDA).
+    """(base, per member) device bytes a pack needs beyond what is already allocated (CUDA).
 
-    Each probe trains ``batches`` steps of ``config`` (seeds 0 and 1) and stops.
+    Measured: the peaks of packs of 1 and 2 members, each trained ``batches``
+    steps of ``config`` (seeds 0 and 1); base adds what one evaluation needs.
     Elsewhere there is no allocator to ask: (0, estimate_member_bytes(config)).
     """
     device = torch.device(device)
     if device.type != "cuda":
         return 0, estimate_member_bytes(config)
+    before = torch.cuda.memory_allocated(device)  # the data set and whatever else is resident
     peaks = []
     for k in (1, 2):
         torch.cuda.synchronize(device)
@@ -137,7 +139,9 @@ def probe_member_bytes(
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device))
     per_member = max(peaks[1] - peaks[0], estimate_member_bytes(config) // 4)
-    return max(peaks[0] - per_member, 0), per_member
+    # Evaluation (one member at a time, after the probe's last batch) needs its activations too.
+    evaluation = 4 * EVAL_CHUNK * (IN_FEATURES + 3 * config.hidden)
+    return max(peaks[0] - per_member - before, 0) + evaluation, per_member
 
 
 def auto_pack_size(
