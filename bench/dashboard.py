@@ -43,9 +43,9 @@ import httpx  # noqa: E402
 import optuna  # noqa: E402
 import plotly  # noqa: E402
 
+from bench.synthetic import demo, seeding  # noqa: E402
 from service.core.auth import create_token_without_commit  # noqa: E402
 from service.core.config import Settings  # noqa: E402
-from service.dashboard import seeding, synthetic  # noqa: E402
 from service.dashboard.charts import STUDY_CHARTS  # noqa: E402
 from tests.dashboard.conftest import BROWSER_ARGS, start_server  # noqa: E402
 
@@ -76,7 +76,7 @@ def seed(url: str, tmp: Path, trials: int) -> tuple[int, str, float]:
     ctx = app.state.ctx
     started = time.perf_counter()
     workers = seeding.register_workers(ctx, 16)
-    study_id = seeding.seed_bulk(ctx, synthetic.demo_spec(STUDY), trials, workers=workers)
+    study_id = seeding.seed_bulk(ctx, demo.demo_spec(STUDY), trials, workers=workers)
     elapsed = time.perf_counter() - started
     with ctx.db.session() as session:
         token, _ = create_token_without_commit(session, "viewer", "bench")
@@ -120,7 +120,7 @@ def finish_one_trial(url: str) -> None:
     storage = optuna.storages.RDBStorage(url)
     study = optuna.load_study(study_name=STUDY, storage=storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     study.tell(trial, 0.97)
     storage.engine.dispose()
 

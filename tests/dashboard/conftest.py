@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.dashboard import seeding, synthetic
+from bench.synthetic import demo, seeding
 
 BROWSER_ARGS = [
     "--no-sandbox",
@@ -42,7 +42,7 @@ def workers(ctx) -> list[str]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def study_id(ctx, workers) -> int:  # type: ignore[no-untyped-def]
     """A finished 90-trial study over every optimizer (bulk-inserted, so cheap)."""
-    return seeding.seed_bulk(ctx, synthetic.demo_spec("mnist-demo"), 90, seed=1, workers=workers)
+    return seeding.seed_bulk(ctx, demo.demo_spec("mnist-demo"), 90, seed=1, workers=workers)
 
 
 def values(data: Any) -> list[Any]:
@@ -129,13 +129,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     app.state.dashboard.poll_interval_s = 0.5
     names = seeding.register_workers(ctx, 3)
     sid = seeding.seed_ask_tell(
-        ctx, synthetic.demo_spec("mnist-optimizers"), 30, seed=3, workers=names, running=2
+        ctx, demo.demo_spec("mnist-optimizers"), 30, seed=3, workers=names, running=2
     )
     xss = seeding.seed_ask_tell(
-        ctx, synthetic.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]), 14,
+        ctx, demo.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]), 14,
         seed=4, external_name="<script>alert(1)</script>",
     )  # fmt: skip
-    empty = seeding.create_study(ctx, synthetic.demo_spec("no-trials-yet"))
+    empty = seeding.create_study(ctx, demo.demo_spec("no-trials-yet"))
     server, thread, base = start_server(app)
     token = mint_tokens(ctx).viewer
     yield LiveServer(base, app, ctx, token, sid, xss, empty)

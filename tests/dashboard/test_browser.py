@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from service.dashboard import synthetic
+from bench.synthetic import demo
 from service.storage.models import TrialMetric
 from tests.dashboard.conftest import LiveServer, Watched
 
@@ -134,7 +134,7 @@ def test_live_updates_without_reload(page: Watched, live_server: LiveServer) -> 
     tab.evaluate("() => { window.__sameDocument = true; }")
     study = optuna.load_study(study_name="mnist-optimizers", storage=live_server.ctx.store.storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     with live_server.ctx.db.session() as session:
         for epoch in (1, 2, 3):
             session.add(TrialMetric(
@@ -180,7 +180,7 @@ def test_a_change_before_the_first_poll_still_reaches_the_table(
     tab.wait_for_selector("#trials-body a")
     study = optuna.load_study(study_name="mnist-optimizers", storage=live_server.ctx.store.storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     assert tab.locator(f"#trials-body a:text('#{trial.number}')").count() == 0
     for _ in range(100):  # the first poll is due soon after the page is ready: held
         if held:

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 import optuna
 import pytest
 
-from service.dashboard import charts_optuna, seeding, synthetic
+from bench.synthetic import demo, seeding
+from service.dashboard import charts_optuna
 from service.dashboard.charts import STUDY_CHARTS
 from service.storage.models import TrialMetric
 from tests.dashboard.conftest import chart, values
 
-OPTIMIZERS = set(synthetic.OPTIMIZERS)
+OPTIMIZERS = set(demo.OPTIMIZERS)
 
 
 def _curve_traces(figure: dict) -> list[dict]:
@@ -130,19 +131,19 @@ def test_large_studies_use_the_aggregate_versions(viewer, study_id, monkeypatch)
 
 
 def test_empty_study_shows_messages_not_broken_charts(viewer, ctx) -> None:
-    sid = seeding.create_study(ctx, synthetic.demo_spec("empty"))
+    sid = seeding.create_study(ctx, demo.demo_spec("empty"))
     for name in STUDY_CHARTS:
         body = chart(viewer, sid, name)
         assert body["figure"] is None and body["message"], name
 
 
 def test_only_failed_trials_says_so(viewer, ctx) -> None:
-    spec = synthetic.demo_spec("failing")
+    spec = demo.demo_spec("failing")
     sid = seeding.create_study(ctx, spec)
     study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
     for _ in range(3):
         trial = study.ask()
-        trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+        trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     for name in ("optimizers", "lr", "regularization", "history", "importance"):
         body = chart(viewer, sid, name)
@@ -151,7 +152,7 @@ def test_only_failed_trials_says_so(viewer, ctx) -> None:
 
 
 def test_single_optimizer_study(viewer, ctx) -> None:
-    sid = seeding.seed_bulk(ctx, synthetic.demo_spec("adam-only", ["adam"]), 30, seed=2)
+    sid = seeding.seed_bulk(ctx, demo.demo_spec("adam-only", ["adam"]), 30, seed=2)
     body = chart(viewer, sid, "optimizers")
     assert body["figure"] is None and "Only one optimizer (adam)" in body["message"]
     lr = chart(viewer, sid, "lr")["figure"]  # still drawn, one colour
@@ -164,10 +165,10 @@ def test_figures_are_cached_per_version(viewer, app, ctx, study_id) -> None:
     misses = figures.misses
     again = chart(viewer, study_id, "lr")
     assert again == first and figures.misses == misses
-    spec = synthetic.demo_spec("mnist-demo")
+    spec = demo.demo_spec("mnist-demo")
     study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     study.tell(trial, 0.5)
     changed = chart(viewer, study_id, "lr")
     assert changed["version"] != first["version"] and figures.misses == misses + 1
@@ -175,11 +176,11 @@ def test_figures_are_cached_per_version(viewer, app, ctx, study_id) -> None:
 
 def test_curve_delta_sends_only_new_rows_and_ended_trials(viewer, ctx, study_id) -> None:
     base = chart(viewer, study_id, "curves")
-    spec = synthetic.demo_spec("mnist-demo")
+    spec = demo.demo_spec("mnist-demo")
     study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
     study.enqueue_trial({"optimizer": "adam"})
     trial = study.ask()
-    assert trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS) == "adam"
+    assert trial.suggest_categorical("optimizer", demo.OPTIMIZERS) == "adam"
     url = f"/api/v1/dashboard/studies/{study_id}/curves"
     nothing = viewer.get(url, params={"since": base["cursor"]}).json()
     assert nothing["rows"] == [] and nothing["cursor"] == base["cursor"]
@@ -201,7 +202,7 @@ def test_curve_delta_sends_only_new_rows_and_ended_trials(viewer, ctx, study_id)
 
 
 def test_compare_charts_overlay_studies(viewer, ctx, study_id) -> None:
-    other = seeding.seed_bulk(ctx, synthetic.demo_spec("other", ["sgd", "adam"]), 40, seed=5)
+    other = seeding.seed_bulk(ctx, demo.demo_spec("other", ["sgd", "adam"]), 40, seed=5)
     ids = f"{study_id},{other}"
     histories = viewer.get("/api/v1/dashboard/compare/histories", params={"ids": ids}).json()
     assert [t["name"] for t in histories["figure"]["data"]] == [
@@ -212,7 +213,7 @@ def test_compare_charts_overlay_studies(viewer, ctx, study_id) -> None:
 
 
 def test_html_in_names_and_values_is_escaped_in_figures(viewer, ctx) -> None:
-    spec = synthetic.demo_spec("x", ["adam", "<b onmouseover=alert(1)>bold</b>"])
+    spec = demo.demo_spec("x", ["adam", "<b onmouseover=alert(1)>bold</b>"])
     sid = seeding.seed_ask_tell(ctx, spec, 12, seed=9, external_name="<script>alert(1)</script>")
     for name in STUDY_CHARTS:
         text = viewer.get(f"/api/v1/dashboard/studies/{sid}/charts/{name}").text
@@ -238,7 +239,7 @@ def test_big_studies_get_the_previous_figure_while_rebuilding(
     first = chart(viewer, study_id, "lr")
     study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     study.tell(trial, 0.5)
     stale = chart(viewer, study_id, "lr")
     assert stale["version"] == first["version"]  # answered at once, from the cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from service.dashboard import seeding, synthetic
+from bench.synthetic import demo, seeding
 from service.dashboard.pages import CSP
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -77,7 +77,7 @@ def test_no_login_when_auth_is_disabled(settings) -> None:
 
 
 def test_study_page_escapes_names_and_sends_a_strict_csp(viewer, ctx) -> None:
-    spec = synthetic.demo_spec("x", ["adam", "<img src=x onerror=alert(2)>"])
+    spec = demo.demo_spec("x", ["adam", "<img src=x onerror=alert(2)>"])
     sid = seeding.seed_ask_tell(ctx, spec, 6, seed=2, external_name="<script>alert(1)</script>")
     page = viewer.get(f"/dashboard/studies/{sid}")
     assert page.status_code == 200
@@ -127,13 +127,13 @@ def test_static_assets_are_gzipped_when_asked_and_prefetched_before_the_study_pa
 
 
 def test_studies_overview(viewer, study_id, ctx) -> None:
-    seeding.create_study(ctx, synthetic.demo_spec("empty"))
+    seeding.create_study(ctx, demo.demo_spec("empty"))
     studies = {s["name"]: s for s in viewer.get("/api/v1/dashboard/studies").json()}
-    demo = studies["mnist-demo"]
-    assert demo["run_state"] == "running" and demo["sampler"] == "tpe"
-    assert sum(demo["counts"].values()) == demo["total"] == 90
-    assert demo["best"]["value"] > 0.9 and "lr" in demo["best"]["settings"]
-    assert demo["best"]["settings"]["epochs"] == 10  # fixed settings are part of it
+    seeded = studies["mnist-demo"]
+    assert seeded["run_state"] == "running" and seeded["sampler"] == "tpe"
+    assert sum(seeded["counts"].values()) == seeded["total"] == 90
+    assert seeded["best"]["value"] > 0.9 and "lr" in seeded["best"]["settings"]
+    assert seeded["best"]["settings"]["epochs"] == 10  # fixed settings are part of it
     assert studies["empty"]["best"] is None and studies["empty"]["total"] == 0
 
 
@@ -189,7 +189,7 @@ def test_version_endpoint_and_incremental_frame(viewer, app, ctx, study_id) -> N
     frame = app.state.dashboard.frames.peek(study_id)
     study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
     trial = study.ask()
-    trial.suggest_categorical("optimizer", synthetic.OPTIMIZERS)
+    trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     running = viewer.get(url).json()
     assert running["trials"] != before["trials"] and running["counts"]["RUNNING"] == 1
     refreshed = app.state.dashboard.frames.peek(study_id)

@@ -1,4 +1,4 @@
-"""Fill the database with synthetic studies (see :mod:`service.dashboard.synthetic`).
+"""Fill the database with synthetic studies (see :mod:`bench.synthetic.demo`).
 
 - :func:`seed_ask_tell` walks Optuna's ask/tell API trial by trial (what a real
   run does), writing ``hpo_trials`` and ``hpo_trial_metrics`` rows as workers would;
@@ -18,9 +18,9 @@ from optuna.storages._rdb import models as om
 from optuna.trial import TrialState
 from sqlalchemy import insert, select
 
+from bench.synthetic.demo import METRIC, Outcome, distributions, sample_params, simulate
 from hpo.spec import StudySpec, to_settings
 from service.core.context import AppContext
-from service.dashboard.synthetic import Outcome, distributions, sample_params, simulate
 from service.storage.models import StudyRecord, TrialMetric, TrialRecord, WorkerRecord
 from service.storage.samplers import suggest_params
 
@@ -111,8 +111,8 @@ def seed_ask_tell(
         if is_running:
             outcome = Outcome(TrialState.RUNNING, None, outcome.curve[: len(outcome.curve) // 2])
         for row in outcome.curve:
-            if row["val_accuracy"] is not None and outcome.state != TrialState.FAIL:
-                trial.report(row["val_accuracy"], row["epoch"])
+            if row[METRIC] is not None and outcome.state != TrialState.FAIL:
+                trial.report(row[METRIC], row["epoch"])
         if not is_running:
             study.tell(
                 trial,
@@ -166,7 +166,7 @@ def _write_service_rows(
                     optuna_trial_id=trial_id,
                     attempt=1,
                     step=row["epoch"],
-                    value=row["val_accuracy"],
+                    value=row[METRIC],
                     metrics=row,
                     created_at=now,
                 )
@@ -259,7 +259,7 @@ def _optuna_child_rows(
                 {
                     "trial_id": trial_id,
                     "step": r["epoch"],
-                    "intermediate_value": r["val_accuracy"],
+                    "intermediate_value": r[METRIC],
                     "intermediate_value_type": inter_finite,
                 }
                 for r in outcome.curve
@@ -302,7 +302,7 @@ def _insert_service_batch(
                 "optuna_trial_id": trial_id,
                 "attempt": 1,
                 "step": r["epoch"],
-                "value": r["val_accuracy"],
+                "value": r[METRIC],
                 "metrics": r,
                 "created_at": ended.replace(tzinfo=UTC),
             }

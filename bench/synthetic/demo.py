@@ -1,6 +1,6 @@
-"""Synthetic MNIST-like trials for dashboard tests, benchmarks and demos.
+"""Synthetic MNIST-like trials for dashboard tests and benchmarks.
 
-:mod:`service.dashboard.seeding` writes them into the database. The objective
+:mod:`bench.synthetic.seeding` writes them into the database. The objective
 is a made-up function of the settings: a per-optimizer optimum learning rate,
 penalties for heavy regularization, divergence for learning rates far too
 high and early pruning of poor trials, so that every chart has something to
@@ -22,8 +22,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from hpo.settings import BATCH_NORM, DEFAULT_OBJECTIVE, LR, OPTIMIZER, REFERENCE_WORKLOAD
 from hpo.settings import OPTIMIZERS as TRAINER_OPTIMIZERS
-from hpo.settings import REFERENCE_WORKLOAD
 from hpo.spec import (
     CategoricalParam,
     FloatParam,
@@ -31,7 +31,8 @@ from hpo.spec import (
     StudySpec,
 )
 
-OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+#: The trainer's optimizers except full-batch ``gd`` (too slow for a realistic demo).
+OPTIMIZERS = [o for o in TRAINER_OPTIMIZERS if o != "gd"]
 #: log10 of the best learning rate of each optimizer in the made-up objective.
 _BEST_LOG_LR = {
     "gd": -0.5,
@@ -44,6 +45,8 @@ _BEST_LOG_LR = {
     "adamw": -3.0,
 }
 EPOCHS = 10
+#: The objective and the metric the curves carry.
+METRIC = DEFAULT_OBJECTIVE
 SAMPLES_PER_EPOCH = 50_000
 
 
@@ -60,7 +63,7 @@ def demo_spec(
     plain = [o for o in optimizers if o in ("gd", "sgd", "momentum", "nesterov")]
     adaptive = [o for o in optimizers if o not in plain]
     space: dict[str, Any] = {
-        "optimizer": {"type": "categorical", "choices": optimizers},
+        OPTIMIZER: {"type": "categorical", "choices": optimizers},
     }
     if plain:
         space["lr_sgd"] = {
@@ -68,8 +71,8 @@ def demo_spec(
             "low": 1e-3,
             "high": 1.0,
             "log": True,
-            "setting": "lr",
-            "when": {"optimizer": plain},
+            "setting": LR,
+            "when": {OPTIMIZER: plain},
         }
     if adaptive:
         space["lr_adaptive"] = {
@@ -77,8 +80,8 @@ def demo_spec(
             "low": 1e-5,
             "high": 1e-1,
             "log": True,
-            "setting": "lr",
-            "when": {"optimizer": adaptive},
+            "setting": LR,
+            "when": {OPTIMIZER: adaptive},
         }
     with_momentum = [o for o in optimizers if o in ("momentum", "nesterov")]
     if with_momentum:
@@ -86,20 +89,20 @@ def demo_spec(
             "type": "float",
             "low": 0.5,
             "high": 0.99,
-            "when": {"optimizer": with_momentum},
+            "when": {OPTIMIZER: with_momentum},
         }
     space |= {
         "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-1, "log": True},
         "l1": {"type": "float", "low": 1e-7, "high": 1e-3, "log": True},
         "dropout": {"type": "float", "low": 0.0, "high": 0.8},
-        "batch_norm": {"type": "categorical", "choices": [True, False]},
+        BATCH_NORM: {"type": "categorical", "choices": [True, False]},
     }
     return StudySpec.model_validate(
         {
             "name": name,
             "workload": REFERENCE_WORKLOAD if known else "synthetic",
             "direction": "maximize",
-            "objective": "val_accuracy",
+            "objective": METRIC,
             "sampler": {"name": "tpe"},
             "pruner": {"name": "median"},
             "budget": {"max_trials": max_trials},
@@ -122,8 +125,8 @@ class Outcome:
 
 def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
     """Train nothing; return a plausible learning curve and final state."""
-    optimizer = str(settings.get("optimizer", "sgd"))
-    lr = float(settings.get("lr", 0.01))
+    optimizer = str(settings.get(OPTIMIZER, "sgd"))
+    lr = float(settings.get(LR, 0.01))
     distance = math.log10(lr) - _BEST_LOG_LR.get(optimizer, -2.0)
     if distance > 1.3:
         return Outcome(
@@ -136,16 +139,14 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
     final = 0.985 - 0.025 * distance**2
     final -= 0.5 * float(settings.get("weight_decay", 0.0)) + 40 * float(settings.get("l1", 0.0))
     final -= 0.03 * float(settings.get("dropout", 0.0)) ** 2
-    final += 0.002 if settings.get("batch_norm") else 0.0
+    final += 0.002 if settings.get(BATCH_NORM) else 0.0
     final = min(0.995, max(0.1, final + rng.gauss(0.0, 0.004)))
     if final < 0.93 and rng.random() < 0.6:
         stop = rng.randint(2, 5)
         curve = _curve(final, stop, rng, lr)
-        return Outcome(
-            TrialState.PRUNED, curve[-1]["val_accuracy"], curve, f"pruned at epoch {stop}"
-        )
+        return Outcome(TrialState.PRUNED, curve[-1][METRIC], curve, f"pruned at epoch {stop}")
     curve = _curve(final, EPOCHS, rng, lr)
-    return Outcome(TrialState.COMPLETE, curve[-1]["val_accuracy"], curve)
+    return Outcome(TrialState.COMPLETE, curve[-1][METRIC], curve)
 
 
 def _curve(
@@ -162,8 +163,8 @@ def _curve(
                 "epoch": epoch,
                 "train_loss": round(loss * 0.9, 5),
                 "val_loss": round(loss, 5),
-                "val_accuracy": round(min(acc, 0.999), 5),
-                "lr": lr,
+                METRIC: round(min(acc, 0.999), 5),
+                LR: lr,
                 "grad_norm": round(rng.uniform(0.5, 3.0), 4),
                 "epoch_time_s": round(SAMPLES_PER_EPOCH / speed, 3),
                 "samples_per_s": round(speed, 1),
@@ -171,7 +172,7 @@ def _curve(
             }
         )
     if diverged:
-        rows[-1] |= {"val_accuracy": 0.098, "val_loss": None, "train_loss": None}
+        rows[-1] |= {METRIC: 0.098, "val_loss": None, "train_loss": None}
     return rows
 
 
