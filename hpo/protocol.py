@@ -14,6 +14,7 @@ POST /workers/register      :class:`WorkerRegistration`                :class:`W
 POST /trials/lease          :class:`LeaseRequest`                      :class:`LeaseResponse`
 POST /leases/{id}/heartbeat :class:`HeartbeatRequest`                  :class:`ActionResponse`
 POST /leases/{id}/report    :class:`ReportRequest`                     :class:`ActionResponse`
+POST /leases/{id}/suggest   :class:`SuggestRequest`                    :class:`SuggestResponse`
 POST /leases/{id}/complete  :class:`CompleteRequest`                   :class:`FinishResponse`
 POST /leases/{id}/fail      :class:`FailRequest`                       :class:`FinishResponse`
 ==========================  =========================================  ======================
@@ -24,12 +25,15 @@ same :class:`FinishResponse` and changes nothing.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hpo.settings import REFERENCE_WORKLOAD
 
 API_PREFIX = "/api/v1"
 
@@ -73,6 +77,7 @@ class NoWorkCode(StrEnum):
     SAMPLING_FAILED = "sampling_failed"
     BUSY = "busy"  # another request took the slot or re-run first
     DELETED = "deleted"
+    NOT_MATCHED = "not_matched"  # another workload, or resources this worker lacks
 
     @property
     def retry_soon(self) -> bool:
@@ -104,7 +109,36 @@ def _check_metrics(metrics: dict[str, float | int | str | None]) -> dict[str, An
     return metrics
 
 
+def _check_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    for key, value in attrs.items():
+        if not key or len(key) > MAX_METRIC_NAME:
+            raise ValueError(f"user attribute name must be 1..{MAX_METRIC_NAME} characters")
+        if len(json.dumps(value, allow_nan=False, default=str)) > 10_000:
+            raise ValueError(f"user attribute {key!r} is larger than 10,000 characters as JSON")
+    return attrs
+
+
 # --------------------------------------------------------------------------- workers
+
+#: A workload name: what a study's trials run and what a worker can run.
+WorkloadName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+
+
+class Resources(_Body):
+    """What a trial needs, or what a worker process has (GPUs and their memory)."""
+
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs (a trial's, or a worker's)")
+    gpu_memory_gb: float = Field(
+        default=0.0, ge=0.0, le=4096.0, description="memory per GPU, in GiB"
+    )
+
+    def covers(self, need: Resources) -> bool:
+        """True when these resources are enough for ``need``."""
+        if need.gpus == 0:
+            return True
+        return self.gpus >= need.gpus and self.gpu_memory_gb >= need.gpu_memory_gb
 
 
 class WorkerRegistration(_Body):
@@ -114,6 +148,13 @@ class WorkerRegistration(_Body):
     devices: list[str] = Field(default_factory=list, max_length=64)
     version: str = Field(default="", max_length=64)
     name: str | None = Field(default=None, max_length=255, description="e.g. host:gpu0")
+    workloads: list[WorkloadName] = Field(
+        default_factory=lambda: [REFERENCE_WORKLOAD],
+        min_length=1,
+        max_length=32,
+        description="the workloads this worker runs (the built-in trainer by default)",
+    )
+    resources: Resources = Field(default_factory=Resources)
 
 
 class WorkerInfo(BaseModel):
@@ -129,6 +170,8 @@ class WorkerInfo(BaseModel):
     current_trial_id: int | None = None
     current_study: str | None = None
     alive: bool = True
+    workloads: list[str] = Field(default_factory=lambda: [REFERENCE_WORKLOAD])
+    resources: Resources = Field(default_factory=Resources)
 
 
 # --------------------------------------------------------------------------- leasing
@@ -154,10 +197,23 @@ class TrialSpec(BaseModel):
     trial_number: int
     study_name: str
     attempt: int = Field(description="1 for the first run, 2 after one expired lease, ...")
-    params: dict[str, Any] = Field(description="values sampled by the study's sampler")
+    workload: str = Field(default=REFERENCE_WORKLOAD, description="what the trial runs")
+    params: dict[str, Any] = Field(
+        description="values sampled by the study's sampler, by parameter name (as Optuna's)"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fixed settings plus the params under their setting names (setting: ...)",
+    )
     fixed: dict[str, Any] = Field(default_factory=dict, description="the spec's fixed settings")
-    objective: str = Field(description="metric name whose value is the objective")
+    space: dict[str, Any] | None = Field(
+        default=None,
+        description="the study's declared parameters (None: define-by-run, ask with /suggest)",
+    )
+    objective: str = Field(description="metric name whose value is the (first) objective")
     direction: str = Field(description="maximize or minimize")
+    objectives: list[str] = Field(default_factory=list, description="every objective's name")
+    directions: list[str] = Field(default_factory=list, description="every objective's direction")
     seed: int = Field(description="trial seed: derived from the study seed and trial number")
     lease_expires_at: datetime
     heartbeat_interval_s: float
@@ -185,6 +241,25 @@ class LeaseResponse(BaseModel):
 
 
 # --------------------------------------------------------------------------- running
+
+
+class SuggestRequest(_Body):
+    """Define-by-run: sample one parameter on the trial with the study's sampler.
+
+    ``distribution`` has the shape of a spec parameter (``type`` float, int or
+    categorical, with low/high/log/step or choices). Asking again for a parameter
+    the trial already has (a re-run after a lost lease) returns the recorded value.
+    """
+
+    name: str = Field(min_length=1, max_length=128)
+    distribution: dict[str, Any]
+
+
+class SuggestResponse(BaseModel):
+    """The value of the parameter for this trial."""
+
+    name: str
+    value: Any
 
 
 class HeartbeatRequest(_Body):
@@ -226,13 +301,33 @@ class CompleteRequest(_Body):
     value: float | None = Field(
         default=None, description="objective value; for pruned trials the last reported value"
     )
+    values: list[float] | None = Field(
+        default=None,
+        max_length=8,
+        description="every objective's value (multi-objective studies); value is values[0]",
+    )
     metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
     diagnosis: str | None = Field(default=None, max_length=200, description="e.g. diverged")
+    user_attrs: dict[str, Any] = Field(
+        default_factory=dict, max_length=64, description="stored as the trial's user attributes"
+    )
 
     @field_validator("value")
     @classmethod
     def _value_finite(cls, v: float | None) -> float | None:
         return _finite(v, "value")
+
+    @field_validator("values")
+    @classmethod
+    def _values_finite(cls, v: list[float] | None) -> list[float] | None:
+        for i, value in enumerate(v or []):
+            _finite(value, f"values[{i}]")
+        return v
+
+    @field_validator("user_attrs")
+    @classmethod
+    def _attrs_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_attrs(v)
 
     @field_validator("metrics")
     @classmethod
@@ -251,6 +346,12 @@ class FailRequest(_Body):
     reason: str = Field(min_length=1, max_length=2000)
     retry: bool = False
     diagnosis: str | None = Field(default=None, max_length=200)
+    user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("user_attrs")
+    @classmethod
+    def _attrs_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_attrs(v)
 
 
 class FinishResponse(BaseModel):

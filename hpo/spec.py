@@ -165,6 +165,13 @@ class PrunerSpec(_Strict):
         return v
 
 
+class ResourceSpec(_Strict):
+    """What one trial needs (a worker must have at least this to lease it)."""
+
+    gpus: int = Field(default=0, ge=0, le=64)
+    gpu_memory_gb: float = Field(default=0.0, ge=0.0, le=4096.0, description="per GPU, GiB")
+
+
 class BudgetSpec(_Strict):
     max_trials: int = Field(default=100, ge=1, le=1_000_000)
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
@@ -191,15 +198,22 @@ class StudySpec(_Strict):
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     fixed: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Param] = Field(max_length=100)
+    space: dict[str, Param] = Field(
+        default_factory=dict,
+        max_length=100,
+        description="declared parameters; empty: define-by-run (the objective's suggest "
+        "calls sample them on the server; not for the built-in trainer)",
+    )
+    resources: ResourceSpec = Field(
+        default_factory=lambda: ResourceSpec(),
+        description="what one trial needs; only workers that have it lease the study's trials",
+    )
 
     _check_name = field_validator("name")(lambda cls, v: check_name(v, "name"))
 
     @field_validator("space")
     @classmethod
     def _space_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if not v:
-            raise ValueError("space must define at least one parameter")
         for name in v:
             check_name(name, "parameter name")
         return v
@@ -208,6 +222,9 @@ class StudySpec(_Strict):
     def _check(self) -> StudySpec:
         _check_directions(self)
         _check_conditions(self.space)
+        if not self.space and (self.workload == REFERENCE_WORKLOAD or self.sampler.name == "grid"):
+            who = "the grid sampler" if self.sampler.name == "grid" else "the built-in trainer"
+            raise ValueError(f"space: must define at least one parameter for {who}")
         if self.workload == REFERENCE_WORKLOAD:
             _check_reference_settings(self)
         if self.is_multi_objective and self.pruner.name != "none":
@@ -227,6 +244,11 @@ class StudySpec(_Strict):
     @property
     def is_multi_objective(self) -> bool:
         return len(self.study_directions) > 1
+
+    @property
+    def define_by_run(self) -> bool:
+        """No declared space: the objective's suggest calls sample on the server."""
+        return not self.space
 
 
 def _check_directions(spec: StudySpec) -> None:

@@ -2,7 +2,8 @@
 
 Commands: ``create FILE.yaml``, ``list``, ``show``, ``trials``, ``pause``,
 ``resume``, ``stop``, ``delete [--force]``, ``export --format csv|json
-[--output]`` and ``schema`` (the spec's JSON Schema). Listing commands take ``--format table|json``. The server is
+[--output]`` and ``schema`` (the spec's JSON Schema). Listing commands take
+``--format table|json``. The server is
 ``--server`` (env ``HPO_SERVER``, default http://127.0.0.1:8000); the token is
 ``--token`` (env ``HPO_TOKEN``), else the ``admin`` entry of the bootstrap token
 file (env ``HPO_TOKEN_FILE``, default ``hpo-tokens.json`` in the working

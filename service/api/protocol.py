@@ -19,6 +19,8 @@ from hpo.protocol import (
     LeaseRequest,
     LeaseResponse,
     ReportRequest,
+    SuggestRequest,
+    SuggestResponse,
 )
 from service import trials as leases
 from service.api.deps import ServicesDep, WorkerDep
@@ -26,6 +28,7 @@ from service.api.errors import error_responses
 
 router = APIRouter(tags=["protocol"], responses=error_responses(401, 403))
 _LEASE_ERRORS = error_responses(404, 409)
+_LEASE_ERRORS_422 = error_responses(404, 409, 422)
 
 
 @router.post("/trials/lease", response_model=LeaseResponse, responses=error_responses(404))
@@ -53,6 +56,14 @@ async def report(
     return await run_in_threadpool(
         leases.report, ctx, lease_id, body.step, body.value, body.metrics
     )
+
+
+@router.post(
+    "/leases/{lease_id}/suggest", response_model=SuggestResponse, responses=_LEASE_ERRORS_422
+)
+def suggest(lease_id: str, body: SuggestRequest, ctx: ServicesDep, _: WorkerDep) -> SuggestResponse:
+    """Define-by-run: sample one parameter with the study's sampler (recorded value on re-runs)."""
+    return leases.suggest(ctx, lease_id, body)
 
 
 @router.post("/leases/{lease_id}/complete", response_model=FinishResponse, responses=_LEASE_ERRORS)

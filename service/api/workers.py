@@ -17,7 +17,8 @@ def register(
     body: WorkerRegistration, session: SessionDep, ctx: ServicesDep, _: WorkerDep
 ) -> WorkerInfo:
     """Register a worker process; the answer carries its ``worker_id``."""
-    record = workers_registry.register_without_commit(session, body)
+    timeout = ctx.settings.worker_timeout_s
+    record = workers_registry.register_without_commit(session, body, timeout)
     return workers_registry.to_info(record, ctx.settings.worker_timeout_s)
 
 

@@ -12,18 +12,28 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from hpo.protocol import WorkerInfo, WorkerRegistration
+from hpo.protocol import Resources, WorkerInfo, WorkerRegistration
+from hpo.settings import REFERENCE_WORKLOAD
 from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
 from service.storage.models import WorkerRecord
 
 
-def register_without_commit(session: Session, registration: WorkerRegistration) -> WorkerRecord:
-    """Record a new worker; returns its row (with a fresh ``worker_id``)."""
+def register_without_commit(
+    session: Session, registration: WorkerRegistration, timeout_s: float
+) -> WorkerRecord:
+    """Record a new worker; returns its row (with a fresh ``worker_id``).
+
+    A restarted worker registers again under the same name: the rows of earlier
+    processes with that name that are gone (not seen for ``timeout_s``, running
+    nothing) are removed, so the registry does not grow by a row per restart.
+    """
     now = utcnow()
+    if registration.name:
+        forget_gone_without_commit(session, now - timedelta(seconds=timeout_s), registration.name)
     record = WorkerRecord(
         worker_id=str(uuid.uuid4()),
         hostname=registration.hostname,
@@ -32,10 +42,30 @@ def register_without_commit(session: Session, registration: WorkerRegistration) 
         version=registration.version,
         registered_at=now,
         last_seen_at=now,
+        workloads=list(registration.workloads),
+        resources=registration.resources.model_dump(),
     )
     session.add(record)
     session.flush()
     return record
+
+
+def forget_gone_without_commit(
+    session: Session, seen_before: datetime, name: str | None = None
+) -> int:
+    """Delete workers last seen before ``seen_before`` that run no trial (optionally one name)."""
+    stmt = delete(WorkerRecord).where(
+        WorkerRecord.last_seen_at < seen_before, WorkerRecord.current_trial_id.is_(None)
+    )
+    if name is not None:
+        stmt = stmt.where(WorkerRecord.name == name)
+    return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def capabilities(record: WorkerRecord) -> tuple[list[str], Resources]:
+    """The workloads a worker runs and the resources it has (old rows: the built-in trainer)."""
+    workloads = list(record.workloads or [REFERENCE_WORKLOAD])
+    return workloads, Resources.model_validate(record.resources or {})
 
 
 def get_worker_without_commit(session: Session, worker_id: str) -> WorkerRecord:
@@ -136,6 +166,8 @@ def to_info(record: WorkerRecord, timeout_s: float, now: datetime | None = None)
         current_trial_id=record.current_trial_id,
         current_study=record.current_study,
         alive=record.last_seen_at >= now - timedelta(seconds=timeout_s),
+        workloads=capabilities(record)[0],
+        resources=capabilities(record)[1],
     )
 
 

@@ -96,6 +96,10 @@ class TrialRecord(Base):
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     fail_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     diagnosis: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: what the diagnosis found in the trial's curves (hpo.findings.Finding as JSON)
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    #: device utilisation and memory while it ran (mean/peak; samples/s; data wait share)
+    telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -129,13 +133,20 @@ class WorkerRecord(Base):
 
     worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
-    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
     devices: Mapped[list[str]] = mapped_column(JSON)
     version: Mapped[str] = mapped_column(String(64), default="")
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     current_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_study: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: workload names it runs and the resources it has (None: the built-in trainer, no GPU)
+    workloads: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: latest device utilisation and memory sample, sent with heartbeats
+    telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: the fused pack it trains (size and member trials), when it runs one
+    pack: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class TokenRecord(Base):

@@ -1,10 +1,18 @@
 """Read Optuna's tables with SQL, in bulk, without building a Study per trial.
 
-The dashboard and the export must stay fast at 10k trials, so they never call
-``study.trials`` (which loads every trial object). Instead they query Optuna's
-own tables through the table objects of Optuna's RDB models (so the column
-types, enums and naive-UTC datetimes are decoded exactly as Optuna does), a
-page of trials at a time, with one query per kind of row.
+The API, the dashboard and the export must stay fast at 10k trials, so they
+never call ``study.trials`` (which loads every trial object). Instead they
+query Optuna's own tables through the table objects of Optuna's RDB models (so
+column types and enums are decoded exactly as Optuna does), a page of trials
+at a time, or a whole study from a trial id on, with one query per kind of row.
+
+This module is the one place that decodes what Optuna stores:
+
+- objective and intermediate values: :func:`decode_value` (``inf``/``nan`` kinds);
+- parameters: :func:`external_param` (categorical index -> choice);
+- times: Optuna writes ``datetime.now()``, a *naive local* time, while the
+  service's own tables store UTC; :func:`as_utc` reads Optuna's values as local
+  time and returns aware UTC datetimes.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from optuna.distributions import json_to_distribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages._rdb import models as _m
-from sqlalchemy import Table, select
+from sqlalchemy import Row, Table, and_, select
 from sqlalchemy.orm import Session
 
+studies: Table = _m.StudyModel.__table__
+study_directions: Table = _m.StudyDirectionModel.__table__
 trials: Table = _m.TrialModel.__table__
 trial_values: Table = _m.TrialValueModel.__table__
 trial_params: Table = _m.TrialParamModel.__table__
@@ -45,20 +55,25 @@ def decode_value(value: float | None, kind: Any) -> float | None:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """Optuna stores naive UTC datetimes; make them timezone-aware."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    """An Optuna datetime as an aware UTC datetime.
+
+    Optuna stores ``datetime.now()``: naive, in the local time of the process
+    that wrote it (the server's or an Optuna client's on the same machine).
+    ``astimezone`` reads a naive value as local time. Aware values (none today)
+    are only converted.
+    """
+    return None if value is None else value.astimezone(UTC)
 
 
 @lru_cache(maxsize=4096)
-def _distribution(distribution_json: str) -> Any:
+def distribution(distribution_json: str) -> BaseDistribution:
+    """The distribution of a parameter row (parsed once per distinct JSON)."""
     return json_to_distribution(distribution_json)
 
 
 def external_param(internal: float, distribution_json: str) -> Any:
     """A parameter's value as the user sees it (categorical index -> choice)."""
-    return _distribution(distribution_json).to_external_repr(internal)
+    return distribution(distribution_json).to_external_repr(internal)
 
 
 def _chunks(ids: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
@@ -150,3 +165,62 @@ def _loads(value_json: str | None) -> Any:
         return json.loads(value_json)
     except ValueError:
         return value_json
+
+
+# --------------------------------------------------------------------------- whole studies
+
+
+def study_trial_rows(session: Session, study_id: int, from_trial_id: int = 0) -> list[Row[Any]]:
+    """The study's trials with id >= ``from_trial_id`` and their first objective value.
+
+    Columns: trial_id, number, state, datetime_start, datetime_complete, value,
+    value_type (decode with :func:`as_utc` and :func:`decode_value`).
+    """
+    t, v = trials.c, trial_values.c
+    stmt = (
+        select(
+            t.trial_id,
+            t.number,
+            t.state,
+            t.datetime_start,
+            t.datetime_complete,
+            v.value,
+            v.value_type,
+        )  # fmt: skip
+        .select_from(trials)
+        .outerjoin(trial_values, and_(v.trial_id == t.trial_id, v.objective == 0))
+        .where(t.study_id == study_id, t.trial_id >= from_trial_id)
+        .order_by(t.trial_id)
+    )
+    return list(session.execute(stmt).all())
+
+
+def study_param_rows(
+    session: Session, study_id: int, from_trial_id: int = 0
+) -> list[tuple[int, str, float, str]]:
+    """(trial_id, param_name, internal value, distribution_json) of the same trials."""
+    p = trial_params.c
+    stmt = (
+        select(p.trial_id, p.param_name, p.param_value, p.distribution_json)
+        .join(trials, trials.c.trial_id == p.trial_id)
+        .where(trials.c.study_id == study_id, p.trial_id >= from_trial_id)
+        .order_by(p.trial_id, p.param_id)
+    )
+    return [tuple(r) for r in session.execute(stmt)]  # type: ignore[misc]
+
+
+def study_other_values(
+    session: Session, study_id: int, from_trial_id: int = 0
+) -> dict[int, list[float | None]]:
+    """Objective values beyond the first, decoded, by trial (multi-objective studies)."""
+    v = trial_values.c
+    stmt = (
+        select(v.trial_id, v.value, v.value_type)
+        .join(trials, trials.c.trial_id == v.trial_id)
+        .where(trials.c.study_id == study_id, v.objective > 0, v.trial_id >= from_trial_id)
+        .order_by(v.trial_id, v.objective)
+    )
+    out: dict[int, list[float | None]] = defaultdict(list)
+    for trial_id, value, kind in session.execute(stmt):
+        out[trial_id].append(decode_value(value, kind))
+    return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import zlib
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,14 @@ from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, or_, select
 
-from hpo.spec import StudySpec, trial_seed
+from hpo.spec import Param, StudySpec, trial_seed
 from service.core.db import engine_kwargs
-from service.storage.samplers import make_pruner, make_sampler, seed_sampler_for_trial
+from service.storage.samplers import (
+    make_pruner,
+    make_sampler,
+    seed_sampler_for_trial,
+    suggest_one,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -269,20 +275,31 @@ class CachedStudy:
         return self.study._storage.create_new_trial(self.study._study_id)
 
     @contextlib.contextmanager
-    def sampling(self, trial_id: int) -> Iterator[optuna.Trial]:
+    def sampling(self, trial_id: int, salt: int = 0) -> Iterator[optuna.Trial]:
         """The ``optuna.Trial`` of ``trial_id`` under the sampler lock, as ``ask()``
-        builds it (the per-ask trial list is reset first)."""
+        builds it (the per-ask trial list is reset first).
+
+        ``salt`` varies the sampler's seed: define-by-run asks for one parameter at a
+        time, and each must draw from its own stream (the same seed for every
+        parameter of a trial would make a random sampler's draws identical).
+        """
         window = self.view.sampling(trial_id) if self.view else contextlib.nullcontext()
         try:
             with self.lock, window:
                 self.study._thread_local.cached_all_trials = None
                 trial = optuna.Trial(self.study, trial_id)
-                seed = trial_seed(self.seed, trial.number) ^ SAMPLER_SALT
+                seed = trial_seed(self.seed, trial.number) ^ SAMPLER_SALT ^ salt
                 seed_sampler_for_trial(self.study.sampler, seed)
                 yield trial
         finally:
             if self.view is not None:
                 self.view.sampled(self.study._study_id, trial_id)
+
+    def suggest(self, trial_id: int, name: str, param: Param) -> Any:
+        """Define-by-run: sample parameter ``name`` on trial ``trial_id`` with the study's
+        sampler (a parameter the trial already has keeps its recorded value)."""
+        with self.sampling(trial_id, salt=zlib.crc32(name.encode())) as trial:
+            return suggest_one(trial, name, param)
 
     def tell(
         self,

@@ -72,12 +72,15 @@ def suggest_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """
     values: dict[str, Any] = {}
     for name, p in spec.space.items():
-        if not _condition_holds(p, values):
-            continue
-        if isinstance(p, FloatParam):
-            values[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            values[name] = trial.suggest_int(name, p.low, p.high, log=p.log, step=p.step)
-        else:
-            values[name] = trial.suggest_categorical(name, p.choices)  # type: ignore[arg-type]
+        if _condition_holds(p, values):
+            values[name] = suggest_one(trial, name, p)
     return values
+
+
+def suggest_one(trial: optuna.Trial, name: str, p: Any) -> Any:
+    """``trial.suggest_*`` for one spec parameter (float, int or categorical)."""
+    if isinstance(p, FloatParam):
+        return trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+    if isinstance(p, IntParam):
+        return trial.suggest_int(name, p.low, p.high, log=p.log, step=p.step)
+    return trial.suggest_categorical(name, p.choices)

@@ -164,9 +164,16 @@ def get_trial(session: Session, ref: str, number: int) -> TrialDetail:
 
 
 def trial_detail(session: Session, record: StudyRecord, number: int) -> TrialDetail:
-    row = session.execute(base_query(record.study_id).where(trials.c.number == number)).first()
+    """One trial of a service study by number (TrialNotFound when it has none)."""
+    return study_trial_detail(session, record.study_id, number, record.name)
+
+
+def study_trial_detail(session: Session, study_id: int, number: int, name: str) -> TrialDetail:
+    """One trial by number of any Optuna study, also one created outside the service
+    (the dashboard shows those too); ``name`` is only for the error message."""
+    row = session.execute(base_query(study_id).where(trials.c.number == number)).first()
     if row is None:
-        raise TrialNotFound(f"trial {number} of study {record.name!r} not found", "number")
+        raise TrialNotFound(f"trial {number} of study {name!r} not found", "number")
     item = trial_items(session, [row])[0]
     trial_id = row.trial_id
     return TrialDetail(

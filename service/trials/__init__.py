@@ -4,6 +4,7 @@ States and the allowed transitions are :mod:`service.trials.states`. The steps:
 
 * :mod:`~service.trials.leasing`: hand out trials (study choice, reserve, sample, lease);
 * :mod:`~service.trials.keepalive`: heartbeat and report (per-step values, pruning);
+* :mod:`~service.trials.suggesting`: define-by-run parameters sampled on request;
 * :mod:`~service.trials.finishing`: complete, fail and abandon, exactly once per lease;
 * :mod:`~service.trials.reaping`: expired leases, orphans and repairs.
 
@@ -17,6 +18,7 @@ from service.trials.finishing import abandon, complete, fail, recover
 from service.trials.keepalive import heartbeat, report
 from service.trials.leasing import lease, long_poll
 from service.trials.reaping import reap_all
+from service.trials.suggesting import suggest
 
 __all__ = [
     "abandon",
@@ -28,4 +30,5 @@ __all__ = [
     "reap_all",
     "recover",
     "report",
+    "suggest",
 ]

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from hpo.protocol import NoWork, NoWorkCode
+from hpo.protocol import NoWork, NoWorkCode, Resources
 from service.core.db import utcnow
 from service.storage.models import StudyRecord, TrialRecord
 from service.trials.rows import blocker as study_blocker
+from service.trials.rows import study_spec
 from service.trials.states import ACTIVE_TRIAL_STATES, TrialState
 
 
@@ -37,7 +38,9 @@ class Candidate:
         return study_blocker(self.study, self.total, self.active - self.overdue, queued)
 
 
-def candidates(session: Session, names: list[str] | None) -> tuple[list[Candidate], list[NoWork]]:
+def candidates(
+    session: Session, names: list[str] | None, worker: tuple[list[str], Resources]
+) -> tuple[list[Candidate], list[NoWork]]:
     """Studies that may have work, best first, and the reasons the others have none.
 
     Order: queued re-runs first, then the fewest running trials, then the least
@@ -69,7 +72,7 @@ def candidates(session: Session, names: list[str] | None) -> tuple[list[Candidat
         reasons.append(NoWork(code=NoWorkCode.NO_STUDY, message="no study"))
     ready = []
     for cand in found:
-        blocker = cand.blocker()
+        blocker = mismatch(cand.study, *worker) or cand.blocker()
         if blocker:
             reasons.append(blocker)
         else:
@@ -77,6 +80,25 @@ def candidates(session: Session, names: list[str] | None) -> tuple[list[Candidat
     random.shuffle(ready)
     ready.sort(key=lambda c: (c.queued + c.overdue == 0, c.active, c.total))
     return ready, reasons
+
+
+def mismatch(study: StudyRecord, workloads: list[str], resources: Resources) -> NoWork | None:
+    """Why a worker with ``workloads`` and ``resources`` may not run ``study``'s trials."""
+    spec, name = study_spec(study), study.name
+    if spec.workload not in workloads:
+        message = (
+            f"study {name!r} runs workload {spec.workload!r}; this worker runs "
+            f"{', '.join(workloads)}"
+        )
+        return NoWork(code=NoWorkCode.NOT_MATCHED, study=name, message=message)
+    need = Resources.model_validate(spec.resources.model_dump())
+    if not resources.covers(need):
+        message = (
+            f"study {name!r} needs {need.gpus} GPU(s) with {need.gpu_memory_gb:g} GiB each; "
+            f"this worker has {resources.gpus} with {resources.gpu_memory_gb:g} GiB"
+        )
+        return NoWork(code=NoWorkCode.NOT_MATCHED, study=name, message=message)
+    return None
 
 
 def _count_if(condition):  # type: ignore[no-untyped-def]

@@ -75,6 +75,7 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     diagnosis: str | None = None
     reason: str | None = None
+    user_attrs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
@@ -104,7 +105,11 @@ def fail(ctx: AppContext, lease_id: str, body: FailRequest) -> FinishResponse:
     if body.retry:
         return abandon(ctx, lease_id, body)
     outcome = Outcome(
-        TrialOutcome.FAIL, LeaseState.FAILED, diagnosis=body.diagnosis, reason=body.reason
+        TrialOutcome.FAIL,
+        LeaseState.FAILED,
+        diagnosis=body.diagnosis,
+        reason=body.reason,
+        user_attrs=body.user_attrs,
     )
     return finish(ctx, lease_id, lambda _view: outcome)
 
@@ -131,15 +136,30 @@ def finish(ctx: AppContext, lease_id: str, make_outcome: OutcomeFactory) -> Fini
 
 
 def _complete_outcome(view: LeaseView, body: CompleteRequest) -> Outcome:
-    spec = study_spec(view.study)
+    extra = {"diagnosis": body.diagnosis, "user_attrs": body.user_attrs}
     if body.state == FinishState.PRUNED:
         values = None if body.value is None else [body.value]
         pruned = TrialOutcome.PRUNED
-        return Outcome(pruned, LeaseState.COMPLETED, values, body.metrics, body.diagnosis)
+        return Outcome(pruned, LeaseState.COMPLETED, values, body.metrics, **extra)
+    values = _objective_values(study_spec(view.study).objective_names, body)
+    complete = TrialOutcome.COMPLETE
+    return Outcome(complete, LeaseState.COMPLETED, values, body.metrics, **extra)
+
+
+def _objective_values(names: list[str], body: CompleteRequest) -> list[float]:
+    """Every objective's value: ``values``, or ``value`` plus the other objectives' metrics."""
+    if body.values is not None:
+        if len(body.values) != len(names):
+            raise InvalidRequest(
+                f"values: {len(body.values)} values for {len(names)} objectives "
+                f"({', '.join(names)})",
+                "values",
+            )
+        return list(body.values)
     if body.value is None:
         raise InvalidRequest("value: required when state is complete", "value")
     values = [body.value]
-    for name in spec.objective_names[1:]:
+    for name in names[1:]:
         extra = body.metrics.get(name)
         if isinstance(extra, bool) or not isinstance(extra, int | float):
             raise InvalidRequest(
@@ -147,8 +167,7 @@ def _complete_outcome(view: LeaseView, body: CompleteRequest) -> Outcome:
                 f"metrics.{name}",
             )
         values.append(float(extra))
-    complete = TrialOutcome.COMPLETE
-    return Outcome(complete, LeaseState.COMPLETED, values, body.metrics, body.diagnosis)
+    return values
 
 
 # --------------------------------------------------------------------------- step 1: claim
@@ -222,7 +241,7 @@ def _tell_running(
 ) -> optuna.trial.FrozenTrial | None:
     """User attrs, then tell; the finished trial, or None when it must be re-read."""
     storage, trial_id = ctx.store.storage, frozen._trial_id
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = dict(outcome.user_attrs)
     if outcome.diagnosis is not None:
         attrs["diagnosis"] = outcome.diagnosis
     if outcome.metrics:
@@ -336,7 +355,13 @@ def _abandon_without_commit(
         why = "study stopped" if stopped else f"max_retries={max_retries} used up"
         reason = f"attempt {trial.attempts} abandoned ({body.reason}); {why}"
         fail = TrialOutcome.FAIL
-        return Outcome(fail, LeaseState.ABANDONED, diagnosis=body.diagnosis, reason=reason)
+        return Outcome(
+            fail,
+            LeaseState.ABANDONED,
+            diagnosis=body.diagnosis,
+            reason=reason,
+            user_attrs=body.user_attrs,
+        )
     assert trial.optuna_trial_id is not None and trial.number is not None
     queued = FinishResponse(
         trial_id=trial.optuna_trial_id, trial_number=trial.number, state=TrialOutcome.QUEUED

@@ -129,16 +129,22 @@ def trial_spec(
 ) -> TrialSpec:
     """What the worker needs to run this attempt."""
     spec = study_spec(study)
+    declared = spec.model_dump(mode="json")["space"] if spec.space else None
     return TrialSpec(
         lease_id=lease.lease_id,
         trial_id=optuna_id,
         trial_number=number,
         study_name=study.name,
         attempt=lease.attempt,
-        params=to_settings(spec, params),
+        workload=spec.workload,
+        params=dict(params),
+        settings={**spec.fixed, **to_settings(spec, params)},
         fixed=dict(spec.fixed),
+        space=declared,
         objective=spec.objective_names[0],
         direction=spec.study_directions[0],
+        objectives=spec.objective_names,
+        directions=spec.study_directions,
         seed=trial_seed(study.seed, number),
         lease_expires_at=lease.expires_at,
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,

@@ -46,8 +46,23 @@ _T = TypeVar("_T")
 
 
 def heartbeat(ctx: AppContext, lease_id: str) -> ActionResponse:
-    """Extend the lease; ``stop`` when the study was stopped or the trial finished."""
-    return _with_retry(ctx, lambda session: _keep_alive_without_commit(ctx, session, lease_id)[0])
+    """Extend the lease; ``stop`` when the study was stopped or the trial finished,
+    ``prune`` when the study's pruner prunes the trial at its last reported step.
+
+    The prune answer is repeated here (not only on the report) so that a worker
+    whose training process did not act on a report's answer (a command that
+    ignores it) still learns of it and can end the process.
+    """
+    answer, view = _with_retry(
+        ctx, lambda session: _keep_alive_without_commit(ctx, session, lease_id)
+    )
+    step, trial_id = view.trial.last_step, view.trial.optuna_trial_id
+    if answer.action != Action.CONTINUE or step is None or trial_id is None:
+        return answer
+    if _should_prune(ctx, view, trial_id, step):
+        message = f"pruned by the study's pruner at step {step}"
+        return answer.model_copy(update={"action": Action.PRUNE, "message": message})
+    return answer
 
 
 def report(

@@ -25,8 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from hpo.protocol import LeaseResponse, NoWork, NoWorkCode, TrialOutcome, TrialSpec
 from service.core.context import AppContext
 from service.core.db import utcnow
+from service.core.errors import WorkerNotFound
 from service.fleet import registry as workers_registry
-from service.storage.models import StudyRecord, TrialRecord
+from service.storage.models import StudyRecord, TrialRecord, WorkerRecord
 from service.storage.samplers import suggest_params
 from service.trials.choice import candidates, study_counts
 from service.trials.granting import (
@@ -93,7 +94,10 @@ def _try_studies(
     with ctx.db.session() as session:
         if touch:
             workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
-        ready, reasons = candidates(session, studies)
+        worker = session.get(WorkerRecord, worker_id)
+        if worker is None:
+            raise WorkerNotFound(f"worker {worker_id!r} is not registered", "worker_id")
+        ready, reasons = candidates(session, studies, workers_registry.capabilities(worker))
     for cand in ready:
         spec = _lease_from(ctx, cand.study.study_id, worker_id)
         if isinstance(spec, TrialSpec):

@@ -298,7 +298,9 @@ def test_setting_rename_and_seed(client, tokens, worker: Worker) -> None:
     space = {"learning_rate": {"type": "float", "low": 0.01, "high": 0.1, "setting": "lr"}}
     create_study(client, tokens, space=space, sampler={"name": "random", "seed": 3})
     a, b = worker.trial(), worker.trial()
-    assert set(a["params"]) == {"lr"}
+    assert set(a["params"]) == {"learning_rate"}  # Optuna's name, as study.optimize records it
+    assert a["settings"]["lr"] == a["params"]["learning_rate"]  # the trainer's name
+    assert a["settings"]["epochs"] == 3  # fixed settings are part of the settings
     assert a["seed"] != b["seed"]
 
 
