@@ -16,36 +16,34 @@ from sqlalchemy import select, update
 from service.core.db import utcnow
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from tests.conftest import Tokens
+from tests.support import study_spec
 
 API = "/api/v1"
 
 
+#: The protocol tests' space: momentum (from 0.0) only for momentum and nesterov.
+PROTOCOL_SPACE: dict[str, Any] = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "nesterov", "adam"]},
+    "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    "momentum": {
+        "type": "float",
+        "low": 0.0,
+        "high": 0.99,
+        "when": {"optimizer": ["momentum", "nesterov"]},
+    },
+}
+
+
 def spec(name: str = "s1", **changes: Any) -> dict[str, Any]:
-    """A study spec with a conditional parameter (momentum only for momentum/nesterov)."""
-    body: dict[str, Any] = {
-        "name": name,
-        "direction": "maximize",
-        "objective": "val_accuracy",
-        "sampler": {"name": "random", "seed": 7},
+    """:func:`tests.support.study_spec` with the protocol tests' defaults: no pruner,
+    two retries, short fixed settings and :data:`PROTOCOL_SPACE`."""
+    defaults: dict[str, Any] = {
         "pruner": {"name": "none"},
         "budget": {"max_trials": 50, "max_retries": 2},
         "fixed": {"epochs": 3, "batch_size": 64},
-        "space": {
-            "optimizer": {
-                "type": "categorical",
-                "choices": ["sgd", "momentum", "nesterov", "adam"],
-            },
-            "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
-            "momentum": {
-                "type": "float",
-                "low": 0.0,
-                "high": 0.99,
-                "when": {"optimizer": ["momentum", "nesterov"]},
-            },
-        },
+        "space": PROTOCOL_SPACE,
     }
-    body.update(changes)
-    return body
+    return study_spec(name, **{**defaults, **changes})
 
 
 def create_study(client: Any, tokens: Tokens, **changes: Any) -> dict[str, Any]:

@@ -8,70 +8,41 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
+import yaml
 from typer.testing import CliRunner, Result
 
 from hpo.cli.study import study_app
 from service.core.db import utcnow
-from tests.conftest import Tokens, make_settings, mint_tokens
 from tests.service.test_studies_api import add_lease, add_trial_row, run_trials
+from tests.support import LiveApp, free_port, live_app, study_spec
 
-SPEC_YAML = """\
-name: {name}
-direction: maximize
-sampler: {{name: random, seed: 3}}
-budget: {{max_trials: 20}}
-space:
-  optimizer: {{type: categorical, choices: [sgd, adam]}}
-  lr: {{type: float, low: 0.0001, high: 1.0, log: true}}
-"""
+#: The space of the CLI's studies (two parameters, both valid for the trainer).
+CLI_SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "lr": {"type": "float", "low": 0.0001, "high": 1.0, "log": True},
+}
 
 
-@dataclass
-class LiveServer:
-    url: str
-    tokens: Tokens
-    ctx: Any
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def spec_yaml(name: str) -> str:
+    """The spec file a user would write for ``hpo study create``."""
+    body = study_spec(
+        name, sampler={"name": "random", "seed": 3}, budget={"max_trials": 20}, space=CLI_SPACE
+    )
+    return yaml.safe_dump(body, sort_keys=False)
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from service.app import create_app
-
-    tmp = tmp_path_factory.mktemp("cli")
-    app = create_app(make_settings(f"sqlite:///{tmp / 'hpo.db'}", tmp))
-    tokens = mint_tokens(app.state.ctx)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield LiveServer(f"http://127.0.0.1:{port}", tokens, app.state.ctx)
-    server.should_exit = True
-    thread.join(timeout=10)
-    app.state.ctx.close()
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    with live_app(tmp_path_factory.mktemp("cli")) as server:
+        yield server
 
 
-def hpo(live: LiveServer, *args: str, token: str | None = "admin", **env: str | None) -> Result:
+def hpo(live: LiveApp, *args: str, token: str | None = "admin", **env: str | None) -> Result:
     """Run ``hpo study ARGS`` with the server and token taken from the environment."""
     values: dict[str, str | None] = {
         "HPO_SERVER": live.url,
@@ -88,11 +59,11 @@ def hpo(live: LiveServer, *args: str, token: str | None = "admin", **env: str | 
 
 def spec_file(tmp_path: Path, name: str, text: str | None = None) -> str:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(text if text is not None else SPEC_YAML.format(name=name))
+    path.write_text(text if text is not None else spec_yaml(name))
     return str(path)
 
 
-def test_create_list_and_show(live: LiveServer, tmp_path: Path) -> None:
+def test_create_list_and_show(live: LiveApp, tmp_path: Path) -> None:
     created = hpo(live, "create", spec_file(tmp_path, "cli-one"))
     assert created.exit_code == 0, created.output
     assert "created study 'cli-one' (id " in created.output
@@ -112,9 +83,9 @@ def test_create_list_and_show(live: LiveServer, tmp_path: Path) -> None:
     assert "409 a study named 'cli-one' already exists" in duplicate.output
 
 
-def test_bad_specs_are_refused_before_any_network_call(live: LiveServer, tmp_path: Path) -> None:
+def test_bad_specs_are_refused_before_any_network_call(live: LiveApp, tmp_path: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
-    bad = SPEC_YAML.format(name="bad").replace("high: 1.0", "high: 0.00001")
+    bad = spec_yaml("bad").replace("high: 1.0", "high: 0.00001")
     cases = {
         "space.lr: low (0.0001) must be < high (1e-05)": spec_file(tmp_path, "bad", bad),
         "not valid YAML": spec_file(tmp_path, "broken", "name: [unclosed"),
@@ -128,7 +99,7 @@ def test_bad_specs_are_refused_before_any_network_call(live: LiveServer, tmp_pat
         assert len(result.output.strip().splitlines()) == 1
 
 
-def test_pause_resume_stop_and_conflicts(live: LiveServer, tmp_path: Path) -> None:
+def test_pause_resume_stop_and_conflicts(live: LiveApp, tmp_path: Path) -> None:
     assert hpo(live, "create", spec_file(tmp_path, "cli-states")).exit_code == 0
     assert "cli-states': paused" in hpo(live, "pause", "cli-states").output
     assert "cli-states': running" in hpo(live, "resume", "cli-states").output
@@ -141,7 +112,7 @@ def test_pause_resume_stop_and_conflicts(live: LiveServer, tmp_path: Path) -> No
     assert "404 study 'no-such-study' not found" in missing.output
 
 
-def test_export_and_delete(live: LiveServer, tmp_path: Path) -> None:
+def test_export_and_delete(live: LiveApp, tmp_path: Path) -> None:
     assert hpo(live, "create", spec_file(tmp_path, "cli-export")).exit_code == 0
     run_trials(live.ctx, "cli-export", [0.25, 0.5, "running"])
     out = tmp_path / "trials.csv"
@@ -176,7 +147,7 @@ def test_export_and_delete(live: LiveServer, tmp_path: Path) -> None:
     assert hpo(live, "show", "cli-export").exit_code == 1
 
 
-def test_unreachable_server_is_one_clear_line(live: LiveServer) -> None:
+def test_unreachable_server_is_one_clear_line(live: LiveApp) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     for args in (["list"], ["show", "x"], ["export", "x"], ["list", "--server", nowhere]):
         env = {"HPO_SERVER": nowhere}
@@ -186,7 +157,7 @@ def test_unreachable_server_is_one_clear_line(live: LiveServer) -> None:
 
 
 def test_token_from_the_bootstrap_file_and_auth_errors(
-    live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    live: LiveApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     no_token = hpo(live, "list", token=None)

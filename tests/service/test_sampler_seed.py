@@ -13,21 +13,21 @@ import pytest
 from hpo.spec import StudySpec
 from service.storage.optuna_store import OptunaStore
 from service.storage.samplers import make_sampler, seed_sampler_for_trial
+from tests.support import TOY_SPACE, study_spec
 
 SEED = 11
 
 
 def _spec(sampler: str) -> StudySpec:
-    return StudySpec.model_validate(
-        {
-            "name": "seeded",
-            "direction": "maximize",
-            "sampler": {"name": sampler, "seed": SEED},
-            "pruner": {"name": "none"},
-            "workload": "toy",
-            "space": {"x": {"type": "float", "low": 0, "high": 1}},
-        }
+    """A one-parameter study of the ``toy`` workload (no trainer settings to check)."""
+    body = study_spec(
+        "seeded",
+        workload="toy",
+        sampler={"name": sampler, "seed": SEED},
+        pruner={"name": "none"},
+        space=TOY_SPACE,
     )
+    return StudySpec.model_validate(body)
 
 
 def _server(url: str, spec: StudySpec, create: bool = False) -> tuple[OptunaStore, object]:

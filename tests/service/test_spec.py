@@ -7,7 +7,6 @@ whole module.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,7 @@ from fastapi.testclient import TestClient
 from hpo.spec import StudySpec, grid_search_space
 from service.storage.samplers import make_sampler, suggest_params
 from tests.conftest import Tokens, make_settings, mint_tokens
-
-BASE: dict[str, Any] = {
-    "name": "spec-check",
-    "sampler": {"name": "tpe", "seed": 1},
-    "space": {
-        "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
-        "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
-        "momentum": {
-            "type": "float",
-            "low": 0.5,
-            "high": 0.99,
-            "when": {"optimizer": ["momentum"]},
-        },
-    },
-}
+from tests.support import MNIST_SPACE, study_spec
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +35,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = spec
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return spec
+    """A valid spec for the built-in trainer (TPE sampler), with ``changes``."""
+    return study_spec(**{"name": "spec-check", "sampler": {"name": "tpe", "seed": 1}, **changes})
 
 
 def _space(**params: Any) -> dict[str, Any]:
@@ -162,7 +141,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("empty name", _spec(name=""), "name"),
     ("name too long", _spec(name="n" * 129), "name"),
     ("slash in the name", _spec(name="a/b"), "name"),
-    ("control character in a parameter name", _space(**{"l\nr": BASE["space"]["lr"]}), "space"),
+    ("control character in a parameter name", _space(**{"l\nr": MNIST_SPACE["lr"]}), "space"),
     ("budget max_trials 0", _spec(budget={"max_trials": 0}), "budget.max_trials"),
     ("negative sampler seed", _spec(sampler={"name": "tpe", "seed": -1}), "sampler.seed"),
     ("typo in a fixed setting", _spec(fixed={"lrr": 0.1}), "fixed.lrr"),
@@ -172,7 +151,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         _space(lr_adam={"type": "float", "low": 1e-4, "high": 1e-2, "setting": "lrr"}),
         "space.lr_adam.setting",
     ),
-    ("parameter that is not a setting", _space(lrate=BASE["space"]["lr"]), "space.lrate"),
+    ("parameter that is not a setting", _space(lrate=MNIST_SPACE["lr"]), "space.lrate"),
     (
         "range outside the schema",
         _space(lr={"type": "float", "low": 0.0, "high": 1.0}),
@@ -228,11 +207,11 @@ def test_valid_spec_is_accepted(api: TestClient) -> None:
 
 def _conditional_spec() -> StudySpec:
     return StudySpec.model_validate(
-        {
-            "name": "conditional",
-            "workload": "toy",
-            "sampler": {"name": "random", "seed": 3},
-            "space": {
+        study_spec(
+            "conditional",
+            workload="toy",
+            sampler={"name": "random", "seed": 3},
+            space={
                 "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "nesterov"]},
                 "momentum": {
                     "type": "float",
@@ -250,7 +229,7 @@ def _conditional_spec() -> StudySpec:
                 },
                 "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "setting": "lr"},
             },
-        }
+        )
     )
 
 
@@ -276,11 +255,11 @@ def test_suggest_params_samples_conditionals_only_when_they_hold() -> None:
 
 def test_suggest_params_skips_parameters_conditioned_on_a_skipped_one() -> None:
     spec = StudySpec.model_validate(
-        {
-            "name": "chain",
-            "workload": "toy",
-            "sampler": {"name": "random", "seed": 5},
-            "space": {
+        study_spec(
+            "chain",
+            workload="toy",
+            sampler={"name": "random", "seed": 5},
+            space={
                 "batch_norm": {"type": "categorical", "choices": [False, True]},
                 "bn_kind": {
                     "type": "categorical",
@@ -294,7 +273,7 @@ def test_suggest_params_skips_parameters_conditioned_on_a_skipped_one() -> None:
                     "when": {"bn_kind": ["plain", "affine"]},
                 },
             },
-        }
+        )
     )
     study = optuna.create_study(sampler=make_sampler(spec, seed=5))
     seen = set()
@@ -312,16 +291,16 @@ def test_suggest_params_skips_parameters_conditioned_on_a_skipped_one() -> None:
 
 def test_grid_search_space_enumerates_every_kind() -> None:
     spec = StudySpec.model_validate(
-        {
-            "name": "grid",
-            "workload": "toy",
-            "sampler": {"name": "grid", "seed": 0},
-            "space": {
+        study_spec(
+            "grid",
+            workload="toy",
+            sampler={"name": "grid", "seed": 0},
+            space={
                 "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
                 "depth": {"type": "int", "low": 1, "high": 5, "step": 2},
                 "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
             },
-        }
+        )
     )
     grid = grid_search_space(spec.space)
     assert grid == {"opt": ["sgd", "adam"], "depth": [1, 3, 5], "dropout": [0.0, 0.1, 0.2, 0.3]}
@@ -349,6 +328,6 @@ def test_grid_search_space_enumerates_every_kind() -> None:
     ids=["continuous float", "log int", "too many points"],
 )
 def test_grid_search_space_refuses_what_it_cannot_enumerate(param: dict[str, Any]) -> None:
-    spec = StudySpec.model_validate({"name": "g", "workload": "toy", "space": {"x": param}})
+    spec = StudySpec.model_validate(study_spec("g", workload="toy", space={"x": param}))
     with pytest.raises(ValueError, match="space.x"):
         grid_search_space(spec.space)

@@ -25,34 +25,13 @@ from service.storage.models import LeaseRecord, StudyRecord, TrialMetric, TrialR
 from service.storage.samplers import suggest_params
 from service.studies.records import create_study
 from tests.conftest import Tokens
+from tests.support import study_spec
 
 API = "/api/v1/studies"
 
 
-def spec_body(name: str = "mnist-lr", **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": name,
-        "direction": "maximize",
-        "objective": "val_accuracy",
-        "sampler": {"name": "random", "seed": 7},
-        "budget": {"max_trials": 50},
-        "space": {
-            "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
-            "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
-            "momentum": {
-                "type": "float",
-                "low": 0.5,
-                "high": 0.99,
-                "when": {"optimizer": ["momentum"]},
-            },
-        },
-    }
-    body.update(extra)
-    return body
-
-
 def create(client, name: str = "mnist-lr", **extra: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    response = client.post(API, json=spec_body(name, **extra))
+    response = client.post(API, json=study_spec(name, **extra))
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -168,7 +147,7 @@ def test_create_then_get_summary_counts_and_best_trial(admin, ctx) -> None:
 
 
 def test_minimize_best_trial_and_random_seed(admin, ctx) -> None:
-    body = spec_body("minimize", direction="minimize", sampler={"name": "tpe"})
+    body = study_spec("minimize", direction="minimize", sampler={"name": "tpe"})
     created = admin.post(API, json=body).json()
     assert 0 <= created["seed"] < 2**31
     run_trials(ctx, "minimize", [0.3, 0.1, 0.2])
@@ -176,10 +155,8 @@ def test_minimize_best_trial_and_random_seed(admin, ctx) -> None:
 
 
 def test_multi_objective_returns_the_pareto_front(admin, ctx) -> None:
-    body = spec_body(
+    body = study_spec(
         "pareto",
-        direction=None,
-        objective=None,
         directions=["maximize", "minimize"],
         objectives=["val_accuracy", "seconds"],
     )
@@ -201,11 +178,11 @@ def test_multi_objective_returns_the_pareto_front(admin, ctx) -> None:
 
 def test_duplicate_name_is_409_also_for_a_plain_optuna_study(admin, ctx) -> None:
     create(admin, "dup")
-    again = admin.post(API, json=spec_body("dup"))
+    again = admin.post(API, json=study_spec("dup"))
     assert again.status_code == 409
     assert again.json() == {"detail": "a study named 'dup' already exists", "field": "name"}
     optuna.create_study(study_name="made-by-optuna", storage=ctx.store.storage)
-    clash = admin.post(API, json=spec_body("made-by-optuna"))
+    clash = admin.post(API, json=study_spec("made-by-optuna"))
     assert clash.status_code == 409
     with ctx.db.session() as session:
         assert session.scalar(select(func.count()).select_from(StudyRecord)) == 1
@@ -219,7 +196,7 @@ def test_no_half_created_study_when_our_insert_fails(ctx, monkeypatch) -> None:
 
     monkeypatch.setattr(studies, "_insert_record", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        create_study(ctx, StudySpec.model_validate(spec_body("half")))
+        create_study(ctx, StudySpec.model_validate(study_spec("half")))
     assert "half" not in optuna.get_all_study_names(ctx.store.storage)
 
 
@@ -478,7 +455,7 @@ def test_summary_and_trial_pages_cost_the_same_queries_at_any_size(admin, ctx) -
 
 
 def test_export_csv_and_json(admin, ctx) -> None:
-    body = spec_body("export me")
+    body = study_spec("export me")
     body["workload"] = "formula-injection"  # choices that are not optimizer names
     body["space"]["optimizer"]["choices"] = ["=cmd|' /C calc'!A0", "@SUM(1+1)", "+1", "-2"]
     body["space"]["momentum"]["when"] = {"optimizer": ["-2"]}
@@ -544,7 +521,7 @@ def test_viewer_reads_and_only_admin_changes(client, tokens: Tokens, ctx) -> Non
     admin_h, viewer_h, worker_h = (
         Tokens.header(t) for t in (tokens.admin, tokens.viewer, tokens.worker)
     )
-    assert client.post(API, json=spec_body("roles"), headers=admin_h).status_code == 201
+    assert client.post(API, json=study_spec("roles"), headers=admin_h).status_code == 201
     run_trials(ctx, "roles", [0.5])
     reads = [API, f"{API}/roles", f"{API}/roles/trials", f"{API}/roles/trials/0"]
     reads.append(f"{API}/roles/export")
@@ -553,7 +530,7 @@ def test_viewer_reads_and_only_admin_changes(client, tokens: Tokens, ctx) -> Non
             assert client.get(url, headers=headers).status_code == 200, url
         assert client.get(url).status_code == 401, url
     writes = [
-        ("POST", API, spec_body("other")),
+        ("POST", API, study_spec("other")),
         ("POST", f"{API}/roles/pause", None),
         ("POST", f"{API}/roles/resume", None),
         ("POST", f"{API}/roles/stop", None),
@@ -615,7 +592,7 @@ def test_trials_run_through_the_protocol_show_up_everywhere(client, tokens: Toke
     from tests.service.lease_helpers import Worker
 
     admin_h = Tokens.header(tokens.admin)
-    assert client.post(API, json=spec_body("via-protocol"), headers=admin_h).status_code == 201
+    assert client.post(API, json=study_spec("via-protocol"), headers=admin_h).status_code == 201
     worker = Worker(client, tokens.worker)
     trial = worker.trial()
 

@@ -10,21 +10,21 @@ import pytest
 
 from hpo.spec import StudySpec
 from service.storage.optuna_store import OptunaStore, TrialView
+from tests.support import TOY_SPACE, study_spec
 
 State = optuna.trial.TrialState
 
 
 def _spec(name: str, sampler: str) -> StudySpec:
-    return StudySpec.model_validate(
-        {
-            "name": name,
-            "direction": "maximize",
-            "sampler": {"name": sampler, "seed": 3},
-            "pruner": {"name": "none"},
-            "workload": "toy",
-            "space": {"x": {"type": "float", "low": 0, "high": 1}},
-        }
+    """A one-parameter study of the ``toy`` workload (no trainer settings to check)."""
+    body = study_spec(
+        name,
+        workload="toy",
+        sampler={"name": sampler, "seed": 3},
+        pruner={"name": "none"},
+        space=TOY_SPACE,
     )
+    return StudySpec.model_validate(body)
 
 
 def _summary(trials: list[optuna.trial.FrozenTrial]) -> list[tuple]:
