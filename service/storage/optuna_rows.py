@@ -10,9 +10,10 @@ This module is the one place that decodes what Optuna stores:
 
 - objective and intermediate values: :func:`decode_value` (``inf``/``nan`` kinds);
 - parameters: :func:`external_param` (categorical index -> choice);
-- times: Optuna writes ``datetime.now()``, a *naive local* time, while the
-  service's own tables store UTC; :func:`as_utc` reads Optuna's values as local
-  time and returns aware UTC datetimes.
+- times: Optuna 5 stores naive UTC in its tables but hands out naive *local*
+  times in ``FrozenTrial`` objects, while the service's own tables store aware
+  UTC. :func:`as_utc` makes a column value aware; :func:`as_frozen_time` is
+  the way back for ``FrozenTrial`` objects built from rows (the dashboard's).
 """
 
 from __future__ import annotations
@@ -55,14 +56,21 @@ def decode_value(value: float | None, kind: Any) -> float | None:
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """An Optuna datetime as an aware UTC datetime.
+    """A datetime read from Optuna's ``trials`` table as an aware UTC datetime.
 
-    Optuna stores ``datetime.now()``: naive, in the local time of the process
-    that wrote it (the server's or an Optuna client's on the same machine).
-    ``astimezone`` reads a naive value as local time. Aware values (none today)
-    are only converted.
+    Optuna (>= 5, as pinned) stores naive *UTC* in ``datetime_start`` and
+    ``datetime_complete``; only its ORM properties, and so the ``FrozenTrial``
+    objects of its storage API, turn them into naive *local* time. SQL reads
+    (this module) get the column itself, so the value only needs its zone.
     """
-    return None if value is None else value.astimezone(UTC)
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def as_frozen_time(value: datetime | None) -> datetime | None:
+    """An aware datetime as Optuna's ``FrozenTrial`` carries it: naive local time."""
+    return None if value is None else value.astimezone().replace(tzinfo=None)
 
 
 @lru_cache(maxsize=4096)
