@@ -2,8 +2,8 @@
 
 Charts answer Plotly figure JSON built on the server. Live refresh is
 incremental: ``/version`` is a few aggregate queries; a chart is refetched
-only when its version changed (and then usually comes from the figure
-cache); learning curves send only metric rows after the client's cursor.
+only when its version changed (and then usually comes from the cache);
+learning curves send only metric rows after the client's cursor.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
-from service.dashboard.state import DashboardDep
+from service.dashboard.state import DashboardDep, DashboardState
 
 #: Studies with more trials than this are served stale-while-revalidate.
 STALE_OK_TRIALS = 2000
@@ -45,23 +45,24 @@ def studies(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
 
 @router.get("/studies/{study_id}/version")
 def version(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
-    """What changed: trial fingerprint, metric cursor, service rows; plus the header numbers."""
+    """What changed: trial fingerprint, metric cursor, service rows; plus the header
+    (trials per state, best trial), cached under the trial and service versions."""
     with dash.ctx.db.session() as session:
-        frame = dash.frames.get(session, study_id)
-        best = frame.best()
-        return {
-            "trials": frame.key,
-            "metrics": queries.metrics_cursor(session, study_id),
-            "service": queries.service_version(session, study_id),
-            "counts": frame.counts(),
-            "best": None
-            if best is None
-            else {
-                "number": best.number,
-                "value": best.value,
-                "settings": best.settings,
-            },
-        }
+        frame = dash.frame(study_id, session)
+        service = queries.service_version(session, study_id)
+        metrics = queries.metrics_cursor(session, study_id)
+    head = _header(dash, frame, f"{frame.key}|{service}")
+    return {"trials": frame.key, "metrics": metrics, "service": service, **head}
+
+
+def _header(dash: DashboardState, frame: StudyFrame, version: str) -> dict[str, Any]:
+    def build(_previous: Any) -> tuple[str, dict[str, Any]]:
+        with dash.ctx.db.session() as session:  # its own session: may run in the background
+            return version, overview.header(session, frame.meta)
+
+    stale_ok = len(frame.rows) > STALE_OK_TRIALS
+    key = (frame.meta.study_id, "header")
+    return dash.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
 
 
 def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
@@ -80,19 +81,19 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
     if spec is None:
         raise NotFound(f"no chart {name!r}; charts: {', '.join(STUDY_CHARTS)}", "name")
     with dash.ctx.db.session() as session:
-        frame = dash.frames.get(session, study_id)
+        frame = dash.frame(study_id, session)
         version = _chart_version(session, frame, name)
 
-    def build() -> tuple[str, str]:
+    def build(_previous: Any) -> tuple[str, str]:
         with dash.ctx.db.session() as session:
-            current = dash.frames.get(session, study_id)
+            current = dash.frame(study_id, session)
             built = _chart_version(session, current, name)
-            result = safe_build(name, lambda: spec.build(session, current, dash.frozen))
+            result = safe_build(name, lambda: spec.build(session, current))
             return built, payload(name, built, result)
 
     stale_ok = len(frame.rows) > STALE_OK_TRIALS
-    key = ("study", study_id, name)
-    return _json(dash.figures.get(key, version, build, stale_ok=stale_ok))
+    body = dash.answers.get((study_id, "chart", name), version, build, stale_ok=stale_ok)
+    return _json(body)
 
 
 @router.get("/studies/{study_id}/curves")
@@ -102,7 +103,7 @@ def curves_delta(
 ) -> dict[str, Any]:  # fmt: skip
     """Learning-curve rows after metric id ``since``, and watched trials that have ended."""
     with dash.ctx.db.session() as session:
-        frame = dash.frames.get(session, study_id)
+        frame = dash.frame(study_id, session)
         return charts_curves.delta(session, frame, since, parse_ids(watch, limit=1000))
 
 
@@ -117,7 +118,7 @@ def trials(
     """A page of the trials table, filtered by state and optimizer, sorted on the server."""
     q = table.TableQuery(state or None, optimizer or None, sort, order == "desc", offset, limit)
     with dash.ctx.db.session() as session:
-        return table.page(session, dash.frames.get(session, study_id), q)
+        return table.page(session, dash.frame(study_id, session), q)
 
 
 @router.get("/studies/{study_id}/trials/{number}/chart")
@@ -126,10 +127,10 @@ def trial_chart(
 ) -> Response:
     """Loss and accuracy per epoch of one trial."""
     with dash.ctx.db.session() as session:
-        detail = trial_view.load(session, load_meta(session, study_id), number)
-    fig = trial_view.figure(detail)
+        view = trial_view.load(session, load_meta(session, study_id), number)
+    fig = trial_view.figure(view)
     message = None if fig is not None else "No epoch reported for this trial."
-    return _json(payload("trial", str(len(detail.epochs)), ChartResult(fig, message)))
+    return _json(payload("trial", str(len(view.epochs)), ChartResult(fig, message)))
 
 
 @router.get("/compare/{name}")
@@ -142,13 +143,13 @@ def compare(
         raise NotFound(f"no comparison chart {name!r}", "name")
     study_ids = parse_ids(ids)
     with dash.ctx.db.session() as session:
-        frames = [dash.frames.get(session, sid) for sid in study_ids]
+        frames = [dash.frame(sid, session) for sid in study_ids]
     key = "/".join(f.key for f in frames)
 
-    def build() -> tuple[str, str]:
+    def build(_previous: Any) -> tuple[str, str]:
         return key, payload(name, key, safe_build(name, lambda: build_chart(frames)))
 
-    return _json(dash.figures.get(("compare", tuple(study_ids), name), key, build))
+    return _json(dash.answers.get(("compare", tuple(study_ids), name), key, build))
 
 
 @router.get("/workers")

@@ -1,5 +1,6 @@
 """The chart registry: each chart of the study page is a name, a title and a
-builder over the study's :class:`StudyFrame` (see ``cache.py`` for caching)."""
+builder over the study's :class:`StudyFrame`; answers are cached per study and
+version (``cache.py``)."""
 
 from __future__ import annotations
 
@@ -11,30 +12,25 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.dashboard import charts_compare, charts_curves, charts_optuna, charts_params
+from service.dashboard import charts_compare, charts_curves, charts_params, charts_space
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame
-from service.dashboard.frame_study import FrozenCache
 
 log = logging.getLogger("hpo.dashboard")
 
 
 @dataclass(frozen=True)
 class Chart:
+    """A chart of the study page: ``build(session, frame)`` draws it."""
+
     name: str
     title: str
-    build: Callable[[Session, StudyFrame, FrozenCache], ChartResult]
+    build: Callable[[Session, StudyFrame], ChartResult]
     wide: bool = False
 
 
 def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartResult]:
-    return lambda _session, frame, _frozen: fn(frame)
-
-
-def _with_frozen(
-    fn: Callable[[StudyFrame, FrozenCache], ChartResult],
-) -> Callable[..., ChartResult]:
-    return lambda _session, frame, frozen: fn(frame, frozen)
+    return lambda _session, frame: fn(frame)
 
 
 STUDY_CHARTS: dict[str, Chart] = {
@@ -42,14 +38,14 @@ STUDY_CHARTS: dict[str, Chart] = {
     for c in [
         Chart("optimizers", "Optimizer comparison", _frame_only(charts_params.optimizers)),
         Chart("lr", "Learning rate vs objective", _frame_only(charts_params.learning_rate)),
-        Chart("curves", "Learning curves", lambda s, f, _z: charts_curves.curves(s, f), True),
+        Chart("curves", "Learning curves", charts_curves.curves, True),
         Chart("regularization", "Regularization", _frame_only(charts_params.regularization), True),
         Chart("batch_norm", "Batch norm", _frame_only(charts_params.batch_norm)),
-        Chart("history", "Optimization history", _with_frozen(charts_optuna.history)),
-        Chart("importance", "Parameter importance", _with_frozen(charts_optuna.importance)),
-        Chart("contour", "Contour", _with_frozen(charts_optuna.contour)),
-        Chart("parallel", "Parallel coordinates", _with_frozen(charts_optuna.parallel), True),
-        Chart("slice", "Slice plots", _with_frozen(charts_optuna.slices), True),
+        Chart("history", "Optimization history", _frame_only(charts_space.history)),
+        Chart("importance", "Parameter importance", _frame_only(charts_space.importance)),
+        Chart("contour", "Contour", _frame_only(charts_space.contour)),
+        Chart("parallel", "Parallel coordinates", _frame_only(charts_space.parallel), True),
+        Chart("slice", "Slice plots", _frame_only(charts_space.slices), True),
     ]
 }
 COMPARE_CHARTS: dict[str, Callable[[list[StudyFrame]], ChartResult]] = {

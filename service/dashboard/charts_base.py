@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
+import html
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
+from hpo.settings import OPTIMIZER, OPTIMIZERS
 from service.dashboard.frame import StudyFrame, TrialRow
-from service.dashboard.frame_study import esc
 
-#: Settings the dashboard knows by name (the worker's TrainConfig names).
-OPTIMIZER, LR = "optimizer", "lr"
-REGULARIZATION = ("weight_decay", "l1", "dropout")
-BATCH_NORM = "batch_norm"
 #: Scatter charts draw at most this many points (best trials always kept).
 MAX_POINTS = 4000
 
-_KNOWN_COLORS = {
-    "gd": "#7f7f7f", "sgd": "#1f77b4", "momentum": "#17becf", "nesterov": "#9467bd",
-    "adagrad": "#bcbd22", "rmsprop": "#ff7f0e", "adam": "#d62728", "adamw": "#2ca02c",
-}  # fmt: skip
+#: One fixed colour per optimizer of the reference trainer, in ``hpo.settings`` order.
+_OPTIMIZER_COLORS = ("#7f7f7f", "#1f77b4", "#17becf", "#9467bd",
+                     "#bcbd22", "#ff7f0e", "#d62728", "#2ca02c")  # fmt: skip
+#: (optimizers added to the trainer later get palette colours until given one here)
+_KNOWN_COLORS = dict(zip(OPTIMIZERS, _OPTIMIZER_COLORS, strict=False))
 PALETTE = ["#8c564b", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+
+
+def esc(text: Any) -> str:
+    """Escape text for Plotly (which decodes ``&lt;`` ``&gt;`` ``&amp;`` back for display)."""
+    return html.escape(str(text), quote=False)
 
 
 @dataclass
@@ -84,20 +87,21 @@ def fmt(value: Any) -> str:
         if math.isfinite(value) and 1e4 <= abs(value) < 1e12:
             return f"{value:,.0f}"
         return f"{value:.4g}"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, datetime):  # aware (the read side's), naive means UTC
+        moment = value.astimezone(UTC) if value.tzinfo is not None else value
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 
 def settings_text(row: TrialRow, frame: StudyFrame) -> str:
-    """Hover text: trial number, value and the settings that vary, escaped (cached per frame)."""
-    cache: dict[int, str] = frame.memo.setdefault("hover", {})
-    text = cache.get(row.trial_id)
-    if text is None:
-        parts = [f"trial #{row.number}", f"{esc(frame.meta.objective_name)} = {fmt(row.value)}"]
-        parts += [f"{esc(k)} = {esc(fmt(v))}" for k, v in row.settings.items() if k in frame.axes]
-        text = cache[row.trial_id] = "<br>".join(parts)
-    return text
+    """Hover text: trial number, value and the settings that vary, escaped (kept per trial)."""
+
+    def build(r: TrialRow) -> str:
+        parts = [f"trial #{r.number}", f"{esc(frame.meta.objective_name)} = {fmt(r.value)}"]
+        parts += [f"{esc(k)} = {esc(fmt(v))}" for k, v in r.settings.items() if k in frame.axes]
+        return "<br>".join(parts)
+
+    return frame.per_trial("hover", row, build)
 
 
 def group_by(rows: Sequence[TrialRow], key: str) -> dict[Any, list[TrialRow]]:
@@ -140,13 +144,12 @@ def thin(
 
 def no_scores_message(frame: StudyFrame) -> str:
     """Why there is nothing to plot yet."""
-    counts = frame.counts()
     if not frame.rows:
         return "No trials yet: charts appear when the first trial finishes."
-    failed = counts.get("FAIL", 0)
+    failed = sum(r.state == "FAIL" for r in frame.rows)
     if failed == len(frame.rows):
         return f"All {failed} trials failed: see the trials table for their reasons."
-    if not counts.get("COMPLETE"):
+    if not any(r.state == "COMPLETE" for r in frame.rows):
         return "No completed trial yet: charts appear when the first trial completes."
     return "No completed trial with a finite objective value yet."
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from service.dashboard.charts_base import PALETTE, ChartResult, arr, empty, ints, layout, scored
+from service.dashboard.charts_base import (
+    PALETTE,
+    ChartResult,
+    arr,
+    empty,
+    esc,
+    ints,
+    layout,
+    scored,
+)
 from service.dashboard.frame import StudyFrame
-from service.dashboard.frame_study import esc
 
 
 def _label(frame: StudyFrame) -> str:

@@ -15,24 +15,25 @@ from typing import Any
 import plotly.graph_objects as go
 from sqlalchemy.orm import Session
 
+from hpo.settings import DEFAULT_OBJECTIVE, OPTIMIZER
 from service.dashboard import queries
 from service.dashboard.charts_base import (
-    OPTIMIZER,
     ChartResult,
     color_for,
     empty,
+    esc,
     layout,
     optimizer_order,
     settings_text,
 )
 from service.dashboard.frame import StudyFrame, TrialRow
-from service.dashboard.frame_study import esc
 
 #: Trials drawn at most (best half + most recent half beyond it).
 CURVE_LIMIT = 400
 #: A delta with more rows than this tells the client to reload the chart instead.
 DELTA_LIMIT = 5000
-METRIC = "val_accuracy"
+#: The per-epoch metric drawn (the reference trainer's default objective).
+METRIC = DEFAULT_OBJECTIVE
 MARKS = {
     "PRUNED": ("pruned", {"symbol": "x", "size": 9, "color": "#444"}),
     "FAIL": ("failed", {"symbol": "triangle-down", "size": 10, "color": "#d62728"}),
@@ -112,7 +113,7 @@ def _figure(frame: StudyFrame, trials: list[TrialRow], points: dict[int, list[Po
             hovertemplate=f"trial #%{{customdata}} {name}<extra></extra>", visible=True,
         ))  # fmt: skip
     layout(fig, f"Learning curves ({METRIC} per epoch)", xaxis_title="epoch",
-           yaxis_title=METRIC, legend_title_text="optimizer")  # fmt: skip
+           yaxis_title=METRIC, legend_title_text=OPTIMIZER)  # fmt: skip
     ys = [p.y for pts in points.values() for p in pts if p.y is not None]
     fig.update_yaxes(range=y_range(ys))
     return fig

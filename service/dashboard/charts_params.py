@@ -1,4 +1,5 @@
-"""Charts of the objective against the training settings: optimizer, lr, regularization."""
+"""Charts of the objective against the reference trainer's settings (names from
+``hpo.settings``): optimizer, learning rate, regularization, batch norm."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hpo.settings import BATCH_NORM, LR, OPTIMIZER, REGULARIZATION
 from service.dashboard.charts_base import (
-    BATCH_NORM,
-    LR,
-    OPTIMIZER,
-    REGULARIZATION,
     ChartResult,
     arr,
     color_for,
     empty,
+    esc,
     fmt,
     group_by,
     ints,
@@ -28,7 +27,6 @@ from service.dashboard.charts_base import (
     thin,
 )
 from service.dashboard.frame import StudyFrame, TrialRow
-from service.dashboard.frame_study import esc
 
 #: Box plots show every point up to this many trials, only outliers above.
 BOX_POINTS_LIMIT = 2000
@@ -125,7 +123,7 @@ def learning_rate(frame: StudyFrame) -> ChartResult:
         return missing
     shown, note = thin(rows, frame)
     fig = go.Figure(_scatter_by_optimizer(frame, shown, LR))
-    layout(fig, f"{frame.meta.objective_name} vs learning rate", legend_title_text="optimizer",
+    layout(fig, f"{frame.meta.objective_name} vs learning rate", legend_title_text=OPTIMIZER,
            yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
     fig.update_xaxes(title_text="learning rate", type="log" if frame.is_log(LR) else "linear")
     return ChartResult(fig, note=note)
@@ -140,7 +138,7 @@ def regularization(frame: StudyFrame) -> ChartResult:
     fixed = {s: frame.meta.fixed[s] for s in REGULARIZATION if s in frame.meta.fixed}
     if not present:
         what = ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items()) or "none in the space"
-        return empty(f"This study does not vary weight decay, L1 or dropout ({what}).")
+        return empty(f"This study does not vary {', '.join(REGULARIZATION)} ({what}).")
     shown, note = thin(rows, frame, REGULARIZATION_POINTS)
     fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True,
                         subplot_titles=[esc(s) for s in present])  # fmt: skip
@@ -149,7 +147,7 @@ def regularization(frame: StudyFrame) -> ChartResult:
             fig.add_trace(trace, row=1, col=col)
         log = frame.is_log(setting)
         fig.update_xaxes(type="log" if log else "linear", title_text=esc(setting), row=1, col=col)
-    layout(fig, f"Regularization vs {frame.meta.objective_name}", legend_title_text="optimizer")
+    layout(fig, f"Regularization vs {frame.meta.objective_name}", legend_title_text=OPTIMIZER)
     fig.update_yaxes(title_text=esc(frame.meta.objective_name), row=1, col=1)
     if fixed:
         extra = "fixed: " + ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items())
@@ -182,5 +180,5 @@ def batch_norm(frame: StudyFrame) -> ChartResult:
            yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
     order = [esc(fmt(o)) for o in optimizers_seen if o is not None]
     if order:
-        fig.update_xaxes(categoryorder="array", categoryarray=order, title_text="optimizer")
+        fig.update_xaxes(categoryorder="array", categoryarray=order, title_text=OPTIMIZER)
     return ChartResult(fig)

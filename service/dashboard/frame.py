@@ -2,64 +2,55 @@
 
 Every chart of a study is drawn from its :class:`StudyFrame`: one row per
 trial with its state, objective value, raw parameters and *settings* (the
-parameters renamed by the spec's ``setting:`` plus the fixed settings).
+parameters renamed by the spec's ``setting:`` plus the fixed settings). Rows
+are decoded by :mod:`service.storage.optuna_rows`, as the API's are.
 
-The frame is cached per study and keyed by a cheap SQL fingerprint
-(:func:`queries.trials_version`). When the fingerprint changes only trials
-that were unfinished or new are read again: a finished Optuna trial never
-changes, so keeping a 10,000-trial study current costs one small query per
-change instead of reloading every trial.
+The frame is cached per study (``DashboardState.frame``) under a cheap SQL
+fingerprint (:func:`queries.trials_version`). When the fingerprint changes,
+:func:`load_frame` reads again only the trials that were unfinished or are
+new: a finished Optuna trial never changes, so keeping a 10,000-trial study
+current costs one small query per change instead of reloading every trial.
+What charts derive per trial (hover texts, Optuna ``FrozenTrial`` objects) is
+kept with the frame and carried over to the next one for the unchanged rows.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import cached_property, lru_cache
-from typing import Any
+from datetime import datetime
+from functools import cached_property
+from typing import Any, TypeVar
 
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
-    json_to_distribution,
 )
 from sqlalchemy.orm import Session
 
 from hpo.spec import StudySpec
 from service.core.errors import StudyNotFound
 from service.dashboard import queries
+from service.storage.optuna_rows import (
+    as_utc,
+    decode_value,
+    distribution,
+    study_other_values,
+    study_param_rows,
+    study_trial_rows,
+)
 from service.studies.specs import stored_spec
 
 UNFINISHED = ("RUNNING", "WAITING")
-
-
-@lru_cache(maxsize=4096)
-def distribution(distribution_json: str) -> BaseDistribution:
-    return json_to_distribution(distribution_json)
-
-
-def decode_value(value: float | None, kind: Any) -> float | None:
-    name = getattr(kind, "name", "FINITE")
-    if name == "INF_POS":
-        return math.inf
-    if name == "INF_NEG":
-        return -math.inf
-    return value
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """Optuna stores naive UTC datetimes."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class TrialRow:
+    """One trial as the charts see it (``state`` is Optuna's state name)."""
+
     trial_id: int
     number: int
     state: str
@@ -83,7 +74,8 @@ class TrialRow:
 
 @dataclass(frozen=True)
 class StudyMeta:
-    """What a study is, independent of its trials."""
+    """What a study is, independent of its trials (``spec`` is None for studies
+    created outside the service)."""
 
     study_id: int
     name: str
@@ -116,13 +108,19 @@ class StudyMeta:
         return dict(self.spec.fixed) if self.spec else {}
 
     def setting_of(self, param: str) -> str:
+        """The training setting a parameter sets (its ``setting:``, else its name)."""
         if self.spec and param in self.spec.space:
             return self.spec.space[param].setting or param
         return param
 
+    def settings(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's settings: the fixed ones plus its parameters by setting name."""
+        return self.fixed | {self.setting_of(k): v for k, v in params.items()}
+
 
 def load_meta(session: Session, study_id: int) -> StudyMeta:
-    rows = queries.list_studies(session, study_id)
+    """The study's meta data (raises StudyNotFound)."""
+    rows = queries.optuna_studies(session, study_id)
     if not rows:
         raise StudyNotFound(f"study {study_id} not found", "study_id")
     return meta_from_row(rows[0])
@@ -172,30 +170,29 @@ class StudyFrame:
         self.version = version
         self.param_dists = param_dists
         self.by_number = {r.number: r for r in rows}
-        self.built_at = datetime.now(UTC)
-        #: per-frame memo for derived data shared by charts (e.g. hover texts)
-        self.memo: dict[str, Any] = {}
+        #: kind -> trial id -> what a chart derived from that trial's row
+        self._per_trial: dict[str, dict[int, Any]] = {}
 
     @property
     def key(self) -> str:
         return "-".join(str(v) for v in self.version)
 
-    def finished(self, *states: str) -> list[TrialRow]:
-        wanted = states or ("COMPLETE",)
-        return [r for r in self.rows if r.state in wanted]
+    def per_trial(self, kind: str, row: TrialRow, build: Callable[[TrialRow], T]) -> T:
+        """``build(row)``, computed once per trial and frame (and kept by the next frame
+        for the rows that did not change, see :meth:`inherit`)."""
+        memo = self._per_trial.setdefault(kind, {})
+        value = memo.get(row.trial_id)
+        if value is None:
+            value = memo[row.trial_id] = build(row)
+        return value  # type: ignore[no-any-return]
 
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), 0)
-        for r in self.rows:
-            out[r.state] = out.get(r.state, 0) + 1
-        return out
-
-    def best(self) -> TrialRow | None:
-        done = [r for r in self.rows if r.state == "COMPLETE" and r.value is not None]
-        if not done:
-            return None
-        pick = max if self.meta.maximize else min
-        return pick(done, key=lambda r: (r.value, -r.number))
+    def inherit(self, old: StudyFrame, below_trial_id: int) -> None:
+        """Keep ``old``'s derived values of the rows both frames share (trial ids below
+        ``below_trial_id``), unless what they depend on (axes, meta) changed."""
+        if old.meta != self.meta or old.axes != self.axes:
+            return
+        for kind, memo in old._per_trial.items():
+            self._per_trial[kind] = {t: v for t, v in memo.items() if t < below_trial_id}
 
     @cached_property
     def axes(self) -> dict[str, BaseDistribution]:
@@ -235,7 +232,8 @@ def decode_rows(
     meta: StudyMeta,
     param_dists: dict[str, BaseDistribution],
 ) -> list[TrialRow]:
-    """Rows of :func:`queries.trial_rows` and :func:`queries.param_rows` -> TrialRows."""
+    """Rows of :func:`optuna_rows.study_trial_rows` and ``study_param_rows`` -> TrialRows
+    (``param_dists`` collects the distribution of every parameter seen)."""
     fixed = meta.fixed
     out = [
         TrialRow(tid, number, getattr(state, "name", str(state)), decode_value(value, vtype),
@@ -243,7 +241,7 @@ def decode_rows(
         for tid, number, state, start, complete, value, vtype in trials
     ]  # fmt: skip
     by_id = {r.trial_id: r for r in out}
-    setting = {}
+    setting: dict[str, str] = {}
     row: TrialRow | None = None
     for tid, pname, pvalue, djson in params:
         if row is None or row.trial_id != tid:
@@ -260,78 +258,32 @@ def decode_rows(
     return out
 
 
-@dataclass
-class _Entry:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    frame: StudyFrame | None = None
-
-
-class FrameCache:
-    """Study frames by study id, refreshed incrementally when their version changes.
-
-    At most ``max_studies`` frames are kept (least recently used go first): a
-    10,000-trial frame is a few tens of MB.
-    """
-
-    def __init__(self, max_studies: int = 32) -> None:
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-        self.max_studies = max_studies
-
-    def _entry(self, study_id: int) -> _Entry:
-        with self._lock:
-            entry = self._entries.setdefault(study_id, _Entry())
-            self._entries.move_to_end(study_id)
-            while len(self._entries) > self.max_studies:
-                self._entries.popitem(last=False)
-            return entry
-
-    def get(self, session: Session, study_id: int) -> StudyFrame:
-        """The current frame of a study (raises StudyNotFound)."""
-        version = queries.trials_version(session, study_id)
-        entry = self._entry(study_id)
-        with entry.lock:
-            old = entry.frame
-            if old is not None and old.version == version:
-                return old
-            entry.frame = self._refresh(session, study_id, old, version)
-            return entry.frame
-
-    def peek(self, study_id: int) -> StudyFrame | None:
-        """The cached frame, whatever its version (None when never loaded)."""
-        return self._entry(study_id).frame
-
-    def _refresh(
-        self, session: Session, study_id: int, old: StudyFrame | None, version: tuple[Any, ...]
-    ) -> StudyFrame:
-        meta = load_meta(session, study_id)
-        if old is not None and (old.meta.name != meta.name or version[0] < len(old.rows)):
-            old = None  # the study was deleted and its id reused: start again
-        start = 0
-        if old is not None:
-            unfinished = [r.trial_id for r in old.rows if not r.finished]
-            start = min(unfinished) if unfinished else int(old.version[1]) + 1
-        dists = dict(old.param_dists) if old is not None else {}
-        fresh = decode_rows(
-            queries.trial_rows(session, study_id, start),
-            queries.param_rows(session, study_id, start),
-            meta,
-            dists,
-        )
-        if len(meta.directions) > 1:
-            _attach_objectives(session, study_id, start, fresh)
-        kept = [r for r in old.rows if r.trial_id < start] if old is not None else []
-        return StudyFrame(meta, kept + fresh, version, dists)
-
-    def forget(self, study_id: int) -> None:
-        with self._lock:
-            self._entries.pop(study_id, None)
-
-
-def _attach_objectives(session: Session, study_id: int, start: int, rows: list[TrialRow]) -> None:
-    extra: dict[int, list[float | None]] = {}
-    for tid, _objective, value, vtype in queries.other_objectives(session, study_id, start):
-        extra.setdefault(tid, []).append(decode_value(value, vtype))
-    for r in rows:
-        if r.value is not None and r.trial_id in extra:
-            r.values = (r.value, *extra[r.trial_id])
+def load_frame(
+    session: Session, study_id: int, old: StudyFrame | None, version: tuple[Any, ...]
+) -> StudyFrame:
+    """The study's frame at ``version``: ``old``'s finished rows plus the trials read
+    again (unfinished in ``old``, or new). Raises StudyNotFound."""
+    meta = load_meta(session, study_id)
+    if old is not None and (old.meta.name != meta.name or version[0] < len(old.rows)):
+        old = None  # the study was deleted and its id reused: start again
+    start = 0
+    if old is not None:
+        unfinished = [r.trial_id for r in old.rows if not r.finished]
+        start = min(unfinished) if unfinished else int(old.version[1]) + 1
+    dists = dict(old.param_dists) if old is not None else {}
+    fresh = decode_rows(
+        study_trial_rows(session, study_id, start),
+        study_param_rows(session, study_id, start),
+        meta,
+        dists,
+    )
+    if len(meta.directions) > 1:
+        extra = study_other_values(session, study_id, start)
+        for r in fresh:
+            if r.value is not None and r.trial_id in extra:
+                r.values = (r.value, *extra[r.trial_id])
+    kept = [r for r in old.rows if r.trial_id < start] if old is not None else []
+    frame = StudyFrame(meta, kept + fresh, version, dists)
+    if old is not None:
+        frame.inherit(old, start)
+    return frame

@@ -1,20 +1,17 @@
-"""Optuna's own plots over a cached :class:`StudyFrame`, without reloading trials.
+"""An ``optuna.Study`` over a cached :class:`StudyFrame`, for Optuna's importance evaluator.
 
-``optuna.visualization`` and ``optuna.importance`` take a ``Study`` and call
-``study.get_trials(...)``; against the RDB storage that loads every trial
-(about 10 s for 10,000 trials on SQLite). :class:`FrameStudy` is a ``Study``
-whose trials come from the frame instead: ``FrozenTrial`` objects built once
-per trial and reused across versions, in *settings* space (``lr_sgd`` and
-``lr_adam`` both appear as ``lr``), with every user-supplied name and
-categorical value HTML-escaped, because Plotly renders its text as HTML-like
-markup.
+``optuna.importance`` takes a ``Study`` and calls ``study.get_trials(...)``;
+against the RDB storage that loads every trial (about 10 s for 10,000 trials
+on SQLite). :func:`frame_study` returns a ``Study`` whose trials come from the
+frame instead: ``FrozenTrial`` objects built once per trial (kept with the
+frame, and by the next frame for unchanged trials), in *settings* space
+(``lr_sgd`` and ``lr_adam`` both appear as ``lr``), with every user-supplied
+name and categorical value HTML-escaped, because Plotly renders its text as
+HTML-like markup.
 """
 
 from __future__ import annotations
 
-import html
-import threading
-from collections import OrderedDict
 from collections.abc import Container, Sequence
 from typing import Any
 
@@ -23,15 +20,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from service.dashboard.charts_base import esc
 from service.dashboard.frame import StudyFrame, TrialRow
-
-#: Studies whose FrozenTrials are kept (least recently used go first).
-MAX_STUDIES = 16
-
-
-def esc(text: Any) -> str:
-    """Escape text for Plotly (which decodes ``&lt;`` ``&gt;`` ``&amp;`` back for display)."""
-    return html.escape(str(text), quote=False)
+from service.storage.optuna_rows import as_frozen_time
 
 
 def _esc_value(value: Any) -> Any:
@@ -39,6 +30,7 @@ def _esc_value(value: Any) -> Any:
 
 
 def display_distribution(dist: BaseDistribution) -> BaseDistribution:
+    """A distribution whose categorical choices are escaped for display."""
     if isinstance(dist, CategoricalDistribution):
         return CategoricalDistribution([_esc_value(c) for c in dist.choices])
     return dist
@@ -82,41 +74,19 @@ class FrameStudy(optuna.Study):
         return len(self._frame_directions) > 1
 
 
-class FrozenCache:
-    """FrozenTrials per (study, trial id), reused while the trial stays finished."""
+def frame_study(frame: StudyFrame, states: Sequence[str] | None = None) -> FrameStudy:
+    """A FrameStudy over the frame's trials (all, or those whose state is in ``states``)."""
+    axes = {esc(name): display_distribution(d) for name, d in frame.axes.items()}
 
-    def __init__(self) -> None:
-        self._by_study: OrderedDict[int, tuple[str, dict[int, tuple[str, FrozenTrial]]]] = (
-            OrderedDict()
-        )
-        self._lock = threading.Lock()
+    def build(row: TrialRow) -> FrozenTrial:
+        return _frozen(row, frame, axes)
 
-    def study(self, frame: StudyFrame, states: Sequence[str] | None = None) -> FrameStudy:
-        """A FrameStudy over the frame's trials (all, or those in ``states``)."""
-        with self._lock:
-            axes = {esc(name): display_distribution(d) for name, d in frame.axes.items()}
-            signature = repr(sorted(axes.items()))
-            cached_axes, known = self._by_study.get(frame.meta.study_id, ("", {}))
-            if cached_axes != signature:  # a new parameter changed the axes: rebuild all
-                known = {}
-                self._by_study[frame.meta.study_id] = (signature, known)
-            self._by_study.move_to_end(frame.meta.study_id)
-            while len(self._by_study) > MAX_STUDIES:
-                self._by_study.popitem(last=False)
-            trials = []
-            for row in frame.rows:
-                if states is not None and row.state not in states:
-                    continue
-                cached = known.get(row.trial_id)
-                if cached is None or cached[0] != row.state:
-                    cached = (row.state, _frozen(row, frame, axes))
-                    known[row.trial_id] = cached
-                trials.append(cached[1])
-        return FrameStudy(frame.meta.name, frame.meta.directions, trials)
-
-    def forget(self, study_id: int) -> None:
-        with self._lock:
-            self._by_study.pop(study_id, None)
+    trials = [
+        frame.per_trial("frozen", row, build)
+        for row in frame.rows
+        if states is None or row.state in states
+    ]
+    return FrameStudy(frame.meta.name, frame.meta.directions, trials)
 
 
 def _frozen(row: TrialRow, frame: StudyFrame, axes: dict[str, BaseDistribution]) -> FrozenTrial:
@@ -130,8 +100,8 @@ def _frozen(row: TrialRow, frame: StudyFrame, axes: dict[str, BaseDistribution])
         state=TrialState[row.state],
         value=value,
         values=values,
-        datetime_start=row.start,
-        datetime_complete=row.complete,
+        datetime_start=as_frozen_time(row.start),
+        datetime_complete=as_frozen_time(row.complete),
         params=params,
         distributions={name: axes[name] for name in params},
         user_attrs={},

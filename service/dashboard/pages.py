@@ -8,10 +8,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from hpo.schemas import ShownState
+from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
 from service.dashboard import overview, trial_view
 from service.dashboard.charts import STUDY_CHARTS
-from service.dashboard.charts_base import OPTIMIZER
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
@@ -22,6 +23,8 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 StudyId = Annotated[int, Path(ge=0, le=2**31 - 1, description="the study's id")]
 TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="the trial's number")]
 API = "/api/v1/dashboard"
+#: Trial states of the study header, in the API's order (``TrialCounts`` fields).
+SHOWN_STATES = [s.value for s in ShownState]
 
 
 def render(
@@ -43,6 +46,7 @@ def studies_page(request: Request, dash: DashboardDep, user: PageUser) -> Respon
 
 
 def _optimizer_choices(meta: Any) -> list[str]:
+    """The optimizers a study's space offers (the trials table filters by them)."""
     if meta.spec is None:
         return []
     choices: list[str] = []
@@ -61,6 +65,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
     return render(
         dash, request, "study.html", user, page="study", study=summary, meta=meta,
         charts=list(STUDY_CHARTS.values()), states=STATES, optimizers=_optimizer_choices(meta),
+        shown_states=SHOWN_STATES,
         export=f"/api/v1/studies/{study_id}/export",
     )  # fmt: skip
 
@@ -71,8 +76,10 @@ def trial_page(
 ) -> Response:
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
-        detail = trial_view.load(session, meta, number)
-    return render(dash, request, "trial.html", user, page="trial", meta=meta, trial=detail)
+        view = trial_view.load(session, meta, number)
+    return render(
+        dash, request, "trial.html", user, page="trial", meta=meta, trial=view.detail, view=view
+    )
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -1,35 +1,44 @@
-"""The dashboard's per-app state (caches, templates) and the dependencies that reach it."""
+"""The dashboard's per-app state (its cache, templates) and the dependencies that reach it."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
 from service.core.context import AppContext
 from service.dashboard import queries
-from service.dashboard.cache import FigureCache
+from service.dashboard.cache import VersionedCache
 from service.dashboard.charts_base import fmt
-from service.dashboard.frame import FrameCache, StudyFrame
-from service.dashboard.frame_study import FrozenCache
+from service.dashboard.frame import StudyFrame, load_frame
 from service.dashboard.static import asset_url
 
 HERE = Path(__file__).parent
 log = logging.getLogger("hpo.dashboard")
+#: Study frames kept (least recently used go first): a 10,000-trial frame is tens of MB.
+MAX_FRAMES = 32
+#: Serialised answers kept (chart figures, study headers): up to a few MB each.
+MAX_ANSWERS = 512
 
 
 class DashboardState:
-    """Caches shared by every dashboard request of one app."""
+    """What every dashboard request of one app shares.
+
+    Two instances of the one cache abstraction, both keyed by study and labelled
+    with a version: ``frames`` (each study's trial table, refreshed
+    incrementally) and ``answers`` (JSON of charts and study headers, served
+    stale-while-revalidate for big studies).
+    """
 
     def __init__(self, ctx: AppContext, poll_interval_s: float = 3.0) -> None:
         self.ctx = ctx
-        self.frames = FrameCache()
-        self.frozen = FrozenCache()
-        self.figures = FigureCache()
+        self.frames: VersionedCache[StudyFrame] = VersionedCache(MAX_FRAMES, "frames")
+        self.answers: VersionedCache[Any] = VersionedCache(MAX_ANSWERS, "answers")
         self.poll_interval_s = poll_interval_s
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
@@ -39,9 +48,22 @@ class DashboardState:
             poll_ms=int(poll_interval_s * 1000),
         )  # fmt: skip
 
-    def frame(self, study_id: int) -> StudyFrame:
-        with self.ctx.db.session() as session:
-            return self.frames.get(session, study_id)
+    def frame(self, study_id: int, session: Session | None = None) -> StudyFrame:
+        """The study's current frame (raises StudyNotFound)."""
+        if session is None:
+            with self.ctx.db.session() as own:
+                return self.frame(study_id, own)
+        version = queries.trials_version(session, study_id)
+
+        def build(old: StudyFrame | None) -> tuple[tuple[Any, ...], StudyFrame]:
+            return version, load_frame(session, study_id, old, version)
+
+        return self.frames.get((study_id,), version, build)
+
+    def forget(self, study_id: int) -> None:
+        """Drop everything cached about a study."""
+        self.frames.forget(study_id)
+        self.answers.forget(study_id)
 
     def warm(self, study_id: int) -> None:
         """Load a study's frame in the background (the page's charts will need it)."""
@@ -83,7 +105,7 @@ def prewarm(dash: DashboardState, studies: int = 4) -> None:
         _prewarm_libraries()
         try:
             with dash.ctx.db.session() as session:
-                recent = [row.study_id for row in queries.list_studies(session)][-studies:]
+                recent = [row.study_id for row in queries.optuna_studies(session)][-studies:]
             for study_id in reversed(recent):
                 dash.frame(study_id)
         except Exception:  # noqa: BLE001 - best effort

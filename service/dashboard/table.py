@@ -1,8 +1,9 @@
 """The trials table: filtered, sorted and paginated on the server, from the cached frame.
 
-Only the page being shown is enriched with the service's rows (worker,
-attempts, diagnosis, epochs reported), with two queries over at most
-``MAX_LIMIT`` trial ids.
+Only the page being shown is read again, as the API's trial items
+(:func:`service.studies.trials.items_by_id`: state, worker, attempts, failure
+reason and diagnosis), plus the epochs each trial reported: a few queries
+over at most ``MAX_LIMIT`` trial ids.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from hpo.settings import OPTIMIZER
 from service.core.errors import InvalidRequest
 from service.dashboard import queries
-from service.dashboard.charts_base import OPTIMIZER
 from service.dashboard.frame import StudyFrame, TrialRow
-from service.dashboard.overview import diagnosis
+from service.dashboard.trial_view import describe
+from service.studies.trials import items_by_id
 
 MAX_LIMIT = 200
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -82,18 +84,20 @@ def page(session: Session, frame: StudyFrame, q: TableQuery) -> dict[str, Any]:
     rows = select_rows(frame, q)
     shown = rows[q.offset : q.offset + q.limit]
     ids = [r.trial_id for r in shown]
-    service = queries.service_trials(session, ids)
+    items = items_by_id(session, frame.meta.study_id, ids)
     epochs = queries.epochs_done(session, ids)
     columns = list(frame.axes)
     out = []
     for r in shown:
-        rec = service.get(r.trial_id)
+        item = items.get(r.trial_id)
+        state = item.state if item is not None else r.state.lower()
         out.append({
-            "number": r.number, "state": r.state, "value": _jsonable(r.value),
+            "number": r.number, "state": state, "value": _jsonable(r.value),
             "settings": {c: _jsonable(r.settings.get(c)) for c in columns},
             "duration_s": r.duration_s, "epochs": epochs.get(r.trial_id),
-            "worker": rec.worker_id if rec else None, "attempts": rec.attempts if rec else None,
-            "diagnosis": diagnosis(r.state, rec, epochs.get(r.trial_id)),
+            "worker": item.worker_id if item else None, "attempts": item.attempts if item else None,
+            "diagnosis": describe(state, item.diagnosis if item else None,
+                                  item.fail_reason if item else None, epochs.get(r.trial_id)),
         })  # fmt: skip
     return {"total": len(rows), "offset": q.offset, "limit": q.limit, "columns": columns,
             "rows": out}  # fmt: skip

@@ -1,93 +1,77 @@
-"""One trial in detail: settings, per-epoch metrics, diagnosis, attempts and workers."""
+"""One trial in detail: the API's ``TrialDetail`` plus what the trial page adds to it
+(settings by name, an epochs table, a short diagnosis, the per-epoch chart)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sqlalchemy.orm import Session
 
-from service.core.errors import TrialNotFound
-from service.dashboard import queries
+from hpo.schemas import ShownState, TrialDetail
+from hpo.settings import DEFAULT_OBJECTIVE, EPOCH_METRICS
 from service.dashboard.charts_base import layout
-from service.dashboard.frame import StudyMeta, as_utc, decode_value, distribution
-from service.dashboard.overview import diagnosis
-from service.storage.models import LeaseRecord
+from service.dashboard.frame import StudyMeta
+from service.studies.trials import study_trial_detail
 
-METRIC_COLUMNS = (
-    "train_loss", "val_loss", "val_accuracy", "lr", "grad_norm", "epoch_time_s",
-    "samples_per_s", "peak_memory_mb",
-)  # fmt: skip
+#: Columns of the epochs table, in the trainer's order (other metrics follow, sorted).
+METRIC_COLUMNS = tuple(m for m in EPOCH_METRICS if m != "epoch")
+LOSSES = tuple(m for m in EPOCH_METRICS if m.endswith("_loss"))
 
 
 @dataclass
-class TrialDetail:
-    number: int
-    trial_id: int
-    state: str
+class TrialView:
+    """What the trial page shows; ``detail`` is the API's answer for the trial."""
+
+    detail: TrialDetail
     value: float | None
-    start: Any
-    complete: Any
-    params: dict[str, Any]
     settings: dict[str, Any]
-    worker: str | None = None
-    attempts: int | None = None
-    diagnosis: str | None = None
-    fail_reason: str | None = None
-    leases: list[LeaseRecord] = field(default_factory=list)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
+    diagnosis: str | None
+    epochs: list[dict[str, Any]]
+    columns: list[str]
 
 
-def load(session: Session, meta: StudyMeta, number: int) -> TrialDetail:
-    row = queries.trial_by_number(session, meta.study_id, number)
-    if row is None:
-        raise TrialNotFound(f"study {meta.study_id} has no trial {number}", "number")
-    tid, _, state, start, complete = row
-    params = {
-        name: distribution(djson).to_external_repr(internal)
-        for _, name, internal, djson in queries.params_of(session, [tid])
-    }
-    value = queries.values_of(session, [tid]).get(tid)
-    detail = TrialDetail(
-        number, tid, getattr(state, "name", str(state)), decode_value(value, None),
-        as_utc(start), as_utc(complete), params,
-        meta.fixed | {meta.setting_of(k): v for k, v in params.items()},
-    )  # fmt: skip
-    detail.epochs = [
-        {"epoch": step, "value": v, **m}
-        for _, _, step, v, m in queries.metric_rows(session, meta.study_id, trial_ids=[tid])
-    ]
-    detail.epochs.sort(key=lambda e: e["epoch"])
-    seen = {k for e in detail.epochs for k in e}
-    detail.columns = [c for c in METRIC_COLUMNS if c in seen]
-    detail.columns += sorted(seen - set(detail.columns) - {"epoch", "value"})
-    _attach_service(session, detail)
-    return detail
+def describe(
+    state: str, diagnosis: str | None, fail_reason: str | None, last_epoch: int | None
+) -> str | None:
+    """What happened to a trial, in a few words (diverged, pruned at epoch N, ...)."""
+    if diagnosis:
+        return diagnosis
+    if state == ShownState.PRUNED:
+        return f"pruned at epoch {last_epoch}" if last_epoch else "pruned"
+    return fail_reason or None
 
 
-def _attach_service(session: Session, detail: TrialDetail) -> None:
-    record = queries.service_trials(session, [detail.trial_id]).get(detail.trial_id)
-    last_epoch = detail.epochs[-1]["epoch"] if detail.epochs else None
-    detail.diagnosis = diagnosis(detail.state, record, last_epoch)
-    if record is None:
-        return
-    detail.worker, detail.attempts = record.worker_id, record.attempts
-    detail.fail_reason = record.fail_reason
-    detail.leases = queries.trial_leases(session, record.id)
+def load(session: Session, meta: StudyMeta, number: int) -> TrialView:
+    """The trial ``number`` of a study (raises TrialNotFound)."""
+    detail = study_trial_detail(session, meta.study_id, number, meta.name)
+    epochs = [{"epoch": m.step, "value": m.value, **m.metrics} for m in detail.metrics]
+    epochs.sort(key=lambda e: e["epoch"])
+    seen = {k for e in epochs for k in e}
+    columns = [c for c in METRIC_COLUMNS if c in seen]
+    columns += sorted(seen - set(columns) - {"epoch", "value"})
+    last_epoch = epochs[-1]["epoch"] if epochs else None
+    return TrialView(
+        detail=detail,
+        value=detail.value if detail.value is not None else (detail.values or [None])[0],
+        settings=meta.settings(detail.params),
+        diagnosis=describe(detail.state, detail.diagnosis, detail.fail_reason, last_epoch),
+        epochs=epochs,
+        columns=columns,
+    )
 
 
-def figure(detail: TrialDetail) -> go.Figure | None:
-    """Loss and accuracy per epoch of one trial (None before the first report)."""
-    if not detail.epochs:
+def figure(view: TrialView) -> go.Figure | None:
+    """Loss and the default objective per epoch of one trial (None before the first report)."""
+    if not view.epochs:
         return None
-    epochs = [e["epoch"] for e in detail.epochs]
+    epochs = [e["epoch"] for e in view.epochs]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["loss", "accuracy"])
-    for key, col in (("train_loss", 1), ("val_loss", 1), ("val_accuracy", 2)):
-        if any(e.get(key) is not None for e in detail.epochs):
-            ys = [e.get(key) for e in detail.epochs]
+    for key, col in [*((loss, 1) for loss in LOSSES), (DEFAULT_OBJECTIVE, 2)]:
+        if any(e.get(key) is not None for e in view.epochs):
+            ys = [e.get(key) for e in view.epochs]
             fig.add_trace(go.Scatter(x=epochs, y=ys, mode="lines+markers", name=key), 1, col)
     fig.update_xaxes(title_text="epoch", dtick=1)
-    return layout(fig, f"Trial {detail.number}: per-epoch metrics")
+    return layout(fig, f"Trial {view.detail.number}: per-epoch metrics")

@@ -123,6 +123,14 @@ def trial_items(session: Session, rows: Sequence[Row[Any]]) -> list[TrialItem]:
     ]
 
 
+def items_by_id(session: Session, study_id: int, trial_ids: Sequence[int]) -> dict[int, TrialItem]:
+    """Some trials of a study as items, by trial id (the dashboard's table page)."""
+    if not trial_ids:
+        return {}
+    rows = session.execute(base_query(study_id).where(trials.c.trial_id.in_(trial_ids))).all()
+    return {item.trial_id: item for item in trial_items(session, rows)}
+
+
 def make_item(
     row: Row[Any],
     values: list[float | None],

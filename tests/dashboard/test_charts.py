@@ -11,7 +11,6 @@ import optuna
 import pytest
 
 from bench.synthetic import demo, seeding
-from service.dashboard import charts_optuna
 from service.dashboard.charts import STUDY_CHARTS
 from service.storage.models import TrialMetric
 from tests.dashboard.conftest import chart, values
@@ -95,38 +94,27 @@ def test_learning_curves_one_trace_per_optimizer_and_pruned_marked(viewer, study
     assert body["cursor"] > 0 and body["running"] == []
 
 
-def test_optuna_plots_for_a_small_study(viewer, study_id) -> None:
+def test_search_space_charts(viewer, study_id) -> None:
+    """History, importance, contour, parallel coordinates and slices: one implementation
+    each (drawn from the frame; importance is Optuna's PED-ANOVA)."""
     history = chart(viewer, study_id, "history")["figure"]
-    assert {t["name"] for t in history["data"]} >= {"Best Value"}
-    importance = chart(viewer, study_id, "importance")["figure"]
-    assert set(importance["data"][0]["y"]) >= {"lr", "optimizer", "weight_decay"}
+    best = next(t for t in history["data"] if t["name"] == "Best Value")
+    assert best["line"]["shape"] == "hv"
+    points = next(t for t in history["data"] if t["name"] == "val_accuracy")
+    assert max(values(best["y"])) == pytest.approx(max(values(points["y"])))
+    importance = chart(viewer, study_id, "importance")
+    assert set(importance["figure"]["data"][0]["y"]) >= {"lr", "optimizer", "weight_decay"}
+    assert "PED-ANOVA" in importance["figure"]["layout"]["title"]["text"]
     contour = chart(viewer, study_id, "contour")["figure"]
+    assert contour["data"][0]["type"] == "contour"
     assert contour["layout"]["xaxis"]["title"]["text"] == "lr"
     assert contour["layout"]["xaxis"]["type"] == "log"
     assert contour["layout"]["yaxis"]["type"] == "log"
-    parallel = chart(viewer, study_id, "parallel")["figure"]
-    assert len(parallel["data"]) > 50  # Optuna 5 draws one line (scatter) per trial
-    slices = chart(viewer, study_id, "slice")["figure"]
-    assert len([t for t in slices["data"] if t["type"] == "scatter"]) >= 6
-
-
-def test_large_studies_use_the_aggregate_versions(viewer, study_id, monkeypatch) -> None:
-    monkeypatch.setattr(
-        charts_optuna, "OPTUNA_LIMITS", dict.fromkeys(charts_optuna.OPTUNA_LIMITS, 5)
-    )
-    history = chart(viewer, study_id, "history")
-    assert "Optuna's plot_optimization_history is used up to 5" in history["note"]
-    best = next(t for t in history["figure"]["data"] if t["name"] == "Best Value")
-    assert best["line"]["shape"] == "hv"
-    contour = chart(viewer, study_id, "contour")["figure"]
-    assert contour["data"][0]["type"] == "contour"
-    assert (
-        contour["layout"]["xaxis"]["type"] == "log" and contour["layout"]["yaxis"]["type"] == "log"
-    )
     parallel = chart(viewer, study_id, "parallel")["figure"]["data"][0]
     labels = [d["label"] for d in parallel["dimensions"]]
     assert labels[0] == "val_accuracy" and "lr (log10)" in labels and "optimizer" in labels
     slices = chart(viewer, study_id, "slice")["figure"]
+    assert len([t for t in slices["data"] if t["type"] == "scatter"]) >= 6
     assert slices["layout"]["xaxis"]["type"] == "-"  # optimizer: categorical
 
 
@@ -160,18 +148,18 @@ def test_single_optimizer_study(viewer, ctx) -> None:
 
 
 def test_figures_are_cached_per_version(viewer, app, ctx, study_id) -> None:
-    figures = app.state.dashboard.figures
+    answers = app.state.dashboard.answers
     first = chart(viewer, study_id, "lr")
-    misses = figures.misses
+    misses = answers.misses
     again = chart(viewer, study_id, "lr")
-    assert again == first and figures.misses == misses
+    assert again == first and answers.misses == misses
     spec = demo.demo_spec("mnist-demo")
     study = optuna.load_study(study_name=spec.name, storage=ctx.store.storage)
     trial = study.ask()
     trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     study.tell(trial, 0.5)
     changed = chart(viewer, study_id, "lr")
-    assert changed["version"] != first["version"] and figures.misses == misses + 1
+    assert changed["version"] != first["version"] and answers.misses == misses + 1
 
 
 def test_curve_delta_sends_only_new_rows_and_ended_trials(viewer, ctx, study_id) -> None:
@@ -243,7 +231,7 @@ def test_big_studies_get_the_previous_figure_while_rebuilding(
     study.tell(trial, 0.5)
     stale = chart(viewer, study_id, "lr")
     assert stale["version"] == first["version"]  # answered at once, from the cache
-    assert app.state.dashboard.figures.idle(timeout_s=60)
+    assert app.state.dashboard.answers.idle(timeout_s=60)
     fresh = chart(viewer, study_id, "lr")
     assert fresh["version"] != first["version"]
     assert (

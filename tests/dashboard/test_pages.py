@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from bench.synthetic import demo, seeding
-from service.dashboard.pages import CSP
+from service.dashboard.pages import CSP, SHOWN_STATES
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -131,10 +131,12 @@ def test_studies_overview(viewer, study_id, ctx) -> None:
     studies = {s["name"]: s for s in viewer.get("/api/v1/dashboard/studies").json()}
     seeded = studies["mnist-demo"]
     assert seeded["run_state"] == "running" and seeded["sampler"] == "tpe"
-    assert sum(seeded["counts"].values()) == seeded["total"] == 90
+    counts = seeded["counts"]  # the API's TrialCounts
+    assert counts == viewer.get(f"/api/v1/studies/{study_id}").json()["counts"]
+    assert counts["total"] == 90 == sum(counts[s] for s in SHOWN_STATES)
     assert seeded["best"]["value"] > 0.9 and "lr" in seeded["best"]["settings"]
     assert seeded["best"]["settings"]["epochs"] == 10  # fixed settings are part of it
-    assert studies["empty"]["best"] is None and studies["empty"]["total"] == 0
+    assert studies["empty"]["best"] is None and studies["empty"]["counts"]["total"] == 0
 
 
 def test_trials_table_filters_sorts_and_paginates(viewer, study_id) -> None:
@@ -145,7 +147,7 @@ def test_trials_table_filters_sorts_and_paginates(viewer, study_id) -> None:
     best = viewer.get(url, params={"sort": "value", "order": "desc", "state": "COMPLETE"}).json()
     values = [r["value"] for r in best["rows"]]
     assert values == sorted(values, reverse=True)
-    assert all(r["state"] == "COMPLETE" for r in best["rows"])
+    assert all(r["state"] == "complete" for r in best["rows"])
     adam = viewer.get(url, params={"optimizer": "adam", "sort": "lr"}).json()
     assert adam["total"] > 0 and all(r["settings"]["optimizer"] == "adam" for r in adam["rows"])
     lrs = [r["settings"]["lr"] for r in adam["rows"]]
@@ -185,19 +187,19 @@ def test_workers_show_devices_current_trial_throughput_and_memory(viewer, ctx, s
 def test_version_endpoint_and_incremental_frame(viewer, app, ctx, study_id) -> None:
     url = f"/api/v1/dashboard/studies/{study_id}/version"
     before = viewer.get(url).json()
-    assert before["counts"]["COMPLETE"] > 0 and before["metrics"] > 0
-    frame = app.state.dashboard.frames.peek(study_id)
+    assert before["counts"]["complete"] > 0 and before["metrics"] > 0
+    frame = app.state.dashboard.frames.peek((study_id,))
     study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
     trial = study.ask()
     trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     running = viewer.get(url).json()
-    assert running["trials"] != before["trials"] and running["counts"]["RUNNING"] == 1
-    refreshed = app.state.dashboard.frames.peek(study_id)
+    assert running["trials"] != before["trials"] and running["counts"]["running"] == 1
+    refreshed = app.state.dashboard.frames.peek((study_id,))
     assert refreshed is not frame
     assert refreshed.rows[0] is frame.rows[0]  # finished trials are kept, not reloaded
     study.tell(trial, 0.99)
     done = viewer.get(url).json()
-    assert done["counts"]["RUNNING"] == 0
+    assert done["counts"]["running"] == 0
     assert done["best"]["number"] == 90 and done["best"]["value"] == 0.99
 
 

@@ -195,8 +195,8 @@
         el("td", {}, el("a", { href: `${PREFIX}/studies/${encodeURIComponent(s.study_id)}` }, s.name)),
         el("td", {}, el("span", { class: `badge state-${s.run_state}` }, s.run_state)),
         el("td", {}, s.sampler),
-        el("td", { class: "num" }, s.counts.COMPLETE), el("td", { class: "num" }, s.counts.PRUNED),
-        el("td", { class: "num" }, s.counts.FAIL), el("td", { class: "num" }, s.counts.RUNNING),
+        el("td", { class: "num" }, s.counts.complete), el("td", { class: "num" }, s.counts.pruned),
+        el("td", { class: "num" }, s.counts.fail), el("td", { class: "num" }, s.counts.running + s.counts.queued),
         el("td", { class: "num" }, s.best ? el("a", { href: trialUrl(s.study_id, s.best.number) }, fmt(s.best.value)) : "—"),
         el("td", { class: "settings-cell" }, best),
         el("td", {}, s.workers.length ? s.workers.join(", ") : "—"));
@@ -214,11 +214,11 @@
 
   function workersPage() {
     const row = (w) => el("tr", { class: w.alive ? "" : "gone" },
-      el("td", {}, w.name, w.alive ? null : el("span", { class: "badge state-fail" }, "gone")),
+      el("td", {}, w.name || w.worker_id, w.alive ? null : el("span", { class: "badge state-fail" }, "gone")),
       el("td", {}, w.hostname),
       el("td", {}, w.devices.join(", ") || "—"),
       el("td", {}, w.trial ? el("a", { href: trialUrl(w.trial.study_id, w.trial.number) }, `${w.trial.study} #${w.trial.number}`) : "idle"),
-      el("td", { title: w.last_seen }, ago(w.last_seen)),
+      el("td", { title: w.last_seen_at }, ago(w.last_seen_at)),
       el("td", { class: "num" }, w.samples_per_s === null ? "—" : Math.round(w.samples_per_s).toLocaleString()),
       el("td", { class: "num" }, w.peak_memory_mb === null ? "—" : Math.round(w.peak_memory_mb).toLocaleString()),
       el("td", { class: "num" }, w.recent_trials),
