@@ -15,7 +15,9 @@ Measures, over real HTTP against a uvicorn server:
    a warm server + warm browser cache;
 3. baseline: the same Optuna charts the naive way, ``optuna.load_study`` over the
    database + ``optuna.visualization.plot_*`` + ``to_json`` (each in a subprocess
-   with a time limit).
+   with a time limit);
+4. chart paths: Optuna's plot functions against the dashboard's charts drawn from
+   the frame, at ``--chart-sizes`` trials (``bench/dashboard_charts.py``).
 
 Writes a Markdown report (default ``bench/results/dashboard.md``).
 """
@@ -43,6 +45,7 @@ import httpx  # noqa: E402
 import optuna  # noqa: E402
 import plotly  # noqa: E402
 
+from bench import dashboard_charts  # noqa: E402
 from bench.synthetic import demo, seeding  # noqa: E402
 from service.core.auth import create_token_without_commit  # noqa: E402
 from service.core.config import Settings  # noqa: E402
@@ -147,7 +150,7 @@ def server_round(url: str, tmp: Path, study_id: int, token: str) -> dict[str, di
     api = f"/api/v1/dashboard/studies/{study_id}"
     out: dict[str, dict[str, float]] = {"cold": {}, "changed": {}, FRESH: {}, "cached": {}}
     try:
-        dash.frames.forget(study_id)
+        dash.forget(study_id)
         started = time.perf_counter()
         dash.frame(study_id)
         out["cold"][TABLE] = (time.perf_counter() - started) * 1000
@@ -343,6 +346,17 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
                   "| case | median | max |", "|---|--:|--:|"]  # fmt: skip
         lines += [f"| {case} | {median(v):,.0f} | {max(v):,.0f} |"
                   for case, v in data["browser"].items()]  # fmt: skip
+    if "chart_paths" in data:
+        lines += [
+            "",
+            "## Chart paths: Optuna's plot functions vs drawn from the frame",
+            "",
+            "The same trials (a bulk-inserted study per size), ms per figure + `to_json()`, "
+            "one process (`bench/dashboard_charts.py`). The dashboard draws each of these "
+            "charts from the frame only.",
+            "",
+            *dashboard_charts.table(data["chart_paths"]),
+        ]
     if "baseline" in data:
         lines += [
             "",
@@ -364,6 +378,8 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-browser", action="store_true")
     parser.add_argument("--baseline-limit-s", type=float, default=300.0)
+    parser.add_argument("--chart-sizes", default="200,10000",
+                        help="trial counts for the chart-path comparison ('' to skip)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.md")
     parser.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,6 +398,9 @@ def main() -> None:
         print(json.dumps(data["browser"], indent=1), flush=True)
     if not args.skip_baseline:
         data["baseline"] = baseline(url, args.baseline_limit_s)
+    if args.chart_sizes:
+        sizes = [int(n) for n in args.chart_sizes.split(",")]
+        data["chart_paths"] = dashboard_charts.measure(sizes)
     data["env"]["load average at end (1 min)"] = f"{os.getloadavg()[0]:.1f}"
     text = report(args, data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
