@@ -1,14 +1,20 @@
 """hpo: the part of hpo-service that users import.
 
-The wire contract between the server and its workers (:mod:`hpo.protocol`),
-the study spec schema (:mod:`hpo.spec`), the reference trainer's settings
-(:mod:`hpo.settings`), the read models of the API (:mod:`hpo.schemas`) and the
-typed REST client (:class:`hpo.Client`). Importing it loads neither torch nor
-any server package (fastapi, sqlalchemy, optuna): ``service`` and ``workers``
-both build on it and never on each other.
+* :class:`hpo.Client`: the typed REST client (studies, trials, the trial protocol);
+* :class:`hpo.Trial`, :class:`hpo.TrialPruned`: Optuna's trial API over a lease, for
+  objectives run by ``hpo worker --objective`` or ``--command``;
+* :func:`hpo.current_trial`, :func:`hpo.run`: inside a ``--command`` training process;
+* the contract shared by the server and the workers: :mod:`hpo.protocol` (wire
+  bodies), :mod:`hpo.spec` (study specs), :mod:`hpo.settings` (the built-in
+  trainer's settings), :mod:`hpo.schemas` (the API's read models).
+
+Importing it loads neither torch nor any server package (fastapi, sqlalchemy,
+optuna): ``service`` and ``workers`` both build on it and never on each other.
 """
 
+from hpo.child import current_trial, run
 from hpo.client import Client
 from hpo.spec import StudySpec
+from hpo.trial import Trial, TrialPruned
 
-__all__ = ["Client", "StudySpec"]
+__all__ = ["Client", "StudySpec", "Trial", "TrialPruned", "current_trial", "run"]

@@ -38,6 +38,8 @@ from hpo.protocol import (
     LeaseRequest,
     LeaseResponse,
     ReportRequest,
+    SuggestRequest,
+    SuggestResponse,
     WorkerInfo,
     WorkerRegistration,
 )
@@ -260,6 +262,12 @@ class Client:
     def report(self, lease_id: str, request: ReportRequest) -> ActionResponse:
         """One per-step objective value and metrics; the answer says continue/prune/stop."""
         return self._lease_call(lease_id, "report", request, ActionResponse, self.policies.report)
+
+    def suggest(self, lease_id: str, request: SuggestRequest) -> SuggestResponse:
+        """Define-by-run: one parameter sampled by the study's sampler (retried: idempotent)."""
+        return self._lease_call(
+            lease_id, "suggest", request, SuggestResponse, self.policies.default
+        )
 
     def complete(self, lease_id: str, request: CompleteRequest) -> FinishResponse:
         """Finish a trial; retried until delivered (idempotent on the server)."""

@@ -88,6 +88,11 @@ class StudySummary(StudyItem):
     best_trials: list[BestTrial] | None = Field(
         default=None, description="multi-objective studies: the Pareto front"
     )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="why the study's trials wait: no live worker runs its workload or has "
+        "its resources",
+    )
 
 
 class StudyPage(BaseModel):

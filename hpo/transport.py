@@ -97,7 +97,8 @@ class RetryPolicy:
         """Seconds to wait before request ``attempt + 1``, or None to give up."""
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return None
-        delay = rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        # The exponent is bounded: a worker idle for days counts thousands of attempts.
+        delay = rng.uniform(0.0, min(self.cap_s, self.base_s * 2 ** min(attempt - 1, 40)))
         if self.max_total_s is not None:
             remaining = self.max_total_s - elapsed
             if remaining <= 0:

@@ -24,10 +24,11 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hpo.client import Client
-from hpo.protocol import LeaseRequest, LeaseResponse, WorkerRegistration
+from hpo.protocol import LeaseRequest, LeaseResponse, TrialSpec, WorkerRegistration
 from hpo.transport import (
     ApiError,
     AuthError,
@@ -36,9 +37,19 @@ from hpo.transport import (
     RetryPolicy,
     ServerUnavailable,
 )
-from workers.devices import DeviceError, describe_device, resolve_device
+from hpo.trial import Trial
+from workers.commands import CommandEnv, check_executable, parse_command, run_command_trial
+from workers.devices import (
+    DeviceError,
+    describe_device,
+    resolve_device,
+    resources_for,
+    trial_gpus,
+)
+from workers.objectives import ObjectiveError, load_objective
 from workers.options import ExitCode, WorkerOptions
-from workers.runner import TrialEnv, run_trial
+from workers.reference import ReferenceObjective
+from workers.runner import TrialEnd, TrialEnv, run_trial
 from workers.ui import make_progress
 
 log = logging.getLogger("workers.daemon")
@@ -56,8 +67,10 @@ def _version() -> str:
 class Worker:
     """One worker process on one device.
 
-    ``load_data``, ``configure`` and ``train`` default to the real trainer
-    (imported lazily); tests inject stand-ins.
+    What it runs per trial: the built-in trainer (default), ``--objective`` (a
+    function called in this process) or ``--command`` (a child process per
+    trial). ``load_data`` and ``train`` default to the real trainer's (imported
+    lazily); tests inject stand-ins.
     """
 
     def __init__(
@@ -65,7 +78,6 @@ class Worker:
         options: WorkerOptions,
         *,
         load_data: Any = None,
-        configure: Any = None,
         train: Any = None,
         install_signals: bool = True,
     ) -> None:
@@ -74,7 +86,6 @@ class Worker:
         self.trials_done = 0
         self.worker_id: str | None = None
         self._load_data = load_data
-        self._configure = configure
         self._train = train
         self._install = install_signals
         self._signals = 0
@@ -84,26 +95,42 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
-        """Load data, register, loop until a signal or ``max_trials``; the exit code."""
+        """Prepare what trials run, register, loop until a signal or a limit; the exit code."""
         if self._install and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
         try:
-            device = self.device = resolve_device(self.options.device)
-        except DeviceError as exc:
+            self.device = resolve_device(self.options.device)
+            runs = self._prepare()
+        except (DeviceError, ObjectiveError, ValueError) as exc:
             log.error("%s", exc)
             return ExitCode.CONFIG
-        data = self._data(device)
-        if data is None:
+        if runs is None:
             return ExitCode.CONFIG
         if self.shutdown.is_set():
             return ExitCode.OK
         with self._client() as client:
-            code = self._register(client, device)
+            code = self._register(client, self.device)
             if code is not None:
                 return code
-            env = self._env(client, device, data)
-            return self._loop(env)
+            return self._loop(client, runs)
+
+    def _prepare(self) -> Callable[[Client, TrialSpec], TrialEnd] | None:
+        """How one trial runs here; None (after a clear log line) when it cannot."""
+        opts = self.options
+        if opts.command:
+            argv = parse_command(opts.command)
+            check_executable(argv[0])
+            return lambda client, spec: run_command_trial(self._command_env(client, argv), spec)
+        if opts.objective:
+            objective = load_objective(opts.objective)
+            log.info("objective %s loaded", opts.objective)
+        else:
+            data = self._data(self.device)
+            if data is None:
+                return None
+            objective = ReferenceObjective(data, self.device, self._train)
+        return lambda client, spec: run_trial(self._env(client, objective), spec)
 
     def request_shutdown(self, reason: str = "shutdown requested") -> None:
         """Stop taking work; the running trial is abandoned at its next batch."""
@@ -123,7 +150,7 @@ class Worker:
         return Client(
             self.options.server,
             self.options.token,
-            timeout or self.options.timeout_s,
+            timeout or self.options.http_timeout_s,
             stop=self.shutdown,
             user_agent=f"hpo-worker/{_version()}",
         )
@@ -149,7 +176,9 @@ class Worker:
             hostname=host[:255],
             devices=describe_device(device),
             version=_version(),
-            name=(self.options.name or f"{host}:{label}:{os.getpid()}")[:255],
+            name=(self.options.name or f"{host}:{label}")[:255],
+            workloads=self.options.workloads,
+            resources=resources_for(device, self.options.gpus_per_trial),
         )
         try:
             info = client.register(body, wait=True, deadline_s=self.options.server_wait_s)
@@ -168,33 +197,37 @@ class Worker:
         log.info("registered as worker %s (%s) on %s", info.worker_id, body.name, device)
         return None
 
-    def _env(self, client: Client, device: str, data: Any) -> TrialEnv:
-        configure, train = self._configure, self._train
-        if configure is None:
-            from hpo.settings import TrainConfig
-
-            configure = TrainConfig.from_settings
-        if train is None:
-            from workers.trainer import train
+    def _env(self, client: Client, objective: Callable[[Trial], Any]) -> TrialEnv:
         return TrialEnv(
             client=client,
-            make_client=lambda: self._heartbeat_client(),
-            device=device,
-            data=data,
+            make_client=self._heartbeat_client,
             shutdown=self.shutdown,
-            configure=configure,
-            train=train,
+            objective=objective,
             view=make_progress(),
+        )
+
+    def _command_env(self, client: Client, argv: list[str]) -> CommandEnv:
+        opts = self.options
+        return CommandEnv(
+            client=client,
+            make_client=self._heartbeat_client,
+            shutdown=self.shutdown,
+            argv=argv,
+            server=opts.server,
+            token=opts.token,
+            timeout_s=opts.trial_timeout_s,
+            param_args=opts.param_args,
+            gpus=trial_gpus(self.device, opts.gpus_per_trial),
         )
 
     def _heartbeat_client(self) -> Client:
         # A client of its own (httpx clients are not shared across threads here)
         # and a short timeout: a heartbeat that hangs is worth less than the next.
-        return self._client(timeout=min(self.options.timeout_s, 10.0))
+        return self._client(timeout=min(self.options.http_timeout_s, 10.0))
 
     # ------------------------------------------------------------------ work loop
 
-    def _loop(self, env: TrialEnv) -> int:
+    def _loop(self, client: Client, runs: Callable[[Client, TrialSpec], TrialEnd]) -> int:
         """Lease and run trials until shutdown, ``max_trials`` or ``idle_exit_s``."""
         idle = RetryPolicy(None, None, 0.5, max(0.5, self.options.idle_backoff_s))
         idle_round, idle_since = 0, time.monotonic()
@@ -203,11 +236,11 @@ class Worker:
             if limit is not None and self.trials_done >= limit:
                 log.info("ran %d trial(s) (--max-trials): exiting", self.trials_done)
                 return ExitCode.OK
-            answer = self._lease(env.client)
+            answer = self._lease(client)
             if isinstance(answer, int):
                 return answer
             if answer is None or answer.trial is None:
-                if self._idle_exit(env.client, answer, idle_since):
+                if self._idle_exit(client, answer, idle_since):
                     return ExitCode.OK
                 idle_round += 1
                 delay = idle.delay(idle_round, 0.0, _RNG) or 0.0
@@ -217,7 +250,7 @@ class Worker:
                 continue
             idle_round = 0
             self._last_idle_reason = None
-            end = run_trial(env, answer.trial)
+            end = runs(client, answer.trial)
             self.trials_done += 1
             idle_since = time.monotonic()
             if end.device_error:

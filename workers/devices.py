@@ -11,6 +11,8 @@ import logging
 import os
 from collections.abc import Callable
 
+from hpo.protocol import Resources
+
 log = logging.getLogger("workers.devices")
 
 
@@ -47,6 +49,29 @@ def _index(spec: str) -> int:
     if index < 0:
         raise DeviceError(f"bad device {spec!r}: N must be >= 0")
     return index
+
+
+def resources_for(device: str, gpus_per_trial: int | None = None) -> Resources:
+    """What this worker process offers a trial: its GPUs and their memory (none on cpu)."""
+    if not device.startswith("cuda"):
+        return Resources()
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return Resources(gpus=gpus_per_trial or 1, gpu_memory_gb=round(props.total_memory / 2**30, 1))
+
+
+def trial_gpus(device: str, gpus_per_trial: int | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a ``--command`` child: the first ``gpus_per_trial`` GPUs
+    this process sees (None: the child inherits this process's devices)."""
+    if not gpus_per_trial or not device.startswith("cuda"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count()
+    if gpus_per_trial > count:
+        raise DeviceError(f"--gpus-per-trial {gpus_per_trial}: only {count} GPU(s) visible")
+    return ",".join(_visible_ids(count)[:gpus_per_trial])
 
 
 def describe_device(device: str) -> list[str]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpo.settings import REFERENCE_WORKLOAD
 
 #: Environment variable through which the supervisor passes options to a child.
 OPTIONS_ENV = "HPO_WORKER_OPTIONS"
@@ -40,6 +42,33 @@ class WorkerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    objective: str | None = option(
+        None, "--objective", "MODULE:FUNCTION: run this Optuna-style objective for each trial"
+    )
+    command: str | None = option(
+        None, "--command", "run this command for each trial, one child process per trial"
+    )
+    workload: str | None = option(
+        None,
+        "--workload",
+        f"the workload this worker runs (needed with --objective/--command; "
+        f"default: the built-in {REFERENCE_WORKLOAD})",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=64,
+    )
+    trial_timeout_s: float | None = option(
+        None, "--timeout", "fail a --command trial that runs longer than this (seconds)", gt=0
+    )
+    gpus_per_trial: int | None = option(
+        None,
+        "--gpus-per-trial",
+        "GPUs per --command trial (CUDA_VISIBLE_DEVICES of the child; e.g. a torchrun job)",
+        ge=1,
+        le=64,
+    )
+    param_args: bool = option(
+        True, "--param-args", "also pass a --command trial's parameters as --name=value arguments"
+    )
     server: str = option(
         ..., "--server", "server URL, e.g. http://hpo:8000", "HPO_SERVER", min_length=1
     )
@@ -83,7 +112,7 @@ class WorkerOptions(BaseModel):
         ge=0,
     )
     wait_s: float = option(5.0, None, "long-poll on the server per lease request", ge=0, le=30)
-    timeout_s: float = option(30.0, None, "HTTP timeout per request", gt=0)
+    http_timeout_s: float = option(30.0, None, "HTTP timeout per request", gt=0)
 
     @field_validator("studies", mode="before")
     @classmethod
@@ -99,7 +128,24 @@ class WorkerOptions(BaseModel):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
-    @field_validator("token", "gpus", "data_dir", "name", mode="before")
+    @model_validator(mode="after")
+    def _one_kind(self) -> WorkerOptions:
+        if self.objective and self.command:
+            raise ValueError("--objective and --command exclude each other")
+        if (self.objective or self.command) and not self.workload:
+            raise ValueError(
+                "--workload: name the workload this worker runs (the studies' `workload:`)"
+            )
+        if self.workload == REFERENCE_WORKLOAD and (self.objective or self.command):
+            raise ValueError(f"--workload {REFERENCE_WORKLOAD} is the built-in trainer's name")
+        return self
+
+    @property
+    def workloads(self) -> list[str]:
+        """The workloads this worker runs (leases match studies' ``workload:``)."""
+        return [self.workload or REFERENCE_WORKLOAD]
+
+    @field_validator("token", "gpus", "data_dir", "name", "objective", "command", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -38,7 +38,7 @@ def create_study(spec: StudySpec, services: ServicesDep, _: AdminDep) -> StudySu
     """Create a study from its spec (a genuine Optuna study plus the service's record)."""
     record = domain.create_study(services, spec)
     with services.db.session() as session:
-        return domain.study_summary(session, record)
+        return domain.study_summary(session, record, services.settings.worker_timeout_s)
 
 
 @router.get("", response_model=StudyPage)
@@ -50,9 +50,13 @@ def list_studies(
 
 
 @router.get("/{study}", response_model=StudySummary, responses=error_responses(404))
-def get_study(study: StudyRef, session: SessionDep, _: ViewerDep) -> StudySummary:
-    """A study's spec, run state, trial counts and best trial (or Pareto front)."""
-    return domain.study_summary(session, domain.get_study_record(session, study))
+def get_study(
+    study: StudyRef, session: SessionDep, services: ServicesDep, _: ViewerDep
+) -> StudySummary:
+    """A study's spec, run state, trial counts, best trial (or Pareto front), and why it
+    waits when no live worker can run its trials."""
+    record = domain.get_study_record(session, study)
+    return domain.study_summary(session, record, services.settings.worker_timeout_s)
 
 
 def _change(session: SessionDep, study: str, action: str) -> StudySummary:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     worker_timeout_s: float = Field(
         default=120.0, gt=0, description="a worker not seen for this long is shown as gone"
     )
+    worker_forget_s: float = Field(
+        default=86400.0, gt=0, description="a gone worker is removed from the registry after this"
+    )
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
 

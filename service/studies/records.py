@@ -36,6 +36,7 @@ from hpo.spec import StudySpec
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import Conflict, InvalidRequest, InvalidSpec, StudyExists, StudyNotFound
+from service.fleet.registry import unmatched_reason
 from service.storage.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
 from service.storage.optuna_rows import (
     ValueType,
@@ -205,16 +206,26 @@ def trial_counts(session: Session, study_ids: list[int]) -> dict[int, TrialCount
     return out
 
 
-def study_summary(session: Session, record: StudyRecord) -> StudySummary:
-    """Counts, spec and best trial (single objective) or Pareto front (multi-objective)."""
+def study_summary(
+    session: Session, record: StudyRecord, worker_timeout_s: float | None = None
+) -> StudySummary:
+    """Counts, spec and best trial (single objective) or Pareto front (multi-objective).
+
+    With ``worker_timeout_s`` a running study that has work but no live worker able
+    to run it (its workload, its resources) says so in ``waiting_reason``.
+    """
     spec = load_spec(record)
-    item = study_item(record, spec, trial_counts(session, [record.study_id])[record.study_id])
+    counts = trial_counts(session, [record.study_id])[record.study_id]
+    item = study_item(record, spec, counts)
     summary = StudySummary(
         **item.model_dump(),
         description=spec.description,
         seed=record.seed,
         spec=record.spec,
     )
+    has_work = counts.queued > 0 or counts.total < spec.budget.max_trials
+    if worker_timeout_s is not None and record.state == StudyState.RUNNING and has_work:
+        summary.waiting_reason = unmatched_reason(session, spec, worker_timeout_s)
     if spec.is_multi_objective:
         summary.best_trials = pareto_front(session, record.study_id, spec.study_directions)
     else:

@@ -191,6 +191,7 @@ def reap_all(ctx: AppContext) -> int:
         apply_expiry(ctx, expiry)
         count += expiry.expired + len(expiry.settlements)
     count += _drop_stale_creating(ctx, now)
+    count += _forget_gone_workers(ctx, now)
     count += _recover_finishing(ctx, now)
     count += _reconcile_optuna(ctx, now)
     return count
@@ -222,6 +223,13 @@ def _drop_stale_creating(ctx: AppContext, now: datetime) -> int:
             )
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _forget_gone_workers(ctx: AppContext, now: datetime) -> int:
+    """Registry rows of workers gone for ``worker_forget_s`` (restarts leave new rows)."""
+    with ctx.db.session() as session:
+        cutoff = now - timedelta(seconds=ctx.settings.worker_forget_s)
+        return workers_registry.forget_gone_without_commit(session, cutoff)
 
 
 def _recover_finishing(ctx: AppContext, now: datetime) -> int:

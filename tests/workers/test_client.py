@@ -311,6 +311,12 @@ def test_backoff_is_exponential_and_capped() -> None:
     assert len(seen) == 6
 
 
+def test_delay_stays_bounded_after_thousands_of_attempts() -> None:
+    # An idle worker retries for days: 2**attempt must not overflow a float.
+    policy = RetryPolicy(None, None, 0.5, 10.0)
+    assert 0.0 <= policy.delay(100_000, 0.0, random.Random(1)) <= 10.0  # type: ignore[operator]
+
+
 def test_full_jitter_stays_within_the_bound() -> None:
     policy = RetryPolicy(None, None, base_s=0.5, cap_s=8.0)
     rng = random.Random(1)

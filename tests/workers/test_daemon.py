@@ -44,6 +44,7 @@ def trial_spec(number: int, **overrides: Any) -> dict[str, Any]:
         "heartbeat_interval_s": 0.05,
     }
     spec.update(overrides)
+    spec.setdefault("settings", {**spec["fixed"], **spec["params"]})
     return spec
 
 
@@ -287,7 +288,12 @@ def test_shutdown_mid_trial_abandons_for_a_rerun(one_trial, trainer) -> None:
     )
     assert worker.run() == ExitCode.OK
     [(lease, body)] = one_trial.of("fail")
-    assert body == {"reason": "worker shutting down", "retry": True, "diagnosis": None}
+    assert body == {
+        "reason": "worker shutting down",
+        "retry": True,
+        "diagnosis": None,
+        "user_attrs": {},
+    }
     assert one_trial.of("complete") == []
     assert len(one_trial.of("lease")) == 1  # no new work after the signal
 

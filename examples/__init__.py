@@ -1,0 +1,1 @@
+"""Examples of tuning your own model on the fleet (see examples/README.md)."""

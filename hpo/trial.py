@@ -1,0 +1,294 @@
+"""``hpo.Trial``: Optuna's trial API over a lease, so an objective runs unchanged on the fleet.
+
+An objective written for ``study.optimize`` takes a trial and calls
+``suggest_float`` / ``suggest_int`` / ``suggest_categorical``, ``report``,
+``should_prune`` and ``set_user_attr``; :class:`Trial` answers each through the
+trial's lease:
+
+* a study with a declared ``space`` leased the values already: ``suggest_*``
+  returns them, and fails the trial (:class:`SpaceMismatch`, naming the
+  parameter) when the objective asks for something the spec does not declare;
+* a study without a space is define-by-run: each new parameter is sampled on
+  the server by the study's Optuna sampler (one round trip), and a re-run gets
+  the recorded value back.
+
+Raise :class:`TrialPruned` (or Optuna's) to prune. Extensions beyond Optuna's API:
+``report(..., metrics=...)`` sends more per-step metrics (the diagnosis reads
+them), ``set_metrics`` stores final metrics with the trial, ``settings`` and
+``seed`` carry the study's fixed settings and the trial's seed, ``stopping``
+tells a long-running step to stop at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.protocol import (
+    MAX_METRIC_NAME,
+    MAX_METRICS,
+    Action,
+    ActionResponse,
+    ReportRequest,
+    SuggestRequest,
+    TrialSpec,
+)
+from hpo.transport import ClientError, LeaseGone
+
+log = logging.getLogger("hpo.trial")
+
+
+class TrialPruned(Exception):  # noqa: N818 - Optuna's name, so objectives read the same
+    """Raise from an objective to end the trial as pruned."""
+
+
+class TrialStopped(Exception):  # noqa: N818
+    """The trial must end now without a result: the lease is gone, the study stopped,
+    or the worker is shutting down (raised by the trial's methods)."""
+
+
+class SpaceMismatch(ValueError):
+    """The objective asked for a parameter the study's spec does not declare this way."""
+
+
+@dataclass
+class Control:
+    """Flags shared by a trial, the worker's heartbeat thread and its signal handler."""
+
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    prune: threading.Event = field(default_factory=threading.Event)
+    drop: threading.Event = field(default_factory=threading.Event)
+    drop_reason: str = ""
+
+    def should_stop(self) -> bool:
+        """True once training must stop at the next step boundary."""
+        return self.shutdown.is_set() or self.prune.is_set() or self.drop.is_set()
+
+    def apply(self, answer: ActionResponse, source: str) -> None:
+        """Act on a heartbeat/report answer: prune or stop set a flag."""
+        if answer.action == Action.PRUNE and not self.prune.is_set():
+            log.info("server asks to prune (%s)", source)
+            self.prune.set()
+        elif answer.action == Action.STOP:
+            self.drop_trial(f"server says stop ({source}): {answer.message or 'no reason'}")
+
+    def drop_trial(self, reason: str) -> None:
+        """Stop training and end the attempt without complete/fail."""
+        if not self.drop.is_set():
+            self.drop_reason = reason
+            self.drop.set()
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float | int | str | None]:
+    """Map metrics onto what the wire accepts: NaN/Inf -> None, bool -> int, else str."""
+    out: dict[str, float | int | str | None] = {}
+    for name, value in metrics.items():
+        key = str(name)[:MAX_METRIC_NAME]
+        if len(out) >= MAX_METRICS or not key:
+            continue
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, int) or value is None:
+            out[key] = value
+        elif isinstance(value, float):
+            out[key] = value if math.isfinite(value) else None
+        else:
+            out[key] = str(value)[:1000]
+    return out
+
+
+def trial_label(spec: TrialSpec) -> str:
+    """``study#number`` for log lines."""
+    return f"{spec.study_name}#{spec.trial_number}"
+
+
+class Trial:
+    """One leased trial, with Optuna's trial API (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        spec: TrialSpec,
+        control: Control | None = None,
+        on_report: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._client, self._spec = client, spec
+        self.control = control or Control()
+        self._on_report = on_report
+        self._params: dict[str, Any] = {}
+        self.user_attrs: dict[str, Any] = {}
+        self.metrics: dict[str, Any] = {}
+        self.diagnosis: str | None = None
+        self.last_value: float | None = None
+        self.last_step: int | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def number(self) -> int:
+        """The trial's number in its study (Optuna's)."""
+        return self._spec.trial_number
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters suggested so far, by name (Optuna's ``trial.params``)."""
+        return dict(self._params)
+
+    @property
+    def spec(self) -> TrialSpec:
+        """The lease's trial spec (study, attempt, objectives, fixed settings...)."""
+        return self._spec
+
+    @property
+    def study_name(self) -> str:
+        return self._spec.study_name
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The study's fixed settings plus the leased params under their setting names."""
+        return dict(self._spec.settings)
+
+    @property
+    def seed(self) -> int:
+        """The trial's seed, derived from the study seed and the trial number."""
+        return self._spec.seed
+
+    @property
+    def stopping(self) -> bool:
+        """True once the trial should stop at the next step (pruned, stopped, shutdown)."""
+        return self.control.should_stop()
+
+    # ------------------------------------------------------------------ suggest
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        """A float in [low, high] (log scale or a step grid, as in Optuna)."""
+        dist = {"type": "float", "low": low, "high": high, "log": log, "step": step}
+        return float(self._suggest(name, dist))
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        """An int in [low, high] (log scale or a step, as in Optuna)."""
+        dist = {"type": "int", "low": low, "high": high, "log": log, "step": step}
+        return int(self._suggest(name, dist))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        """One of ``choices``."""
+        return self._suggest(name, {"type": "categorical", "choices": list(choices)})
+
+    def _suggest(self, name: str, dist: dict[str, Any]) -> Any:
+        self._check_live()
+        if name in self._params:
+            return self._params[name]
+        if self._spec.space is not None:
+            value = self._declared(name, dist)
+        else:
+            value = self._sample(name, dist)
+        self._params[name] = value
+        return value
+
+    def _declared(self, name: str, dist: dict[str, Any]) -> Any:
+        declared = self._spec.space.get(name) if self._spec.space else None
+        if declared is None:
+            names = ", ".join(self._spec.space or {}) or "none"
+            raise SpaceMismatch(
+                f"parameter {name!r} is not in the study's space (declared: {names})"
+            )
+        problem = _disagreement(declared, dist)
+        if problem:
+            raise SpaceMismatch(f"parameter {name!r}: {problem}")
+        if name not in self._spec.params:
+            raise SpaceMismatch(
+                f"parameter {name!r} was not sampled for this trial: its condition "
+                f"when={declared.get('when')} does not hold"
+            )
+        return self._spec.params[name]
+
+    def _sample(self, name: str, dist: dict[str, Any]) -> Any:
+        body = SuggestRequest(
+            name=name, distribution={k: v for k, v in dist.items() if v is not None}
+        )
+        try:
+            return self._client.suggest(self._spec.lease_id, body).value
+        except LeaseGone as exc:
+            self.control.drop_trial(f"lease gone: {exc.detail}")
+            raise TrialStopped(self.control.drop_reason) from exc
+
+    # ------------------------------------------------------------------ report, prune
+
+    def report(self, value: float, step: int, metrics: dict[str, Any] | None = None) -> None:
+        """One intermediate objective value (per epoch); ``metrics`` go with it."""
+        self._check_live()
+        value, step = float(value), int(step)
+        self.last_value, self.last_step = value, step
+        if self._on_report is not None:
+            self._on_report(step, {**(metrics or {}), "value": value})
+        if not math.isfinite(value):
+            log.warning("%s: reported value %s is not finite; not sent", self.label, value)
+            return
+        body = ReportRequest(step=step, value=value, metrics=clean_metrics(metrics or {}))
+        try:
+            answer = self._client.report(self._spec.lease_id, body)
+        except LeaseGone as exc:
+            self.control.drop_trial(f"lease gone: {exc.detail}")
+            return
+        except ClientError as exc:  # the pruner misses one value; training goes on
+            log.warning("%s: report of step %d not delivered: %s", self.label, step, exc)
+            return
+        self.control.apply(answer, f"report step {step}")
+
+    def should_prune(self) -> bool:
+        """True when the study's pruner (or the server) says this trial should stop."""
+        self._check_live()
+        return self.control.prune.is_set()
+
+    # ------------------------------------------------------------------ attributes
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """Stored with the trial as an Optuna user attribute (sent when it finishes)."""
+        self.user_attrs[str(key)] = value
+
+    def set_metrics(self, metrics: dict[str, Any]) -> None:
+        """Final metrics of the trial (test accuracy, sizes...): export columns."""
+        self.metrics.update(metrics)
+
+    @property
+    def label(self) -> str:
+        return trial_label(self._spec)
+
+    def _check_live(self) -> None:
+        if self.control.drop.is_set():
+            raise TrialStopped(self.control.drop_reason or "the trial was dropped")
+        if self.control.shutdown.is_set():
+            raise TrialStopped("the worker is shutting down")
+
+
+def _disagreement(declared: dict[str, Any], asked: dict[str, Any]) -> str | None:
+    """How the objective's distribution differs from the declared one (None: it agrees)."""
+    if declared.get("type") != asked["type"]:
+        return (
+            f"the objective asks for a {asked['type']}, the spec declares a {declared.get('type')}"
+        )
+    keys = ("choices",) if asked["type"] == "categorical" else ("low", "high", "log", "step")
+    for key in keys:
+        want, got = declared.get(key), asked.get(key)
+        if key == "step" and asked["type"] == "int":
+            want, got = want or 1, got or 1
+        if key == "log":
+            want, got = bool(want), bool(got)
+        if want != got and not _close(want, got):
+            return f"the objective asks for {key}={got!r}, the spec declares {key}={want!r}"
+    return None
+
+
+def _close(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return False

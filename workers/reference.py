@@ -1,0 +1,99 @@
+"""The built-in workload (``mnist-mlp``) as an objective on :class:`hpo.Trial`.
+
+The reference trainer is one objective like any other: it reads the trial's
+settings (the study's fixed settings plus the leased parameters), trains with
+hooks that report every epoch through ``trial.report`` and stop when
+``trial.should_prune()`` or the worker says so, stores the final metrics with
+the trial and returns the study's objective(s). A diverged run returns the
+accuracy measured when it diverged, marked ``diagnosis = "diverged"``, so the
+sampler learns that the region is bad.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from hpo.settings import TrainConfig
+from hpo.trial import Trial, TrialPruned, TrialStopped
+
+log = logging.getLogger("workers.reference")
+
+
+class _Hooks:
+    """Trainer hooks over a trial: report each epoch, stop when the trial must."""
+
+    def __init__(self, trial: Trial, epochs: int) -> None:
+        self.trial = trial
+        self.epochs = epochs
+
+    def should_stop(self) -> bool:
+        """Polled by the trainer at every batch boundary."""
+        return self.trial.stopping
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Report the epoch; False (stop now) when the trial is pruned or dropped."""
+        log.info(
+            "%s epoch %d/%d val_acc=%.4f loss=%.4f %.1fs/epoch",
+            self.trial.label,
+            epoch,
+            self.epochs,
+            metrics.get("val_accuracy", float("nan")),
+            metrics.get("train_loss", float("nan")),
+            metrics.get("epoch_time_s", float("nan")),
+        )
+        value = metrics.get(self.trial.spec.objective)
+        if isinstance(value, int | float) and math.isfinite(value):
+            self.trial.report(float(value), epoch, metrics)
+        else:
+            log.warning("%s: objective %r is not a finite metric", self.trial.label, value)
+        return not self.trial.stopping
+
+
+class ReferenceObjective:
+    """``objective(trial)`` for the built-in trainer, with MNIST already on ``device``."""
+
+    def __init__(self, data: Any, device: str, train: Any = None) -> None:
+        self.data, self.device = data, device
+        self._train = train  # injectable for tests of the worker's logic
+
+    def __call__(self, trial: Trial) -> float | list[float]:
+        config = TrainConfig.from_settings(trial.settings, trial.seed)  # SettingsError: bad
+        train = self._train
+        if train is None:
+            from workers.trainer import train
+        result = train(config, self.data, self.device, _Hooks(trial, config.epochs))
+        trial.set_metrics(final_metrics(result))
+        if result.status == "pruned" or (result.status == "stopped" and trial.should_prune()):
+            raise TrialPruned(f"pruned after {result.epochs_run} epochs")
+        if result.status == "stopped":
+            raise TrialStopped("training stopped")
+        if result.status == "diverged":
+            trial.diagnosis = "diverged"
+            log.warning("%s diverged: %s", trial.label, result.diagnosis)
+        names = trial.spec.objectives or [trial.spec.objective]
+        values = [objective_value(name, result) for name in names]
+        return values[0] if len(values) == 1 else values
+
+
+def objective_value(name: str, result: Any) -> float:
+    """The value of metric ``name`` for a finished training run (NaN when it has none)."""
+    value = result.objective if name == "val_accuracy" else result.final.get(name)
+    if value is None and result.history:
+        value = result.history[-1].get(name)
+    if not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def final_metrics(result: Any) -> dict[str, Any]:
+    """``result.final`` plus the run's status (the export's columns)."""
+    metrics: dict[str, Any] = {
+        "status": result.status,
+        "epochs_run": result.epochs_run,
+        **result.final,
+    }
+    if result.diagnosis:
+        metrics["diagnosis"] = result.diagnosis
+    return metrics
