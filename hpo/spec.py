@@ -38,6 +38,7 @@ PRUNERS: dict[str, str] = {
     "percentile": "PercentilePruner",
     "successive-halving": "SuccessiveHalvingPruner",
     "hyperband": "HyperbandPruner",
+    "threshold": "ThresholdPruner",
 }
 #: Arguments the service sets itself; a spec may not pass them as options.
 RESERVED_OPTIONS = frozenset({"seed", "search_space"})

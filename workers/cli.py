@@ -30,23 +30,25 @@ log = logging.getLogger("workers.cli")
 
 
 def run(options: WorkerOptions) -> int:
-    """Run the daemon (one process, or a supervisor of one process per GPU); the exit code."""
-    from workers.devices import DeviceError, plan_gpus
+    """Run the daemon (one process, or a supervisor of one process per GPU group); exit code."""
+    from workers.devices import DeviceError, gpu_groups, plan_gpus
     from workers.ui import setup_logging
 
     setup_logging(options.log_level)
     try:
         plan = plan_gpus(options.gpus, options.device)
+        groups = gpu_groups(plan, options.gpus_per_trial or 1)
     except DeviceError as exc:
         log.error("%s", exc)
         return ExitCode.CONFIG
     try:
-        if len(plan) > 1:
+        if len(groups) > 1:
             from workers.supervisor import Supervisor
 
-            return Supervisor(options, [gpu for _, gpu in plan]).run()
-        if plan:  # one GPU chosen with --gpus: run here, on it
-            options = options.model_copy(update={"device": f"cuda:{plan[0][0]}", "gpus": None})
+            return Supervisor(options, groups).run()
+        if groups:  # one GPU (or one group) chosen with --gpus: run here, pinned to it
+            os.environ["CUDA_VISIBLE_DEVICES"] = groups[0]
+            options = options.model_copy(update={"device": "cuda:0", "gpus": None})
         from workers.daemon import Worker
 
         return Worker(options).run()

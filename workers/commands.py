@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -152,6 +153,7 @@ def _start(env: CommandEnv, spec: TrialSpec, trial: Trial) -> _Child:
         text=True,
         bufsize=1,
         start_new_session=True,  # its own process group: the whole job is signalled at once
+        preexec_fn=_die_with_worker,
     )
     child = _Child(proc)
     child.readers = [
@@ -162,6 +164,13 @@ def _start(env: CommandEnv, spec: TrialSpec, trial: Trial) -> _Child:
         reader.start()
     log.info("%s: started %s (pid %d)", trial.label, shlex.join(env.argv), proc.pid)
     return child
+
+
+def _die_with_worker() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if the worker dies (even by SIGKILL), so a killed
+    worker leaves no training process behind to compete with the trial's re-run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _supervise(env: CommandEnv, child: _Child, control: Control) -> bool:

@@ -216,6 +216,7 @@ class Worker:
             server=opts.server,
             token=opts.token,
             timeout_s=opts.trial_timeout_s,
+            grace_s=opts.prune_grace_s,
             param_args=opts.param_args,
             gpus=trial_gpus(self.device, opts.gpus_per_trial),
         )

@@ -133,6 +133,21 @@ def plan_gpus(
     return plan
 
 
+def gpu_groups(plan: GpuPlan, per_process: int) -> list[str]:
+    """The planned GPUs in groups of ``per_process`` (``CUDA_VISIBLE_DEVICES`` values).
+
+    ``--gpus-per-trial 2`` on four GPUs gives ``["0,1", "2,3"]``: one worker process
+    each, whose trials see both. GPUs left over (fewer than a group) stay unused.
+    """
+    ids = [gpu for _, gpu in plan]
+    if ids and per_process > len(ids):
+        raise DeviceError(f"--gpus-per-trial {per_process}: only {len(ids)} GPU(s) planned")
+    return [
+        ",".join(ids[i : i + per_process])
+        for i in range(0, len(ids) - per_process + 1, per_process)
+    ]
+
+
 def _visible_ids(count: int) -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env:

@@ -59,6 +59,12 @@ class WorkerOptions(BaseModel):
     trial_timeout_s: float | None = option(
         None, "--timeout", "fail a --command trial that runs longer than this (seconds)", gt=0
     )
+    prune_grace_s: float = option(
+        10.0,
+        "--prune-grace",
+        "seconds a pruned --command trial gets to end itself before SIGTERM (then SIGKILL)",
+        ge=0,
+    )
     gpus_per_trial: int | None = option(
         None,
         "--gpus-per-trial",

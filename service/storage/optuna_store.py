@@ -68,10 +68,16 @@ class TrialView(_CachedStorage):
     # ------------------------------------------------------------------ sampling window
 
     @contextlib.contextmanager
-    def sampling(self, trial_id: int) -> Iterator[None]:
+    def sampling(self, trial_id: int, study_id: int | None = None) -> Iterator[None]:
         """While a trial is sampled in this thread: its cached copy (fresh from
         ``create_new_trial``) is served by ``get_trial``, and the study's trials are
-        refreshed at most once."""
+        refreshed at most once.
+
+        A trial sampled again later (define-by-run asks one parameter at a time) may
+        have been forgotten since: with ``study_id`` it is read back into the cache.
+        """
+        if study_id is not None:
+            self._remember(study_id, trial_id)
         self._local.trial_id = trial_id
         self._local.synced = False
         try:
@@ -79,6 +85,15 @@ class TrialView(_CachedStorage):
         finally:
             self._local.trial_id = None
             self._local.synced = False
+
+    def _remember(self, study_id: int, trial_id: int) -> None:
+        with self._lock:
+            if trial_id in self._trial_id_to_study_id_and_number:
+                return
+        trial = self._backend.get_trial(trial_id)
+        with self._lock:
+            if trial_id not in self._trial_id_to_study_id_and_number:
+                self._add_trials_to_cache(study_id, [trial])
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         if getattr(self._local, "trial_id", None) == trial_id:
@@ -283,7 +298,11 @@ class CachedStudy:
         time, and each must draw from its own stream (the same seed for every
         parameter of a trial would make a random sampler's draws identical).
         """
-        window = self.view.sampling(trial_id) if self.view else contextlib.nullcontext()
+        window = (
+            self.view.sampling(trial_id, self.study._study_id)
+            if self.view
+            else contextlib.nullcontext()
+        )
         try:
             with self.lock, window:
                 self.study._thread_local.cached_all_trials = None

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from workers import cli
 from workers.cli import app, options_from_env
-from workers.devices import DeviceError, plan_gpus, resolve_device
+from workers.devices import DeviceError, gpu_groups, plan_gpus, resolve_device
 from workers.options import OPTIONS_ENV, ExitCode, WorkerOptions
 from workers.supervisor import Supervisor, child_command
 
@@ -51,6 +51,15 @@ def test_plan_gpus_all_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plan_gpus_rejects_impossible_requests(gpus: str, device: str, count: Any) -> None:
     with pytest.raises(DeviceError):
         plan_gpus(gpus, device, lambda: count)
+
+
+def test_gpu_groups_for_trials_over_several_gpus() -> None:
+    plan = [(0, "0"), (1, "1"), (2, "2"), (3, "3"), (4, "4")]
+    assert gpu_groups(plan, 1) == ["0", "1", "2", "3", "4"]
+    assert gpu_groups(plan, 2) == ["0,1", "2,3"]  # the fifth GPU is left unused
+    assert gpu_groups([], 2) == []  # no --gpus: one process on --device
+    with pytest.raises(DeviceError, match="gpus-per-trial 8"):
+        gpu_groups(plan, 8)
 
 
 def test_resolve_device_without_cuda() -> None:
