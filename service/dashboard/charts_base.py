@@ -53,14 +53,17 @@ def arr(values: Iterable[Any]) -> Any:
 
 
 def ints(values: Iterable[int]) -> np.ndarray:
+    """Integers as an int64 array (sent as a typed array)."""
     return np.asarray(list(values), dtype=np.int64)
 
 
 def empty(message: str) -> ChartResult:
+    """No figure, with the message saying why."""
     return ChartResult(message=message)
 
 
 def color_for(value: Any, known: Sequence[Any] = ()) -> str:
+    """A stable colour for a group: the trainer's optimizers have fixed ones."""
     key = str(value)
     if key in _KNOWN_COLORS:
         return _KNOWN_COLORS[key]
@@ -105,6 +108,7 @@ def settings_text(row: TrialRow, frame: StudyFrame) -> str:
 
 
 def group_by(rows: Sequence[TrialRow], key: str) -> dict[Any, list[TrialRow]]:
+    """Rows grouped by one of their settings (None when unset)."""
     out: dict[Any, list[TrialRow]] = {}
     for r in rows:
         out.setdefault(r.settings.get(key), []).append(r)

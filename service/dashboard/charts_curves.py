@@ -42,6 +42,8 @@ MARKS = {
 
 @dataclass
 class Point:
+    """One reported epoch of one trial."""
+
     number: int
     epoch: int
     y: float | None
@@ -64,11 +66,13 @@ def select_trials(frame: StudyFrame, limit: int = CURVE_LIMIT) -> tuple[list[Tri
 
 
 def metric_value(value: float | None, metrics: dict[str, Any]) -> float | None:
+    """The curve's metric of an epoch (the reported value when absent)."""
     y = metrics.get(METRIC, value)
     return float(y) if isinstance(y, int | float) else None
 
 
 def curves(session: Session, frame: StudyFrame) -> ChartResult:
+    """The study's learning curves (selected trials, up to the metric cursor)."""
     cursor = queries.metrics_cursor(session, frame.meta.study_id)
     chosen, note = select_trials(frame)
     if not chosen or cursor == 0:
@@ -134,6 +138,7 @@ def y_range(ys: list[float]) -> list[float] | None:
 def curve_trace(
     opt: Any, order: list[Any], x: list[Any], y: list[Any], numbers: list[Any], text: list[Any]
 ) -> go.Scatter:
+    """One line trace for all trials of one optimizer (gaps between trials)."""
     color = color_for(opt, order)
     return go.Scatter(
         x=x, y=y, customdata=numbers, text=text, mode="lines", name=esc(_label(opt)),

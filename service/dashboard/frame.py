@@ -127,6 +127,7 @@ def load_meta(session: Session, study_id: int) -> StudyMeta:
 
 
 def meta_from_row(row: queries.StudyRow) -> StudyMeta:
+    """A study row as meta data (a spec that no longer validates is dropped)."""
     spec = None
     if row.spec:
         try:

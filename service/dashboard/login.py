@@ -61,6 +61,7 @@ PageUser = Annotated[Principal, Depends(page_principal)]
 
 
 def login_redirect(_: Request, exc: Exception) -> Response:
+    """Answer LoginRequired with a redirect to the sign-in page."""
     assert isinstance(exc, LoginRequired)
     return RedirectResponse(f"{PREFIX}/login?next={quote(exc.next_path, safe='/')}", 303)
 
@@ -78,6 +79,7 @@ def safe_next(value: str | None) -> str:
 
 
 def check_same_origin(request: Request) -> None:
+    """Refuse cross-site posts (Sec-Fetch-Site, Origin)."""
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise Forbidden("cross-site request refused")
     origin = request.headers.get("origin")
@@ -104,6 +106,7 @@ def _render(dash: DashboardDep, request: Request, error: str | None, next_path: 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, dash: DashboardDep, next: str | None = None) -> Response:
+    """The sign-in form (a redirect when auth is off)."""
     if not dash.ctx.settings.auth:
         return RedirectResponse(safe_next(next), 303)
     return _render(dash, request, None, safe_next(next), 200)
@@ -130,6 +133,7 @@ async def login(request: Request, dash: DashboardDep) -> Response:
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    """Clear the cookie and go to the sign-in page."""
     check_same_origin(request)
     response = RedirectResponse(f"{PREFIX}/login", 303)
     response.delete_cookie(AUTH_COOKIE, path="/", httponly=True, samesite="strict")

@@ -42,6 +42,7 @@ def render(
 
 @router.get("/", response_class=HTMLResponse)
 def studies_page(request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    """The studies page (rows come from the JSON API)."""
     return render(dash, request, "studies.html", user, page="studies")
 
 
@@ -58,6 +59,7 @@ def _optimizer_choices(meta: Any) -> list[str]:
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    """A study: header, charts and the trials table."""
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
         summary = overview.studies(session, study_id)[0]
@@ -74,6 +76,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
 def trial_page(
     study_id: StudyId, number: TrialNumber, request: Request, dash: DashboardDep, user: PageUser
 ) -> Response:
+    """One trial: settings, epochs, attempts."""
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
         view = trial_view.load(session, meta, number)
@@ -84,6 +87,7 @@ def trial_page(
 
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, dash: DashboardDep, user: PageUser) -> Response:
+    """The workers page (rows come from the JSON API)."""
     return render(dash, request, "workers.html", user, page="workers")
 
 
@@ -91,6 +95,7 @@ def workers_page(request: Request, dash: DashboardDep, user: PageUser) -> Respon
 def compare_page(
     request: Request, dash: DashboardDep, user: PageUser, ids: str = Query(default="")
 ) -> Response:
+    """Charts over several studies (``ids``: comma-separated study ids)."""
     study_ids = parse_ids(ids)
     with dash.ctx.db.session() as session:
         metas = []

@@ -115,6 +115,7 @@ def prewarm(dash: DashboardState, studies: int = 4) -> None:
 
 
 def get_dashboard(request: Request) -> DashboardState:
+    """The app's DashboardState (a FastAPI dependency)."""
     return request.app.state.dashboard  # type: ignore[no-any-return]
 
 

@@ -36,6 +36,7 @@ def _digest(name: str) -> str:
 
 
 def asset_url(name: str) -> str:
+    """The versioned URL of an asset."""
     return f"/dashboard/static/{name}?v={_digest(name)}"
 
 
@@ -49,6 +50,7 @@ def _bodies(name: str) -> tuple[bytes, bytes]:
 
 @router.get("/{name}")
 def asset(name: str, request: Request) -> Response:
+    """An asset, gzipped when the client accepts it."""
     if name not in FILES:
         raise NotFound(f"no asset {name!r}")
     plain, packed = _bodies(name)

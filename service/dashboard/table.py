@@ -28,6 +28,8 @@ BASE_SORTS = ("number", "value", "state", "duration")
 
 @dataclass(frozen=True)
 class TableQuery:
+    """What the trials table asks for: filters, sort and page."""
+
     state: str | None = None
     optimizer: str | None = None
     sort: str = "number"
@@ -60,6 +62,7 @@ def _sort_key(sort: str) -> Any:
 
 
 def select_rows(frame: StudyFrame, q: TableQuery) -> list[TrialRow]:
+    """The frame's rows filtered and sorted (missing sort values last)."""
     rows = frame.rows
     if q.state:
         rows = [r for r in rows if r.state == q.state]
