@@ -3,6 +3,7 @@
 The child gets the trial through its environment: ``HPO_TRIAL`` (the lease's
 trial spec as JSON, which ``hpo.current_trial()`` and ``hpo.run(objective)``
 read), ``HPO_SERVER``/``HPO_TOKEN``, ``HPO_PARAMS`` (the parameters as JSON),
+``HPO_DATA_DIR`` (the worker's ``--data-dir``),
 and, unless ``--no-param-args``, the parameters as ``--name=value`` arguments.
 A program that is not Python reports on its standard output instead::
 
@@ -63,6 +64,7 @@ class CommandEnv:
     grace_s: float = 10.0
     param_args: bool = True
     gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the child (None: inherit)
+    data_dir: str | None = None  # --data-dir, passed on as HPO_DATA_DIR
 
 
 @dataclass
@@ -110,6 +112,8 @@ def child_env(env: CommandEnv, spec: TrialSpec) -> dict[str, str]:
         out["HPO_TOKEN"] = env.token
     if env.gpus is not None:
         out["CUDA_VISIBLE_DEVICES"] = env.gpus
+    if env.data_dir:
+        out["HPO_DATA_DIR"] = env.data_dir
     return out
 
 

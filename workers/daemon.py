@@ -219,6 +219,7 @@ class Worker:
             grace_s=opts.prune_grace_s,
             param_args=opts.param_args,
             gpus=trial_gpus(self.device, opts.gpus_per_trial),
+            data_dir=opts.data_dir,
         )
 
     def _heartbeat_client(self) -> Client:

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 
 from tests.e2e.conftest import Server, Stack
 from tests.support import study_spec, wait_for
@@ -242,3 +243,32 @@ def test_workers_only_lease_what_they_run_and_waiting_studies_say_why(stack: Sta
     assert "no live worker runs workload 'other'" in theirs
     assert "need 2 GPU(s) with 40 GiB" in gpu and "has 0" in gpu
     assert api.http.get("/studies/mine").json()["waiting_reason"] is None  # budget used
+
+
+# --------------------------------------------------------------------------- examples/
+
+
+def _example(path: str, **budget: int) -> dict[str, Any]:
+    spec = yaml.safe_load(Path(path).read_text())
+    spec["budget"] = {**spec.get("budget", {}), **budget}
+    return spec
+
+
+def test_the_examples_run_on_the_fleet(stack: Stack) -> None:
+    server = stack.server()
+    api = server.api()
+    api.create_study(_example("examples/sklearn_objective/study.yaml", max_trials=4))
+    api.create_study(_example("examples/pytorch_command/study.yaml", max_trials=2))
+    token = server.tokens()["worker"]
+    sklearn = "examples.sklearn_objective.objective:objective"
+    script = f"{sys.executable} examples/pytorch_command/train.py"
+    stack.worker(server.url, token, "--objective", sklearn, "--workload", "sklearn-digits",
+                 "--max-trials", "4")  # fmt: skip
+    stack.worker(server.url, token, "--command", script, "--workload", "mnist-script",
+                 "--no-param-args", "--max-trials", "2")  # fmt: skip
+    for t in finished(server, "sklearn-digits", 4):
+        assert t["state"] == "complete" and 0.0 < t["value"] <= 1.0
+        assert t["params"]["classifier"] in ("svc", "random_forest")
+    for t in finished(server, "mnist-script", 2):
+        assert t["state"] in ("complete", "pruned") and t["value"] > 0.5, t
+        assert api.trial("mnist-script", t["number"])["intermediate_values"]  # per-epoch reports
