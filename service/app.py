@@ -24,6 +24,7 @@ from service.core import migrate
 from service.core.config import Settings
 from service.core.context import AppContext
 from service.core.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
+from service.dashboard import router as dashboard
 
 log = logging.getLogger("hpo.server")
 
@@ -80,15 +81,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (studies, specs, protocol, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
-    _mount_dashboard(app)
+    dashboard.mount(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadersAndMetricsMiddleware, metrics=ctx.metrics)
     return app
-
-
-def _mount_dashboard(app: FastAPI) -> None:
-    try:
-        from service.dashboard import router as dashboard
-    except ImportError:  # the dashboard package is optional during development
-        return
-    dashboard.mount(app)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import logging.config
 import os
 import stat
 import sys
@@ -130,11 +131,15 @@ def server(
         bool | None, typer.Option("--migrate/--no-migrate", help="upgrade the schema on start")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per line for log collectors")
+    ] = "text",
 ) -> None:
     """Run the API server and dashboard."""
     import uvicorn
 
     from service.core import migrate as migrations
+    from service.core.logs import LOG_FORMATS, logging_config
 
     settings = _settings(
         host=host,
@@ -145,6 +150,10 @@ def server(
         auto_migrate=migrate,
     )
     _check_exposure(settings)
+    if log_format not in LOG_FORMATS:
+        _fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    log_config = logging_config(log_level, log_format)
+    logging.config.dictConfig(log_config)
     _prepare_schema(settings, migrations)
     if settings.auth:
         minted = bootstrap_tokens(settings)
@@ -156,7 +165,8 @@ def server(
     # Worker processes rebuild Settings from the environment: export the overrides.
     for key, value in settings.model_dump(mode="json").items():
         os.environ[f"HPO_{key.upper()}"] = str(value)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if settings.workers > 1:
+        multiprocess_metrics_dir()
     uvicorn.run(
         "service.cli:app_factory",
         factory=True,
@@ -164,8 +174,30 @@ def server(
         port=settings.port,
         workers=settings.workers,
         log_level=log_level,
+        log_config=log_config,
         timeout_graceful_shutdown=10,
     )
+
+
+def multiprocess_metrics_dir() -> str:
+    """Prometheus multiprocess mode for several server processes: every process writes its
+    counters to files in one folder, and ``/metrics`` sums them, whichever process answers.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` is used when set (emptied: stale files of a previous run
+    would be added in), else a fresh temporary folder. Set before uvicorn starts the
+    processes, which import prometheus_client after it.
+    """
+    import shutil
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    else:
+        path = tempfile.mkdtemp(prefix="hpo-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
 
 
 def _prepare_schema(settings: Any, migrations: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service.api.deps import ServicesDep
+from service.api.deps import ServicesDep, SessionDep
+from service.fleet.gauges import state_families
 
 router = APIRouter(tags=["health"])
 
@@ -25,6 +26,8 @@ def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(services: ServicesDep) -> Response:
-    """Prometheus text format."""
-    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+def metrics(services: ServicesDep, session: SessionDep) -> Response:
+    """Prometheus text format: request and trial counters, and state gauges (waiting and
+    running trials per study, live workers) read from the database."""
+    families = state_families(session, services.settings.worker_timeout_s)
+    return Response(services.metrics.render(families), media_type="text/plain; version=0.0.4")

@@ -1,8 +1,20 @@
-"""Prometheus metrics of one app (a registry per app, so tests stay isolated)."""
+"""Prometheus metrics of one app (a registry per app, so tests stay isolated).
+
+With several server processes (``hpo server --workers N``) the counters and
+histograms run in Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by ``hpo server``): each process writes its values to files and ``/metrics``
+adds up every process's, whichever process answers the scrape. Gauges of the
+service's state (trials waiting and running per study, live workers) are read
+from the database at scrape time, so every process reports the same values.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 
 
 class Metrics:
@@ -30,5 +42,23 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, families: Iterable[Metric] = ()) -> bytes:
+        """The exposition text: this app's (or every process's) counters, plus ``families``."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        state = CollectorRegistry()
+        state.register(_Snapshot(list(families)))
+        return generate_latest(registry) + generate_latest(state)
+
+
+class _Snapshot:
+    """A collector that yields metric families computed for this one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self.families)
