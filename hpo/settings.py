@@ -22,8 +22,24 @@ REFERENCE_WORKLOAD = "mnist-mlp"
 
 Optimizer = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 LrSchedule = Literal["constant", "step", "exponential", "cosine"]
+PruneSchedule = Literal["once", "gradual"]
+Quantize = Literal["none", "int8", "fp16", "bf16"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+PRUNE_SCHEDULES: tuple[str, ...] = get_args(PruneSchedule)
+QUANTIZE_MODES: tuple[str, ...] = get_args(Quantize)
+#: The compression settings (the model is compressed after training, then measured).
+COMPRESSION = ("prune_amount", "prune_schedule", "low_rank", "quantize", "finetune_epochs")
+#: Measurements of the shipped (compressed) model, usable as objectives.
+MODEL_METRICS = (
+    "model_bytes",
+    "nonzero_params",
+    "params",
+    "flops",
+    "latency_ms_b1",
+    "latency_ms_b1024",
+)
+IN_FEATURES = 28 * 28
 
 #: Names the dashboard groups charts by.
 OPTIMIZER, LR, BATCH_NORM = "optimizer", "lr", "batch_norm"
@@ -37,11 +53,26 @@ EPOCH_METRICS = (
     "val_accuracy",
     "lr",
     "grad_norm",
+    "grad_norm_max",
+    "grad_norm_min",
+    "grad_norm_first",
+    "dead_fraction",
     "epoch_time_s",
     "samples_per_s",
     "peak_memory_mb",
 )
 DEFAULT_OBJECTIVE = "val_accuracy"
+#: A completed run's final metrics: the last epoch's, then the model as shipped (compressed;
+#: val/test accuracy are the shipped model's) and the same figures before compression.
+FINAL_METRICS = (
+    *EPOCH_METRICS,
+    "test_accuracy",
+    "n_params",
+    "total_time_s",
+    *MODEL_METRICS,
+    "sparsity",
+    *(f"dense_{name}" for name in (*MODEL_METRICS, "val_accuracy", "test_accuracy")),
+)
 
 
 class SettingsError(ValueError):
@@ -98,6 +129,14 @@ class TrainConfig(BaseModel):
     seed: Annotated[Whole, Field(ge=0, lt=2**63)] = 0
     compile: Flag | Literal["auto"] = "auto"
     divergence_factor: Annotated[Real, Field(gt=1)] = 10.0
+    # Compression (after training; workers.compression): global magnitude pruning ...
+    prune_amount: Annotated[Real, Field(ge=0, le=0.95)] = 0.0
+    prune_schedule: PruneSchedule = "once"  # once after training, or gradual during it
+    # ... truncated-SVD factorization of the hidden layers (None: none) ...
+    low_rank: Annotated[Whole, Field(ge=1, le=8192)] | None = None
+    # ... fine-tuning after pruning or factorization, then the shipped precision.
+    finetune_epochs: Annotated[Whole, Field(ge=0, le=100)] = 0
+    quantize: Quantize = "none"
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], seed: int = 0) -> TrainConfig:
@@ -149,6 +188,13 @@ def check_combination(config: TrainConfig) -> None:
         )
     if config.optimizer == "nesterov" and config.momentum == 0:
         raise SettingsError("momentum", "momentum must be > 0 with nesterov, got 0")
+    limit = min(config.hidden, IN_FEATURES)
+    if config.low_rank is not None and config.low_rank > limit:
+        raise SettingsError(
+            "low_rank",
+            f"low_rank must be <= {limit} (the hidden layer width {config.hidden}), "
+            f"got {config.low_rank}",
+        )
 
 
 _BOUND_WORDS = {

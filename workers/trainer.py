@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.settings import TrainConfig
+from workers.compression import CompressionSettings, PruneSchedule, compress
 from workers.data import MnistData, Split
 from workers.model import (
     build_model,
@@ -35,11 +36,13 @@ from workers.model import (
     linear_weights,
     set_dropout_generator,
 )
+from workers.probes import DeadUnitProbe, GradNormStats
 
 GD_CHUNK = 8192  # full-batch gd accumulates its gradient in chunks to bound activation memory
 EVAL_CHUNK = 10000  # evaluation batch: large, since inference needs no activations kept
 CUDA_GUARD_EVERY = 25  # on CUDA read the loss (a device sync) only every N batches
 GRAD_NORM_EVERY = 10  # measure the gradient norm on every Nth step (a full pass over the grads)
+LATENCY_REPEATS = 10  # timed forward passes per batch size when the shipped model is measured
 
 
 class TrainHooks(Protocol):
@@ -90,10 +93,8 @@ class _EpochOutcome:
     """What one pass over the training split produced (sums stay on the device)."""
 
     loss_sum: torch.Tensor  # sum over samples of the cross-entropy (no L1 term)
-    grad_norm_sum: torch.Tensor  # sum of the global gradient L2 norms measured this epoch
     samples: int = 0
     steps: int = 0
-    grad_norms: int = 0  # how many norms grad_norm_sum holds
     stopped: bool = False
     diagnosis: str | None = None  # set when the divergence guard fired
 
@@ -138,6 +139,7 @@ def train(
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
     loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
+    pruning = gradual_pruning(config)
 
     history: list[dict[str, float]] = []
     status, diagnosis = "completed", None
@@ -149,37 +151,76 @@ def train(
         if out.stopped:  # told to stop: no evaluation, leave at once
             status = "stopped"
             break
-        train_time = time.perf_counter() - t0
-        metrics = _epoch_metrics(epoch, out, evaluate(model, val_set), lr, t0, train_time, device)
+        times = (t0, time.perf_counter() - t0)
+        with DeadUnitProbe(model) as dead:  # records during the validation pass
+            val = evaluate(model, val_set)
+        probes = {**loop.grads.read(), "dead_fraction": dead.fraction() or 0.0}
+        metrics = _epoch_metrics(epoch, out, val, lr, times, device, probes)
         history.append(metrics)
         diagnosis = out.diagnosis or _nonfinite_loss(metrics)
         if diagnosis is not None:
             status = "diverged"
             break
         scheduler.step()
+        if pruning is not None:  # prune_schedule: gradual (masks keep pruned weights at 0)
+            pruning.step(model, epoch)
         if not loop.hooks.on_epoch(epoch, metrics):
             status = "pruned"
             break
-    return _result(status, history, diagnosis, loop, data.test, started)
+    finished = _Finished(status, history, diagnosis, started, shuffle, val_set)
+    return _result(finished, loop, data.test)
 
 
-def _result(
-    status: str,
-    history: list[dict[str, float]],
-    diagnosis: str | None,
-    loop: _Loop,
-    test_set: Split,
-    started: float,
-) -> TrainResult:
-    final = dict(history[-1]) if history else {}
-    if status != "stopped":  # reported, never optimized on
-        final["test_accuracy"] = evaluate(loop.model, _on(test_set, loop.train_set.x.device))[1]
+@dataclass
+class _Finished:
+    """How the epoch loop ended, and what shipping the model needs."""
+
+    status: str
+    history: list[dict[str, float]]
+    diagnosis: str | None
+    started: float
+    shuffle: torch.Generator
+    val_set: Split
+
+
+def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
+    """The run's result; a completed run's model is compressed and measured as shipped."""
+    final = dict(done.history[-1]) if done.history else {}
+    test_set = _on(test_set, loop.train_set.x.device)
+    objective = done.history[-1]["val_accuracy"] if done.history else None
+    if done.status == "completed":  # compress, then score the model as it would ship
+        final.update(ship_model(loop, done, test_set))
+        objective = final["val_accuracy"]
+    elif done.status != "stopped":  # reported, never optimized on
+        final["test_accuracy"] = evaluate(loop.model, test_set)[1]
     final["n_params"] = count_params(loop.model)
-    final["total_time_s"] = time.perf_counter() - started
-    objective = history[-1]["val_accuracy"] if history else None
+    final["total_time_s"] = time.perf_counter() - done.started
     return TrainResult(
-        status, objective, len(history), history, final, diagnosis, loop.steps, loop.model
-    )
+        done.status, objective, len(done.history), done.history, final, done.diagnosis,
+        loop.steps, loop.model,
+    )  # fmt: skip
+
+
+def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> dict[str, float]:
+    """Compress the trained model (workers.compression) and measure it as shipped."""
+
+    def finetune(model: nn.Module, epochs: int) -> None:
+        tuning = _Loop.create(
+            loop.config, model, make_optimizer(loop.config, model, loop.train_set.x.device),
+            loop.train_set, NullHooks(),
+        )  # fmt: skip
+        for epoch in range(1, epochs + 1):
+            tuning.run_epoch(epoch, done.shuffle)
+
+    def scores(model: nn.Module) -> dict[str, float]:
+        return {
+            "val_accuracy": evaluate(model, done.val_set)[1],
+            "test_accuracy": evaluate(model, test_set)[1],
+        }
+
+    settings = CompressionSettings.from_settings(loop.config.to_dict())
+    _, report = compress(loop.model, settings, finetune, scores, latency_repeats=LATENCY_REPEATS)
+    return report.metrics()
 
 
 def _nonfinite_loss(metrics: dict[str, float]) -> str | None:
@@ -220,6 +261,7 @@ class _Loop:
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grads = GradNormStats(self.model)  # grad_norm, _max, _min, _first per epoch
         # L1 acts on the Linear weight matrices only: shrinking biases or BN scales is not sparsity.
         self.l1_weights = linear_weights(self.model) if self.config.l1 > 0 else []
 
@@ -284,9 +326,7 @@ class _Loop:
         # norm is one more pass over 1.6 MB of gradients. Summed on the device: no sync. It is
         # the norm of the gradient the step actually used (L1 term included).
         if out.steps % GRAD_NORM_EVERY == 0:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            out.grad_norm_sum += torch.nn.utils.get_total_norm(grads, foreach=True)
-            out.grad_norms += 1
+            self.grads.observe()
         self.optimizer.step()
         out.steps += 1
         self.steps += 1
@@ -298,8 +338,7 @@ class _Loop:
 
 
 def _new_outcome(device: torch.device) -> _EpochOutcome:
-    zero = torch.zeros((), device=device)
-    return _EpochOutcome(loss_sum=zero, grad_norm_sum=zero.clone())
+    return _EpochOutcome(loss_sum=torch.zeros((), device=device))
 
 
 @torch.inference_mode()
@@ -321,19 +360,18 @@ def _epoch_metrics(
     out: _EpochOutcome,
     val: tuple[float, float],
     lr: float,
-    t0: float,
-    train_time: float,
+    times: tuple[float, float],
     device: torch.device,
+    probes: dict[str, float],
 ) -> dict[str, float]:
-    # The one host read of the epoch's device-side sums.
-    loss_sum, grad_sum = torch.stack([out.loss_sum, out.grad_norm_sum]).tolist()
+    t0, train_time = times
     return {
         "epoch": epoch,
-        "train_loss": loss_sum / max(out.samples, 1),
+        "train_loss": out.loss_sum.item() / max(out.samples, 1),  # the epoch's one loss read
         "val_loss": val[0],
         "val_accuracy": val[1],
         "lr": lr,
-        "grad_norm": grad_sum / max(out.grad_norms, 1),
+        **probes,  # grad_norm (+ _max, _min, _first), dead_fraction: what the diagnosis reads
         "epoch_time_s": time.perf_counter() - t0,  # training + validation
         "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
         "peak_memory_mb": _peak_memory_mb(device),
@@ -341,6 +379,13 @@ def _epoch_metrics(
 
 
 # --------------------------------------------------------------------------- setup
+
+
+def gradual_pruning(config: TrainConfig) -> PruneSchedule | None:
+    """``prune_schedule: gradual``: prune a little more after each epoch (else None)."""
+    if config.prune_schedule != "gradual" or config.prune_amount <= 0:
+        return None
+    return PruneSchedule(config.prune_amount, config.epochs, "gradual")
 
 
 def make_optimizer(

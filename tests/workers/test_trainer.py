@@ -16,24 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from hpo.settings import TrainConfig
+from hpo.settings import EPOCH_METRICS, FINAL_METRICS, TrainConfig
 from tests.workers.conftest import REPO_ROOT, quick
 from workers import trainer as trainer_module
 from workers.data import MnistData
 from workers.model import build_model, count_params
 from workers.trainer import NullHooks, TrainResult, train
 
-METRIC_KEYS = {
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "grad_norm",
-    "epoch_time_s",
-    "samples_per_s",
-    "peak_memory_mb",
-}
+METRIC_KEYS = set(EPOCH_METRICS)
 TIMING_KEYS = {"epoch_time_s", "samples_per_s", "peak_memory_mb"}
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 
@@ -212,7 +202,7 @@ def test_metrics_have_exactly_the_documented_keys(mnist: MnistData) -> None:
         assert set(metrics) == METRIC_KEYS
         assert all(math.isfinite(v) for v in metrics.values())
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["peak_memory_mb"] > 0
-    assert set(result.final) == METRIC_KEYS | {"test_accuracy", "n_params", "total_time_s"}
+    assert set(result.final) == set(FINAL_METRICS)
     assert result.final["val_accuracy"] == result.objective
     assert 0.5 < result.final["test_accuracy"] <= 1
 

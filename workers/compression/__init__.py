@@ -4,7 +4,7 @@ Issue 14: which compression to apply, and how much, is a hyperparameter search
 against accuracy, size and latency. This package does the compression with
 torch's own tools and measures the result as shipped; the trainer drives it.
 
-    settings.py  CompressionSettings (torch-free; names mirrored by the schema)
+    settings.py  CompressionSettings (torch-free; validated by the settings schema)
     pruning.py   prune_global, make_permanent, PruneSchedule (once / gradual)
     lowrank.py   low_rank: truncated-SVD factorization of the hidden layers
     quantize.py  fold_batchnorm, quantize (none / int8 / fp16 / bf16), Shipped

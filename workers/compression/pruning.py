@@ -20,11 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from workers.compression.settings import (
-    MAX_PRUNE_AMOUNT,
-    CompressionSettings,
-    CompressionSettingsError,
-)
+from workers.compression.settings import CompressionSettings, CompressionSettingsError
 
 
 def pruned_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -118,4 +114,4 @@ class PruneSchedule:
         if target <= 0.0:
             return sparsity(model)
         with torch.no_grad():
-            return prune_global(model, min(target, MAX_PRUNE_AMOUNT))
+            return prune_global(model, target)  # <= amount, which the settings bound

@@ -1,26 +1,28 @@
 """Compression settings of one trial: a validated, immutable :class:`CompressionSettings`.
 
-Torch-free on purpose: the settings schema (pydantic, in the contract package)
-mirrors these names and ranges, and a bad value must fail in milliseconds with
-the field named, before any tensor is touched. The names are part of the study
-spec API: keep them stable.
+Torch-free on purpose: a bad value must fail in milliseconds with the field
+named, before any tensor is touched. The names, types and ranges are the
+reference trainer's settings schema (:mod:`hpo.settings`), validated there.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-MAX_PRUNE_AMOUNT = 0.95  # pruning everything leaves no model; 95 % is the issue's cap
-MAX_FINETUNE_EPOCHS = 100
-PRUNE_SCHEDULES = ("once", "gradual")
-QUANTIZE_MODES = ("none", "int8", "fp16", "bf16")
-FIELDS = ("prune_amount", "prune_schedule", "low_rank", "quantize", "finetune_epochs")
+from hpo.settings import (
+    COMPRESSION,
+    IN_FEATURES,
+    PruneSchedule,
+    Quantize,
+    SettingsError,
+    check_setting,
+)
 
-PruneScheduleName = Literal["once", "gradual"]
-QuantizeMode = Literal["none", "int8", "fp16", "bf16"]
+FIELDS = COMPRESSION
+PruneScheduleName = PruneSchedule
+QuantizeMode = Quantize
 
 
 class CompressionSettingsError(ValueError):
@@ -53,34 +55,21 @@ class CompressionSettings:
     finetune_epochs: int = 0
 
     def __post_init__(self) -> None:
-        # Checked here, so no invalid instance can exist, however it was built.
-        amount = _number("prune_amount", self.prune_amount, float)
-        if not 0.0 <= amount <= MAX_PRUNE_AMOUNT:
-            raise CompressionSettingsError(
-                "prune_amount", f"prune_amount must be in 0 .. {MAX_PRUNE_AMOUNT}, got {amount!r}"
-            )
-        object.__setattr__(self, "prune_amount", amount)
-        _choice("prune_schedule", self.prune_schedule, PRUNE_SCHEDULES)
-        _choice("quantize", self.quantize, QUANTIZE_MODES)
-        if self.low_rank is not None:
-            rank = _number("low_rank", self.low_rank, int)
-            if rank < 1:
-                raise CompressionSettingsError("low_rank", f"low_rank must be >= 1, got {rank}")
-            object.__setattr__(self, "low_rank", rank)
-        epochs = _number("finetune_epochs", self.finetune_epochs, int)
-        if not 0 <= epochs <= MAX_FINETUNE_EPOCHS:
-            raise CompressionSettingsError(
-                "finetune_epochs",
-                f"finetune_epochs must be in 0 .. {MAX_FINETUNE_EPOCHS}, got {epochs}",
-            )
-        object.__setattr__(self, "finetune_epochs", epochs)
+        # Checked here, so no invalid instance can exist, however it was built; the names,
+        # types and ranges are the settings schema's (hpo.settings), defined once there.
+        for name in FIELDS:
+            try:
+                value = check_setting(name, getattr(self, name))
+            except SettingsError as exc:
+                raise CompressionSettingsError(exc.field, str(exc)) from None
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> CompressionSettings:
         """The compression fields of a trial's settings dict; other keys are not ours."""
         return cls(**{name: settings[name] for name in FIELDS if name in settings})
 
-    def check_width(self, hidden: int, in_features: int = 28 * 28) -> None:
+    def check_width(self, hidden: int, in_features: int = IN_FEATURES) -> None:
         """Raise if ``low_rank`` exceeds what the hidden layers of this width allow.
 
         Every hidden layer is factorized (input -> hidden and hidden -> hidden), so
@@ -102,23 +91,3 @@ class CompressionSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
         return asdict(self)
-
-
-def _number(name: str, value: Any, kind: type) -> Any:
-    # bool is an int in Python: True must not silently become finetune_epochs=1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CompressionSettingsError(name, f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise CompressionSettingsError(name, f"{name} must be finite, got {value!r}")
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise CompressionSettingsError(name, f"{name} must be an integer, got {value!r}")
-        return int(value)
-    return float(value)
-
-
-def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise CompressionSettingsError(
-            name, f"{name} must be one of {', '.join(options)}; got {value!r}"
-        )
