@@ -43,7 +43,15 @@ from hpo.protocol import (
     WorkerInfo,
     WorkerRegistration,
 )
-from hpo.schemas import BestTrial, StudyPage, StudySummary, TrialDetail, TrialItem, TrialPage
+from hpo.schemas import (
+    BestTrial,
+    ParetoFront,
+    StudyPage,
+    StudySummary,
+    TrialDetail,
+    TrialItem,
+    TrialPage,
+)
 from hpo.spec import StudySpec
 from hpo.transport import Call, RetryPolicies, RetryPolicy, Transport
 
@@ -170,6 +178,12 @@ class Client:
         if summary.best_trials is not None:
             return summary.best_trials
         return [summary.best_trial] if summary.best_trial else []
+
+    def pareto(self, study: str | int) -> ParetoFront:
+        """The study's Pareto front (its best trial when it has one objective)."""
+        return self._typed(
+            Call("GET", _study(study, "/pareto"), self.policies.default), ParetoFront
+        )
 
     def export(self, study: str | int, write: Callable[[bytes], Any], fmt: str = "csv") -> int:
         """Stream the study's export (``csv`` or ``json``) into ``write``; bytes written."""

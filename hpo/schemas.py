@@ -95,6 +95,15 @@ class StudySummary(StudyItem):
     )
 
 
+class ParetoFront(BaseModel):
+    """The non-dominated complete trials of a study (its best trial when single-objective)."""
+
+    study: str
+    objectives: list[str]
+    directions: list[str]
+    trials: list[BestTrial]
+
+
 class StudyPage(BaseModel):
     items: list[StudyItem]
     total: int

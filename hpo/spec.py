@@ -17,7 +17,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hpo.settings import REFERENCE_WORKLOAD, SETTING_NAMES, SettingsError, check_setting
+from hpo.settings import (
+    IN_FEATURES,
+    REFERENCE_WORKLOAD,
+    SETTING_NAMES,
+    SettingsError,
+    TrainConfig,
+    check_setting,
+)
 
 Scalar = str | int | float | bool | None
 
@@ -298,6 +305,44 @@ def _check_reference_settings(spec: StudySpec) -> None:
         else:
             _check_value(f"space.{name}.low", target, p.low)
             _check_value(f"space.{name}.high", target, p.high)
+    _check_rank_fits_width(spec)
+
+
+def _extreme(spec: StudySpec, setting: str, largest: bool) -> tuple[str, Any] | None:
+    """Where a setting takes its largest (or smallest) value in the spec, and that value."""
+    if setting in spec.fixed:
+        return f"fixed.{setting}", spec.fixed[setting]
+    found = []
+    for name, p in spec.space.items():
+        if (p.setting or name) != setting:
+            continue
+        if isinstance(p, CategoricalParam):
+            values = [c for c in p.choices if isinstance(c, int | float)]
+            if values:
+                i = values.index(max(values) if largest else min(values))
+                found.append((f"space.{name}.choices[{p.choices.index(values[i])}]", values[i]))
+        else:
+            found.append(
+                (f"space.{name}.{'high' if largest else 'low'}", p.high if largest else p.low)
+            )
+    if not found:
+        return None
+    return (max if largest else min)(found, key=lambda item: item[1])
+
+
+def _check_rank_fits_width(spec: StudySpec) -> None:
+    """The largest ``low_rank`` must fit the narrowest hidden layer the spec allows."""
+    rank = _extreme(spec, "low_rank", largest=True)
+    if rank is None or rank[1] is None:
+        return
+    width = _extreme(spec, "hidden", largest=False)
+    hidden = width[1] if width else TrainConfig.model_fields["hidden"].default
+    limit = min(hidden, IN_FEATURES)
+    if rank[1] > limit:
+        raise ValueError(
+            f"{rank[0]}: low_rank {rank[1]} exceeds the hidden layer width {hidden} "
+            f"(at most {limit}){_OF_TRAINER}"
+        )
 
 
 _OF_TRAINER = f" (a setting of the built-in {REFERENCE_WORKLOAD!r} trainer)"

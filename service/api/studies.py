@@ -13,7 +13,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from hpo.schemas import ShownState, StudyPage, StudySummary, TrialDetail, TrialOrder, TrialPage
+from hpo.schemas import (
+    ParetoFront,
+    ShownState,
+    StudyPage,
+    StudySummary,
+    TrialDetail,
+    TrialOrder,
+    TrialPage,
+)
 from hpo.spec import StudySpec
 from service.api.deps import AdminDep, ServicesDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
@@ -92,6 +100,14 @@ def delete_study(
     """Delete the Optuna study and every record of it (409 while leases are active)."""
     domain.delete_study(services, study, force=force)
     return Response(status_code=204)
+
+
+@router.get("/{study}/pareto", response_model=ParetoFront, responses=error_responses(404))
+def get_pareto_front(study: StudyRef, session: SessionDep, _: ViewerDep) -> ParetoFront:
+    """The Pareto front: every complete trial no other complete trial dominates, with its
+    values and params, by number (for one objective: the best trial). Equal to Optuna's
+    ``study.best_trials`` on the same database."""
+    return domain.pareto(session, domain.get_study_record(session, study))
 
 
 @router.get("/{study}/trials", response_model=TrialPage, responses=error_responses(404))

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from hpo.schemas import (
     BestTrial,
+    ParetoFront,
     ShownState,
     StudyItem,
     StudyPage,
@@ -231,6 +232,20 @@ def study_summary(
     else:
         summary.best_trial = best_trial(session, record.study_id, spec.study_directions[0])
     return summary
+
+
+def pareto(session: Session, record: StudyRecord) -> ParetoFront:
+    """The study's Pareto front (its best trial when it has one objective)."""
+    spec = load_spec(record)
+    directions = spec.study_directions
+    if spec.is_multi_objective:
+        front = pareto_front(session, record.study_id, directions)
+    else:
+        best = best_trial(session, record.study_id, directions[0])
+        front = [best] if best is not None else []
+    return ParetoFront(
+        study=record.name, objectives=spec.objective_names, directions=directions, trials=front
+    )
 
 
 def best_trial(session: Session, study_id: int, direction: str) -> BestTrial | None:

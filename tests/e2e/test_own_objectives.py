@@ -272,3 +272,28 @@ def test_the_examples_run_on_the_fleet(stack: Stack) -> None:
     for t in finished(server, "mnist-script", 2):
         assert t["state"] in ("complete", "pruned") and t["value"] > 0.5, t
         assert api.trial("mnist-script", t["number"])["intermediate_values"]  # per-epoch reports
+
+
+# --------------------------------------------------------------------------- compression
+
+
+def test_compression_study_front_equals_optunas_best_trials(stack: Stack) -> None:
+    """A real multi-objective study: server, worker, NSGA-II, the built-in trainer with
+    pruning, low rank and quantization; accuracy against bytes."""
+    spec = yaml.safe_load(Path("studies/mnist-compression-cpu.yaml").read_text())
+    spec["budget"] = {"max_trials": 6, "max_concurrent": 1}
+    spec["fixed"] = {**spec["fixed"], "epochs": 1, "train_subset": 1000}
+    spec["sampler"]["options"] = {"population_size": 4}
+    server = stack.server()
+    api = server.api()
+    api.create_study(spec)
+    stack.worker(server.url, server.tokens()["worker"], "--max-trials", "6")
+    trials = finished(server, spec["name"], 6)
+    assert all(t["state"] == "complete" for t in trials), trials
+    for t in trials:
+        assert len(t["values"]) == 2 and t["values"][1] > 1000  # bytes, measured
+    front = api.http.get(f"/studies/{spec['name']}/pareto").json()
+    assert front["objectives"] == ["val_accuracy", "model_bytes"] and front["trials"]
+    best = optuna.load_study(study_name=spec["name"], storage=server.env["HPO_DATABASE_URL"])
+    expected = {t.number: t.values for t in best.best_trials}
+    assert {t["number"]: t["values"] for t in front["trials"]} == expected

@@ -158,6 +158,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "space.lr.low",
     ),
     (
+        "low_rank above the layer width",
+        _spec(fixed={"hidden": 64, "low_rank": 128}),
+        "fixed.low_rank",
+    ),
+    (
+        "low_rank range above the narrowest width",
+        _space(
+            hidden={"type": "int", "low": 32, "high": 512, "log": True},
+            low_rank={"type": "int", "low": 8, "high": 64},
+        ),
+        "space.low_rank.high",
+    ),
+    ("quantize int4", _spec(fixed={"quantize": "int4"}), "fixed.quantize"),
+    ("prune_amount 1.0", _spec(fixed={"prune_amount": 1.0}), "fixed.prune_amount"),
+    (
         "choice outside the schema",
         _space(optimizer={"type": "categorical", "choices": ["sgd", "lbfgs"]}),
         "space.optimizer.choices[1]",

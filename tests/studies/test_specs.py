@@ -19,6 +19,8 @@ EXPECTED = {
     "mnist-learning-rate",
     "mnist-regularization",
     "mnist-architecture",
+    "mnist-compression",
+    "mnist-compression-cpu",
     "quick",
 }
 
