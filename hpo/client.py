@@ -46,6 +46,7 @@ from hpo.protocol import (
 from hpo.schemas import (
     BestTrial,
     ParetoFront,
+    StudyDiagnosis,
     StudyPage,
     StudySummary,
     TrialDetail,
@@ -178,6 +179,11 @@ class Client:
         if summary.best_trials is not None:
             return summary.best_trials
         return [summary.best_trial] if summary.best_trial else []
+
+    def diagnosis(self, study: str | int) -> StudyDiagnosis:
+        """Findings across the study's trials and the spec edits proposed to avoid them."""
+        call = Call("GET", _study(study, "/diagnosis"), self.policies.default)
+        return self._typed(call, StudyDiagnosis)
 
     def pareto(self, study: str | int) -> ParetoFront:
         """The study's Pareto front (its best trial when it has one objective)."""

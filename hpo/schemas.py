@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from hpo.diagnosis import Proposal
+
 
 class StudyState(StrEnum):
     """Run state of a study: ``running <-> paused``; any -> ``stopped`` (final)."""
@@ -104,6 +106,15 @@ class ParetoFront(BaseModel):
     trials: list[BestTrial]
 
 
+class StudyDiagnosis(BaseModel):
+    """Patterns across a study's finished trials and the spec edits that avoid them."""
+
+    study: str
+    trials: int = Field(description="finished trials read")
+    findings: dict[str, int] = Field(description="trials with each kind of finding")
+    proposals: list[Proposal] = Field(description="strongest first; none for a healthy study")
+
+
 class StudyPage(BaseModel):
     items: list[StudyItem]
     total: int
@@ -170,3 +181,10 @@ class TrialDetail(TrialItem):
     metrics: list[StepMetrics]
     user_attrs: dict[str, Any]
     leases: list[LeaseInfo]
+    findings: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="what the diagnosis found in its curves (hpo.findings.Finding as JSON)",
+    )
+    telemetry: dict[str, Any] | None = Field(
+        default=None, description="device utilisation and memory while it ran (mean, peak)"
+    )

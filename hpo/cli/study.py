@@ -2,7 +2,8 @@
 
 Commands: ``create FILE.yaml``, ``list``, ``show``, ``trials``, ``pause``,
 ``resume``, ``stop``, ``delete [--force]``, ``export --format csv|json
-[--output]`` and ``schema`` (the spec's JSON Schema). Listing commands take
+[--output]``, ``diagnose`` (findings and proposed spec edits) and ``schema``
+(the spec's JSON Schema). Listing commands take
 ``--format table|json``. The server is
 ``--server`` (env ``HPO_SERVER``, default http://127.0.0.1:8000); the token is
 ``--token`` (env ``HPO_TOKEN``), else the ``admin`` entry of the bootstrap token
@@ -200,6 +201,23 @@ def trials(
         typer.echo(json.dumps([t.model_dump(mode="json") for t in items], indent=2))
         return
     views.print_trials(ref, items)
+
+
+@study_app.command("diagnose")
+@_clean_errors
+def diagnose(
+    ref: StudyRef,
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+    fmt: Format = ListFormat.table,
+) -> None:
+    """What went wrong in the study's trials, and the spec edits that would avoid it."""
+    with client(server, token) as api:
+        found = api.diagnosis(ref)
+    if fmt == ListFormat.json:
+        typer.echo(found.model_dump_json(indent=2))
+        return
+    views.print_diagnosis(found)
 
 
 def _change(ref: str, action: str, server: str, token: str | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hpo.schemas import StudyPage, StudySummary, TrialItem
+from hpo.schemas import StudyDiagnosis, StudyPage, StudySummary, TrialItem
 
 
 def print_study_page(page: StudyPage) -> None:
@@ -65,6 +65,22 @@ def print_trials(ref: str, items: list[TrialItem]) -> None:
         params = ", ".join(f"{k}={fmt(v)}" for k, v in t.params.items())
         table.add_row(str(t.number), t.state, value, str(t.attempts), params)
     Console().print(table)
+
+
+def print_diagnosis(found: StudyDiagnosis) -> None:
+    """Findings per kind, then each proposed spec edit with its evidence."""
+    console = Console()
+    kinds = ", ".join(f"{kind} {n}" for kind, n in found.findings.items()) or "none"
+    console.print(f"study {found.study}: {found.trials} finished trials; findings: {kinds}",
+                  markup=False)  # fmt: skip
+    if not found.proposals:
+        console.print("no proposal: no region of the space stands out", markup=False)
+        return
+    table = Table("edit", "why", title="proposed spec edits")
+    for p in found.proposals:
+        edit = f"{p.edit.path}: {fmt(p.edit.old)} -> {fmt(p.edit.new)}"
+        table.add_row(edit, p.message)
+    console.print(table)
 
 
 def fmt(value: Any) -> str:

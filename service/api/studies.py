@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from hpo.schemas import (
     ParetoFront,
     ShownState,
+    StudyDiagnosis,
     StudyPage,
     StudySummary,
     TrialDetail,
@@ -26,6 +27,7 @@ from hpo.spec import StudySpec
 from service.api.deps import AdminDep, ServicesDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
 from service.studies import records as domain
+from service.studies.diagnosis import study_diagnosis
 from service.studies.export import content_disposition, plan_export, stream_csv, stream_json
 from service.studies.trials import get_trial, list_trials
 
@@ -108,6 +110,14 @@ def get_pareto_front(study: StudyRef, session: SessionDep, _: ViewerDep) -> Pare
     values and params, by number (for one objective: the best trial). Equal to Optuna's
     ``study.best_trials`` on the same database."""
     return domain.pareto(session, domain.get_study_record(session, study))
+
+
+@router.get("/{study}/diagnosis", response_model=StudyDiagnosis, responses=error_responses(404))
+def get_diagnosis(study: StudyRef, session: SessionDep, _: ViewerDep) -> StudyDiagnosis:
+    """What went wrong in the study's trials (findings per kind) and the spec edits that
+    would avoid it, each with its counts (e.g. "9 of 12 adam trials with lr > 0.02
+    diverged: narrow lr_adaptive to high: 0.02")."""
+    return study_diagnosis(session, domain.get_study_record(session, study))
 
 
 @router.get("/{study}/trials", response_model=TrialPage, responses=error_responses(404))

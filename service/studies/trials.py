@@ -193,7 +193,20 @@ def study_trial_detail(session: Session, study_id: int, number: int, name: str) 
         metrics=step_metrics(session, trial_id),
         user_attrs=user_attrs_by_trial(session, [trial_id]).get(trial_id, {}),
         leases=lease_history(session, trial_id),
+        **_diagnostics(session, trial_id),
     )
+
+
+def _diagnostics(session: Session, trial_id: int) -> dict[str, Any]:
+    """The findings and telemetry stored with the trial's row (none for outside trials)."""
+    row = session.execute(
+        select(TrialRecord.findings, TrialRecord.telemetry).where(
+            TrialRecord.optuna_trial_id == trial_id
+        )
+    ).first()
+    if row is None:
+        return {}
+    return {"findings": list(row.findings or []), "telemetry": row.telemetry}
 
 
 def step_metrics(session: Session, trial_id: int) -> list[StepMetrics]:

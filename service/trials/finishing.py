@@ -35,6 +35,7 @@ from service.core.db import utcnow
 from service.core.errors import InvalidRequest, LeaseExpired, TrialFinished
 from service.fleet import registry as workers_registry
 from service.storage.optuna_store import finished_copy
+from service.trials.findings import record_findings
 from service.trials.rows import (
     FINAL_STATES,
     LeaseView,
@@ -291,6 +292,8 @@ def _record(ctx: AppContext, claim: _Claim, frozen: optuna.trial.FrozenTrial) ->
             stored = stored_answer(load_lease_without_commit(session, view.lease.lease_id).lease)
         return FinishResponse.model_validate(stored) if stored else answer
     ctx.metrics.trials_finished.labels(state).inc()
+    assert view.trial.optuna_trial_id is not None
+    record_findings(ctx, view.trial.id, view.trial.optuna_trial_id, frozen.user_attrs)
     return answer
 
 

@@ -1,0 +1,54 @@
+"""A study's diagnosis: the findings of its finished trials, aggregated into spec edits.
+
+The per-trial findings are stored when each trial finishes
+(:mod:`service.trials.findings`); :func:`hpo.diagnosis.diagnose_study` looks
+for regions of the search space where they cluster (for example "9 of 12 adam
+trials with lr > 0.02 diverged") and proposes the edit that avoids them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hpo.diagnosis import TrialRecord as DiagnosedTrial
+from hpo.diagnosis import diagnose_study
+from hpo.schemas import StudyDiagnosis
+from service.storage.models import StudyRecord, TrialRecord
+from service.trials.states import TrialState
+
+
+def study_diagnosis(session: Session, record: StudyRecord) -> StudyDiagnosis:
+    """The findings per kind and the proposed spec edits of one study."""
+    rows = session.execute(
+        select(
+            TrialRecord.number,
+            TrialRecord.final_state,
+            TrialRecord.params,
+            TrialRecord.value,
+            TrialRecord.findings,
+        ).where(
+            TrialRecord.study_id == record.study_id,
+            TrialRecord.state == TrialState.FINISHED,
+            TrialRecord.number.is_not(None),
+        )
+    ).all()
+    trials = [
+        DiagnosedTrial(
+            number=row.number,
+            state=row.final_state or "fail",
+            params=row.params or {},
+            value=row.value,
+            findings=row.findings or [],
+        )
+        for row in rows
+    ]
+    kinds = Counter(str(kind) for t in trials for kind in {f.kind for f in t.findings})
+    return StudyDiagnosis(
+        study=record.name,
+        trials=len(trials),
+        findings=dict(sorted(kinds.items())),
+        proposals=diagnose_study(trials, record.spec),
+    )

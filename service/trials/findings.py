@@ -1,0 +1,44 @@
+"""Per-trial findings, computed on the server when a trial finishes.
+
+The metrics a worker reported every step (``hpo_trial_metrics``) are the
+trial's history; :func:`hpo.findings.check_trial` reads it (with the trainer's
+divergence message when there is one) and the findings are stored with the
+trial row. Done on the server, every trial gets the same checks, whoever ran
+it: the built-in trainer or an own objective that reports the same metrics.
+A failure here is logged and never fails the finish itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select, update
+
+from hpo.findings import check_trial
+from service.core.context import AppContext
+from service.storage.models import TrialMetric, TrialRecord
+
+log = logging.getLogger("hpo.findings")
+
+
+def record_findings(
+    ctx: AppContext, row_id: int, optuna_trial_id: int, user_attrs: dict[str, Any]
+) -> None:
+    """Check the trial's reported history and store what was found (never raises)."""
+    try:
+        with ctx.db.session() as session:
+            rows = session.execute(
+                select(TrialMetric.step, TrialMetric.metrics)
+                .where(TrialMetric.optuna_trial_id == optuna_trial_id)
+                .order_by(TrialMetric.step)
+            ).all()
+            history = [{"epoch": step, **(metrics or {})} for step, metrics in rows]
+            message = (user_attrs.get("final_metrics") or {}).get("diagnosis")
+            status = "diverged" if user_attrs.get("diagnosis") == "diverged" else None
+            found = [f.model_dump(mode="json") for f in check_trial(history, status, message)]
+            session.execute(
+                update(TrialRecord).where(TrialRecord.id == row_id).values(findings=found)
+            )
+    except Exception:  # noqa: BLE001 - findings are advice; the trial is finished anyway
+        log.warning("could not record the findings of trial %d", optuna_trial_id, exc_info=True)
