@@ -262,10 +262,26 @@ class SuggestResponse(BaseModel):
     value: Any
 
 
+Telemetry = Annotated[
+    dict[str, float],
+    Field(max_length=32, description="device utilisation and memory figures (see workers)"),
+]
+
+
+def _check_telemetry(values: dict[str, float] | None) -> dict[str, float] | None:
+    for name, value in (values or {}).items():
+        if len(name) > MAX_METRIC_NAME or not math.isfinite(value):
+            raise ValueError(f"telemetry {name!r}: a short name and a finite number, got {value}")
+    return values
+
+
 class HeartbeatRequest(_Body):
-    """Keeps a lease alive; may carry the latest progress for the dashboard."""
+    """Keeps a lease alive; may carry the latest progress and device telemetry."""
 
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    telemetry: Telemetry | None = None
+
+    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
 
 
 class ReportRequest(_Body):
@@ -311,6 +327,9 @@ class CompleteRequest(_Body):
     user_attrs: dict[str, Any] = Field(
         default_factory=dict, max_length=64, description="stored as the trial's user attributes"
     )
+    telemetry: Telemetry | None = Field(default=None, description="utilisation over the trial")
+
+    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
 
     @field_validator("value")
     @classmethod
@@ -347,6 +366,9 @@ class FailRequest(_Body):
     retry: bool = False
     diagnosis: str | None = Field(default=None, max_length=200)
     user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    telemetry: Telemetry | None = None
+
+    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
 
     @field_validator("user_attrs")
     @classmethod

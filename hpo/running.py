@@ -145,13 +145,17 @@ def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | N
         values = result.values or []
         body = CompleteRequest(
             value=values[0], values=values, metrics=metrics, diagnosis=result.diagnosis,
-            user_attrs=attrs,
+            user_attrs=attrs, telemetry=trial.telemetry,
         )  # fmt: skip
         return deliver(client.complete, spec.lease_id, body, trial.label)
     if result.ending == Ending.PRUNED:
         value = result.values[0] if result.values else None
         body = CompleteRequest(
-            state=FinishState.PRUNED, value=value, metrics=metrics, user_attrs=attrs
+            state=FinishState.PRUNED,
+            value=value,
+            metrics=metrics,
+            user_attrs=attrs,
+            telemetry=trial.telemetry,
         )
         return deliver(client.complete, spec.lease_id, body, trial.label)
     fail = FailRequest(
@@ -159,6 +163,7 @@ def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | N
         retry=result.retry or result.ending == Ending.ABANDONED,
         diagnosis=result.diagnosis,
         user_attrs=attrs,
+        telemetry=trial.telemetry,
     )
     return deliver(client.fail, spec.lease_id, fail, trial.label)
 

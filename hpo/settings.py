@@ -58,6 +58,7 @@ EPOCH_METRICS = (
     "grad_norm_first",
     "dead_fraction",
     "epoch_time_s",
+    "data_time_s",
     "samples_per_s",
     "peak_memory_mb",
 )

@@ -123,6 +123,7 @@ class Trial:
         self.user_attrs: dict[str, Any] = {}
         self.metrics: dict[str, Any] = {}
         self.diagnosis: str | None = None
+        self.telemetry: dict[str, float] | None = None  # set by the worker that ran it
         self.last_value: float | None = None
         self.last_step: int | None = None
 

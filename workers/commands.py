@@ -43,6 +43,7 @@ from hpo.running import Ending, Result, abandoned
 from hpo.trial import Control, Trial, trial_label
 from workers.runner import TrialEnd, compact, finish
 from workers.steering import Heartbeat
+from workers.telemetry import DeviceProbe, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class CommandEnv:
     param_args: bool = True
     gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the child (None: inherit)
     data_dir: str | None = None  # --data-dir, passed on as HPO_DATA_DIR
+    probe: DeviceProbe | None = None  # samples device utilisation while a trial runs
 
 
 @dataclass
@@ -141,8 +143,10 @@ def run_command_trial(env: CommandEnv, spec: TrialSpec) -> TrialEnd:
     except OSError as exc:
         reason = f"command could not start: {exc}"
         return finish(env.client, trial, Result(Ending.FAILED, reason=reason, diagnosis="error"))
-    with Heartbeat(env.make_client, spec, control, lambda: None):
+    telemetry = Telemetry((env.probe or DeviceProbe("cpu")).for_process(child.proc.pid))
+    with telemetry, Heartbeat(env.make_client, spec, control, lambda: None, telemetry.latest):
         timed_out = _supervise(env, child, control)
+    trial.telemetry = telemetry.summary()
     for reader in child.readers:
         reader.join(timeout=5.0)
     return finish(env.client, trial, _judge(env, child, trial, timed_out))

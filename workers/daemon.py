@@ -50,6 +50,7 @@ from workers.objectives import ObjectiveError, load_objective
 from workers.options import ExitCode, WorkerOptions
 from workers.reference import ReferenceObjective
 from workers.runner import TrialEnd, TrialEnv, run_trial
+from workers.telemetry import DeviceProbe
 from workers.ui import make_progress
 
 log = logging.getLogger("workers.daemon")
@@ -91,6 +92,7 @@ class Worker:
         self._signals = 0
         self._last_idle_reason: str | None = None
         self.device = "cpu"
+        self._device_probe: DeviceProbe | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +206,7 @@ class Worker:
             shutdown=self.shutdown,
             objective=objective,
             view=make_progress(),
+            probe=self._probe(),
         )
 
     def _command_env(self, client: Client, argv: list[str]) -> CommandEnv:
@@ -220,7 +223,14 @@ class Worker:
             param_args=opts.param_args,
             gpus=trial_gpus(self.device, opts.gpus_per_trial),
             data_dir=opts.data_dir,
+            probe=self._probe(),
         )
+
+    def _probe(self) -> DeviceProbe:
+        """One device probe per process (NVML opened once)."""
+        if self._device_probe is None:
+            self._device_probe = DeviceProbe(self.device)
+        return self._device_probe
 
     def _heartbeat_client(self) -> Client:
         # A client of its own (httpx clients are not shared across threads here)

@@ -21,6 +21,7 @@ from hpo.protocol import TrialOutcome, TrialSpec
 from hpo.running import Ending, Result, abandoned, call_objective, send_result
 from hpo.trial import Control, Trial, trial_label
 from workers.steering import Heartbeat, NoProgress, Progress
+from workers.telemetry import DeviceProbe, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TrialEnv:
     shutdown: threading.Event
     objective: Callable[[Trial], Any]
     view: Progress = field(default_factory=NoProgress)
+    probe: DeviceProbe | None = None  # samples device utilisation while a trial runs
 
 
 def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
@@ -61,8 +63,13 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
         return finish(env.client, trial, abandoned())
     env.view.start(label, int(spec.settings.get("epochs") or 0))
     try:
-        with Heartbeat(env.make_client, spec, control, lambda: _progress(trial)):
-            result = call_objective(trial, env.objective)
+        with Telemetry(env.probe or DeviceProbe("cpu")) as telemetry:
+            beat = Heartbeat(
+                env.make_client, spec, control, lambda: _progress(trial), telemetry.latest
+            )
+            with beat:
+                result = call_objective(trial, env.objective)
+        trial.telemetry = telemetry.summary()
     finally:
         env.view.stop()
     if env.shutdown.is_set() and result.ending in (Ending.DROPPED, Ending.PRUNED):

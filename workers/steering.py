@@ -51,11 +51,13 @@ class Heartbeat:
         spec: TrialSpec,
         control: Control,
         progress: Callable[[], float | None],
+        telemetry: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self._make_client = make_client
         self._spec = spec
         self._control = control
         self._progress = progress
+        self._telemetry = telemetry
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{spec.lease_id}", daemon=True
@@ -79,7 +81,8 @@ class Heartbeat:
     def _beat(self, client: Client) -> bool:
         """One heartbeat; False once the lease is gone (no point going on)."""
         try:
-            body = HeartbeatRequest(progress=self._progress())
+            sample = self._telemetry() if self._telemetry is not None else None
+            body = HeartbeatRequest(progress=self._progress(), telemetry=sample or None)
             answer = client.heartbeat(self._spec.lease_id, body)
         except LeaseGone as exc:
             self._control.drop_trial(f"lease gone: {exc.detail}")

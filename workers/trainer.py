@@ -94,6 +94,7 @@ class _EpochOutcome:
 
     loss_sum: torch.Tensor  # sum over samples of the cross-entropy (no L1 term)
     samples: int = 0
+    data_time: float = 0.0  # host seconds spent gathering batches (CUDA: launch time only)
     steps: int = 0
     stopped: bool = False
     diagnosis: str | None = None  # set when the divergence guard fired
@@ -283,7 +284,9 @@ class _Loop:
             if self.config.batch_norm and len(idx) < 2:
                 continue  # BatchNorm cannot normalise a single sample in train mode
             # index_select, not x[idx]: the generic advanced-indexing path costs ~10x more here.
+            gathering = time.perf_counter()
             x, y = data.x.index_select(0, idx), data.y.index_select(0, idx)
+            out.data_time += time.perf_counter() - gathering
             loss = F.cross_entropy(self.forward(x), y)
             out.diagnosis = self.guard.check(loss, epoch, batch)
             if out.diagnosis is not None:
@@ -373,6 +376,7 @@ def _epoch_metrics(
         "lr": lr,
         **probes,  # grad_norm (+ _max, _min, _first), dead_fraction: what the diagnosis reads
         "epoch_time_s": time.perf_counter() - t0,  # training + validation
+        "data_time_s": out.data_time,  # waiting on data: the telemetry's data-wait share
         "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
         "peak_memory_mb": _peak_memory_mb(device),
     }

@@ -44,8 +44,9 @@ def heartbeat(
     _: WorkerDep,
     body: HeartbeatRequest | None = Body(default=None),
 ) -> ActionResponse:
-    """Extend the lease; the answer says continue or stop."""
-    return leases.heartbeat(ctx, lease_id)
+    """Extend the lease (and record the worker's device telemetry); the answer says
+    continue, prune or stop."""
+    return leases.heartbeat(ctx, lease_id, body.telemetry if body else None)
 
 
 @router.post("/leases/{lease_id}/report", response_model=ActionResponse, responses=_LEASE_ERRORS)

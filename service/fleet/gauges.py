@@ -4,7 +4,9 @@
   plus new trials the budget and ``max_concurrent`` allow) - the queue depth an
   autoscaler scales workers on;
 * ``hpo_trials_running{study}``: trials being sampled or held by a worker;
-* ``hpo_workers_live{workload}``: workers seen within ``worker_timeout_s``.
+* ``hpo_workers_live{workload}``: workers seen within ``worker_timeout_s``;
+* ``hpo_worker_utilization_percent{worker}``, ``hpo_worker_device_memory_mb{worker}``:
+  each live worker's latest device sample (sent with its heartbeats).
 
 Computed from the database, so every server process (and replica) reports the
 same values; only running studies are listed.
@@ -38,12 +40,32 @@ def state_families(session: Session, worker_timeout_s: float) -> list[Metric]:
     for name, wait, run in _per_study(session):
         waiting.add_metric([name], wait)
         running.add_metric([name], run)
+    workers = _live_workers(session, worker_timeout_s)
     live = GaugeMetricFamily(
         "hpo_workers_live", "Workers seen within worker_timeout_s", labels=["workload"]
     )
-    for workload, count in sorted(_live_workers(session, worker_timeout_s).items()):
+    for workload, count in sorted(_by_workload(workers).items()):
         live.add_metric([workload], count)
-    return [waiting, running, live]
+    return [waiting, running, live, *_utilisation(workers)]
+
+
+def _utilisation(workers: list[WorkerRecord]) -> list[Metric]:
+    """Per live worker: its device's latest utilisation and memory (sent with heartbeats)."""
+    util = GaugeMetricFamily(
+        "hpo_worker_utilization_percent",
+        "Device utilisation of a worker while it trains (GPU: NVML; CPU: its processes)",
+        labels=["worker"],
+    )
+    memory = GaugeMetricFamily(
+        "hpo_worker_device_memory_mb", "GPU memory in use on a worker's device", labels=["worker"]
+    )
+    for worker in workers:
+        sample, name = worker.telemetry or {}, worker.name or worker.worker_id
+        if isinstance(sample.get("util_pct"), int | float):
+            util.add_metric([name], float(sample["util_pct"]))
+        if isinstance(sample.get("device_memory_mb"), int | float):
+            memory.add_metric([name], float(sample["device_memory_mb"]))
+    return [util, memory]
 
 
 def _per_study(session: Session) -> list[tuple[str, int, int]]:
@@ -69,10 +91,14 @@ def _per_study(session: Session) -> list[tuple[str, int, int]]:
     return out
 
 
-def _live_workers(session: Session, timeout_s: float) -> dict[str, int]:
+def _live_workers(session: Session, timeout_s: float) -> list[WorkerRecord]:
     since = utcnow() - timedelta(seconds=timeout_s)
+    return list(session.scalars(select(WorkerRecord).where(WorkerRecord.last_seen_at >= since)))
+
+
+def _by_workload(workers: list[WorkerRecord]) -> dict[str, int]:
     live: dict[str, int] = {}
-    for worker in session.scalars(select(WorkerRecord).where(WorkerRecord.last_seen_at >= since)):
+    for worker in workers:
         for workload in capabilities(worker)[0]:
             live[workload] = live.get(workload, 0) + 1
     return live

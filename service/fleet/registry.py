@@ -97,6 +97,7 @@ def touch_without_commit(
     *,
     must_exist: bool = False,
     throttle: bool = False,
+    telemetry: dict[str, float] | None = None,
 ) -> bool:
     """Update ``last_seen_at``; with ``must_exist`` an unknown worker raises WorkerNotFound.
 
@@ -106,10 +107,13 @@ def touch_without_commit(
     """
     if throttle and not _due(worker_id):
         return True
+    values: dict[str, object] = {"last_seen_at": now}
+    if telemetry:  # the device's latest utilisation and memory (the workers page, /metrics)
+        values["telemetry"] = {**telemetry, "at": now.isoformat()}
     result = session.execute(
         update(WorkerRecord)
         .where(WorkerRecord.worker_id == worker_id)
-        .values(last_seen_at=now)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     found = result.rowcount == 1  # type: ignore[attr-defined]

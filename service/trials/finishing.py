@@ -77,6 +77,7 @@ class Outcome:
     diagnosis: str | None = None
     reason: str | None = None
     user_attrs: dict[str, Any] = field(default_factory=dict)
+    telemetry: dict[str, float] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
@@ -111,6 +112,7 @@ def fail(ctx: AppContext, lease_id: str, body: FailRequest) -> FinishResponse:
         diagnosis=body.diagnosis,
         reason=body.reason,
         user_attrs=body.user_attrs,
+        telemetry=body.telemetry,
     )
     return finish(ctx, lease_id, lambda _view: outcome)
 
@@ -137,7 +139,11 @@ def finish(ctx: AppContext, lease_id: str, make_outcome: OutcomeFactory) -> Fini
 
 
 def _complete_outcome(view: LeaseView, body: CompleteRequest) -> Outcome:
-    extra = {"diagnosis": body.diagnosis, "user_attrs": body.user_attrs}
+    extra = {
+        "diagnosis": body.diagnosis,
+        "user_attrs": body.user_attrs,
+        "telemetry": body.telemetry,
+    }
     if body.state == FinishState.PRUNED:
         values = None if body.value is None else [body.value]
         pruned = TrialOutcome.PRUNED
@@ -293,7 +299,9 @@ def _record(ctx: AppContext, claim: _Claim, frozen: optuna.trial.FrozenTrial) ->
         return FinishResponse.model_validate(stored) if stored else answer
     ctx.metrics.trials_finished.labels(state).inc()
     assert view.trial.optuna_trial_id is not None
-    record_findings(ctx, view.trial.id, view.trial.optuna_trial_id, frozen.user_attrs)
+    record_findings(
+        ctx, view.trial.id, view.trial.optuna_trial_id, frozen.user_attrs, outcome.telemetry
+    )
     return answer
 
 

@@ -45,7 +45,9 @@ from service.trials.states import (
 _T = TypeVar("_T")
 
 
-def heartbeat(ctx: AppContext, lease_id: str) -> ActionResponse:
+def heartbeat(
+    ctx: AppContext, lease_id: str, telemetry: dict[str, float] | None = None
+) -> ActionResponse:
     """Extend the lease; ``stop`` when the study was stopped or the trial finished,
     ``prune`` when the study's pruner prunes the trial at its last reported step.
 
@@ -54,7 +56,7 @@ def heartbeat(ctx: AppContext, lease_id: str) -> ActionResponse:
     ignores it) still learns of it and can end the process.
     """
     answer, view = _with_retry(
-        ctx, lambda session: _keep_alive_without_commit(ctx, session, lease_id)
+        ctx, lambda session: _keep_alive_without_commit(ctx, session, lease_id, telemetry=telemetry)
     )
     step, trial_id = view.trial.last_step, view.trial.optuna_trial_id
     if answer.action != Action.CONTINUE or step is None or trial_id is None:
@@ -106,10 +108,14 @@ def _with_retry(ctx: AppContext, unit: Callable[[Session], _T]) -> _T:
 
 
 def _keep_alive_without_commit(
-    ctx: AppContext, session: Session, lease_id: str, last_step: int | None = None
+    ctx: AppContext,
+    session: Session,
+    lease_id: str,
+    last_step: int | None = None,
+    telemetry: dict[str, float] | None = None,
 ) -> tuple[ActionResponse, LeaseView]:
     """Extend (or revive) the lease; a report's ``last_step`` goes into the same
-    update of the trial row."""
+    update of the trial row, a heartbeat's telemetry into the worker's row."""
     view = load_lease_without_commit(session, lease_id)
     lease, trial, study = view.lease, view.trial, view.study
     check_current(view)
@@ -128,7 +134,9 @@ def _keep_alive_without_commit(
         _revive_without_commit(session, view, expires, now, extra)
     else:
         _extend_without_commit(session, view, expires, now, extra)
-    workers_registry.touch_without_commit(session, lease.worker_id, now, throttle=True)
+    workers_registry.touch_without_commit(
+        session, lease.worker_id, now, throttle=telemetry is None, telemetry=telemetry
+    )
     return ActionResponse(action=Action.CONTINUE, lease_expires_at=expires), view
 
 

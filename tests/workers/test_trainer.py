@@ -24,7 +24,7 @@ from workers.model import build_model, count_params
 from workers.trainer import NullHooks, TrainResult, train
 
 METRIC_KEYS = set(EPOCH_METRICS)
-TIMING_KEYS = {"epoch_time_s", "samples_per_s", "peak_memory_mb"}
+TIMING_KEYS = {"epoch_time_s", "data_time_s", "samples_per_s", "peak_memory_mb"}
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
 
 
