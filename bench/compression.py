@@ -1,6 +1,6 @@
 """Run the CPU-sized compression study and report its measured Pareto front.
 
-    python -m bench.compression --data-dir DIR [--workers 2] [--out bench/results/compression-cpu.md]
+    python -m bench.compression --data-dir DIR [--workers 2] [--out FILE.md]
 
 Starts a server (SQLite in a temporary folder) and worker processes, runs
 ``studies/mnist-compression-cpu.yaml`` (NSGA-II over pruning, low rank,
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -60,8 +61,8 @@ def _start(workdir: Path, workers: int, data_dir: str) -> tuple[list[subprocess.
         wlog = open(workdir / f"worker-{i}.log", "w")  # noqa: SIM115
         argv = [sys.executable, "-m", "workers", "--server", url, "--device", "cpu",
                 "--data-dir", data_dir, "--studies", "mnist-compression-cpu"]  # fmt: skip
-        procs.append(subprocess.Popen(argv, env={**env, "HPO_TOKEN": tokens["worker"],
-                                                 "OMP_NUM_THREADS": "1"}, stdout=wlog, stderr=wlog))  # fmt: skip
+        wenv = {**env, "HPO_TOKEN": tokens["worker"], "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(argv, env=wenv, stdout=wlog, stderr=wlog))
     return procs, url, tokens
 
 
@@ -89,8 +90,10 @@ def report(rows: list[dict[str, Any]], front: set[int]) -> str:
     lines = ["| trial | compression | val acc | bytes | latency b1 ms | latency b1024 ms |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted((r for r in rows if r["number"] in front), key=lambda r: r["model_bytes"]):
-        lines.append(f"| {r['number']} | {_describe(r)} | {r['val_accuracy']:.4f} | "
-                     f"{r['model_bytes']:,} | {r['latency_ms_b1']:.3f} | {r['latency_ms_b1024']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['number']} | {_describe(r)} | {r['val_accuracy']:.4f} | {r['model_bytes']:,} "
+            f"| {r['latency_ms_b1']:.3f} | {r['latency_ms_b1024']:.2f} |"
+        )
     dense = max(rows, key=lambda r: r["dense_val_accuracy"])
     close = [r for r in rows if r["val_accuracy"] >= dense["dense_val_accuracy"] - 0.005]
     small = min(close, key=lambda r: r["model_bytes"])
@@ -98,8 +101,9 @@ def report(rows: list[dict[str, Any]], front: set[int]) -> str:
     lines.append(
         f"best dense model (trial {dense['number']}, {_describe(dense)} before compression): "
         f"val {dense['dense_val_accuracy']:.4f}, {dense['dense_model_bytes']:,} bytes, "
-        f"{dense['dense_latency_ms_b1']:.3f} ms at batch 1, {dense['dense_latency_ms_b1024']:.2f} ms at 1024"
-    )  # fmt: skip
+        f"{dense['dense_latency_ms_b1']:.3f} ms at batch 1, "
+        f"{dense['dense_latency_ms_b1024']:.2f} ms at 1024"
+    )
     lines.append(
         f"smallest within 0.5 points of it: trial {small['number']} ({_describe(small)}): "
         f"val {small['val_accuracy']:.4f}, {small['model_bytes']:,} bytes "
@@ -130,6 +134,8 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
     text = (
+        f"# studies/mnist-compression-cpu.yaml: {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"no GPU, {args.workers} workers\n\n"
         f"{len(rows)} trials in {time.monotonic() - started:.0f} s, {len(front)} on the front\n\n"
     )
     text += report(rows, front)
