@@ -31,15 +31,12 @@ from pathlib import Path
 from tests.faults.harness import (
     Chaos,
     Fleet,
-    Server,
-    admin,
     check_invariants,
-    kill_server,
-    restart_server,
     server_errors,
     spec,
     start_server,
 )
+from tests.support import ServerProcess
 
 STUDY = "soak"
 DRAIN_S = 30.0
@@ -69,27 +66,27 @@ def database(kind: str, workdir: Path) -> str:
     return create_pg_database()
 
 
-def server_chaos(box: dict[str, Server], times: int, duration: float, stop: threading.Event):
+def server_chaos(box: dict[str, ServerProcess], times: int, duration: float, stop: threading.Event):
     """Kill and restart the server ``times`` times, evenly spread over ``duration``."""
     restarts = 0
     for _ in range(times):
         if stop.wait(duration / (times + 1)):
             break
-        kill_server(box["server"])
+        box["server"].kill()
         box["logs"] = box.get("logs", "") + box["server"].log()  # type: ignore[assignment]
         time.sleep(1.0)
-        box["server"] = restart_server(box["server"])
+        box["server"] = box["server"].start()
         restarts += 1
     box["restarts"] = restarts  # type: ignore[assignment]
 
 
-def drain(box: dict[str, Server], fleet: Fleet) -> None:
+def drain(box: dict[str, ServerProcess], fleet: Fleet) -> None:
     """Stop the study; wait (bounded) until no lease is active and no trial is open."""
     from sqlalchemy import create_engine, text
 
-    with admin(box["server"]) as api:
+    with box["server"].client() as api:
         api.post(f"/studies/{STUDY}/stop")
-    engine = create_engine(box["server"].fault_settings["HPO_DATABASE_URL"])  # type: ignore[attr-defined]
+    engine = create_engine(box["server"].settings["HPO_DATABASE_URL"])
     query = text("SELECT count(*) FROM hpo_trials WHERE state <> 'finished'")
     deadline = time.monotonic() + DRAIN_S
     try:
@@ -104,8 +101,8 @@ def drain(box: dict[str, Server], fleet: Fleet) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path, db_url: str) -> int:
-    box: dict[str, Server] = {"server": start_server(workdir, db_url)}
-    with admin(box["server"]) as api:
+    box: dict[str, ServerProcess] = {"server": start_server(workdir, db_url)}
+    with box["server"].client() as api:
         resp = api.post("/studies", json=spec(STUDY, 100_000, max_concurrent=args.workers))
         resp.raise_for_status()
     fleet = Fleet(

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.e2e.conftest import REPO_ROOT, Proc, Server, _clean_env, free_port
+from tests.support import Process, ServerProcess, clean_env, study_spec
 
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
-API = "/api/v1"
 
+#: Short leases, frequent heartbeats and reaper passes: faults resolve within seconds.
 FAST = {
     "HPO_LEASE_TTL_S": "2",
     "HPO_HEARTBEAT_INTERVAL_S": "0.5",
@@ -36,42 +32,38 @@ FAST = {
     "HPO_ORPHAN_GRACE_S": "8",
 }
 
+#: The space ``fake_worker.py`` understands (the ``fake`` workload: no trainer checks).
+FAKE_SPACE = {
+    "x": {"type": "float", "low": 0.0, "high": 10.0},
+    "k": {"type": "int", "low": 1, "high": 5},
+}
+
 
 def spec(
     name: str, max_trials: int, max_concurrent: int | None = None, max_retries: int = 100
 ) -> dict[str, Any]:
-    return {
-        "name": name,
-        "workload": "fake",
-        "direction": "maximize",
-        "objective": "fake",
-        "sampler": {"name": "random", "seed": 7},
-        "pruner": {"name": "none"},
-        "budget": {
-            "max_trials": max_trials,
-            "max_concurrent": max_concurrent,
-            "max_retries": max_retries,
-        },
-        "space": {
-            "x": {"type": "float", "low": 0.0, "high": 10.0},
-            "k": {"type": "int", "low": 1, "high": 5},
-        },
+    """A study of the fake workload (maximize ``fake``, seeded random sampler, no pruner)."""
+    budget = {
+        "max_trials": max_trials,
+        "max_concurrent": max_concurrent,
+        "max_retries": max_retries,
     }
-
-
-def start_server(workdir: Path, db_url: str, port: int | None = None, **extra: str) -> Server:
-    settings = {"HPO_DATABASE_URL": db_url, **FAST, **extra}
-    server = Server(workdir, port or free_port(), settings)
-    server.fault_workdir, server.fault_settings = workdir, settings  # type: ignore[attr-defined]
-    return server.start()
-
-
-def admin(server: Server) -> httpx.Client:
-    return httpx.Client(
-        base_url=server.url + API,
-        timeout=10,
-        headers={"Authorization": f"Bearer {server.tokens()['admin']}"},
+    return study_spec(
+        name,
+        workload="fake",
+        objective="fake",
+        pruner={"name": "none"},
+        budget=budget,
+        space=FAKE_SPACE,
     )
+
+
+def start_server(
+    workdir: Path, db_url: str, port: int | None = None, **extra: str
+) -> ServerProcess:
+    """A started server on ``db_url`` with the :data:`FAST` settings and ``extra`` on top.
+    Kill it with ``server.kill()``; ``server.start()`` restarts it on the same port."""
+    return ServerProcess(workdir, {"HPO_DATABASE_URL": db_url, **FAST, **extra}, port).start()
 
 
 class Fleet:
@@ -88,12 +80,12 @@ class Fleet:
     ) -> None:
         self.workdir, self.url, self.token, self.study = workdir, url, token, study
         self.step_sleep, self.max_seconds = step_sleep, max_seconds
-        self.procs: list[Proc] = []
-        self.live: list[Proc] = []
+        self.procs: list[Process] = []
+        self.live: list[Process] = []
         self.kills = 0
         self.lock = threading.Lock()
 
-    def spawn(self) -> Proc:
+    def spawn(self) -> Process:
         n = len(self.procs)
         argv = [
             sys.executable,
@@ -107,7 +99,7 @@ class Fleet:
             "--max-seconds",
             str(self.max_seconds),
         ]
-        proc = Proc(argv, _clean_env(HPO_TOKEN=self.token), self.workdir / f"fake-{n}.log")
+        proc = Process(argv, clean_env(HPO_TOKEN=self.token), self.workdir / f"fake-{n}.log")
         proc.start()
         with self.lock:
             self.procs.append(proc)
@@ -333,22 +325,5 @@ def server_errors(text_: str) -> int:
     return len(re.findall(r"SERVER-ERROR", text_))
 
 
-def kill_server(server: Server) -> None:
-    if server.alive:
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(timeout=10)
-
-
-def restart_server(server: Server) -> Server:
-    """A new server process on the same port, database and token file."""
-    fresh = Server(server.fault_workdir, server.port, server.fault_settings)  # type: ignore[attr-defined]
-    fresh.fault_workdir, fresh.fault_settings = server.fault_workdir, server.fault_settings  # type: ignore[attr-defined]
-    return fresh.start()
-
-
 def json_dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)
-
-
-__all__ = ["REPO_ROOT", "subprocess"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.support import free_port
 
 
 def _bindir() -> Path | None:

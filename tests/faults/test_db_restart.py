@@ -16,9 +16,7 @@ import httpx
 import pytest
 
 from tests.faults.harness import (
-    API,
     Fleet,
-    admin,
     assert_invariants,
     check_invariants,
     server_errors,
@@ -27,6 +25,7 @@ from tests.faults.harness import (
     wait_finished,
 )
 from tests.faults.pg_private import PrivatePostgres, private_pg  # noqa: F401 - fixture
+from tests.support import API
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -82,7 +81,7 @@ def test_database_restart_answers_503_and_loses_nothing(
     fleet: Fleet | None = None
     codes: Counter[str] = Counter()
     try:
-        with admin(server) as api:
+        with server.client() as api:
             resp = api.post("/studies", json=spec("dbdown", TRIALS, max_concurrent=3))
             assert resp.status_code == 201, resp.text
         fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "dbdown", step_sleep=0.2)

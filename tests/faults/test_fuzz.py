@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import admin, spec, start_server
+from tests.faults.harness import spec, start_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(200)]
 
@@ -49,7 +49,7 @@ def _schemathesis(
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, figures) -> None:
     server = start_server(tmp_path, f"sqlite:///{tmp_path / 'fuzz.db'}")
     try:
-        with admin(server) as api:
+        with server.client() as api:
             resp = api.post("/studies", json=spec("fuzzed", 100_000))
             assert resp.status_code == 201, resp.text
         done = _schemathesis(server.url, server.tokens()["admin"], tmp_path)
@@ -74,7 +74,7 @@ def test_schemathesis_on_the_dashboard_api(tmp_path: Path, figures) -> None:
     """The dashboard's JSON API over a study with trials (ids fuzzed around it)."""
     server = start_server(tmp_path, f"sqlite:///{tmp_path / 'fuzz.db'}")
     try:
-        with admin(server) as api:
+        with server.client() as api:
             assert api.post("/studies", json=spec("fuzzed", 100)).status_code == 201
         paths = ("--include-path-regex", "/api/v1/dashboard")
         done = _schemathesis(server.url, server.tokens()["admin"], tmp_path, paths)

@@ -24,7 +24,8 @@ from sqlalchemy.engine import make_url
 
 from service.core import auth
 from tests.conftest import Tokens
-from tests.faults.harness import API, spec, start_server
+from tests.faults.harness import spec, start_server
+from tests.support import API
 
 pytestmark = pytest.mark.faults
 

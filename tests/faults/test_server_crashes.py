@@ -17,12 +17,9 @@ import pytest
 
 from tests.faults.harness import (
     Fleet,
-    admin,
     assert_invariants,
     check_invariants,
     finished_count,
-    kill_server,
-    restart_server,
     server_errors,
     spec,
     start_server,
@@ -35,7 +32,7 @@ RESTARTS = 3
 
 
 def _create(server, name: str, trials: int, concurrent: int | None) -> None:  # type: ignore[no-untyped-def]
-    with admin(server) as api:
+    with server.client() as api:
         resp = api.post("/studies", json=spec(name, trials, max_concurrent=concurrent))
         assert resp.status_code == 201, resp.text
 
@@ -46,10 +43,10 @@ def _crash_loop(server, db_url: str, study: str, trials: int) -> tuple[object, i
     for _ in range(RESTARTS):
         before = finished_count(db_url, study)
         wait_finished(db_url, study, min(trials, before + 6), timeout=30)
-        kill_server(server)
+        server.kill()
         logs += server.log()
         time.sleep(1.0)  # down long enough for workers to hit refused connections
-        server = restart_server(server)
+        server = server.start()
         restarts += 1
     return server, restarts, logs
 

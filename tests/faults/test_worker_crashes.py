@@ -18,7 +18,6 @@ import pytest
 from tests.faults.harness import (
     Chaos,
     Fleet,
-    admin,
     assert_invariants,
     check_invariants,
     server_errors,
@@ -38,7 +37,7 @@ def test_sigkilled_workers_lose_no_trial(pg_url: str, tmp_path: Path, figures) -
     server = start_server(tmp_path, pg_url)
     fleet: Fleet | None = None
     try:
-        with admin(server) as api:
+        with server.client() as api:
             resp = api.post("/studies", json=spec("crashy", TRIALS, max_concurrent=WORKERS))
             assert resp.status_code == 201, resp.text
         fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "crashy", step_sleep=0.2)

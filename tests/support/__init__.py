@@ -5,9 +5,12 @@
 * :mod:`tests.support.processes`: ``Process`` (a child with its log in a file),
   ``clean_env`` and ``wait_for``.
 * :mod:`tests.support.servers`: the two ways to run the real server:
-  ``live_app``/``serve_app`` (uvicorn in a thread, for API and CLI tests) and
-  ``ServerProcess`` (``python -m service.cli server``, for end-to-end and fault tests).
-* :mod:`tests.support.specs`: ``study_spec``, the one study spec builder.
+  ``live_app``/``serve_app`` (uvicorn in a thread on a held socket, tokens minted,
+  for API and CLI tests) and ``ServerProcess`` (``python -m service.cli server``,
+  bootstrap tokens, restartable on its port, for end-to-end and fault tests).
+* :mod:`tests.support.specs`: ``study_spec``, the one study spec builder (the
+  default workload checks settings: synthetic spaces such as ``TOY_SPACE`` need
+  ``workload="toy"`` or similar).
 """
 
 from tests.support.ports import bound_socket, free_port

@@ -14,11 +14,12 @@ import socket
 LOOPBACK = "127.0.0.1"
 
 
-def bound_socket(host: str = LOOPBACK) -> socket.socket:
-    """A TCP socket bound to a free port on ``host``; the caller owns (and closes) it."""
+def bound_socket(host: str = LOOPBACK, port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``port`` on ``host`` (0: a free one the kernel picks);
+    the caller owns (and closes) it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 

@@ -75,16 +75,18 @@ def _log_to(path: Path | None) -> Iterator[None]:
 
 
 @contextmanager
-def serve_app(app: Any, lifespan: str = "auto", log_file: Path | None = None) -> Iterator[str]:
+def serve_app(
+    app: Any, lifespan: str = "auto", log_file: Path | None = None, port: int = 0
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a daemon thread; yields its base URL.
 
-    The listening socket is bound here (port 0) and handed to uvicorn, so the port
-    cannot be taken in between. Waits until uvicorn has started; on exit asks it
-    to stop and joins the thread.
+    The listening socket is bound here (to a free port unless ``port`` is given) and
+    handed to uvicorn, so the port cannot be taken in between. Waits until uvicorn
+    has started; on exit asks it to stop and joins the thread.
     """
     import uvicorn
 
-    sock = bound_socket()
+    sock = bound_socket(port=port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, log_config=None)
     server = uvicorn.Server(config)
@@ -138,7 +140,8 @@ class ServerProcess(Process):
 
     Defaults: SQLite in ``workdir``, auth on, bootstrap tokens in ``workdir/tokens.json``;
     ``settings`` (e.g. ``HPO_LEASE_TTL_S``) override them, and nothing else of this
-    process's ``HPO_*`` environment leaks in. Without ``port`` a free one is picked
+    process's ``HPO_*`` environment leaks in. ``log_level`` ``info`` logs every request.
+    Without ``port`` a free one is picked
     (and another one if that was taken before the server bound it). ``start`` again
     after ``stop``/``kill`` restarts it on the same port, database and token file.
     """
@@ -149,11 +152,12 @@ class ServerProcess(Process):
         settings: Mapping[str, str] | None = None,
         port: int | None = None,
         log_name: str = "server.log",
+        log_level: str = "info",
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.settings = workdir, dict(settings or {})
         self.token_file = Path(self.settings.get("HPO_TOKEN_FILE", workdir / "tokens.json"))
-        self._port_fixed = port is not None
+        self.log_level, self._port_fixed = log_level, port is not None
         self.port = port or free_port()
         env = clean_env(
             **{
@@ -167,7 +171,7 @@ class ServerProcess(Process):
 
     def _argv(self) -> list[str]:
         cmd = [sys.executable, "-m", "service.cli", "server", "--host", LOOPBACK]
-        return cmd + ["--port", str(self.port)]
+        return cmd + ["--port", str(self.port), "--log-level", self.log_level]
 
     @property
     def url(self) -> str:
@@ -175,8 +179,16 @@ class ServerProcess(Process):
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         """Start and wait until ``/healthz`` answers (migrations and tokens are done then)."""
+        return self.launch().ready(timeout)
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting (launch several, then ``ready`` each)."""
+        super().start()
+        return self
+
+    def ready(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
+        """Wait until the launched server answers; fail with its log if it exited."""
         for _attempt in range(3):
-            super().start()
             if self._wait_ready(timeout):
                 self._port_fixed = True  # restarts come back on the same port
                 return self
@@ -184,6 +196,7 @@ class ServerProcess(Process):
                 break
             self.port = free_port()  # lost the race for the port: try another one
             self.argv = self._argv()
+            super().start()
         code = self.proc and self.proc.poll()
         pytest.fail(f"server exited with {code}:\n{self.log()[-3000:]}")
 
