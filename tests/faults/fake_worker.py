@@ -54,7 +54,9 @@ def main() -> int:
     deadline = time.monotonic() + args.max_seconds
     client = Client(args.server, token, timeout=10)
     info = client.register(
-        WorkerRegistration(hostname=socket.gethostname(), name=f"fake-{os.getpid()}"),
+        WorkerRegistration(
+            hostname=socket.gethostname(), name=f"fake-{os.getpid()}", workloads=["fake"]
+        ),
         wait=True,
         deadline_s=args.max_seconds,
     )

@@ -21,14 +21,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.faults.harness import (
-    API,
-    admin,
     assert_invariants,
     check_invariants,
     spec,
     start_server,
 )
 from tests.service.lease_helpers import Tracker
+from tests.support import API
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -60,7 +59,8 @@ def _post(http: httpx.Client, path: str, body: dict, tally: Tally) -> httpx.Resp
 def _leaser(url: str, token: str, tally: Tally, deadline: float) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url + API, headers=headers, timeout=30) as http:
-        wid = _post(http, "/workers/register", {"hostname": "leaser"}, tally).json()["worker_id"]
+        leaser = {"hostname": "leaser", "workloads": ["fake"]}
+        wid = _post(http, "/workers/register", leaser, tally).json()["worker_id"]
         while time.monotonic() < deadline:
             answer = _post(http, "/trials/lease", {"worker_id": wid, "wait_s": 1.0}, tally)
             if answer.status_code != 200:
@@ -145,7 +145,7 @@ def _check(tally: Tally, sampler: DbSampler, db_url: str, label: str, figures) -
 
 
 def _study(server) -> None:  # type: ignore[no-untyped-def]
-    with admin(server) as api:
+    with server.client() as api:
         body = spec("hot", BUDGET, max_concurrent=MAX_CONCURRENT, max_retries=0)
         resp = api.post("/studies", json=body)
         assert resp.status_code == 201, resp.text
