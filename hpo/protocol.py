@@ -187,6 +187,13 @@ class LeaseRequest(_Body):
     wait_s: float = Field(
         default=0.0, ge=0.0, le=30.0, description="long-poll: wait up to this long for work"
     )
+    max_trials: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="batch lease: up to this many trials at once (fused packs), each with "
+        "its own lease",
+    )
 
 
 class TrialSpec(BaseModel):
@@ -228,9 +235,14 @@ class NoWork(BaseModel):
 
 
 class LeaseResponse(BaseModel):
-    """A trial to run, or none (a normal answer: retry after ``retry_after_s``)."""
+    """Trials to run, or none (a normal answer: retry after ``retry_after_s``).
+
+    ``trials`` holds every trial leased (up to the request's ``max_trials``);
+    ``trial`` is the first of them, for workers that lease one at a time.
+    """
 
     trial: TrialSpec | None = None
+    trials: list[TrialSpec] = Field(default_factory=list)
     retry_after_s: float = 0.0
     reason: str | None = Field(
         default=None, description="why there is no work, in words (the messages of ``reasons``)"

@@ -33,8 +33,9 @@ _LEASE_ERRORS_422 = error_responses(404, 409, 422)
 
 @router.post("/trials/lease", response_model=LeaseResponse, responses=error_responses(404))
 async def lease_trial(body: LeaseRequest, ctx: ServicesDep, _: WorkerDep) -> LeaseResponse:
-    """Lease one trial; with ``wait_s`` > 0 the answer waits up to that long for work."""
-    return await leases.long_poll(ctx, body.worker_id, body.studies, body.wait_s)
+    """Lease one trial, or up to ``max_trials`` (each with its own lease); with ``wait_s`` > 0
+    the answer waits up to that long for work."""
+    return await leases.long_poll(ctx, body.worker_id, body.studies, body.wait_s, body.max_trials)
 
 
 @router.post("/leases/{lease_id}/heartbeat", response_model=ActionResponse, responses=_LEASE_ERRORS)

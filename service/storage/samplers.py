@@ -23,9 +23,16 @@ from hpo.spec import (
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    """Build the spec's Optuna sampler, seeded with the study seed."""
+    """Build the spec's Optuna sampler, seeded with the study seed.
+
+    TPE uses Optuna's constant liar unless the spec says otherwise: trials that are
+    still running count as bad guesses, so trials leased at the same time (a batch
+    for a fused pack, or many workers) are spread out instead of clustered.
+    """
     cls = getattr(optuna.samplers, SAMPLERS[spec.sampler.name])
     options = dict(spec.sampler.options)
+    if spec.sampler.name == "tpe":
+        options.setdefault("constant_liar", True)
     if spec.sampler.name == "grid":
         return cls(grid_search_space(spec.space), seed=seed, **options)
     return cls(seed=seed, **options)

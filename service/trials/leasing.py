@@ -13,6 +13,7 @@ idle long-polling workers do not take write locks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,30 +64,49 @@ class _Reserved:
 # --------------------------------------------------------------------------- entry points
 
 
-def lease(ctx: AppContext, worker_id: str, studies: list[str] | None = None) -> LeaseResponse:
-    """One attempt to lease a trial for ``worker_id``; the answer says why when there is none."""
-    return _try_studies(ctx, worker_id, studies, touch=True)
+def lease(
+    ctx: AppContext, worker_id: str, studies: list[str] | None = None, max_trials: int = 1
+) -> LeaseResponse:
+    """One attempt to lease up to ``max_trials`` trials for ``worker_id``; the answer says
+    why when there is none."""
+    return _try_studies(ctx, worker_id, studies, touch=True, limit=max_trials)
 
 
 async def long_poll(
-    ctx: AppContext, worker_id: str, studies: list[str] | None, wait_s: float
+    ctx: AppContext,
+    worker_id: str,
+    studies: list[str] | None,
+    wait_s: float,
+    max_trials: int = 1,
 ) -> LeaseResponse:
     """Lease, re-checking every 0.25 s for up to ``wait_s`` seconds (bounded at 30 s).
 
-    Database work runs in the threadpool; the wait itself holds no thread.
+    Database work runs in the threadpool; the wait itself holds no thread. The answer
+    comes as soon as at least one trial is leased.
     """
     deadline = time.monotonic() + min(max(wait_s, 0.0), 30.0)
-    answer = await run_in_threadpool(lease, ctx, worker_id, studies)
+    answer = await run_in_threadpool(lease, ctx, worker_id, studies, max_trials)
     while answer.trial is None and time.monotonic() + POLL_INTERVAL_S <= deadline:
         await asyncio.sleep(POLL_INTERVAL_S)
-        answer = await run_in_threadpool(_try_studies, ctx, worker_id, studies)
+        answer = await run_in_threadpool(
+            functools.partial(_try_studies, ctx, worker_id, studies, limit=max_trials)
+        )
     return answer
 
 
 def _try_studies(
-    ctx: AppContext, worker_id: str, studies: list[str] | None, *, touch: bool = False
+    ctx: AppContext,
+    worker_id: str,
+    studies: list[str] | None,
+    *,
+    touch: bool = False,
+    limit: int = 1,
 ) -> LeaseResponse:
-    """Try the candidate studies in order; the first trial leased wins.
+    """Try the candidate studies in order until ``limit`` trials are leased.
+
+    A batch is ``limit`` ordinary leases: each trial is reserved under its study's
+    lock, so budget, ``max_concurrent`` and pause/stop hold for every one of them,
+    across server processes; each keeps its own lease.
 
     With ``touch`` the worker's ``last_seen_at`` is updated in the same transaction
     as the read-only pre-check (an unknown worker raises WorkerNotFound).
@@ -98,11 +118,18 @@ def _try_studies(
         if worker is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", "worker_id")
         ready, reasons = candidates(session, studies, workers_registry.capabilities(worker))
+    granted: list[TrialSpec] = []
     for cand in ready:
-        spec = _lease_from(ctx, cand.study.study_id, worker_id)
-        if isinstance(spec, TrialSpec):
-            return LeaseResponse(trial=spec)
-        reasons.append(spec)
+        while len(granted) < limit:
+            spec = _lease_from(ctx, cand.study.study_id, worker_id)
+            if not isinstance(spec, TrialSpec):
+                reasons.append(spec)
+                break
+            granted.append(spec)
+        if len(granted) >= limit:
+            break
+    if granted:
+        return LeaseResponse(trial=granted[0], trials=granted)
     return _no_work(reasons)
 
 

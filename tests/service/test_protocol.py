@@ -368,6 +368,7 @@ def test_no_work_answers(client, tokens, worker: Worker) -> None:
     answer = worker.lease()
     assert answer == {
         "trial": None,
+        "trials": [],
         "retry_after_s": 5.0,
         "reason": "no study",
         "reasons": [{"code": "no_study", "message": "no study", "study": None}],

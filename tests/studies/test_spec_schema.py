@@ -42,13 +42,16 @@ def test_printed_by_the_cli() -> None:
     assert result.exit_code == 0 and json.loads(result.stdout) == spec_json_schema()
 
 
-def test_served_without_a_token(tmp_path: Path) -> None:
+def test_served_to_any_token(tmp_path: Path) -> None:
     from service.app import create_app
-    from tests.conftest import make_settings
+    from tests.conftest import Tokens, make_settings, mint_tokens
 
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'hpo.db'}", tmp_path))
+    tokens = mint_tokens(app.state.ctx)
     with TestClient(app) as client:
-        response = client.get("/api/v1/spec-schema")
+        anonymous = client.get("/api/v1/spec-schema")
+        response = client.get("/api/v1/spec-schema", headers=Tokens.header(tokens.viewer))
     app.state.ctx.close()
+    assert anonymous.status_code == 401
     assert response.status_code == 200
     assert response.json() == spec_json_schema()
