@@ -12,7 +12,8 @@ import signal
 import time
 from typing import Any
 
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack
+from tests.support import study_spec, wait_for
 
 SPACE = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
@@ -25,19 +26,18 @@ SPACE = {
 STEADY = {**SPACE, "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
 
 
-def study_spec(
+def fleet_spec(
     name: str, max_trials: int, max_concurrent: int, space: dict | None = None, **fixed: Any
 ) -> dict[str, Any]:
-    return {
-        "name": name,
-        "direction": "maximize",
-        "objective": "val_accuracy",
-        "sampler": {"name": "random", "seed": 1},
-        "pruner": {"name": "none"},
-        "budget": {"max_trials": max_trials, "max_concurrent": max_concurrent, "max_retries": 2},
-        "fixed": {"epochs": 1, "train_subset": 2000, **fixed},
-        "space": space or SPACE,
-    }
+    """A quick real-training study: one epoch on 2,000 images unless ``fixed`` says otherwise."""
+    return study_spec(
+        name,
+        sampler={"name": "random", "seed": 1},
+        pruner={"name": "none"},
+        budget={"max_trials": max_trials, "max_concurrent": max_concurrent, "max_retries": 2},
+        fixed={"epochs": 1, "train_subset": 2000, **fixed},
+        space=space or SPACE,
+    )
 
 
 #: A trial that runs for a few seconds (~0.3 s per epoch here), so it can be interrupted.
@@ -51,7 +51,7 @@ def test_two_workers_complete_a_study(stack: Stack) -> None:
     workers = [stack.worker(server.url, token) for _ in range(2)]
     for w in workers:  # both registered and asking before there is work
         wait_for(lambda w=w: "registered as worker" in w.log(), 90, "worker registration")
-    api.create_study(study_spec("e2e", max_trials=4, max_concurrent=2, epochs=2))
+    api.create_study(fleet_spec("e2e", max_trials=4, max_concurrent=2, epochs=2))
 
     items = wait_for(lambda: api.finished("e2e", 4), 120, "4 finished trials")
     assert sorted(t["number"] for t in items) == [0, 1, 2, 3]
@@ -81,7 +81,7 @@ def test_sigkilled_worker_trial_is_rerun_after_lease_expiry(stack: Stack) -> Non
     server = stack.server()
     api = server.api()
     token = server.tokens()["worker"]
-    api.create_study(study_spec("killed", max_trials=1, max_concurrent=1, space=STEADY, **SLOW))
+    api.create_study(fleet_spec("killed", max_trials=1, max_concurrent=1, space=STEADY, **SLOW))
     first = stack.worker(server.url, token)
     wait_for(lambda: api.running_with_reports("killed"), 90, "trial 0 training on worker 1")
     first.signal(signal.SIGKILL)
@@ -103,7 +103,7 @@ def test_sigterm_abandons_the_trial_for_an_immediate_rerun(stack: Stack) -> None
     server = stack.server(HPO_LEASE_TTL_S="120")
     api = server.api()
     token = server.tokens()["worker"]
-    api.create_study(study_spec("termed", max_trials=1, max_concurrent=1, space=STEADY, **SLOW))
+    api.create_study(fleet_spec("termed", max_trials=1, max_concurrent=1, space=STEADY, **SLOW))
     first = stack.worker(server.url, token)
     wait_for(lambda: api.running_with_reports("termed"), 90, "trial 0 training on worker 1")
 
@@ -126,7 +126,7 @@ def test_server_outage_loses_no_completion(stack: Stack) -> None:
     server = stack.server(HPO_LEASE_TTL_S="60")
     api = server.api()
     token = server.tokens()["worker"]
-    api.create_study(study_spec("outage", max_trials=2, max_concurrent=1, space=STEADY, epochs=6))
+    api.create_study(fleet_spec("outage", max_trials=2, max_concurrent=1, space=STEADY, epochs=6))
     server.stop()
 
     worker = stack.worker(server.url, token)  # the server is down: the worker waits
