@@ -123,8 +123,11 @@ def run_packed(configs: list[TrainConfig], data: MnistData, device: torch.device
     wall, cpu = _clock(device)
     results: dict[int, TrainResult] = {}
     groups = group_by_key((Member(i, c), c) for i, c in enumerate(configs))
-    for members in groups.values():
-        results.update(train_pack(members, data, device, capacity=k))  # type: ignore[arg-type]
+    for key, members in groups.items():
+        if key is None:  # not packable (gradual pruning): solo, as a daemon would
+            results.update((m.id, train(m.config, data, device)) for m in members)
+        else:
+            results.update(train_pack(members, data, device, capacity=k))
     ordered = [results[i] for i in range(len(configs))]
     return Run(f"pack K={k}", k, *_elapsed(wall, cpu, device), ordered)
 

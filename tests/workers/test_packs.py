@@ -33,6 +33,7 @@ from workers.packs import (
     estimate_member_bytes,
     optimizer_kind,
     pack_key,
+    packable,
     probe_member_bytes,
     train_pack,
 )
@@ -45,7 +46,7 @@ VAL_SIZE = 1000  # a smaller validation split keeps the file fast; accuracy step
 LOSS_TOL = {"rel": 1e-5, "abs": 1e-6}  # measured: <= 3e-7 relative (train_loss), 0 elsewhere
 ACCURACY_TOL = 2 / VAL_SIZE  # measured: 0; two images of slack for another CPU's rounding
 WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-6}  # measured: bit-identical
-TIMING_KEYS = {"epoch_time_s", "samples_per_s", "peak_memory_mb", "total_time_s"}
+TIMING_KEYS = {"epoch_time_s", "data_time_s", "samples_per_s", "peak_memory_mb", "total_time_s"}
 
 
 def config(seed: int, **settings: Any) -> TrainConfig:
@@ -58,25 +59,28 @@ def assert_same_as_solo(packed: TrainResult, solo: TrainResult) -> None:
     """The packed member's TrainResult is the solo one, within the stated tolerances."""
     assert (packed.status, packed.diagnosis) == (solo.status, solo.diagnosis)
     assert (packed.epochs_run, packed.optimizer_steps) == (solo.epochs_run, solo.optimizer_steps)
+    assert packed.objective == pytest.approx(solo.objective, abs=ACCURACY_TOL)
     assert len(packed.history) == len(solo.history)
     for ours, theirs in zip(packed.history, solo.history, strict=True):
-        assert set(ours) == set(theirs)
-        assert (ours["epoch"], ours["lr"]) == (theirs["epoch"], theirs["lr"])
-        for key in ("train_loss", "val_loss", "grad_norm"):
-            assert ours[key] == pytest.approx(theirs[key], nan_ok=True, **LOSS_TOL), key
-        assert abs(ours["val_accuracy"] - theirs["val_accuracy"]) <= ACCURACY_TOL
-    assert set(packed.final) == set(solo.final)
-    for key in set(solo.final) - TIMING_KEYS:
-        if key.endswith("accuracy"):
-            assert abs(packed.final[key] - solo.final[key]) <= ACCURACY_TOL, key
-        else:
-            assert packed.final[key] == pytest.approx(solo.final[key], nan_ok=True, **LOSS_TOL)
+        assert_same_metrics(ours, theirs)
+    assert_same_metrics(packed.final, solo.final)
     assert packed.model is not None and solo.model is not None
     if solo.status != "diverged":  # a diverged model may hold inf/NaN
-        for ours, theirs in zip(
-            packed.model.state_dict().values(), solo.model.state_dict().values(), strict=True
-        ):
+        ours_state, theirs_state = packed.model.state_dict(), solo.model.state_dict()
+        for ours, theirs in zip(ours_state.values(), theirs_state.values(), strict=True):
             torch.testing.assert_close(ours, theirs, **WEIGHT_TOL)
+
+
+def assert_same_metrics(ours: dict[str, float], theirs: dict[str, float]) -> None:
+    """Same keys; equal values (accuracies within ACCURACY_TOL, the rest within LOSS_TOL)."""
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        if key in TIMING_KEYS or "latency" in key:
+            continue
+        if key.endswith("accuracy"):
+            assert abs(ours[key] - value) <= ACCURACY_TOL, key
+        else:
+            assert ours[key] == pytest.approx(value, nan_ok=True, **LOSS_TOL), key
 
 
 def run_pack(
@@ -380,12 +384,15 @@ def test_pack_key_groups_by_shape_and_full_batch_only() -> None:
     assert all(pack_key(c) == pack_key(a) for c in same)
     assert all(pack_key(c) != pack_key(a) for c in other)
     assert pack_key(config(0, optimizer="gd", batch_size=32)) == pack_key(other[0])
+    gradual = config(0, prune_amount=0.5, prune_schedule="gradual")  # masks during training
+    assert packable(a) and packable(config(0, prune_amount=0.5)) and not packable(gradual)
 
 
 def test_add_refuses_an_incompatible_member(mnist: MnistData) -> None:
     pack = PackTrainer(mnist)
     pack.add(Member(0, config(0)))
     assert pack.accepts(config(1, optimizer="adam")) and not pack.accepts(config(1, hidden=32))
+    assert not pack.accepts(config(1, prune_amount=0.5, prune_schedule="gradual"))
     with pytest.raises(ValueError, match="does not fit"):
         pack.add(Member(1, config(1, optimizer="gd")))
 

@@ -32,7 +32,7 @@ no trial fails. For finer control drive a PackTrainer directly: add(), then
 run_epoch() in a loop, each returning the members that ended with their results.
 """
 
-from workers.packs.keys import PackKey, group_by_key, optimizer_kind, pack_key
+from workers.packs.keys import PackKey, group_by_key, optimizer_kind, pack_key, packable
 from workers.packs.member import Member
 from workers.packs.memory import (
     auto_pack_size,
@@ -51,6 +51,7 @@ __all__ = [
     "group_by_key",
     "optimizer_kind",
     "pack_key",
+    "packable",
     "probe_member_bytes",
     "train_pack",
 ]

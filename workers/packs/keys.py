@@ -59,6 +59,17 @@ def pack_key(config: TrainConfig) -> PackKey:
     )
 
 
+def packable(config: TrainConfig) -> bool:
+    """Whether the trial can train in a pack at all (if not, it runs solo).
+
+    Gradual pruning masks weights between epochs inside the solo loop, which the
+    stacked model does not reproduce. Compression after training is fine: a
+    packed member that completes is compressed by the solo trainer's own step.
+    """
+    gradual = getattr(config, "prune_schedule", "once") == "gradual"  # older configs: none
+    return not (gradual and getattr(config, "prune_amount", 0.0) > 0)
+
+
 def optimizer_kind(config: TrainConfig) -> str:
     """The update rule torch.optim applies for this config (one of :data:`KINDS`).
 
@@ -77,9 +88,12 @@ def optimizer_kind(config: TrainConfig) -> str:
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def group_by_key(items: Iterable[tuple[T, TrainConfig]]) -> dict[PackKey, list[T]]:
-    """Group (item, config) pairs by :func:`pack_key`, keeping their order within a group."""
-    groups: dict[PackKey, list[T]] = defaultdict(list)
+def group_by_key(items: Iterable[tuple[T, TrainConfig]]) -> dict[PackKey | None, list[T]]:
+    """Group (item, config) pairs by :func:`pack_key`, keeping their order within a group.
+
+    Items that are not :func:`packable` go under None: train those solo.
+    """
+    groups: dict[PackKey | None, list[T]] = defaultdict(list)
     for item, config in items:
-        groups[pack_key(config)].append(item)
+        groups[pack_key(config) if packable(config) else None].append(item)
     return dict(groups)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +25,14 @@ from workers.packs.keys import optimizer_kind
 from workers.packs.layout import Layout
 from workers.packs.stack import Rows
 from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate, make_scheduler
+
+
+class Splits(NamedTuple):
+    """The data a pack trains, validates and tests on, on its device."""
+
+    train: Split
+    val: Split
+    test: Split
 
 
 @dataclass
@@ -116,25 +124,42 @@ class Member:
 
     # ----------------------------------------------------------------------- results
 
-    def result(self, status: str, diagnosis: str | None, test_set: Split | None) -> TrainResult:
-        """The solo trainer's TrainResult for this member (weights must be loaded into module)."""
+    def result(self, status: str, diagnosis: str | None, splits: Splits | None) -> TrainResult:
+        """The solo trainer's TrainResult for this member (weights must be loaded into module).
+
+        As solo: a completed model is compressed and measured as shipped (its
+        validation accuracy is then the objective); a pruned or diverged one gets
+        its test accuracy; a stopped one neither.
+        """
         assert self.module is not None
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
-        if status != "stopped" and test_set is not None:  # reported, never optimized on
-            final["test_accuracy"] = evaluate(self.module, test_set)[1]
+        objective = self.history[-1]["val_accuracy"] if self.history else None
+        if status == "completed" and splits is not None:
+            final.update(self._ship(splits))
+            objective = final["val_accuracy"]
+        elif status != "stopped" and splits is not None:  # reported, never optimized on
+            final["test_accuracy"] = evaluate(self.module, splits.test)[1]
         final["n_params"] = count_params(self.module)
         final["total_time_s"] = time.perf_counter() - self._started
-        objective = self.history[-1]["val_accuracy"] if self.history else None
         return TrainResult(
-            status,
-            objective,
-            len(self.history),
-            self.history,
-            final,
-            diagnosis,
-            self.steps,
+            status, objective, len(self.history), self.history, final, diagnosis, self.steps,
             self.module,
-        )
+        )  # fmt: skip
+
+    def _ship(self, splits: Splits) -> dict[str, float]:
+        # The solo trainer's own compression step (workers.trainer.ship_model), on this
+        # member's model, config and batch-order generator: fine-tuning, if the settings ask
+        # for it, runs the solo loop from where the pack left the member.
+        from workers.trainer import _Finished, _Loop, make_optimizer, ship_model
+
+        assert self.module is not None
+        optimizer = make_optimizer(self.config, self.module, splits.train.x.device)
+        loop = _Loop.create(self.config, self.module, optimizer, splits.train, NullHooks())
+        done = _Finished("completed", self.history, None, self._started, self.shuffle, splits.val)
+        device = splits.train.x.device
+        # Measuring the shipped model draws random inputs: not from the caller's global RNG.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return ship_model(loop, done, splits.test)
 
     # ----------------------------------------------------------------------- rollback
 

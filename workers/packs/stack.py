@@ -4,8 +4,8 @@ Every parameter of member k lives in row k of one [K, P] tensor (``flat``, laid
 out by workers.packs.layout), its gradient in row k of ``grad``, so the
 optimizer updates a block of members in a handful of whole-row operations
 instead of a few per parameter tensor. A Linear layer is a batched matrix
-product over members (``baddbmm``), which on the CPU gives each member the same
-bits as its solo F.linear, forward and backward; batch norm runs as one
+product over members (workers.packs.linear), which gives each member the bits
+of its solo F.linear, forward and backward, on the CPU; batch norm runs as one
 F.batch_norm over [B, K*H] (every member's channels side by side), which is per
 member and per channel exactly what the solo BatchNorm1d computes.
 
@@ -17,66 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from workers.packs.layout import Layer, Layout, Segment
+from workers.packs.linear import Sinks, StackedLinear
 from workers.packs.optim import STATE, Group
 
 # (hidden layer index, shape) -> the [K, *shape] dropout noise after that layer's ReLU, or None
 NoiseFn = Callable[[int, tuple[int, ...]], Tensor | None]
-
-
-class _Linear(torch.autograd.Function):
-    """F.linear for every member at once: out[k] = h[k] @ w[k].T + b[k].
-
-    The backward writes the weight and bias gradients straight into the stack's
-    gradient buffer (``sinks``), overwriting or accumulating (gd's chunks), so no
-    [K, P] gradient is ever allocated or concatenated per step. It computes them
-    with the matrix products the solo F.linear's backward (addmm's) uses, in the
-    same orientation: the weight gradient as grad.T @ h. (bmm's own backward
-    computes h.T @ grad, which for some shapes, the 512 x 10 output layer,
-    rounds differently.) ``trigger`` is a leaf that requires grad, so the
-    backward runs even for the first layer, whose inputs need no gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, h: Tensor, w: Tensor, b: Tensor | None, sinks: _Sinks, trigger: Tensor
-    ) -> Tensor:
-        ctx.save_for_backward(h, w)
-        ctx.sinks = sinks
-        if b is None:
-            return torch.bmm(h, w.transpose(1, 2))
-        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        h, w = ctx.saved_tensors
-        sinks: _Sinks = ctx.sinks
-        grad_t = grad.transpose(1, 2)
-        if sinks.stack.grad_fresh:
-            torch.bmm(grad_t, h, out=sinks.weight)
-            if sinks.bias is not None:
-                torch.sum(grad, 1, out=sinks.bias)
-        else:  # accumulate like AccumulateGrad: old + new
-            sinks.weight.add_(torch.bmm(grad_t, h))
-            if sinks.bias is not None:
-                sinks.bias.add_(grad.sum(1))
-        grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
-        return grad_h, None, None, None, None
-
-
-@dataclass
-class _Sinks:
-    """Where a Linear layer's gradients go: views into the stack's gradient buffer."""
-
-    stack: Stack
-    weight: Tensor  # [K, out, in]
-    bias: Tensor | None  # [K, out]
 
 
 @dataclass
@@ -158,12 +109,13 @@ class Stack:
         h, bn = x, 0
         for index, layer in enumerate(self.layout.layers):
             bias = None if layer.bias is None else self._view(self.flat, layer.bias)
-            sinks = _Sinks(
+            sinks = Sinks(
                 self,
                 self._view(self.grad, layer.weight),
                 None if layer.bias is None else self._view(self.grad, layer.bias),
             )
-            h = _Linear.apply(h, self._view(self.flat, layer.weight), bias, sinks, self._trigger)
+            weight = self._view(self.flat, layer.weight)
+            h = StackedLinear.apply(h, weight, bias, sinks, self._trigger)
             if layer.bn is not None:
                 gamma, beta = self._leaf(layer.bn_weight), self._leaf(layer.bn_bias)
                 h = self._batch_norm(h, layer, gamma, beta, self.running[bn], self.running[bn + 1])
@@ -230,11 +182,19 @@ class Stack:
         self.grad[:, :n].addcmul_(l1, sign)
 
     @torch.no_grad()
-    def grad_norms(self) -> Tensor:
-        """Per member global L2 norm of the gradient: the norm of the per-parameter norms."""
+    def grad_norms(self) -> tuple[Tensor, Tensor]:
+        """Per member: the global L2 norm of the gradient and that of the first layer's.
+
+        Each is the norm of the per-parameter norms (torch's get_total_norm), the
+        first layer being the first module with parameters (workers.probes).
+        """
         segments = [self.layout.segments[i] for i in self.layout.solo_order]
         norms = [torch.linalg.vector_norm(self.grad[:, s.start : s.stop], dim=1) for s in segments]
-        return torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+        first = self.layout.layers[0]
+        in_first = [i for i, s in enumerate(segments) if s in (first.weight, first.bias)]
+        total = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+        first_total = torch.linalg.vector_norm(torch.stack([norms[i] for i in in_first], 1), dim=1)
+        return total, first_total
 
     @torch.no_grad()
     def step(self) -> None:

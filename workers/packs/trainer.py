@@ -18,27 +18,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hpo.settings import TrainConfig
-from workers.data import MnistData, Split
+from workers.data import MnistData
 from workers.model import N_CLASSES, dropout_noise
-from workers.packs.keys import KINDS, PackKey, pack_key
+from workers.packs.epoch import EpochSums, epoch_metrics
+from workers.packs.keys import KINDS, PackKey, pack_key, packable
 from workers.packs.layout import Layout
-from workers.packs.member import Member
+from workers.packs.member import Member, Splits
 from workers.packs.stack import Rows, Stack
+from workers.probes import DeadUnitProbe
 from workers.trainer import (
     CUDA_GUARD_EVERY,
     GD_CHUNK,
     GRAD_NORM_EVERY,
     TrainResult,
     _configure_backend,
-    _epoch_metrics,
-    _EpochOutcome,
     _nonfinite_loss,
     _on,
     _reset_peak_memory,
@@ -46,24 +45,6 @@ from workers.trainer import (
 )
 
 Finished = list[tuple[Member, TrainResult]]
-
-
-@dataclass
-class _Epoch:
-    """The pack epoch in progress. Per-member sums stay on the device until its end."""
-
-    t0: float
-    loss_sum: Tensor  # [K] sum over samples of each member's cross-entropy (no L1 term)
-    grad_sum: Tensor  # [K] sum of the gradient norms measured this epoch
-    order: Tensor | None = None  # [K, n] each member's batch order (mini-batch epochs)
-    samples: int = 0  # the same for every member: they step in lockstep
-    steps: int = 0
-    grad_norms: int = 0
-
-    def keep(self, index: Tensor) -> None:
-        self.loss_sum, self.grad_sum = self.loss_sum[index], self.grad_sum[index]
-        if self.order is not None:
-            self.order = self.order[index]
 
 
 class PackTrainer:
@@ -96,7 +77,7 @@ class PackTrainer:
         self.joining: list[Member] = []
         self.stack: Stack | None = None
         self.finished: Finished = []
-        self._epoch: _Epoch | None = None
+        self._epoch: EpochSums | None = None
         self._l1: Tensor | None = None  # [K, 1] per-member L1 strength, None when all are 0
         self._dropout_any = False
 
@@ -109,8 +90,8 @@ class PackTrainer:
         return (self.capacity or 1 << 30) - len(self)
 
     def accepts(self, config: TrainConfig) -> bool:
-        """Whether a trial with ``config`` can join (an empty pack takes any)."""
-        return self.key is None or pack_key(config) == self.key
+        """Whether a trial with ``config`` can join (an empty pack takes any packable one)."""
+        return packable(config) and (self.key is None or pack_key(config) == self.key)
 
     def add(self, member: Member) -> None:
         """Queue ``member`` to join at the next epoch boundary (its epoch 1, or where it left)."""
@@ -166,9 +147,7 @@ class PackTrainer:
         for m in self.members:
             m.epoch += 1
         self._refresh()
-        k = len(self.members)
-        zeros = torch.zeros(k, device=self.device)
-        self._epoch = ep = _Epoch(time.perf_counter(), zeros, zeros.clone())
+        self._epoch = ep = EpochSums.start(len(self.members), self.device)
         if self.key.batch == "gd":
             self._full_batch_epoch(ep)
         else:
@@ -180,9 +159,10 @@ class PackTrainer:
             self.key = None  # empty: the next member may open a pack of another shape
         return self.drain()
 
-    def _minibatch_epoch(self, ep: _Epoch, size: int) -> None:
+    def _minibatch_epoch(self, ep: EpochSums, size: int) -> None:
         """One shuffled pass in mini-batches, every member in its own order (the solo loop)."""
-        data, n = self.train_set, len(self.train_set)
+        data = self.splits.train
+        n = len(data)
         orders = [torch.randperm(n, generator=m.shuffle) for m in self.members]
         ep.order = torch.stack(orders).to(self.device)
         for batch, start in enumerate(range(0, n, size), start=1):
@@ -191,21 +171,24 @@ class PackTrainer:
             idx = ep.order[:, start : start + size]
             if self.key_batch_norm and idx.shape[1] < 2:
                 continue  # BatchNorm cannot normalise a single sample (the solo trainer skips it)
-            flat = idx.reshape(-1)
+            gathering, flat = time.perf_counter(), idx.reshape(-1)
             x = data.x.index_select(0, flat).view(*idx.shape, -1)
-            losses = self._losses(x, data.y.index_select(0, flat).view(idx.shape)).mean(1)
+            y = data.y.index_select(0, flat).view(idx.shape)
+            ep.data_time += time.perf_counter() - gathering
+            losses = self._losses(x, y).mean(1)
             diverged = self._check_guards(losses, batch)
             self._finish_diverged(diverged)  # evaluated before this step, like solo
             self.stack.zero_grad()
             self.stack.backward(losses.sum())  # members are independent: each its own gradient
             self._step(ep)
-            ep.loss_sum += losses.detach() * idx.shape[1]
+            ep.loss += losses.detach() * idx.shape[1]
             ep.samples += idx.shape[1]
             self._drop([i for i, _ in diverged])
 
-    def _full_batch_epoch(self, ep: _Epoch) -> None:
+    def _full_batch_epoch(self, ep: EpochSums) -> None:
         """gd: the exact full-batch gradient in chunks (shared inputs), then ONE step."""
-        data, n = self.train_set, len(self.train_set)
+        data = self.splits.train
+        n = len(data)
         self.stack.zero_grad()
         for start in range(0, n, GD_CHUNK):
             if not self._poll_stops():  # the chunk boundaries are gd's batch boundaries
@@ -215,9 +198,9 @@ class PackTrainer:
             # Every member sees the same chunk: an expanded view, no copy per member.
             losses = self._losses(x.expand(k, *x.shape), y.expand(k, -1)).sum(1) / n
             self.stack.backward(losses.sum())
-            ep.loss_sum += losses.detach() * n
+            ep.loss += losses.detach() * n
         ep.samples = n
-        host = (ep.loss_sum / n).cpu()
+        host = (ep.loss / n).cpu()
         checks = [
             m.guard.check(host[i], m.epoch, 1, always=True) for i, m in enumerate(self.members)
         ]
@@ -248,14 +231,13 @@ class PackTrainer:
                 dropout_noise(noise[k], p, m.dropout)
         return noise
 
-    def _step(self, ep: _Epoch) -> None:
+    def _step(self, ep: EpochSums) -> None:
         """L1 gradient, the sampled gradient norm, then every member's optimizer step."""
         assert self.stack is not None
         if self._l1 is not None:
             self.stack.add_l1(self._l1)
-        if ep.steps % GRAD_NORM_EVERY == 0:  # the solo trainer's sampling of the norm
-            ep.grad_sum += self.stack.grad_norms()
-            ep.grad_norms += 1
+        if ep.steps % GRAD_NORM_EVERY == 0:  # the solo trainer's sampling of the norms
+            ep.observe(*self.stack.grad_norms())
         self.stack.step()
         ep.steps += 1
         for m in self.members:
@@ -271,13 +253,12 @@ class PackTrainer:
 
     # ----------------------------------------------------------------------- epoch ends
 
-    def _end_epoch(self, ep: _Epoch) -> None:
+    def _end_epoch(self, ep: EpochSums) -> None:
         """Per member: metrics, then diverged / schedule / on_epoch hook / done, like solo."""
-        host_loss, host_grad = torch.stack([ep.loss_sum, ep.grad_sum]).cpu()  # the one read
-        train_time = time.perf_counter() - ep.t0
+        rows, train_time = ep.read(), time.perf_counter() - ep.t0
         leaving = []
         for i, m in enumerate(self.members):
-            metrics = self._record(i, host_loss[i], host_grad[i], train_time)
+            metrics = self._record(i, rows[i], train_time)
             if (diagnosis := _nonfinite_loss(metrics)) is not None:
                 self._finish(i, "diverged", diagnosis)
             else:
@@ -293,14 +274,16 @@ class PackTrainer:
             leaving.append(i)
         self._drop(leaving)
 
-    def _record(self, i: int, loss_sum: Tensor, grad_sum: Tensor, train_time: float) -> dict:
+    def _record(self, i: int, row: dict[str, float], train_time: float) -> dict[str, float]:
         """Member i's epoch metrics (validation on its solo-shaped module), added to its history."""
         ep, m = self._epoch, self.members[i]
         assert ep is not None and m.module is not None
         self._load(i)
-        out = _EpochOutcome(loss_sum, grad_sum, ep.samples, ep.steps, ep.grad_norms)
-        val = evaluate(m.module, self.val_set)
-        metrics = _epoch_metrics(m.epoch, out, val, m.lr, ep.t0, train_time, self.device)
+        with DeadUnitProbe(m.module) as dead:  # records during the validation pass, like solo
+            val = evaluate(m.module, self.splits.val)
+        metrics = epoch_metrics(
+            m.epoch, ep, row, val, dead.fraction(), m.lr, train_time, self.device
+        )
         m.history.append(metrics)
         return metrics
 
@@ -309,16 +292,16 @@ class PackTrainer:
             return
         ep = self._epoch
         assert ep is not None
-        host_loss, host_grad = torch.stack([ep.loss_sum, ep.grad_sum]).cpu()
+        rows = ep.read()
         for i, diagnosis in diverged:
-            self._record(i, host_loss[i], host_grad[i], time.perf_counter() - ep.t0)
+            self._record(i, rows[i], time.perf_counter() - ep.t0)
             self._finish(i, "diverged", diagnosis)
 
     def _finish(self, i: int, status: str, diagnosis: str | None) -> None:
         """Member i ends: its TrainResult (test accuracy on its module) joins ``finished``."""
         self._load(i)
         m = self.members[i]
-        self.finished.append((m, m.result(status, diagnosis, self.test_set)))
+        self.finished.append((m, m.result(status, diagnosis, self.splits)))
 
     def _poll_stops(self) -> bool:
         """Ask every member's should_stop() at a batch boundary; False when none is left."""
@@ -333,9 +316,7 @@ class PackTrainer:
     def _open(self, key: PackKey) -> None:
         self.key, self.key_batch_norm = key, key.batch_norm
         train, val = (_on(s, self.device) for s in self.data.split(key.val_size))
-        self.train_set: Split = train.head(key.train_subset)
-        self.val_set: Split = val
-        self.test_set: Split = _on(self.data.test, self.device)
+        self.splits = Splits(train.head(key.train_subset), val, _on(self.data.test, self.device))
         self.layout: Layout | None = None
 
     def _admit(self) -> None:
