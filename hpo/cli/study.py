@@ -68,6 +68,7 @@ class ListFormat(StrEnum):
 
 
 Format = Annotated[ListFormat, typer.Option("--format", "-f", help="table or json")]
+TABLE = ListFormat.table
 
 
 class CliError(Exception):
@@ -150,6 +151,16 @@ def create(
     Console().print(f"created study {study.name!r} (id {study.study_id})", markup=False)
 
 
+def _emit(answer: Any, fmt: ListFormat, table: Callable[[Any], None]) -> None:
+    """``--format json``: the answer as JSON on stdout; else ``table(answer)``."""
+    if fmt == ListFormat.table:
+        table(answer)
+    elif isinstance(answer, list):
+        typer.echo(json.dumps([item.model_dump(mode="json") for item in answer], indent=2))
+    else:
+        typer.echo(answer.model_dump_json(indent=2))
+
+
 @study_app.command("list")
 @_clean_errors
 def list_studies(
@@ -161,28 +172,17 @@ def list_studies(
 ) -> None:
     """List studies with their trial counts."""
     with client(server, token) as api:
-        page = api.list_studies(limit=limit, offset=offset)
-    if fmt == ListFormat.json:
-        typer.echo(page.model_dump_json(indent=2))
-        return
-    views.print_study_page(page)
+        _emit(api.list_studies(limit=limit, offset=offset), fmt, views.print_study_page)
 
 
 @study_app.command("show")
 @_clean_errors
 def show(
-    ref: StudyRef,
-    server: Server = DEFAULT_SERVER,
-    token: Token = None,
-    fmt: Format = ListFormat.table,
+    ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None, fmt: Format = TABLE
 ) -> None:
     """Show a study: state, counts and best trial (or Pareto front)."""
     with client(server, token) as api:
-        study = api.get_study(ref)
-    if fmt == ListFormat.json:
-        typer.echo(study.model_dump_json(indent=2))
-        return
-    views.print_summary(study)
+        _emit(api.get_study(ref), fmt, views.print_summary)
 
 
 @study_app.command("trials")
@@ -197,27 +197,17 @@ def trials(
     """List every trial of a study (number, state, value, params)."""
     with client(server, token) as api:
         items = list(api.trials(ref, state=state))
-    if fmt == ListFormat.json:
-        typer.echo(json.dumps([t.model_dump(mode="json") for t in items], indent=2))
-        return
-    views.print_trials(ref, items)
+    _emit(items, fmt, lambda rows: views.print_trials(ref, rows))
 
 
 @study_app.command("diagnose")
 @_clean_errors
 def diagnose(
-    ref: StudyRef,
-    server: Server = DEFAULT_SERVER,
-    token: Token = None,
-    fmt: Format = ListFormat.table,
+    ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None, fmt: Format = TABLE
 ) -> None:
     """What went wrong in the study's trials, and the spec edits that would avoid it."""
     with client(server, token) as api:
-        found = api.diagnosis(ref)
-    if fmt == ListFormat.json:
-        typer.echo(found.model_dump_json(indent=2))
-        return
-    views.print_diagnosis(found)
+        _emit(api.diagnosis(ref), fmt, views.print_diagnosis)
 
 
 def _change(ref: str, action: str, server: str, token: str | None) -> None:
