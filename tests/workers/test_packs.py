@@ -3,15 +3,12 @@
 Every test trains each member alone with workers.trainer.train (same seed) and
 compares. Measured on the 2-core build machine (torch 2.14 CPU): the packed
 weights are bit-identical to the solo ones for every optimizer, schedule,
-warmup, L1/L2, dropout, batch norm and gd; validation loss and accuracy, test
-accuracy, gradient norms and learning rates are equal; train_loss differs by at
-most 3e-7 relative (the per-member mean of the cross-entropy is summed in another
-order than F.cross_entropy's). That is with one torch thread, as these tests
-run: with two, torch's single matrix product splits the 512 x 10 output layer's
-weight gradient across threads (the solo result itself then depends on the
-thread count) while the batched one does not, and packed results differ from
-solo by about 1e-7 relative (bench/packs.py reports it). The tolerances below
-leave room for that and for another CPU's rounding, and no more.
+warmup, L1/L2, dropout, batch norm and gd, at one thread (as these tests run)
+and at two (bench/packs.py, full-size epochs); validation loss and accuracy,
+test accuracy, gradient norms and learning rates are equal; train_loss differs
+by at most 3e-7 relative (each member's mean cross-entropy is summed in another
+order than F.cross_entropy's). The tolerances below leave room for another
+CPU's rounding, and no more.
 """
 
 from __future__ import annotations
@@ -141,6 +138,58 @@ def test_update_rules_are_torch_optim_bit_for_bit(settings: list[dict[str, Any]]
         assert torch.equal(rows[k], solo[k]), (
             f"member {k}: max diff {(rows[k] - solo[k]).abs().max()}"
         )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("n_in", "n_out", "bias"), [(784, 512, True), (512, 10, True), (64, 64, False)]
+)
+def test_stacked_linear_is_the_solo_linear_bit_for_bit(
+    threads: int, n_in: int, n_out: int, bias: bool
+) -> None:
+    """Forward, input, weight and bias gradients of StackedLinear against F.linear's autograd
+    (two backward passes that accumulate, as gd's chunks do), with one thread and with two
+    (where torch's single product sometimes rounds differently from the batched one)."""
+    from types import SimpleNamespace
+
+    from workers.packs.layout import ALIGN
+    from workers.packs.linear import Sinks, StackedLinear
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(threads)
+        k, batch = 3, 64
+        h = torch.randn(k, batch, n_in, generator=gen, requires_grad=True)
+        w = torch.randn(k, n_out, n_in, generator=gen) / n_in**0.5
+        b = torch.randn(k, n_out, generator=gen) if bias else None
+        grad_out = torch.randn(k, batch, n_out, generator=gen)
+        row = -(-(n_out * n_in + n_out) // ALIGN) * ALIGN  # aligned rows, like a stack's
+        buffer = torch.zeros(k, row)
+        sinks = Sinks(
+            SimpleNamespace(grad_fresh=True),
+            buffer[:, : n_out * n_in].view(k, n_out, n_in),
+            buffer[:, n_out * n_in : n_out * n_in + n_out] if bias else None,
+        )
+        trigger = torch.zeros((), requires_grad=True)
+        out = StackedLinear.apply(h, w, b, sinks, trigger)
+        out.backward(grad_out)  # into the buffer
+        sinks.stack.grad_fresh = False
+        StackedLinear.apply(h, w, b, sinks, trigger).backward(grad_out)  # adds (gd's chunks)
+        for i in range(k):
+            hi = h[i].detach().clone().requires_grad_()
+            wi = w[i].clone().requires_grad_()
+            bi = None if b is None else b[i].clone().requires_grad_()
+            solo = torch.nn.functional.linear(hi, wi, bi)
+            solo.backward(grad_out[i])
+            torch.nn.functional.linear(hi, wi, bi).backward(grad_out[i])
+            assert torch.equal(out[i], solo)
+            assert h.grad is not None and torch.equal(h.grad[i], hi.grad)
+            assert torch.equal(sinks.weight[i], wi.grad)
+            if bi is not None:
+                assert sinks.bias is not None and torch.equal(sinks.bias[i], bi.grad)
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- exactness

@@ -90,7 +90,8 @@ def _product(
     # The probe needs no more members than it takes to show how the batch is split over
     # threads: fewer members than threads as they are, else a representative 2 x threads.
     probe_k = k if k < threads else 2 * threads
-    key = (name, probe_k, batch, n_in, n_out, b is not None, h.stride(0) == 0, threads)
+    row = None if out is None else out.stride(0)  # writing into the gradient buffer's rows
+    key = (name, probe_k, batch, n_in, n_out, b is not None, h.stride(0) == 0, row, threads)
     if h.device.type != "cpu" or batched_is_solo(*key):
         return _batched(name, h, w, grad, b, out)
     return _per_member(name, h, w, grad, b, out)
@@ -148,18 +149,32 @@ def _per_member(
 
 @functools.cache
 def batched_is_solo(
-    name: str, k: int, batch: int, n_in: int, n_out: int, bias: bool, shared: bool, threads: int
+    name: str,
+    k: int,
+    batch: int,
+    n_in: int,
+    n_out: int,
+    bias: bool,
+    shared: bool,
+    row: int | None,
+    threads: int,
 ) -> bool:
     """Whether the batched product gives every member the single product's bits (CPU).
 
-    Checked once per shape and thread count on random data, with torch running on
-    ``threads`` threads as in training. A kernel that rounds differently shows on
-    any random input; equal bits here mean the same kernel path.
+    Checked once per shape, output layout (``row``: the row stride of the gradient
+    buffer it writes into; None: a fresh tensor) and thread count, on random data,
+    with torch on ``threads`` threads as in training. A kernel that rounds
+    differently shows on any random input; equal bits mean the same kernel path.
     """
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(1 if shared else k, batch, n_in, generator=gen).expand(k, -1, -1)
     w = torch.randn(k, n_out, n_in, generator=gen) / n_in**0.5
     grad = torch.randn(k, batch, n_out, generator=gen)
     b = torch.randn(k, n_out, generator=gen) if bias else None
-    batched = _batched(name, h if shared else h.contiguous(), w, grad, b, None)
+    out = None
+    if row is not None:  # the same strides (and 64-byte aligned rows) as the real buffer
+        shape = (n_out, n_in) if name == "weight_grad" else (n_out,)
+        out = torch.zeros(k, row)[:, : n_out * (n_in if name == "weight_grad" else 1)]
+        out = out.view(k, *shape)
+    batched = _batched(name, h if shared else h.contiguous(), w, grad, b, out)
     return torch.equal(batched, _per_member(name, h, w, grad, b, None))
