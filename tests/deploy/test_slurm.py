@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "slurm" / "hpo-workers.sbatch"
 SERVER = "http://hpo.test:8000"
@@ -282,12 +284,6 @@ def test_shellcheck_is_clean() -> None:
 # -- on a real one-node Slurm cluster ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 SLURM_CONF = """\
 ClusterName=hpotest
 SlurmctldHost={host}(127.0.0.1)
@@ -340,8 +336,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     conf.write_text(
         SLURM_CONF.format(
             host=socket.gethostname().split(".")[0],
-            ctld_port=_free_port(),
-            d_port=_free_port(),
+            ctld_port=free_port(),
+            d_port=free_port(),
             dir=folder,
         )
     )

@@ -1,16 +1,12 @@
 """Leasing under contention: budget and concurrency hold, no trial is leased twice.
 
 1. 16 threads hammer lease/complete against one app (SQLite and PostgreSQL).
-2. Two real server processes (uvicorn) share one PostgreSQL database, with
+2. Two real server processes (``hpo server``) share one PostgreSQL database, with
    leasers on both: the study row lock, not a Python lock, keeps the budget.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +19,9 @@ import pytest
 from sqlalchemy import select
 
 from service.storage.models import LeaseRecord, TrialRecord
-from tests.conftest import REPO_ROOT, Tokens, make_settings, mint_tokens
+from tests.conftest import Tokens, make_settings, mint_tokens
 from tests.service.lease_helpers import API, Tracker, Worker, create_study, optuna_trials, spec
+from tests.support import ServerProcess
 
 MAX_TRIALS = 40
 MAX_CONCURRENT = 4
@@ -112,24 +109,9 @@ def test_budget_holds_under_16_concurrent_leasers(client, tokens: Tokens, ctx) -
 # --------------------------------------------------------------------------- two servers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-_SERVE = (
-    "import uvicorn\n"
-    "from service.app import create_app\n"
-    "from service.core.config import Settings\n"
-    "s = Settings()\n"
-    "uvicorn.run(create_app(s), host=s.host, port=s.port, log_level='warning')\n"
-)
-
-
 @pytest.fixture
 def two_servers(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[str], Tokens]]:
-    """Two uvicorn processes on one PostgreSQL database; the schema, a study and
+    """Two server processes on one PostgreSQL database; the schema, a study and
     tokens are prepared here first."""
     from hpo.spec import StudySpec
     from service.app import create_app
@@ -140,45 +122,15 @@ def two_servers(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[str], Tokens
     tokens = mint_tokens(ctx)
     create_study_domain(ctx, StudySpec.model_validate(spec("shared", budget=BUDGET)))
     ctx.close()
-    procs, urls = [], []
-    for i in range(2):
-        port = _free_port()
-        env = {
-            **os.environ,
-            "HPO_DATABASE_URL": pg_url,
-            "HPO_PORT": str(port),
-            "HPO_HOST": "127.0.0.1",
-            "HPO_TOKEN_FILE": str(tmp_path / f"tokens{i}.json"),
-            "HPO_DB_POOL_SIZE": "12",
-        }
-        procs.append(subprocess.Popen([sys.executable, "-c", _SERVE], cwd=REPO_ROOT, env=env))
-        urls.append(f"http://127.0.0.1:{port}")
+    settings = {"HPO_DATABASE_URL": pg_url, "HPO_DB_POOL_SIZE": "12"}
+    servers = [ServerProcess(tmp_path / f"s{i}", settings, log_level="warning") for i in range(2)]
     try:
-        for url, proc in zip(urls, procs, strict=True):
-            _wait_ready(url, proc)
-        yield urls, tokens
+        for server in servers:
+            server.launch()
+        yield [server.ready(30).url for server in servers], tokens
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server at {url} exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"server at {url} did not start within 30 s")
+        for server in servers:
+            server.stop(timeout=10)
 
 
 @pytest.mark.postgres
