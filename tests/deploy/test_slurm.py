@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.deploy.tools import missing
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,15 +75,6 @@ for task in range(int(opts.get("ntasks", per_node))):
     procs.append(subprocess.Popen(args, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT))
 sys.exit(max(p.wait() for p in procs))
 """
-
-
-def _missing(what: str) -> None:
-    required = os.environ.get("HPO_REQUIRE_DEPLOY")
-    if required is None:
-        required = os.environ.get("HPO_REQUIRE_COMPOSE")
-    if required == "1":
-        pytest.fail(f"{what} is required for the deployment checks (HPO_REQUIRE_DEPLOY=1)")
-    pytest.skip(f"{what} not available")
 
 
 def _write_exe(path: Path, text: str) -> None:
@@ -324,9 +316,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tools["slurmctld"] = tools["slurmctld"] or shutil.which("slurmctld", path="/usr/sbin")
     tools["slurmd"] = tools["slurmd"] or shutil.which("slurmd", path="/usr/sbin")
     if not all(tools.values()):
-        _missing("Slurm (Debian package slurm-wlm)")
+        missing("Slurm (Debian package slurm-wlm)")
     if os.geteuid() != 0:
-        _missing("root (slurmd launches the test cluster's jobs)")
+        missing("root (slurmd launches the test cluster's jobs)")
     folder = tmp_path_factory.mktemp("slurm")
     for sub in ("state", "spool", "dev"):
         (folder / sub).mkdir()

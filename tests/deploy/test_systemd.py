@@ -14,7 +14,6 @@ checked in any case.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import shlex
 import shutil
@@ -26,20 +25,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tests.deploy.tools import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
 WORKER, SERVER = UNITS / "hpo-worker@.service", UNITS / "hpo-server.service"
 HPO = "/opt/hpo/venv/bin/hpo"
 MAX_EXPOSURE = {"hpo-worker@0.service": 4.0, "hpo-server.service": 2.5}
-
-
-def _missing(what: str) -> None:
-    required = os.environ.get("HPO_REQUIRE_DEPLOY")
-    if required is None:
-        required = os.environ.get("HPO_REQUIRE_COMPOSE")
-    if required == "1":
-        pytest.fail(f"{what} is required for the deployment checks (HPO_REQUIRE_DEPLOY=1)")
-    pytest.skip(f"{what} not installed")
 
 
 def _unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -75,7 +67,7 @@ def _seconds(value: str) -> float:
 def _systemd_analyze() -> str:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        _missing("systemd-analyze (Debian package systemd)")
+        missing("systemd-analyze (Debian package systemd)")
     return tool
 
 
