@@ -17,15 +17,12 @@ from sqlalchemy.orm import Session
 from service.api.deps import ViewerDep
 from service.api.errors import error_responses
 from service.core.errors import NotFound
-from service.dashboard import charts_curves, overview, queries, table, trial_view
+from service.dashboard import charts_curves, overview, queries, state, table, trial_view
 from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
-from service.dashboard.state import DashboardDep, DashboardState
-
-#: Studies with more trials than this are served stale-while-revalidate.
-STALE_OK_TRIALS = 2000
+from service.dashboard.state import DashboardDep
 
 router = APIRouter(
     prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404, 422)
@@ -51,18 +48,8 @@ def version(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> dict[str, An
         frame = dash.frame(study_id, session)
         service = queries.service_version(session, study_id)
         metrics = queries.metrics_cursor(session, study_id)
-    head = _header(dash, frame, f"{frame.key}|{service}")
+        head = dash.header(session, frame.meta, frame.version, service)
     return {"trials": frame.key, "metrics": metrics, "service": service, **head}
-
-
-def _header(dash: DashboardState, frame: StudyFrame, version: str) -> dict[str, Any]:
-    def build(_previous: Any) -> tuple[str, dict[str, Any]]:
-        with dash.ctx.db.session() as session:  # its own session: may run in the background
-            return version, overview.header(session, frame.meta)
-
-    stale_ok = len(frame.rows) > STALE_OK_TRIALS
-    key = (frame.meta.study_id, "header")
-    return dash.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
 
 
 def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
@@ -75,7 +62,7 @@ def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
 def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
     """One chart of the study page as ``{figure, version, message, note, ...}``.
 
-    Studies over ``STALE_OK_TRIALS`` trials get the previous figure while the new
+    Studies over ``state.STALE_OK_TRIALS`` trials get the previous figure while the new
     one is built in the background (its ``version`` tells the page to ask again)."""
     spec = STUDY_CHARTS.get(name)
     if spec is None:
@@ -91,7 +78,7 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
             result = safe_build(name, lambda: spec.build(session, current))
             return built, payload(name, built, result)
 
-    stale_ok = len(frame.rows) > STALE_OK_TRIALS
+    stale_ok = len(frame.rows) > state.STALE_OK_TRIALS
     body = dash.answers.get((study_id, "chart", name), version, build, stale_ok=stale_ok)
     return _json(body)
 

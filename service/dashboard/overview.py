@@ -42,22 +42,26 @@ def header(session: Session, meta: StudyMeta, counts: TrialCounts | None = None)
     }  # fmt: skip
 
 
-def studies(session: Session, study_id: int | None = None) -> list[dict[str, Any]]:
-    """Every Optuna study (or one): run state, sampler, header and the workers on it."""
-    rows = queries.optuna_studies(session, study_id)
-    counts = trial_counts(session, [row.study_id for row in rows])
+def summary(meta: StudyMeta, head: dict[str, Any], workers: list[str]) -> dict[str, Any]:
+    """A study's row on the studies page (and the study page's header): ``head`` is
+    :func:`header`'s answer, ``workers`` those holding a lease on it."""
+    return {
+        "study_id": meta.study_id, "name": meta.name, "run_state": meta.run_state or "external",
+        "direction": meta.direction, "objective": meta.objective_name,
+        "sampler": meta.sampler, "pruner": meta.pruner, **head, "workers": workers,
+    }  # fmt: skip
+
+
+def studies(session: Session) -> list[dict[str, Any]]:
+    """Every Optuna study: run state, sampler, header and the workers on it."""
+    metas = [meta_from_row(row) for row in queries.optuna_studies(session)]
+    counts = trial_counts(session, [meta.study_id for meta in metas])
     workers = queries.active_workers(session)
-    out = []
-    for row in rows:
-        meta = meta_from_row(row)
-        out.append({
-            "study_id": row.study_id, "name": row.name, "run_state": row.run_state or "external",
-            "direction": meta.direction, "objective": meta.objective_name,
-            "sampler": meta.sampler, "pruner": meta.pruner,
-            **header(session, meta, counts[row.study_id]),
-            "workers": workers.get(row.study_id, []),
-        })  # fmt: skip
-    return out
+    return [
+        summary(meta, header(session, meta, counts[meta.study_id]),
+                workers.get(meta.study_id, []))
+        for meta in metas
+    ]  # fmt: skip
 
 
 def workers(session: Session, timeout_s: float) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
-from service.dashboard import overview, trial_view
+from service.dashboard import overview, queries, trial_view
 from service.dashboard.charts import STUDY_CHARTS
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
@@ -62,7 +62,8 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
     """A study: header, charts and the trials table."""
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
-        summary = overview.studies(session, study_id)[0]
+        workers = queries.active_workers(session).get(study_id, [])
+        summary = overview.summary(meta, dash.header(session, meta), workers)
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(
         dash, request, "study.html", user, page="study", study=summary, meta=meta,

@@ -12,10 +12,10 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from service.core.context import AppContext
-from service.dashboard import queries
+from service.dashboard import overview, queries
 from service.dashboard.cache import VersionedCache
 from service.dashboard.charts_base import fmt
-from service.dashboard.frame import StudyFrame, load_frame
+from service.dashboard.frame import StudyFrame, StudyMeta, load_frame
 from service.dashboard.static import asset_url
 
 HERE = Path(__file__).parent
@@ -24,6 +24,8 @@ log = logging.getLogger("hpo.dashboard")
 MAX_FRAMES = 32
 #: Serialised answers kept (chart figures, study headers): up to a few MB each.
 MAX_ANSWERS = 512
+#: Studies with more trials than this get their charts and header stale-while-revalidate.
+STALE_OK_TRIALS = 2000
 
 
 class DashboardState:
@@ -59,6 +61,27 @@ class DashboardState:
             return version, load_frame(session, study_id, old, version)
 
         return self.frames.get((study_id,), version, build)
+
+    def header(
+        self,
+        session: Session,
+        meta: StudyMeta,
+        trials: tuple[Any, ...] | None = None,
+        service: str | None = None,
+    ) -> dict[str, Any]:
+        """:func:`overview.header` (trials per state, best trial), cached under the
+        study's trial and service versions (pass them when already known)."""
+        trials = trials or queries.trials_version(session, meta.study_id)
+        service = service or queries.service_version(session, meta.study_id)
+        version = "-".join(str(v) for v in trials) + f"|{service}"
+
+        def build(_previous: Any) -> tuple[str, dict[str, Any]]:
+            with self.ctx.db.session() as own:  # not the caller's: may run in the background
+                return version, overview.header(own, meta)
+
+        stale_ok = int(trials[0]) > STALE_OK_TRIALS
+        key = (meta.study_id, "header")
+        return self.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
 
     def forget(self, study_id: int) -> None:
         """Drop everything cached about a study."""

@@ -221,9 +221,9 @@ def test_curve_delta_too_big_asks_for_a_reload(viewer, study_id, monkeypatch) ->
 def test_big_studies_get_the_previous_figure_while_rebuilding(
     viewer, app, ctx, study_id, monkeypatch
 ) -> None:
-    from service.dashboard import api
+    from service.dashboard import state
 
-    monkeypatch.setattr(api, "STALE_OK_TRIALS", 10)
+    monkeypatch.setattr(state, "STALE_OK_TRIALS", 10)
     first = chart(viewer, study_id, "lr")
     study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
     trial = study.ask()

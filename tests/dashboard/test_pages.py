@@ -207,3 +207,13 @@ def test_compare_page_lists_the_studies(viewer, study_id) -> None:
     page = viewer.get("/dashboard/compare", params={"ids": f"{study_id},999,x"})
     assert page.status_code == 200 and "mnist-demo" in page.text
     assert 'data-compare="histories"' in page.text
+
+
+def test_the_study_page_and_the_version_poll_share_one_cached_header(viewer, app, study_id) -> None:
+    answers = app.state.dashboard.answers
+    page = viewer.get(f"/dashboard/studies/{study_id}")
+    assert page.status_code == 200 and 'data-count="queued"' in page.text
+    misses = answers.misses
+    polled = viewer.get(f"/api/v1/dashboard/studies/{study_id}/version").json()
+    assert answers.misses == misses  # built once, by the page
+    assert polled["counts"]["total"] == 90 and polled["best"]["value"] > 0.9
