@@ -66,8 +66,7 @@ def packable(config: TrainConfig) -> bool:
     stacked model does not reproduce. Compression after training is fine: a
     packed member that completes is compressed by the solo trainer's own step.
     """
-    gradual = getattr(config, "prune_schedule", "once") == "gradual"  # older configs: none
-    return not (gradual and getattr(config, "prune_amount", 0.0) > 0)
+    return not (config.prune_schedule == "gradual" and config.prune_amount > 0)
 
 
 def optimizer_kind(config: TrainConfig) -> str:
