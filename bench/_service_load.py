@@ -70,7 +70,8 @@ def service_worker(idx: int, port: int, token: str, study: str, clock: Any, out:
     errors: list[str] = []
     done = 0
     status, info = http_.post(
-        f"{api}/workers/register", {"hostname": "bench", "name": f"bench:{idx}", "devices": []}
+        f"{api}/workers/register",
+        {"hostname": "bench", "name": f"bench:{idx}", "devices": [], "workloads": ["instant"]},
     )
     if status != 200 and status != 201:
         out.put(_result("service", ops, 0, [f"register {status} {info}"]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,13 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER_CHECK = ROOT / "scripts" / "extras" / "server_check.py"
 
 
+def _source(workdir: Path) -> Path:
+    """A copy of the checkout to install from (a build writes build/ beside the sources)."""
+    copy = workdir / "source"
+    if not copy.exists():
+        skip = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__")
+        shutil.copytree(ROOT, copy, ignore=skip)
+    return copy
+
+
 def _venv(where: Path, extra: str) -> Path:
     """A fresh venv with ``hpo-service[extra]`` installed from this checkout; its python."""
     print(f"check-extras: [{extra}] alone in {where}", flush=True)
     venv.create(where, with_pip=True, clear=True)
     python = where / "bin" / "python"
     _run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    _run([python, "-m", "pip", "install", "-q", f"{ROOT}[{extra}]"])
+    _run([python, "-m", "pip", "install", "-q", f"{_source(where.parent)}[{extra}]"])
     return python
 
 

@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from hpo.spec import StudySpec
-from service.storage.optuna_store import OptunaStore, TrialView
+from service.storage.optuna_store import OptunaStore
+from service.storage.trial_view import TrialView
 from tests.support import TOY_SPACE, study_spec
 
 State = optuna.trial.TrialState
