@@ -235,7 +235,8 @@ class Server:
 
         def one(_: int) -> float:
             with httpx.Client(base_url=base, headers=h, timeout=600) as c:
-                wid = c.post("/workers/register", json={"hostname": "warm"}).json()["worker_id"]
+                warm = {"hostname": "warm", "workloads": ["instant"]}
+                wid = c.post("/workers/register", json=warm).json()["worker_id"]
                 t0 = time.perf_counter()
                 trial = c.post("/trials/lease", json={"worker_id": wid, "studies": [study]}).json()
                 took = time.perf_counter() - t0

@@ -5,7 +5,7 @@ trial's history; :func:`hpo.findings.check_trial` reads it (with the trainer's
 divergence message when there is one) and the findings are stored with the
 trial row. Done on the server, every trial gets the same checks, whoever ran
 it: the built-in trainer or an own objective that reports the same metrics.
-A failure here is logged and never fails the finish itself.
+They are written in the same transaction that records the trial as finished.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hpo.findings import check_trial
-from service.core.context import AppContext
-from service.storage.models import TrialMetric, TrialRecord
+from service.storage.models import TrialMetric
 
 log = logging.getLogger("hpo.findings")
 
@@ -40,32 +40,28 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def record_findings(
-    ctx: AppContext,
-    row_id: int,
+def diagnostics_without_commit(
+    session: Session,
     optuna_trial_id: int,
     user_attrs: dict[str, Any],
     telemetry: dict[str, float] | None = None,
-) -> None:
-    """Check the trial's reported history and store what was found, with its telemetry
-    (the worker's device figures plus samples/s and data-wait share from the history;
-    never raises)."""
+) -> dict[str, Any]:
+    """``findings`` and ``telemetry`` for the finished trial's row: the checks over its
+    reported history (with the trainer's divergence message), the worker's device
+    figures plus samples/s and the data-wait share. Advice only: an error in the
+    checks is logged and leaves them out."""
+    rows = session.execute(
+        select(TrialMetric.step, TrialMetric.metrics)
+        .where(TrialMetric.optuna_trial_id == optuna_trial_id)
+        .order_by(TrialMetric.step)
+    ).all()
+    history = [{"epoch": step, **(metrics or {})} for step, metrics in rows]
+    figures = {**(telemetry or {}), **throughput(history)} or None
     try:
-        with ctx.db.session() as session:
-            rows = session.execute(
-                select(TrialMetric.step, TrialMetric.metrics)
-                .where(TrialMetric.optuna_trial_id == optuna_trial_id)
-                .order_by(TrialMetric.step)
-            ).all()
-            history = [{"epoch": step, **(metrics or {})} for step, metrics in rows]
-            message = (user_attrs.get("final_metrics") or {}).get("diagnosis")
-            status = "diverged" if user_attrs.get("diagnosis") == "diverged" else None
-            found = [f.model_dump(mode="json") for f in check_trial(history, status, message)]
-            figures = {**(telemetry or {}), **throughput(history)} or None
-            session.execute(
-                update(TrialRecord)
-                .where(TrialRecord.id == row_id)
-                .values(findings=found, telemetry=figures)
-            )
-    except Exception:  # noqa: BLE001 - findings are advice; the trial is finished anyway
-        log.warning("could not record the findings of trial %d", optuna_trial_id, exc_info=True)
+        message = (user_attrs.get("final_metrics") or {}).get("diagnosis")
+        status = "diverged" if user_attrs.get("diagnosis") == "diverged" else None
+        found = [f.model_dump(mode="json") for f in check_trial(history, status, message)]
+    except Exception:  # noqa: BLE001 - findings are advice; the trial finishes anyway
+        log.warning("could not check trial %d", optuna_trial_id, exc_info=True)
+        found = []
+    return {"findings": found, "telemetry": figures}

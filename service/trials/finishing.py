@@ -35,7 +35,7 @@ from service.core.db import utcnow
 from service.core.errors import InvalidRequest, LeaseExpired, TrialFinished
 from service.fleet import registry as workers_registry
 from service.storage.optuna_store import finished_copy
-from service.trials.findings import record_findings
+from service.trials.findings import diagnostics_without_commit
 from service.trials.rows import (
     FINAL_STATES,
     LeaseView,
@@ -292,16 +292,12 @@ def _record(ctx: AppContext, claim: _Claim, frozen: optuna.trial.FrozenTrial) ->
             done = {"result": result, "ended_at": now}
             lease_id, finishing = view.lease.lease_id, [LeaseState.FINISHING]
             move_lease(session, lease_id, finishing, outcome.lease_state, done)
-            _finish_trial_without_commit(session, view, frozen, answer, now)
+            _finish_trial_without_commit(session, view, frozen, answer, outcome, now)
     except Changed:  # recorded by a concurrent request: answer what it stored
         with ctx.db.session() as session:
             stored = stored_answer(load_lease_without_commit(session, view.lease.lease_id).lease)
         return FinishResponse.model_validate(stored) if stored else answer
     ctx.metrics.trials_finished.labels(state).inc()
-    assert view.trial.optuna_trial_id is not None
-    record_findings(
-        ctx, view.trial.id, view.trial.optuna_trial_id, frozen.user_attrs, outcome.telemetry
-    )
     return answer
 
 
@@ -310,10 +306,12 @@ def _finish_trial_without_commit(
     view: LeaseView,
     frozen: optuna.trial.FrozenTrial,
     answer: FinishResponse,
+    outcome: Outcome,
     now: datetime,
 ) -> None:
     attrs = frozen.user_attrs
     values = {
+        **diagnostics_without_commit(session, frozen._trial_id, attrs, outcome.telemetry),
         "final_state": answer.state,
         "value": answer.value,
         "fail_reason": attrs.get("fail_reason") if answer.state == TrialOutcome.FAIL else None,
