@@ -73,7 +73,9 @@ def _cli_type(field: FieldInfo) -> Any:
     """The command-line type of a field: its base type, optional; lists are comma text."""
     annotation = field.annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        # One type: that type; several ("8" or "auto"): text, which the model converts.
+        annotation = kinds[0] if len(kinds) == 1 else str
     if typing.get_origin(annotation) is list:
         annotation = str  # "a,b" on the command line; the model splits it
     return annotation | None

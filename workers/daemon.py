@@ -55,6 +55,9 @@ from workers.ui import make_progress
 
 log = logging.getLogger("workers.daemon")
 
+#: How a batch of leased trials runs here (one at a time, or fused): their ends.
+Runs = Callable[[Client, list[TrialSpec]], list[TrialEnd]]
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -93,6 +96,8 @@ class Worker:
         self._last_idle_reason: str | None = None
         self.device = "cpu"
         self._device_probe: DeviceProbe | None = None
+        #: trials leased at once: 1, or K with --pack K (--pack auto: K after the first lease)
+        self._batch = options.pack if isinstance(options.pack, int) else 1
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -117,22 +122,39 @@ class Worker:
                 return code
             return self._loop(client, runs)
 
-    def _prepare(self) -> Callable[[Client, TrialSpec], TrialEnd] | None:
-        """How one trial runs here; None (after a clear log line) when it cannot."""
+    def _prepare(self) -> Runs | None:
+        """How leased trials run here; None (after a clear log line) when they cannot."""
         opts = self.options
         if opts.command:
             argv = parse_command(opts.command)
             check_executable(argv[0])
-            return lambda client, spec: run_command_trial(self._command_env(client, argv), spec)
+            return lambda client, specs: [
+                run_command_trial(self._command_env(client, argv), spec) for spec in specs
+            ]
         if opts.objective:
             objective = load_objective(opts.objective)
             log.info("objective %s loaded", opts.objective)
-        else:
-            data = self._data(self.device)
-            if data is None:
-                return None
-            objective = ReferenceObjective(data, self.device, self._train)
-        return lambda client, spec: run_trial(self._env(client, objective), spec)
+            return lambda client, specs: [run_trial(self._env(client, objective), s) for s in specs]
+        data = self._data(self.device)
+        if data is None:
+            return None
+        objective = ReferenceObjective(data, self.device, self._train)
+        if opts.pack is not None:
+            return lambda client, specs: self._packs(client, data, objective, specs)
+        return lambda client, specs: [run_trial(self._env(client, objective), s) for s in specs]
+
+    def _packs(
+        self, client: Client, data: Any, objective: Any, specs: list[TrialSpec]
+    ) -> list[TrialEnd]:
+        """``--pack``: the leased trials (and refills) trained fused, K per pack."""
+        from workers.packing import PackRun, lease_more, pack_size
+
+        refill = lease_more(client, self.worker_id or "", self.options.studies)
+        if self._batch == 1:  # --pack auto: K from the first trial's settings, then fill it
+            self._batch = pack_size(self.options.pack, specs[0], data, self.device)
+            specs = specs + refill(self._batch - len(specs))
+        env = self._env(client, objective)
+        return PackRun(env, data, self.device, self._batch, refill).run(specs)
 
     def request_shutdown(self, reason: str = "shutdown requested") -> None:
         """Stop taking work; the running trial is abandoned at its next batch."""
@@ -239,7 +261,7 @@ class Worker:
 
     # ------------------------------------------------------------------ work loop
 
-    def _loop(self, client: Client, runs: Callable[[Client, TrialSpec], TrialEnd]) -> int:
+    def _loop(self, client: Client, runs: Runs) -> int:
         """Lease and run trials until shutdown, ``max_trials`` or ``idle_exit_s``."""
         idle = RetryPolicy(None, None, 0.5, max(0.5, self.options.idle_backoff_s))
         idle_round, idle_since = 0, time.monotonic()
@@ -262,10 +284,10 @@ class Worker:
                 continue
             idle_round = 0
             self._last_idle_reason = None
-            end = runs(client, answer.trial)
-            self.trials_done += 1
+            ends = runs(client, answer.trials or [answer.trial])
+            self.trials_done += len(ends)
             idle_since = time.monotonic()
-            if end.device_error:
+            if any(end.device_error for end in ends):
                 log.error("exiting after a device error so the device is re-initialised")
                 return ExitCode.DEVICE
         log.info("worker stopped after %d trial(s)", self.trials_done)
@@ -308,6 +330,7 @@ class Worker:
             worker_id=self.worker_id or "unregistered",
             studies=self.options.studies or None,
             wait_s=self.options.wait_s,
+            max_trials=self._batch,
         )
         try:
             answer = client.lease(body)

@@ -11,7 +11,7 @@ here too.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +58,12 @@ class WorkerOptions(BaseModel):
     )
     trial_timeout_s: float | None = option(
         None, "--timeout", "fail a --command trial that runs longer than this (seconds)", gt=0
+    )
+    pack: int | Literal["auto"] | None = option(
+        None,
+        "--pack",
+        "train up to K trials of the built-in trainer as one fused model per device "
+        "(or 'auto': as many as fit the device)",
     )
     prune_grace_s: float = option(
         10.0,
@@ -142,6 +148,9 @@ class WorkerOptions(BaseModel):
             raise ValueError(
                 "--workload: name the workload this worker runs (the studies' `workload:`)"
             )
+        if self.pack is not None and (self.objective or self.command):
+            raise ValueError("--pack trains the built-in trainer's trials fused: not with "
+                             "--objective or --command")  # fmt: skip
         if self.workload == REFERENCE_WORKLOAD and (self.objective or self.command):
             raise ValueError(f"--workload {REFERENCE_WORKLOAD} is the built-in trainer's name")
         return self
@@ -150,6 +159,18 @@ class WorkerOptions(BaseModel):
     def workloads(self) -> list[str]:
         """The workloads this worker runs (leases match studies' ``workload:``)."""
         return [self.workload or REFERENCE_WORKLOAD]
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() != "auto":
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"must be a number of trials or 'auto', got {value!r}") from None
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError(f"must be between 1 and 64 trials, got {value}")
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("token", "gpus", "data_dir", "name", "objective", "command", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from hpo.trial import Trial, TrialPruned, TrialStopped
 log = logging.getLogger("workers.reference")
 
 
-class _Hooks:
+class TrialHooks:
     """Trainer hooks over a trial: report each epoch, stop when the trial must."""
 
     def __init__(self, trial: Trial, epochs: int) -> None:
@@ -63,18 +63,25 @@ class ReferenceObjective:
         train = self._train
         if train is None:
             from workers.trainer import train
-        result = train(config, self.data, self.device, _Hooks(trial, config.epochs))
-        trial.set_metrics(final_metrics(result))
-        if result.status == "pruned" or (result.status == "stopped" and trial.should_prune()):
-            raise TrialPruned(f"pruned after {result.epochs_run} epochs")
-        if result.status == "stopped":
-            raise TrialStopped("training stopped")
-        if result.status == "diverged":
-            trial.diagnosis = "diverged"
-            log.warning("%s diverged: %s", trial.label, result.diagnosis)
-        names = trial.spec.objectives or [trial.spec.objective]
-        values = [objective_value(name, result) for name in names]
-        return values[0] if len(values) == 1 else values
+        result = train(config, self.data, self.device, TrialHooks(trial, config.epochs))
+        return conclude(trial, result)
+
+
+def conclude(trial: Trial, result: Any) -> float | list[float]:
+    """What a finished training run means for its trial: the objective value(s), or
+    TrialPruned / TrialStopped; final metrics and a divergence go with the trial.
+    Shared by solo trials and members of a fused pack."""
+    trial.set_metrics(final_metrics(result))
+    if result.status == "pruned" or (result.status == "stopped" and trial.should_prune()):
+        raise TrialPruned(f"pruned after {result.epochs_run} epochs")
+    if result.status == "stopped":
+        raise TrialStopped("training stopped")
+    if result.status == "diverged":
+        trial.diagnosis = "diverged"
+        log.warning("%s diverged: %s", trial.label, result.diagnosis)
+    names = trial.spec.objectives or [trial.spec.objective]
+    values = [objective_value(name, result) for name in names]
+    return values[0] if len(values) == 1 else values
 
 
 def objective_value(name: str, result: Any) -> float:

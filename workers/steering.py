@@ -80,18 +80,80 @@ class Heartbeat:
 
     def _beat(self, client: Client) -> bool:
         """One heartbeat; False once the lease is gone (no point going on)."""
-        try:
-            sample = self._telemetry() if self._telemetry is not None else None
-            body = HeartbeatRequest(progress=self._progress(), telemetry=sample or None)
-            answer = client.heartbeat(self._spec.lease_id, body)
-        except LeaseGone as exc:
-            self._control.drop_trial(f"lease gone: {exc.detail}")
-            return False
-        except ClientError as exc:  # next beat may get through before the lease expires
-            log.warning("%s: heartbeat failed: %s", trial_label(self._spec), exc)
-            return True
-        except Exception:  # never let the thread die silently
-            log.exception("%s: heartbeat error", trial_label(self._spec))
-            return True
-        self._control.apply(answer, "heartbeat")
+        sample = self._telemetry() if self._telemetry is not None else None
+        body = HeartbeatRequest(progress=self._progress(), telemetry=sample or None)
+        return _beat_one(client, self._spec, self._control, body)
+
+
+class HeartbeatGroup:
+    """One background thread keeping many leases alive (the members of a fused pack).
+
+    Each lease is beaten every ``heartbeat_interval_s`` of its spec; a 409 drops
+    that trial alone (its Control), a prune or stop answer sets its flags, exactly
+    as :class:`Heartbeat` does for one trial.
+    """
+
+    def __init__(
+        self,
+        make_client: Callable[[], Client],
+        telemetry: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        self._make_client = make_client
+        self._telemetry = telemetry
+        self._lock = threading.Lock()
+        self._leases: dict[str, tuple[TrialSpec, Control, Callable[[], float | None]]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def add(self, spec: TrialSpec, control: Control, progress: Callable[[], float | None]) -> None:
+        """Start beating ``spec``'s lease."""
+        with self._lock:
+            self._leases[spec.lease_id] = (spec, control, progress)
+
+    def remove(self, lease_id: str) -> None:
+        """Stop beating a lease (its trial ended)."""
+        with self._lock:
+            self._leases.pop(lease_id, None)
+
+    def __enter__(self) -> HeartbeatGroup:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        with self._make_client() as client:
+            while not self._done.wait(self._interval()):
+                with self._lock:
+                    leases = list(self._leases.values())
+                sample = self._telemetry() if self._telemetry is not None else None
+                for spec, control, progress in leases:
+                    if self._done.is_set():
+                        return
+                    body = HeartbeatRequest(progress=progress(), telemetry=sample or None)
+                    if not _beat_one(client, spec, control, body):
+                        self.remove(spec.lease_id)
+
+    def _interval(self) -> float:
+        with self._lock:
+            intervals = [spec.heartbeat_interval_s for spec, _, _ in self._leases.values()]
+        return max(0.05, min(intervals, default=1.0))
+
+
+def _beat_one(client: Client, spec: TrialSpec, control: Control, body: HeartbeatRequest) -> bool:
+    """One heartbeat for one lease; False once the lease is gone."""
+    try:
+        answer = client.heartbeat(spec.lease_id, body)
+    except LeaseGone as exc:
+        control.drop_trial(f"lease gone: {exc.detail}")
+        return False
+    except ClientError as exc:  # the next beat may get through before the lease expires
+        log.warning("%s: heartbeat failed: %s", trial_label(spec), exc)
         return True
+    except Exception:  # never let the thread die silently
+        log.exception("%s: heartbeat error", trial_label(spec))
+        return True
+    control.apply(answer, "heartbeat")
+    return True

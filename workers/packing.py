@@ -1,0 +1,195 @@
+"""``hpo worker --pack K``: lease trials K at a time and train them fused, one pack per device.
+
+The worker asks for a batch (``max_trials: K``); the trials of the built-in
+trainer that can share a pack (same architecture and batch size:
+:func:`workers.packs.pack_key`) train as one stacked model
+(:func:`workers.packs.train_pack`); trials that fit no pack run solo. Each
+member is still a trial: its own :class:`hpo.Trial`, reports every epoch,
+is pruned alone (it leaves the pack at the epoch boundary), and ends with its
+own final call. While members run, freed slots are refilled with newly leased
+trials that fit the pack (continuous batching); a leased trial that does not
+fit waits for the next pack (its lease kept alive meanwhile). One thread beats
+every member's lease; a lost lease drops that member alone. On CUDA out of
+memory the pack halves itself; no trial fails for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpo.client import Client
+from hpo.protocol import LeaseRequest, TrialSpec
+from hpo.running import Ending, Result, abandoned, call_objective
+from hpo.settings import SettingsError, TrainConfig
+from hpo.transport import ClientError
+from hpo.trial import Control, Trial
+from workers.reference import TrialHooks, conclude
+from workers.runner import TrialEnd, TrialEnv, finish, run_trial
+from workers.steering import HeartbeatGroup
+from workers.telemetry import DeviceProbe, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Leased:
+    """A leased trial waiting for, or training in, a pack."""
+
+    trial: Trial
+    config: TrainConfig
+
+
+@dataclass
+class PackRun:
+    """Everything one worker's packs share."""
+
+    env: TrialEnv
+    data: Any
+    device: str
+    capacity: int
+    lease: Callable[[int], list[TrialSpec]]  # lease up to N more trials now (may be [])
+    ends: list[TrialEnd] = field(default_factory=list)
+    waiting: deque[_Leased] = field(default_factory=deque)
+    _members: dict[str, _Leased] = field(default_factory=dict, init=False)
+
+    def run(self, specs: list[TrialSpec]) -> list[TrialEnd]:
+        """Train ``specs`` (and refills) to the end; the end of every trial run."""
+        self.telemetry = Telemetry(self.env.probe or DeviceProbe("cpu"))
+        self.beats = HeartbeatGroup(self.env.make_client, self.telemetry.latest)
+        with self.beats, self.telemetry:
+            self._admit(specs)
+            while self.waiting and not self.env.shutdown.is_set():
+                self._train_next()
+            self._give_back_waiting()
+        return self.ends
+
+    # ------------------------------------------------------------------ admitting
+
+    def _admit(self, specs: list[TrialSpec]) -> None:
+        """Check each trial's settings (bad ones fail at once) and queue the rest."""
+        for spec in specs:
+            control = Control(self.env.shutdown)
+            trial = Trial(self.env.client, spec, control, on_report=self.env.view.advance)
+            try:
+                config = TrainConfig.from_settings(trial.settings, trial.seed)
+            except SettingsError as exc:
+                bad = Result(Ending.FAILED, reason=f"bad setting {exc.field!r}: {exc}",
+                             diagnosis="bad_settings")  # fmt: skip
+                self.ends.append(finish(self.env.client, trial, bad))
+                continue
+            self.beats.add(spec, control, lambda t=trial, c=config: _progress(t, c))
+            self.waiting.append(_Leased(trial, config))
+
+    def _train_next(self) -> None:
+        """The first waiting trial's group as one pack, or that trial solo."""
+        from workers.packs import pack_key, packable, train_pack
+
+        first = self.waiting[0]
+        if not packable(first.config):
+            self.waiting.popleft()
+            self._solo(first)
+            return
+        key = pack_key(first.config)
+        group = [m for m in self.waiting if packable(m.config) and pack_key(m.config) == key]
+        for member in group[: self.capacity]:
+            self.waiting.remove(member)
+        starters = [self._member(m) for m in group[: self.capacity]]
+        log.info("training a pack of %d (%s)", len(starters), _describe(key))
+        train_pack(starters, self.data, self.device, capacity=self.capacity,
+                   refill=self._refill, on_result=self._ended)  # fmt: skip
+
+    def _member(self, leased: _Leased) -> Any:
+        from workers.packs import Member
+
+        lease_id = leased.trial.spec.lease_id
+        self._members[lease_id] = leased
+        return Member(lease_id, leased.config, TrialHooks(leased.trial, leased.config.epochs))
+
+    def _refill(self, free: int, key: Any) -> list[Any]:
+        """Continuous batching: lease more trials; those that fit the pack join it."""
+        from workers.packs import pack_key, packable
+
+        if self.env.shutdown.is_set():
+            return []
+        self._admit(self.lease(free))
+        joining = [m for m in self.waiting if packable(m.config) and pack_key(m.config) == key]
+        for leased in joining[:free]:
+            self.waiting.remove(leased)
+        return [self._member(m) for m in joining[:free]]
+
+    # ------------------------------------------------------------------ ending
+
+    def _ended(self, member: Any, result: Any) -> None:
+        """A member left the pack: judge its run and send its one final call."""
+        leased = self._members.pop(member.id)
+        trial = leased.trial
+        self.beats.remove(trial.spec.lease_id)
+        outcome = call_objective(trial, lambda t: conclude(t, result))
+        if self.env.shutdown.is_set() and outcome.ending in (Ending.DROPPED, Ending.PRUNED):
+            outcome = abandoned()
+        elif trial.control.drop.is_set():
+            outcome = Result(Ending.DROPPED, reason=trial.control.drop_reason)
+        trial.telemetry = self.telemetry.summary()  # the device, shared by the pack so far
+        self.ends.append(finish(self.env.client, trial, outcome))
+
+    def _solo(self, leased: _Leased) -> None:
+        self.beats.remove(leased.trial.spec.lease_id)
+        self.ends.append(run_trial(self.env, leased.trial.spec))
+
+    def _give_back_waiting(self) -> None:
+        """Shutting down: every trial still waiting goes back to the queue at once."""
+        while self.waiting:
+            leased = self.waiting.popleft()
+            self.beats.remove(leased.trial.spec.lease_id)
+            self.ends.append(finish(self.env.client, leased.trial, abandoned()))
+
+
+def _progress(trial: Trial, config: TrainConfig) -> float | None:
+    if trial.last_step is None:
+        return None
+    return min(1.0, trial.last_step / max(config.epochs, 1))
+
+
+def _describe(key: Any) -> str:
+    return ", ".join(f"{name}={value}" for name, value in key._asdict().items())
+
+
+#: ``--pack auto`` on a CPU: measured throughput stops growing well before memory runs out.
+CPU_AUTO_LIMIT = 16
+
+
+def pack_size(pack: int | str | None, spec: TrialSpec, data: Any, device: str) -> int:
+    """K for ``--pack K``, or for ``--pack auto`` the largest pack of ``spec``'s shape that
+    fits the device (its memory per member measured), capped on a CPU."""
+    if isinstance(pack, int):
+        return pack
+    from workers.packs import auto_pack_size
+
+    try:
+        config = TrainConfig.from_settings(spec.settings, spec.seed)
+    except SettingsError:
+        return 1  # the trial will fail on its own; nothing to size a pack by
+    limit = 64 if device.startswith("cuda") else CPU_AUTO_LIMIT
+    k = auto_pack_size(config, data, device, limit=limit)
+    log.info("--pack auto: %d trials per pack on %s", k, device)
+    return k
+
+
+def lease_more(
+    client: Client, worker_id: str, studies: list[str] | None
+) -> Callable[[int], list[TrialSpec]]:
+    """A refill function: lease up to N trials now, without waiting (``[]`` when none)."""
+
+    def lease(count: int) -> list[TrialSpec]:
+        body = LeaseRequest(worker_id=worker_id, studies=studies, max_trials=max(1, min(count, 64)))
+        try:
+            return client.lease(body).trials
+        except ClientError as exc:
+            log.warning("refill lease failed: %s", exc)
+            return []
+
+    return lease
