@@ -14,56 +14,20 @@ that dense model's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 import hpo
+from bench._fleet import Fleet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "studies" / "mnist-compression-cpu.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(workdir: Path, workers: int, data_dir: str) -> tuple[list[subprocess.Popen], str, dict]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
-    env.update(
-        HPO_DATABASE_URL=f"sqlite:///{workdir / 'hpo.db'}", HPO_TOKEN_FILE=str(workdir / "t.json")
-    )
-    port = _free_port()
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 - lives as long as the process
-    procs = [subprocess.Popen([sys.executable, "-m", "service.cli", "server", "--port", str(port)],
-                              env=env, stdout=log, stderr=log)]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(900):  # migrations, then uvicorn: ready once /healthz answers
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    tokens = json.loads((workdir / "t.json").read_text())
-    for i in range(workers):
-        wlog = open(workdir / f"worker-{i}.log", "w")  # noqa: SIM115
-        argv = [sys.executable, "-m", "workers", "--server", url, "--device", "cpu",
-                "--data-dir", data_dir, "--studies", "mnist-compression-cpu"]  # fmt: skip
-        wenv = {**env, "HPO_TOKEN": tokens["worker"], "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen(argv, env=wenv, stdout=wlog, stderr=wlog))
-    return procs, url, tokens
 
 
 def _row(api: hpo.Client, number: int) -> dict[str, Any]:
@@ -120,19 +84,17 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="hpo-compression-"))
-    procs, url, tokens = _start(workdir, args.workers, args.data_dir)
     started = time.monotonic()
-    try:
-        with hpo.Client(url, tokens["admin"]) as api:
+    with Fleet(workdir, args.data_dir) as fleet:
+        for _ in range(args.workers):
+            fleet.worker("--studies", "mnist-compression-cpu")
+        with hpo.Client(fleet.url, fleet.tokens["admin"]) as api:
             api.create_study(yaml.safe_load(SPEC.read_text()))
             api.wait("mnist-compression-cpu", progress=True, poll_s=5)
             rows = [
                 _row(api, t.number) for t in api.trials("mnist-compression-cpu", state="complete")
             ]
             front = {t.number for t in api.pareto("mnist-compression-cpu").trials}
-    finally:
-        for proc in procs:
-            proc.terminate()
     text = (
         f"# studies/mnist-compression-cpu.yaml: {os.cpu_count()} CPUs ({platform.machine()}), "
         f"no GPU, {args.workers} workers\n\n"
