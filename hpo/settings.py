@@ -138,6 +138,10 @@ class TrainConfig(BaseModel):
     # ... fine-tuning after pruning or factorization, then the shipped precision.
     finetune_epochs: Annotated[Whole, Field(ge=0, le=100)] = 0
     quantize: Quantize = "none"
+    # Measure the model as shipped (bytes, latency, FLOPs...) after training: "auto" does
+    # when a compression setting asks for compression (and workers do for a study whose
+    # objectives are model metrics); it costs about a second per trial on a CPU.
+    measure_model: Flag | Literal["auto"] = "auto"
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], seed: int = 0) -> TrainConfig:
@@ -162,6 +166,18 @@ class TrainConfig(BaseModel):
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(TrainConfig.model_fields)
+
+
+def compresses(config: TrainConfig) -> bool:
+    """Whether the settings ask for any compression after training."""
+    return config.prune_amount > 0 or config.low_rank is not None or config.quantize != "none"
+
+
+def measures_model(config: TrainConfig) -> bool:
+    """Whether a completed run is compressed and measured as shipped (``measure_model``)."""
+    if config.measure_model == "auto":
+        return compresses(config)
+    return bool(config.measure_model)
 
 
 def check_setting(name: str, value: Any) -> Any:
@@ -223,7 +239,7 @@ def _settings_error(exc: ValidationError) -> SettingsError:
         return SettingsError(name, f"{name} must be finite, got {given!r}")
     if kind == "int_from_float":
         return SettingsError(name, f"{name} must be an integer, got {given!r}")
-    if name == "compile":
-        return SettingsError(name, f"compile must be true, false or 'auto', got {given!r}")
+    if name in ("compile", "measure_model"):
+        return SettingsError(name, f"{name} must be true, false or 'auto', got {given!r}")
     message = str(err["msg"]).removeprefix("Value error, ")
     return SettingsError(name, f"{name} {message}")

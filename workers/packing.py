@@ -27,7 +27,7 @@ from hpo.running import Ending, Result, abandoned, call_objective
 from hpo.settings import SettingsError, TrainConfig
 from hpo.transport import ClientError
 from hpo.trial import Control, Trial
-from workers.reference import TrialHooks, conclude
+from workers.reference import TrialHooks, conclude, trial_config
 from workers.runner import TrialEnd, TrialEnv, finish, run_trial
 from workers.steering import HeartbeatGroup
 from workers.telemetry import DeviceProbe, Telemetry
@@ -75,7 +75,7 @@ class PackRun:
             control = Control(self.env.shutdown)
             trial = Trial(self.env.client, spec, control, on_report=self.env.view.advance)
             try:
-                config = TrainConfig.from_settings(trial.settings, trial.seed)
+                config = trial_config(trial)
             except SettingsError as exc:
                 bad = Result(Ending.FAILED, reason=f"bad setting {exc.field!r}: {exc}",
                              diagnosis="bad_settings")  # fmt: skip

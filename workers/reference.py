@@ -15,7 +15,7 @@ import logging
 import math
 from typing import Any
 
-from hpo.settings import TrainConfig
+from hpo.settings import MODEL_METRICS, TrainConfig
 from hpo.trial import Trial, TrialPruned, TrialStopped
 
 log = logging.getLogger("workers.reference")
@@ -59,12 +59,22 @@ class ReferenceObjective:
         self._train = train  # injectable for tests of the worker's logic
 
     def __call__(self, trial: Trial) -> float | list[float]:
-        config = TrainConfig.from_settings(trial.settings, trial.seed)  # SettingsError: bad
+        config = trial_config(trial)
         train = self._train
         if train is None:
             from workers.trainer import train
         result = train(config, self.data, self.device, TrialHooks(trial, config.epochs))
         return conclude(trial, result)
+
+
+def trial_config(trial: Trial) -> TrainConfig:
+    """The trial's training settings (SettingsError for a bad one). A study whose objectives
+    include a model metric (bytes, latency...) gets its models measured as shipped."""
+    config = TrainConfig.from_settings(trial.settings, trial.seed)
+    wants = set(trial.spec.objectives or [trial.spec.objective]) & set(MODEL_METRICS)
+    if wants and config.measure_model == "auto":
+        config = config.model_copy(update={"measure_model": True})
+    return config
 
 
 def conclude(trial: Trial, result: Any) -> float | list[float]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.settings import TrainConfig
+from hpo.settings import TrainConfig, measures_model
 from workers.compression import CompressionSettings, PruneSchedule, compress
 from workers.data import MnistData, Split
 from workers.model import (
@@ -189,7 +189,7 @@ def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     final = dict(done.history[-1]) if done.history else {}
     test_set = _on(test_set, loop.train_set.x.device)
     objective = done.history[-1]["val_accuracy"] if done.history else None
-    if done.status == "completed":  # compress, then score the model as it would ship
+    if done.status == "completed" and measures_model(loop.config):  # score it as shipped
         final.update(ship_model(loop, done, test_set))
         objective = final["val_accuracy"]
     elif done.status != "stopped":  # reported, never optimized on

@@ -202,7 +202,10 @@ def test_metrics_have_exactly_the_documented_keys(mnist: MnistData) -> None:
         assert set(metrics) == METRIC_KEYS
         assert all(math.isfinite(v) for v in metrics.values())
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["peak_memory_mb"] > 0
-    assert set(result.final) == set(FINAL_METRICS)
+    assert set(result.final) == METRIC_KEYS | {"test_accuracy", "n_params", "total_time_s"}
+    shipped = train(quick(lr=0.1, epochs=1, measure_model=True), mnist)  # measured as shipped
+    assert set(shipped.final) == set(FINAL_METRICS)
+    assert shipped.final["model_bytes"] > 1e5 and shipped.final["latency_ms_b1024"] > 0
     assert result.final["val_accuracy"] == result.objective
     assert 0.5 < result.final["test_accuracy"] <= 1
 

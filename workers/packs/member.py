@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from hpo.settings import TrainConfig
+from hpo.settings import TrainConfig, measures_model
 from workers.data import Split
 from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
 from workers.packs.keys import optimizer_kind
@@ -127,14 +127,14 @@ class Member:
     def result(self, status: str, diagnosis: str | None, splits: Splits | None) -> TrainResult:
         """The solo trainer's TrainResult for this member (weights must be loaded into module).
 
-        As solo: a completed model is compressed and measured as shipped (its
-        validation accuracy is then the objective); a pruned or diverged one gets
-        its test accuracy; a stopped one neither.
+        As solo: a completed model is compressed and measured as shipped when its
+        settings ask for it (its validation accuracy is then the objective); any other
+        completed, pruned or diverged one gets its test accuracy; a stopped one neither.
         """
         assert self.module is not None
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
         objective = self.history[-1]["val_accuracy"] if self.history else None
-        if status == "completed" and splits is not None:
+        if status == "completed" and splits is not None and measures_model(self.config):
             final.update(self._ship(splits))
             objective = final["val_accuracy"]
         elif status != "stopped" and splits is not None:  # reported, never optimized on
