@@ -121,6 +121,13 @@ class Outcome:
     curve: list[dict[str, Any]] = field(default_factory=list)
     diagnosis: str | None = None
     fail_reason: str | None = None
+    #: every objective value (multi-objective studies; ``value`` is the first)
+    values: list[float] | None = None
+    #: the Optuna user attribute ``final_metrics`` (the model as shipped, before/after)
+    final_metrics: dict[str, Any] | None = None
+    #: what the server stores with a finished trial: findings and telemetry
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    telemetry: dict[str, float] | None = None
 
 
 def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
@@ -129,12 +136,15 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
     lr = float(settings.get(LR, 0.01))
     distance = math.log10(lr) - _BEST_LOG_LR.get(optimizer, -2.0)
     if distance > 1.3:
+        curve = learning_curve(0.1, 2, rng, lr, diverged=True)
         return Outcome(
             TrialState.FAIL,
             None,
-            _curve(0.1, 2, rng, lr, diverged=True),
+            curve,
             "diverged at epoch 2",
             "loss became NaN at epoch 2 (diverged)",
+            findings=[diverged_finding(2, lr)],
+            telemetry=telemetry(curve),
         )
     final = 0.985 - 0.025 * distance**2
     final -= 0.5 * float(settings.get("weight_decay", 0.0)) + 40 * float(settings.get("l1", 0.0))
@@ -143,15 +153,41 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
     final = min(0.995, max(0.1, final + rng.gauss(0.0, 0.004)))
     if final < 0.93 and rng.random() < 0.6:
         stop = rng.randint(2, 5)
-        curve = _curve(final, stop, rng, lr)
-        return Outcome(TrialState.PRUNED, curve[-1][METRIC], curve, f"pruned at epoch {stop}")
-    curve = _curve(final, EPOCHS, rng, lr)
-    return Outcome(TrialState.COMPLETE, curve[-1][METRIC], curve)
+        curve = learning_curve(final, stop, rng, lr)
+        return Outcome(
+            TrialState.PRUNED, curve[-1][METRIC], curve, f"pruned at epoch {stop}",
+            telemetry=telemetry(curve),
+        )  # fmt: skip
+    curve = learning_curve(final, EPOCHS, rng, lr)
+    return Outcome(TrialState.COMPLETE, curve[-1][METRIC], curve, telemetry=telemetry(curve))
 
 
-def _curve(
+def diverged_finding(epoch: int, lr: float) -> dict[str, Any]:
+    """The finding the server stores for a diverged run (``hpo.findings.Finding`` as JSON)."""
+    return {
+        "kind": "diverged", "epoch": epoch, "severity": "error",
+        "message": f"the loss became NaN at epoch {epoch} (lr {lr:.3g})",
+        "evidence": {"lr": lr, "train_loss": None},
+    }  # fmt: skip
+
+
+def telemetry(curve: list[dict[str, Any]]) -> dict[str, float]:
+    """Device figures of a run, derived from its curve (no random draws: the outcomes
+    of a seed stay what they were)."""
+    speed = float(curve[0]["samples_per_s"]) if curve else 60_000.0
+    memory = float(curve[0]["peak_memory_mb"]) if curve else 500.0
+    util = 25.0 + 60.0 * (speed - 40_000) / 50_000
+    return {
+        "util_mean_pct": round(util, 1), "util_peak_pct": round(min(100.0, util + 12), 1),
+        "device_memory_peak_mb": round(memory * 1.6, 1), "host_memory_peak_mb": round(memory, 1),
+        "samples_per_s": speed, "data_wait_share": round(0.02 + (90_000 - speed) / 1e6, 4),
+    }  # fmt: skip
+
+
+def learning_curve(
     final: float, epochs: int, rng: random.Random, lr: float, diverged: bool = False
 ) -> list[dict[str, Any]]:
+    """Per-epoch reports rising towards ``final`` (the last one NaN-like when diverged)."""
     rows = []
     speed = rng.uniform(40_000, 90_000)
     memory = rng.uniform(300, 900)

@@ -4,11 +4,18 @@
   run does), writing ``hpo_trials`` and ``hpo_trial_metrics`` rows as workers would;
 - :func:`seed_bulk` inserts rows straight into Optuna's tables with
   ``executemany`` (10,000 trials in seconds), for scale tests and benchmarks.
+
+Both take the generator of outcomes (``simulate``): :func:`demo.simulate` by
+default, :func:`compression.simulate` for multi-objective compression studies
+(every objective value, and the ``final_metrics`` user attribute). Finished
+trials get the findings and telemetry the server would have stored.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +30,10 @@ from hpo.spec import StudySpec, to_settings
 from service.core.context import AppContext
 from service.storage.models import StudyRecord, TrialMetric, TrialRecord, WorkerRecord
 from service.storage.samplers import suggest_params
+
+#: A synthetic training run: settings -> outcome (``demo.simulate``, ``compression.simulate``).
+Simulate = Callable[[dict[str, Any], random.Random], Outcome]
+FINAL_METRICS = "final_metrics"
 
 # --------------------------------------------------------------------------- studies
 
@@ -81,6 +92,46 @@ def register_workers(ctx: AppContext, count: int, prefix: str = "gpu-box") -> li
     return ids
 
 
+def register_cpu_worker(ctx: AppContext, name: str = "cpu-box:cpu") -> str:
+    """A fake registered worker training on the CPU."""
+    now = datetime.now(UTC)
+    with ctx.db.session() as session:
+        if session.get(WorkerRecord, name) is None:
+            session.add(WorkerRecord(
+                worker_id=name, hostname=name.split(":")[0], name=name, devices=["cpu"],
+                version="0.1.0", registered_at=now, last_seen_at=now,
+            ))  # fmt: skip
+    return name
+
+
+def set_telemetry(
+    ctx: AppContext, worker_id: str, sample: dict[str, float] | None, age_s: float = 0.0
+) -> None:
+    """The worker's latest device sample, as a heartbeat stores it (``at``: ``age_s`` ago)."""
+    at = datetime.now(UTC) - timedelta(seconds=age_s)
+    with ctx.db.session() as session:
+        worker = session.get(WorkerRecord, worker_id)
+        worker.telemetry = None if sample is None else {**sample, "at": at.isoformat()}
+        worker.last_seen_at = datetime.now(UTC)
+
+
+def hold_leases(
+    ctx: AppContext, study_id: int, worker_id: str, numbers: list[int] | None = None
+) -> list[int]:
+    """The study's leased trials (those numbered ``numbers``, or all) are held by
+    ``worker_id`` (several: as a fused pack would be); returns their numbers."""
+    with ctx.db.session() as session:
+        stmt = select(TrialRecord).where(
+            TrialRecord.study_id == study_id, TrialRecord.state == "leased"
+        )
+        if numbers is not None:
+            stmt = stmt.where(TrialRecord.number.in_(numbers))
+        rows = session.scalars(stmt).all()
+        for row in rows:
+            row.worker_id = worker_id
+        return sorted(row.number for row in rows if row.number is not None)
+
+
 def seed_ask_tell(
     ctx: AppContext,
     spec: StudySpec,
@@ -90,6 +141,7 @@ def seed_ask_tell(
     workers: list[str] | None = None,
     running: int = 0,
     external_name: str | None = None,
+    simulate: Simulate = simulate,
 ) -> int:
     """Create a study and run ``n_trials`` synthetic trials through ask/tell.
 
@@ -110,15 +162,14 @@ def seed_ask_tell(
         is_running = i >= n_trials - running
         if is_running:
             outcome = Outcome(TrialState.RUNNING, None, outcome.curve[: len(outcome.curve) // 2])
+        single = len(spec.study_directions) == 1  # Optuna reports single-objective only
         for row in outcome.curve:
-            if row[METRIC] is not None and outcome.state != TrialState.FAIL:
+            if single and row[METRIC] is not None and outcome.state != TrialState.FAIL:
                 trial.report(row[METRIC], row["epoch"])
+        if outcome.final_metrics and not is_running:
+            trial.set_user_attr(FINAL_METRICS, outcome.final_metrics)
         if not is_running:
-            study.tell(
-                trial,
-                outcome.value if outcome.state == TrialState.COMPLETE else None,
-                state=outcome.state,
-            )
+            study.tell(trial, _told(outcome), state=outcome.state)
         if external_name is not None:
             continue  # a plain Optuna client writes none of the service's rows
         worker = workers[i % len(workers)] if workers else None
@@ -126,6 +177,13 @@ def seed_ask_tell(
             ctx, study_id, trial._trial_id, trial.number, trial.params, outcome, worker
         )
     return study_id
+
+
+def _told(outcome: Outcome) -> Any:
+    """What ``study.tell`` gets: the value(s) of a complete trial, else None."""
+    if outcome.state != TrialState.COMPLETE:
+        return None
+    return outcome.values if outcome.values is not None else outcome.value
 
 
 def _write_service_rows(
@@ -153,6 +211,8 @@ def _write_service_rows(
                 value=outcome.value,
                 fail_reason=outcome.fail_reason,
                 diagnosis=outcome.diagnosis,
+                findings=outcome.findings if finished else None,
+                telemetry=outcome.telemetry if finished else None,
                 last_step=outcome.curve[-1]["epoch"] if outcome.curve else None,
                 created_at=now,
                 updated_at=now,
@@ -181,6 +241,7 @@ def seed_bulk(
     seed: int = 0,
     workers: list[str] | None = None,
     batch: int = 2_000,
+    simulate: Simulate = simulate,
 ) -> int:
     """Create a study and insert ``n_trials`` finished synthetic trials in bulk."""
     study_id = create_study(ctx, spec, seed)
@@ -228,6 +289,12 @@ def _insert_batch(
             conn.execute(insert(om.TrialValueModel.__table__), values)
         if inter:
             conn.execute(insert(om.TrialIntermediateValueModel.__table__), inter)
+        attrs = [
+            {"trial_id": i, "key": FINAL_METRICS, "value_json": json.dumps(o.final_metrics)}
+            for i, (_, _, o, _) in zip(ids, trials, strict=True) if o.final_metrics
+        ]  # fmt: skip
+        if attrs:
+            conn.execute(insert(om.TrialUserAttributeModel.__table__), attrs)
     _insert_service_batch(ctx, study_id, ids, trials, workers)
 
 
@@ -251,10 +318,12 @@ def _optuna_child_rows(
                 }
             )
         if outcome.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            values.append(
-                {"trial_id": trial_id, "objective": 0, "value": outcome.value, "value_type": finite}
-            )
-        if outcome.state != TrialState.FAIL:
+            told = outcome.values if outcome.values is not None else [outcome.value]
+            values += [
+                {"trial_id": trial_id, "objective": k, "value": v, "value_type": finite}
+                for k, v in enumerate(told)
+            ]
+        if outcome.state != TrialState.FAIL and outcome.values is None:
             inter += [
                 {
                     "trial_id": trial_id,
@@ -290,6 +359,8 @@ def _insert_service_batch(
                 "value": o.value,
                 "fail_reason": o.fail_reason,
                 "diagnosis": o.diagnosis,
+                "findings": o.findings,
+                "telemetry": o.telemetry,
                 "last_step": o.curve[-1]["epoch"] if o.curve else None,
                 "created_at": began.replace(tzinfo=UTC),
                 "updated_at": ended.replace(tzinfo=UTC),
@@ -310,4 +381,5 @@ def _insert_service_batch(
         ]
     with ctx.db.session() as session:
         session.execute(insert(TrialRecord), records)
-        session.execute(insert(TrialMetric), metrics)
+        if metrics:
+            session.execute(insert(TrialMetric), metrics)

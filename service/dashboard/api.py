@@ -8,6 +8,7 @@ learning curves send only metric rows after the client's cursor.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -17,8 +18,22 @@ from sqlalchemy.orm import Session
 from service.api.deps import ViewerDep
 from service.api.errors import error_responses
 from service.core.errors import NotFound
-from service.dashboard import charts_curves, overview, queries, state, table, trial_view
-from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS, payload, safe_build
+from service.dashboard import (
+    charts_curves,
+    overview,
+    queries,
+    state,
+    table,
+    trial_view,
+    workers_view,
+)
+from service.dashboard.charts import (
+    COMPARE_CHARTS,
+    STUDY_CHARTS,
+    libraries_ready,
+    payload,
+    safe_build,
+)
 from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
@@ -83,6 +98,23 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
     return _json(body)
 
 
+@router.get("/studies/{study_id}/diagnosis")
+def diagnosis(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
+    """The study's diagnosis (the API's ``StudyDiagnosis``: findings per kind, proposed
+    spec edits), cached under the service rows' version (trials finishing change it)."""
+    with dash.ctx.db.session() as session:
+        meta = load_meta(session, study_id)
+        version = queries.service_version(session, study_id)
+
+    def build(_previous: Any) -> tuple[str, str]:
+        with dash.ctx.db.session() as own:  # not the caller's: may run in the background
+            return version, json.dumps(overview.diagnosis(own, meta) | {"version": version})
+
+    stale_ok = int(version.split(":")[0]) > state.STALE_OK_TRIALS
+    body = dash.answers.get((study_id, "diagnosis"), version, build, stale_ok=stale_ok)
+    return _json(body)
+
+
 @router.get("/studies/{study_id}/curves")
 def curves_delta(
     study_id: StudyId, dash: DashboardDep, _: ViewerDep,
@@ -115,6 +147,7 @@ def trial_chart(
     """Loss and accuracy per epoch of one trial."""
     with dash.ctx.db.session() as session:
         view = trial_view.load(session, load_meta(session, study_id), number)
+    libraries_ready()
     fig = trial_view.figure(view)
     message = None if fig is not None else "No epoch reported for this trial."
     return _json(payload("trial", str(len(view.epochs)), ChartResult(fig, message)))
@@ -141,6 +174,7 @@ def compare(
 
 @router.get("/workers")
 def workers(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
-    """Each worker: devices, current trial, last heartbeat, throughput, peak memory."""
+    """Each worker: devices, current trial and pack, last heartbeat, live utilisation and
+    memory, a hint when its device is under-used, recent throughput, peak memory."""
     with dash.ctx.db.session() as session:
-        return overview.workers(session, dash.ctx.settings.worker_timeout_s)
+        return workers_view.workers(session, dash.ctx.settings.worker_timeout_s)

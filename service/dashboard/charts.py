@@ -4,6 +4,7 @@ version (``cache.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -12,21 +13,38 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.dashboard import charts_compare, charts_curves, charts_params, charts_space
+from service.dashboard import (
+    charts_compare,
+    charts_curves,
+    charts_params,
+    charts_pareto,
+    charts_space,
+)
 from service.dashboard.charts_base import ChartResult
-from service.dashboard.frame import StudyFrame
+from service.dashboard.compression import is_compression_study
+from service.dashboard.frame import StudyFrame, StudyMeta
 
 log = logging.getLogger("hpo.dashboard")
 
 
+def _always(_meta: StudyMeta) -> bool:
+    return True
+
+
+def _multi_objective(meta: StudyMeta) -> bool:
+    return len(meta.directions) > 1
+
+
 @dataclass(frozen=True)
 class Chart:
-    """A chart of the study page: ``build(session, frame)`` draws it."""
+    """A chart of the study page: ``build(session, frame)`` draws it; the page shows it
+    for the studies it ``applies`` to (the API answers it for any study)."""
 
     name: str
     title: str
     build: Callable[[Session, StudyFrame], ChartResult]
     wide: bool = False
+    applies: Callable[[StudyMeta], bool] = _always
 
 
 def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartResult]:
@@ -36,6 +54,8 @@ def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartR
 STUDY_CHARTS: dict[str, Chart] = {
     c.name: c
     for c in [
+        Chart("pareto", "Pareto front", _frame_only(charts_pareto.pareto), True, _multi_objective),
+        Chart("size", "Accuracy against size", charts_pareto.size, True, is_compression_study),
         Chart("optimizers", "Optimizer comparison", _frame_only(charts_params.optimizers)),
         Chart("lr", "Learning rate vs objective", _frame_only(charts_params.learning_rate)),
         Chart("curves", "Learning curves", charts_curves.curves, True),
@@ -48,6 +68,14 @@ STUDY_CHARTS: dict[str, Chart] = {
         Chart("slice", "Slice plots", _frame_only(charts_space.slices), True),
     ]
 }
+
+
+def charts_for(meta: StudyMeta) -> list[Chart]:
+    """The charts the study page shows for a study (compression charts for compression
+    studies only, first: they are the point of those studies)."""
+    return [c for c in STUDY_CHARTS.values() if c.applies(meta)]
+
+
 COMPARE_CHARTS: dict[str, Callable[[list[StudyFrame]], ChartResult]] = {
     "histories": charts_compare.histories,
     "distributions": charts_compare.distributions,
@@ -64,8 +92,17 @@ def payload(name: str, version: str, result: ChartResult) -> str:
     return '{"figure":' + figure + "," + json.dumps(meta)[1:]
 
 
+def libraries_ready() -> None:
+    """Block while another thread imports pandas (parameter importance does, lazily):
+    Plotly's validators look pandas up in ``sys.modules`` and fail on a half-imported
+    module, so a chart built meanwhile (at start-up, beside the prewarm) would break."""
+    with contextlib.suppress(ImportError):  # not installed: nothing to wait for
+        import pandas  # noqa: F401
+
+
 def safe_build(name: str, build: Callable[[], ChartResult]) -> ChartResult:
     """A failing chart shows a message instead of breaking the page."""
+    libraries_ready()
     try:
         return build()
     except Exception:  # noqa: BLE001 - one chart must not take the page down

@@ -187,6 +187,12 @@ class StudyFrame:
             value = memo[row.trial_id] = build(row)
         return value  # type: ignore[no-any-return]
 
+    def memo(self, kind: str) -> dict[int, Any]:
+        """trial id -> what a chart derived for that trial, filled by the chart itself
+        (for values loaded in one query per frame, where :meth:`per_trial` would do
+        one per trial); kept by the next frame like :meth:`per_trial`'s."""
+        return self._per_trial.setdefault(kind, {})
+
     def inherit(self, old: StudyFrame, below_trial_id: int) -> None:
         """Keep ``old``'s derived values of the rows both frames share (trial ids below
         ``below_trial_id``), unless what they depend on (axes, meta) changed."""

@@ -1,11 +1,11 @@
-"""Summaries for the studies page, the study header and the workers page.
+"""Summaries for the studies page and the study header (the workers page: ``workers_view``).
 
 Built on the API's read side: trials per state and the best trial come from
 :mod:`service.studies.records` (the ``hpo.schemas`` models of
-``GET /api/v1/studies/{study}``), workers and their ``alive`` rule from
-:mod:`service.fleet.registry` (the answer of ``GET /api/v1/workers``). Only
+``GET /api/v1/studies/{study}``), the diagnosis from
+:mod:`service.studies.diagnosis` (``GET /api/v1/studies/{study}/diagnosis``). Only
 what the API does not show is added here: studies created outside the service,
-best settings, workers per study, recent throughput and memory.
+best settings, workers per study.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from hpo.protocol import WorkerInfo
 from hpo.schemas import TrialCounts
-from service.core.db import utcnow
 from service.dashboard import queries
 from service.dashboard.frame import StudyMeta, meta_from_row
-from service.fleet.registry import list_workers, to_info
+from service.storage.models import StudyRecord
+from service.studies.diagnosis import study_diagnosis
 from service.studies.records import best_trial, trial_counts
 
 
@@ -64,37 +63,11 @@ def studies(session: Session) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def workers(session: Session, timeout_s: float) -> list[dict[str, Any]]:
-    """Each worker as the registry shows it, plus its current trial, recent throughput
-    and peak memory (over its last few trials)."""
-    now = utcnow()
-    records = list_workers(session)
-    leased = queries.leased_trials(session)
-    recent = queries.recent_worker_metrics(session)
-    current = {w.worker_id: w.current_trial_id or leased.get(w.worker_id) for w in records}
-    places = queries.trial_places(session, [t for t in current.values() if t is not None])
-    return [
-        _worker(to_info(w, timeout_s, now), places.get(current[w.worker_id] or -1),
-                recent.get(w.worker_id, []))
-        for w in records
-    ]  # fmt: skip
-
-
-def _worker(
-    info: WorkerInfo, place: tuple[int, int, str] | None, recent: list[tuple[int, dict[str, Any]]]
-) -> dict[str, Any]:
-    metrics = [m for _, m in recent]
-    speeds = [float(m["samples_per_s"]) for m in metrics if _num(m.get("samples_per_s"))]
-    memory = [float(m["peak_memory_mb"]) for m in metrics if _num(m.get("peak_memory_mb"))]
-    return info.model_dump(mode="json") | {
-        "trial": None if place is None else {
-            "study_id": place[0], "number": place[1], "study": place[2],
-        },
-        "recent_trials": len({t for t, _ in recent}),
-        "samples_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "peak_memory_mb": max(memory) if memory else None,
-    }  # fmt: skip
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def diagnosis(session: Session, meta: StudyMeta) -> dict[str, Any]:
+    """The study's diagnosis as the API answers it (``StudyDiagnosis``: findings per
+    kind, proposals with their spec edits); ``external`` for studies created outside
+    the service, which have no trial records to diagnose."""
+    record = session.get(StudyRecord, meta.study_id)
+    if record is None:
+        return {"study": meta.name, "trials": 0, "findings": {}, "proposals": [], "external": True}
+    return study_diagnosis(session, record).model_dump(mode="json") | {"external": False}

@@ -12,7 +12,7 @@ from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
 from service.dashboard import overview, queries, trial_view
-from service.dashboard.charts import STUDY_CHARTS
+from service.dashboard.charts import charts_for
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
@@ -67,7 +67,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(
         dash, request, "study.html", user, page="study", study=summary, meta=meta,
-        charts=list(STUDY_CHARTS.values()), states=STATES, optimizers=_optimizer_choices(meta),
+        charts=charts_for(meta), states=STATES, optimizers=_optimizer_choices(meta),
         shown_states=SHOWN_STATES,
         export=f"/api/v1/studies/{study_id}/export",
     )  # fmt: skip

@@ -175,9 +175,16 @@ def trial_places(session: Session, trial_ids: list[int]) -> dict[int, tuple[int,
     return {tid: (sid, num, name) for tid, sid, num, name in session.execute(stmt)}
 
 
-def leased_trials(session: Session) -> dict[str, int]:
-    """worker id -> the Optuna trial id it holds a lease on."""
-    stmt = select(TrialRecord.worker_id, TrialRecord.optuna_trial_id).where(
-        TrialRecord.state == TrialState.LEASED, TrialRecord.worker_id.is_not(None)
+def leases_by_worker(session: Session) -> dict[str, list[int]]:
+    """worker id -> the Optuna trial ids it holds leases on, by trial id (a worker
+    training a fused pack holds several, one otherwise)."""
+    stmt = (
+        select(TrialRecord.worker_id, TrialRecord.optuna_trial_id)
+        .where(TrialRecord.state == TrialState.LEASED, TrialRecord.worker_id.is_not(None))
+        .order_by(TrialRecord.optuna_trial_id)
     )
-    return {w: t for w, t in session.execute(stmt) if t is not None}
+    out: dict[str, list[int]] = {}
+    for worker, trial_id in session.execute(stmt):
+        if trial_id is not None:
+            out.setdefault(worker, []).append(trial_id)
+    return out

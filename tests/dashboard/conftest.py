@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.synthetic import demo, seeding
+from bench.synthetic import compression, demo, seeding
 
 BROWSER_ARGS = [
     "--no-sandbox",
@@ -98,6 +98,12 @@ class LiveServer:
     study_id: int
     xss_study_id: int
     empty_study_id: int
+    #: a multi-objective compression study (accuracy against bytes), 3 trials still running
+    compression_study_id: int
+    #: worker ids: [busy GPU, under-used GPU running a pack, GPU without telemetry, CPU]
+    workers: list[str]
+    #: trial numbers of the compression study the pack worker holds leases on
+    pack: list[int]
 
 
 def start_server(app: Any, port: int | None = None) -> tuple[Any, threading.Thread, str]:
@@ -136,12 +142,36 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         seed=4, external_name="<script>alert(1)</script>",
     )  # fmt: skip
     empty = seeding.create_study(ctx, demo.demo_spec("no-trials-yet"))
+    comp, names, pack = _fleet_with_a_pack(ctx, sid, names)
     server, thread, base = start_server(app)
     token = mint_tokens(ctx).viewer
-    yield LiveServer(base, app, ctx, token, sid, xss, empty)
+    yield LiveServer(base, app, ctx, token, sid, xss, empty, comp, names, pack)
     server.should_exit = True
     thread.join(timeout=10)
     ctx.close()
+
+
+def _fleet_with_a_pack(ctx: Any, sid: int, names: list[str]) -> tuple[int, list[str], list[int]]:
+    """A compression study, 4 of its trials running: 3 in one worker's pack, 1 on a CPU
+    worker; telemetry: a busy GPU (one trial of ``sid``), an under-used GPU (the pack),
+    a GPU without telemetry (the other trial of ``sid``), an under-used CPU."""
+    comp = seeding.seed_ask_tell(
+        ctx, compression.compression_spec("mnist-compression"), 40, seed=5,
+        workers=names, running=4, simulate=compression.simulate,
+    )  # fmt: skip
+    cpu = seeding.register_cpu_worker(ctx)
+    busy, packed, silent = names
+    seeding.hold_leases(ctx, sid, busy, [28])
+    seeding.hold_leases(ctx, sid, silent, [29])
+    pack = seeding.hold_leases(ctx, comp, packed, [36, 37, 38])
+    seeding.hold_leases(ctx, comp, cpu, [39])
+    seeding.set_telemetry(ctx, busy, {"util_pct": 93.0, "device_memory_mb": 30_500.0,
+                                      "cpu_pct": 40.0, "host_memory_mb": 2_100.0})  # fmt: skip
+    seeding.set_telemetry(ctx, packed, {"util_pct": 20.0, "device_memory_mb": 3_200.0,
+                                        "cpu_pct": 12.0, "host_memory_mb": 1_500.0})  # fmt: skip
+    seeding.set_telemetry(ctx, silent, None)
+    seeding.set_telemetry(ctx, cpu, {"util_pct": 15.0, "cpu_pct": 15.0, "host_memory_mb": 800.0})
+    return comp, [busy, packed, silent, cpu], pack
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def test_studies_page_lists_studies_and_opens_one(
 ) -> None:
     tab = page.page
     tab.wait_for_selector("#studies-body tr")
-    assert tab.locator("#studies-body tr").count() == 3
+    assert tab.locator("#studies-body tr").count() == 4
     row = tab.locator("#studies-body tr", has_text="mnist-optimizers")
     assert "tpe" in row.inner_text()
     tab.screenshot(path=str(tmp_path / "studies.png"))
@@ -199,7 +199,7 @@ def test_workers_page(page: Watched, live_server: LiveServer, tmp_path: Path) ->
     tab = page.page
     tab.goto(f"{live_server.base}/dashboard/workers")
     tab.wait_for_selector("#workers-body tr")
-    assert tab.locator("#workers-body tr").count() == 3
+    assert tab.locator("#workers-body tr").count() == 4
     text = tab.locator("#workers-body").inner_text()
     assert "H100" in text and "mnist-optimizers #" in text
     tab.screenshot(path=str(tmp_path / "workers.png"))

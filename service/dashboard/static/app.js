@@ -104,7 +104,15 @@
       this.table = new TrialsTable(this.studyId);
       whenVisible(this.sections, (section) => this.loadChart(section));
       this.table.load().catch(() => setLive(false));
+      this.loadDiagnosis().catch(() => setLive(false));
       every(POLL_MS, () => this.poll());
+    }
+
+    async loadDiagnosis() {
+      const d = await getJSON(`${API}/studies/${this.studyId}/diagnosis`);
+      if (this.diagnosis === d.version) return;
+      this.diagnosis = d.version;
+      renderDiagnosis(d);
     }
 
     async loadChart(section) {
@@ -137,6 +145,7 @@
       const jobs = [];
       if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) jobs.push(this.curvesDelta());
       if (changed || v.service !== last.service || v.metrics !== last.metrics) jobs.push(this.table.load());
+      if (last && v.service !== last.service) jobs.push(this.loadDiagnosis());
       for (const section of this.loaded) {
         if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) jobs.push(this.loadChart(section));
       }
@@ -176,6 +185,29 @@
     }
   }
 
+  // Findings per kind and each proposal (message + spec edit); calm when nothing was found.
+  function renderDiagnosis(d) {
+    const summary = document.getElementById("diagnosis-summary");
+    const kinds = Object.entries(d.findings || {});
+    const proposals = d.proposals || [];
+    summary.className = "muted";
+    if (d.external) summary.textContent = "Not available: this study was created outside the service (no trial records).";
+    else if (!d.trials) summary.textContent = "Nothing to diagnose yet: no trial has finished.";
+    else if (!kinds.length && !proposals.length) {
+      summary.className = "ok";
+      summary.textContent = `No problem found in ${d.trials} finished trial${d.trials === 1 ? "" : "s"}.`;
+    } else if (!proposals.length) summary.textContent = `${d.trials} finished trials: no pattern strong enough to propose a change.`;
+    else summary.textContent = `${d.trials} finished trials: ${proposals.length} proposed change${proposals.length === 1 ? "" : "s"} to the search space.`;
+    const chips = document.getElementById("diagnosis-findings");
+    chips.replaceChildren(...kinds.map(([kind, n]) => el("li", {}, `${kind.replace(/_/g, " ")}: ${n} trial${n === 1 ? "" : "s"}`)));
+    chips.hidden = !kinds.length;
+    const list = document.getElementById("diagnosis-proposals");
+    list.replaceChildren(...proposals.map((p) => el("li", {},
+      el("span", { class: "message" }, p.message),
+      el("div", { class: "edit" }, `edit: ${p.edit.path}: ${JSON.stringify(p.edit.old)} → ${JSON.stringify(p.edit.new)}`))));
+    list.hidden = !proposals.length;
+  }
+
   // ------------------------------------------------------------------ studies page
 
   function studiesPage() {
@@ -213,11 +245,38 @@
   // ------------------------------------------------------------------ workers page
 
   function workersPage() {
-    const row = (w) => el("tr", { class: w.alive ? "" : "gone" },
+    const link = (t, label) => el("a", { href: trialUrl(t.study_id, t.number) }, label);
+    const running = (w) => {
+      if (w.pack.size > 1) {
+        const members = w.pack.trials.flatMap((t, i) => [i ? ", " : null, link(t, `${t.study} #${t.number}`)]);
+        return el("td", { class: "pack" }, el("span", { class: "badge" }, `pack of ${w.pack.size}`), " ", ...members);
+      }
+      const t = w.pack.trials[0] || w.trial;
+      return el("td", {}, t ? link(t, `${t.study} #${t.number}`) : "idle");
+    };
+    const utilisation = (w) => {
+      const t = w.telemetry;
+      if (!t || t.util_pct === undefined) return el("td", {}, "—");
+      const label = `${w.gpu ? "GPU" : "CPU"} ${Math.round(t.util_pct)} %`;
+      const cpu = w.gpu && t.cpu_pct !== undefined ? ` · CPU ${Math.round(t.cpu_pct)} %` : "";
+      return el("td", { class: t.fresh ? "util" : "util stale", title: t.at ? `sampled ${ago(t.at)}` : null },
+        el("meter", { min: "0", max: "100", low: "50", optimum: "100", value: String(t.util_pct) }), ` ${label}${cpu}`);
+    };
+    const memory = (t) => {
+      if (!t) return "—";
+      const parts = [];
+      if (t.device_memory_mb !== undefined) parts.push(`device ${Math.round(t.device_memory_mb).toLocaleString()}`);
+      if (t.host_memory_mb !== undefined) parts.push(`host ${Math.round(t.host_memory_mb).toLocaleString()}`);
+      return parts.join(" · ") || "—";
+    };
+    const row = (w) => el("tr", { class: w.alive ? "" : "gone", "data-worker": w.worker_id },
       el("td", {}, w.name || w.worker_id, w.alive ? null : el("span", { class: "badge state-fail" }, "gone")),
       el("td", {}, w.hostname),
       el("td", {}, w.devices.join(", ") || "—"),
-      el("td", {}, w.trial ? el("a", { href: trialUrl(w.trial.study_id, w.trial.number) }, `${w.trial.study} #${w.trial.number}`) : "idle"),
+      running(w),
+      utilisation(w),
+      el("td", { class: "num" }, memory(w.telemetry)),
+      el("td", { class: "hint-cell" }, w.hint || ""),
       el("td", { title: w.last_seen_at }, ago(w.last_seen_at)),
       el("td", { class: "num" }, w.samples_per_s === null ? "—" : Math.round(w.samples_per_s).toLocaleString()),
       el("td", { class: "num" }, w.peak_memory_mb === null ? "—" : Math.round(w.peak_memory_mb).toLocaleString()),
