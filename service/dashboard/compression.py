@@ -145,7 +145,8 @@ def shipped(session: Session, frame: StudyFrame) -> dict[int, Shipped]:
 
 
 def before_after(final: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The trial page's rows: label, dense (before) and shipped (after) value, change.
+    """The trial page's rows: label, dense (before) and shipped (after) value, change
+    (all as text).
 
     Only rows with both numbers; empty when the trial reported no final metrics."""
     if not isinstance(final, dict):
@@ -155,9 +156,20 @@ def before_after(final: dict[str, Any] | None) -> list[dict[str, Any]]:
         after, before = _number(final.get(after_key)), _number(final.get(before_key))
         if not (math.isfinite(after) and math.isfinite(before)):
             continue
-        rows.append({"label": label, "before": before, "after": after,
+        rows.append({"label": label, "before": show(after_key, before),
+                     "after": show(after_key, after),
                      "change": _change(after_key, before, after)})  # fmt: skip
     return rows
+
+
+def show(key: str, value: float) -> str:
+    """A final metric for reading: accuracies with 4 decimals, latencies with 3
+    significant digits, counts and bytes in whole units with thousands separated."""
+    if key.endswith("accuracy"):
+        return f"{value:.4f}"
+    if key.startswith("latency"):
+        return f"{value:.3g}"
+    return f"{value:,.0f}"
 
 
 def _change(key: str, before: float, after: float) -> str:

@@ -49,6 +49,8 @@ class TrialView:
     method: str | None
     compression: dict[str, Any]
     before_after: list[dict[str, Any]]
+    #: (objective name, value) of each objective (multi-objective studies; else empty)
+    objectives: list[tuple[str, float | None]]
 
 
 def describe(
@@ -85,7 +87,19 @@ def load(session: Session, meta: StudyMeta, number: int) -> TrialView:
         method=compression.method(settings) if applied else None,
         compression=applied,
         before_after=compression.before_after(detail.user_attrs.get(compression.FINAL_METRICS)),
+        objectives=_objectives(meta, detail.values),
     )
+
+
+def _objectives(meta: StudyMeta, values: list[float | None] | None) -> list[tuple[str, Any]]:
+    """Each objective's name and the trial's value of it, when the study has several."""
+    if len(meta.directions) < 2:
+        return []
+    names = meta.spec.objective_names if meta.spec else []
+    if len(names) != len(meta.directions):
+        names = [f"objective {i}" for i in range(len(meta.directions))]
+    found = list(values or [])
+    return [(n, found[i] if i < len(found) else None) for i, n in enumerate(names)]
 
 
 def finding(raw: Any) -> dict[str, Any] | None:

@@ -45,6 +45,20 @@ def study_id(ctx, workers) -> int:  # type: ignore[no-untyped-def]
     return seeding.seed_bulk(ctx, demo.demo_spec("mnist-demo"), 90, seed=1, workers=workers)
 
 
+@pytest.fixture
+def compression_id(ctx, workers) -> int:  # type: ignore[no-untyped-def]
+    """A finished 150-trial accuracy-against-bytes study (bulk-inserted)."""
+    spec = compression.compression_spec("mnist-compression")
+    return seeding.seed_bulk(ctx, spec, 150, seed=4, workers=workers, simulate=compression.simulate)
+
+
+def api(client: Any, path: str) -> Any:
+    """The JSON answer of ``/api/v1{path}`` (asserting a 200)."""
+    response = client.get(f"/api/v1{path}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def values(data: Any) -> list[Any]:
     """A Plotly data array as a list (numpy arrays travel as base64 typed arrays)."""
     if isinstance(data, dict) and "bdata" in data:

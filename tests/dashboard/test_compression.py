@@ -20,20 +20,8 @@ from service.dashboard.charts_pareto import non_dominated
 from service.dashboard.compression import method
 from service.dashboard.frame import load_meta
 from service.studies.records import _non_dominated
+from tests.dashboard.conftest import api as _api
 from tests.dashboard.conftest import chart, values
-
-
-@pytest.fixture
-def compression_id(ctx, workers) -> int:  # type: ignore[no-untyped-def]
-    """A finished 150-trial accuracy-against-bytes study (bulk-inserted)."""
-    spec = compression.compression_spec("mnist-compression")
-    return seeding.seed_bulk(ctx, spec, 150, seed=4, workers=workers, simulate=compression.simulate)
-
-
-def _api(viewer: Any, path: str) -> Any:
-    response = viewer.get(f"/api/v1{path}")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def _front_traces(figure: dict[str, Any], on_front: bool) -> list[dict[str, Any]]:

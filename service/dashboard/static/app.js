@@ -246,10 +246,14 @@
 
   function workersPage() {
     const link = (t, label) => el("a", { href: trialUrl(t.study_id, t.number) }, label);
+    // A pack's members, grouped by study: "pack of 3 study #36, #37, #38" (each a link).
     const running = (w) => {
       if (w.pack.size > 1) {
-        const members = w.pack.trials.flatMap((t, i) => [i ? ", " : null, link(t, `${t.study} #${t.number}`)]);
-        return el("td", { class: "pack" }, el("span", { class: "badge" }, `pack of ${w.pack.size}`), " ", ...members);
+        const studies = new Map();
+        for (const t of w.pack.trials) studies.set(t.study, [...(studies.get(t.study) || []), t]);
+        const parts = Array.from(studies, ([study, trials], i) => [i ? "; " : null, `${study} `,
+          ...trials.flatMap((t, j) => [j ? ", " : null, link(t, `#${t.number}`)])]).flat();
+        return el("td", { class: "pack" }, el("span", { class: "badge" }, `pack of ${w.pack.size}`), " ", ...parts);
       }
       const t = w.pack.trials[0] || w.trial;
       return el("td", {}, t ? link(t, `${t.study} #${t.number}`) : "idle");
@@ -260,7 +264,8 @@
       const label = `${w.gpu ? "GPU" : "CPU"} ${Math.round(t.util_pct)} %`;
       const cpu = w.gpu && t.cpu_pct !== undefined ? ` · CPU ${Math.round(t.cpu_pct)} %` : "";
       return el("td", { class: t.fresh ? "util" : "util stale", title: t.at ? `sampled ${ago(t.at)}` : null },
-        el("meter", { min: "0", max: "100", low: "50", optimum: "100", value: String(t.util_pct) }), ` ${label}${cpu}`);
+        el("meter", { min: "0", max: "100", low: "50", optimum: "100", value: String(t.util_pct) }), ` ${label}${cpu}`,
+        w.hint ? el("div", { class: "hint-text" }, w.hint) : null);
     };
     const memory = (t) => {
       if (!t) return "—";
@@ -276,7 +281,6 @@
       running(w),
       utilisation(w),
       el("td", { class: "num" }, memory(w.telemetry)),
-      el("td", { class: "hint-cell" }, w.hint || ""),
       el("td", { title: w.last_seen_at }, ago(w.last_seen_at)),
       el("td", { class: "num" }, w.samples_per_s === null ? "—" : Math.round(w.samples_per_s).toLocaleString()),
       el("td", { class: "num" }, w.peak_memory_mb === null ? "—" : Math.round(w.peak_memory_mb).toLocaleString()),
