@@ -9,6 +9,9 @@ Measures, over real HTTP against a uvicorn server:
 1. server: ``/version`` on a fresh server (loads the study's trial table), then
    every chart endpoint once (figure built), once more after a new trial finished
    (incremental refresh + rebuild), and cached; medians over ``--runs`` fresh servers;
+   the same for a second study of as many trials, multi-objective compression trials
+   (``bench/synthetic/compression.py``), and its Pareto and accuracy-against-size
+   charts; the diagnosis of the first study;
 2. browser: time from navigation start to the first drawn chart
    (``performance.mark('hpo:first-chart')`` in app.js) in headless Chromium, with
    a fresh server + empty browser cache, a warm server + empty browser cache, and
@@ -29,12 +32,13 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,8 @@ import optuna  # noqa: E402
 import plotly  # noqa: E402
 
 from bench import dashboard_charts  # noqa: E402
-from bench.synthetic import demo, seeding  # noqa: E402
+from bench.dashboard_report import FRESH, median, report  # noqa: E402
+from bench.synthetic import compression, demo, seeding  # noqa: E402
 from service.core.auth import create_token_without_commit  # noqa: E402
 from service.core.config import Settings  # noqa: E402
 from service.dashboard.charts import STUDY_CHARTS  # noqa: E402
@@ -60,10 +65,8 @@ BASELINE: dict[str, Any] = {
     "slice": lambda ov, study: ov.plot_slice(study),
 }
 STUDY = "bench-10k"
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+COMPRESSION_STUDY = "bench-10k-compression"
+COMPRESSION_CHARTS = ("pareto", "size")
 
 
 def make_settings(url: str, tmp: Path) -> Settings:
@@ -71,20 +74,30 @@ def make_settings(url: str, tmp: Path) -> Settings:
                     reaper_interval_s=3600.0)  # fmt: skip
 
 
-def seed(url: str, tmp: Path, trials: int) -> tuple[int, str, float]:
-    """Create the big study; returns (study id, viewer token, seconds)."""
+@dataclass(frozen=True)
+class Studies:
+    """The seeded studies: the optimizer study and the multi-objective compression one."""
+
+    single: int
+    compression: int
+
+
+def seed(url: str, tmp: Path, trials: int) -> tuple[Studies, str, float]:
+    """Create the big studies; returns (their ids, a viewer token, seconds)."""
     from service.app import create_app
 
     app = create_app(make_settings(url, tmp))
     ctx = app.state.ctx
     started = time.perf_counter()
     workers = seeding.register_workers(ctx, 16)
-    study_id = seeding.seed_bulk(ctx, demo.demo_spec(STUDY), trials, workers=workers)
+    single = seeding.seed_bulk(ctx, demo.demo_spec(STUDY), trials, workers=workers)
+    spec = compression.compression_spec(COMPRESSION_STUDY)
+    multi = seeding.seed_bulk(ctx, spec, trials, workers=workers, simulate=compression.simulate)
     elapsed = time.perf_counter() - started
     with ctx.db.session() as session:
         token, _ = create_token_without_commit(session, "viewer", "bench")
     ctx.close()
-    return study_id, token, elapsed
+    return Studies(single, multi), token, elapsed
 
 
 class Server:
@@ -128,6 +141,17 @@ def finish_one_trial(url: str) -> None:
     storage.engine.dispose()
 
 
+def finish_one_compression_trial(url: str) -> None:
+    """The same in the compression study: two values and the final metrics."""
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name=COMPRESSION_STUDY, storage=storage)
+    trial = study.ask()
+    trial.suggest_categorical("quantize", list(compression.BYTES_PER))
+    trial.set_user_attr("final_metrics", {"val_accuracy": 0.95, "model_bytes": 50_000})
+    study.tell(trial, [0.95, 50_000.0])
+    storage.engine.dispose()
+
+
 def until_fresh(client: httpx.Client, path: str, version: str) -> tuple[float, float]:
     """(ms of the first answer, ms until an answer carries ``version``)."""
     started = time.perf_counter()
@@ -140,41 +164,59 @@ def until_fresh(client: httpx.Client, path: str, version: str) -> tuple[float, f
 
 TABLE = "loading the trial table (at start-up, in the background)"
 VERSION = "version (polled by every open page)"
-FRESH = "until the new figure is served"
+#: The compression study's rows.
+OF_COMPRESSION = "compression study: "
+Rounds = dict[str, dict[str, float]]
 
 
-def server_round(url: str, tmp: Path, study_id: int, token: str) -> dict[str, dict[str, float]]:
-    """One fresh server: ms per request, first build / after a change / cached."""
+def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
+    """One fresh server: ms per request, first build / after a change / cached, for the
+    optimizer study's charts and diagnosis, then the compression study's charts."""
     server = Server(url, tmp)
-    dash = server.app.state.dashboard
-    api = f"/api/v1/dashboard/studies/{study_id}"
-    out: dict[str, dict[str, float]] = {"cold": {}, "changed": {}, FRESH: {}, "cached": {}}
+    out: Rounds = {"cold": {}, "changed": {}, FRESH: {}, "cached": {}}
+    plain = [n for n in STUDY_CHARTS if n not in COMPRESSION_CHARTS]
     try:
-        dash.forget(study_id)
-        started = time.perf_counter()
-        dash.frame(study_id)
-        out["cold"][TABLE] = (time.perf_counter() - started) * 1000
         with httpx.Client(base_url=server.base, timeout=600,
                           headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
-            out["cold"][VERSION] = ms(client, f"{api}/version")
-            for name in STUDY_CHARTS:
-                out["cold"][name] = ms(client, f"{api}/charts/{name}")
-            finish_one_trial(url)
-            out["changed"][VERSION], body = timed_get(client, f"{api}/version")
-            for name in STUDY_CHARTS:
-                first, fresh = until_fresh(client, f"{api}/charts/{name}", body["trials"])
-                out["changed"][name], out[FRESH][name] = first, fresh
-            for name in STUDY_CHARTS:
-                out["cached"][name] = median([ms(client, f"{api}/charts/{name}")
-                                              for _ in range(5)])  # fmt: skip
-            out["cached"][VERSION] = ms(client, f"{api}/version")
+            api = f"/api/v1/dashboard/studies/{studies.single}"
+            _study_round(server, client, out, studies.single, plain, finish_one_trial, "")
+            out["cold"]["diagnosis"] = ms(client, f"{api}/diagnosis")
+            out["cached"]["diagnosis"] = ms(client, f"{api}/diagnosis")
             out["cached"]["trials table page (sorted by value)"] = ms(
                 client, f"{api}/trials?limit=50&sort=value&order=desc"
             )
             out["cached"]["learning-curve delta"] = ms(client, f"{api}/curves?since=0")
+            _study_round(server, client, out, studies.compression, list(COMPRESSION_CHARTS),
+                         finish_one_compression_trial, OF_COMPRESSION)  # fmt: skip
     finally:
         server.close()
     return out
+
+
+def _study_round(
+    server: Server, client: httpx.Client, out: Rounds, study_id: int, charts: list[str],
+    finish: Callable[[str], None], prefix: str,
+) -> None:  # fmt: skip
+    """A study's trial table and version, its charts built, rebuilt after ``finish``
+    ended a trial, and cached."""
+    dash, url = server.app.state.dashboard, server.app.state.ctx.settings.database_url
+    api = f"/api/v1/dashboard/studies/{study_id}"
+    dash.forget(study_id)
+    started = time.perf_counter()
+    dash.frame(study_id)
+    out["cold"][prefix + TABLE] = (time.perf_counter() - started) * 1000
+    out["cold"][prefix + VERSION] = ms(client, f"{api}/version")
+    for name in charts:
+        out["cold"][prefix + name] = ms(client, f"{api}/charts/{name}")
+    finish(url)
+    out["changed"][prefix + VERSION], body = timed_get(client, f"{api}/version")
+    for name in charts:
+        first, fresh = until_fresh(client, f"{api}/charts/{name}", body["trials"])
+        out["changed"][prefix + name], out[FRESH][prefix + name] = first, fresh
+    for name in charts:
+        runs = [ms(client, f"{api}/charts/{name}") for _ in range(5)]
+        out["cached"][prefix + name] = median(runs)
+    out["cached"][prefix + VERSION] = ms(client, f"{api}/version")
 
 
 def first_chart_ms(page: Any, base: str, study_id: int) -> float:
@@ -284,92 +326,6 @@ def environment(url: str) -> dict[str, str]:
     }
 
 
-def _cell(values: list[float]) -> str:
-    return f"{median(values):,.0f}" if values else "—"
-
-
-def _server_table(rounds: list[dict[str, dict[str, float]]]) -> list[str]:
-    rows = [
-        "| request | first request (figure built) | after a trial finished: answer "
-        f"| after a trial finished: {FRESH} | cached |",
-        "|---|--:|--:|--:|--:|",
-    ]
-    names = list(rounds[0]["cold"]) + [k for k in rounds[0]["cached"] if k not in rounds[0]["cold"]]
-    for name in names:
-        cells = [_cell([r[kind][name] for r in rounds if name in r[kind]])
-                 for kind in ("cold", "changed", FRESH, "cached")]  # fmt: skip
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def _baseline_table(data: dict[str, Any]) -> list[str]:
-    rows = [
-        "| chart | naive: load_study + trials (s) | naive: total (s) | naive figure JSON (MB) "
-        "| dashboard, fresh (ms) | dashboard, cached (ms) |",
-        "|---|--:|--:|--:|--:|--:|",
-    ]
-    for chart, result in data["baseline"].items():
-        fresh = _cell([r["cold"][chart] for r in data["server"]])
-        cached = _cell([r["cached"][chart] for r in data["server"]])
-        if "total_s" in result:
-            naive = (f"{result['load_s']:.1f} | {result['total_s']:.1f} | "
-                     f"{result['json_mb']:.1f}")  # fmt: skip
-        else:
-            naive = f"— | {result.get('timeout_s', 'error')} (limit) | —"
-        rows.append(f"| {chart} | {naive} | {fresh} | {cached} |")
-    return rows
-
-
-def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
-    lines = [
-        f"# Dashboard with a {args.trials:,}-trial study",
-        "",
-        f"`.venv/bin/python bench/dashboard.py --runs {args.runs}` on "
-        f"{time.strftime('%Y-%m-%d')}; {args.runs} fresh server(s) per measurement.",
-        "",
-        "| environment | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in data["env"].items()],
-        f"| seeding {args.trials:,} trials (bulk insert) | {data['seed_s']:.1f} s |",
-        "",
-        "## Server: answer time per request (ms, median over fresh servers)",
-        "",
-        "A fresh server has empty caches: `version` reads the trial table of the study "
-        "(one joined query), then each chart is built once and cached under the study's "
-        'version. "After a trial finished": the version changed, only new/unfinished '
-        "trials are read again and every chart is rebuilt.",
-        "",
-        *_server_table(data["server"]),
-    ]
-    if "browser" in data:
-        lines += ["", "## Browser: first chart drawn (ms from navigation start)", "",
-                  "| case | median | max |", "|---|--:|--:|"]  # fmt: skip
-        lines += [f"| {case} | {median(v):,.0f} | {max(v):,.0f} |"
-                  for case, v in data["browser"].items()]  # fmt: skip
-    if "chart_paths" in data:
-        lines += [
-            "",
-            "## Chart paths: Optuna's plot functions vs drawn from the frame",
-            "",
-            "The same trials (a bulk-inserted study per size), ms per figure + `to_json()`, "
-            "one process (`bench/dashboard_charts.py`). The dashboard draws each of these "
-            "charts from the frame only.",
-            "",
-            *dashboard_charts.table(data["chart_paths"]),
-        ]
-    if "baseline" in data:
-        lines += [
-            "",
-            "## Baseline: the same Optuna charts the naive way",
-            "",
-            "`optuna.load_study(...)` over the database, `optuna.visualization.plot_*`, "
-            "`fig.to_json()`, each in a fresh process.",
-            "",
-            *_baseline_table(data),
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=10_000)
@@ -389,9 +345,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hpo-dashboard-bench-"))
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
     data: dict[str, Any] = {"env": environment(url)}
-    study_id, token, data["seed_s"] = seed(url, tmp, args.trials)
-    print(f"seeded {args.trials} trials in {data['seed_s']:.1f} s", flush=True)
-    data["server"] = [server_round(url, tmp, study_id, token) for _ in range(args.runs)]
+    studies, token, data["seed_s"] = seed(url, tmp, args.trials)
+    study_id = studies.single
+    print(f"seeded 2 x {args.trials} trials in {data['seed_s']:.1f} s", flush=True)
+    data["server"] = [server_round(url, tmp, studies, token) for _ in range(args.runs)]
     print(json.dumps(data["server"], indent=1), flush=True)
     if not args.skip_browser:
         data["browser"] = browser_rounds(url, tmp, study_id, token, args.runs)

@@ -102,9 +102,14 @@
 
     start() {
       this.table = new TrialsTable(this.studyId);
+      // The diagnosis (a pass over every finished trial) waits for the first charts'
+      // answers, so that it never delays the chart on top of the page.
+      const first = Array.from(this.pending.values());
+      const settle = new Promise((resolve) => { window.setTimeout(resolve, 3000); });
       whenVisible(this.sections, (section) => this.loadChart(section));
       this.table.load().catch(() => setLive(false));
-      this.loadDiagnosis().catch(() => setLive(false));
+      Promise.race([Promise.allSettled(first), settle])
+        .then(() => this.loadDiagnosis()).catch(() => setLive(false));
       every(POLL_MS, () => this.poll());
     }
 
