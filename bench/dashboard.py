@@ -180,8 +180,7 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
                           headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
             api = f"/api/v1/dashboard/studies/{studies.single}"
             _study_round(server, client, out, studies.single, plain, finish_one_trial, "")
-            out["cold"]["diagnosis"] = ms(client, f"{api}/diagnosis")
-            out["cached"]["diagnosis"] = ms(client, f"{api}/diagnosis")
+            _diagnosis_round(client, out, api)
             out["cached"]["trials table page (sorted by value)"] = ms(
                 client, f"{api}/trials?limit=50&sort=value&order=desc"
             )
@@ -191,6 +190,20 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
     finally:
         server.close()
     return out
+
+
+def _diagnosis_round(client: httpx.Client, out: Rounds, api: str) -> None:
+    """A big study's diagnosis: the first answer (``pending``), the time until the one
+    built in the background is served, and cached."""
+    started = time.perf_counter()
+    out["cold"]["diagnosis: first answer (pending)"], body = timed_get(client, f"{api}/diagnosis")
+    while body.get("pending"):
+        time.sleep(0.05)
+        body = timed_get(client, f"{api}/diagnosis")[1]
+    out["cold"]["diagnosis: until served (built in the background)"] = (
+        time.perf_counter() - started
+    ) * 1000
+    out["cached"]["diagnosis"] = ms(client, f"{api}/diagnosis")
 
 
 def _study_round(

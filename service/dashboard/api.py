@@ -8,7 +8,6 @@ learning curves send only metric rows after the client's cursor.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -101,18 +100,10 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
 @router.get("/studies/{study_id}/diagnosis")
 def diagnosis(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
     """The study's diagnosis (the API's ``StudyDiagnosis``: findings per kind, proposed
-    spec edits), cached under the service rows' version (trials finishing change it)."""
+    spec edits), cached under the service rows' version (trials finishing change it);
+    ``pending`` while a big study's is being built."""
     with dash.ctx.db.session() as session:
-        meta = load_meta(session, study_id)
-        version = queries.service_version(session, study_id)
-
-    def build(_previous: Any) -> tuple[str, str]:
-        with dash.ctx.db.session() as own:  # not the caller's: may run in the background
-            return version, json.dumps(overview.diagnosis(own, meta) | {"version": version})
-
-    stale_ok = int(version.split(":")[0]) > state.STALE_OK_TRIALS
-    body = dash.answers.get((study_id, "diagnosis"), version, build, stale_ok=stale_ok)
-    return _json(body)
+        return _json(dash.diagnosis(session, load_meta(session, study_id)))
 
 
 @router.get("/studies/{study_id}/curves")

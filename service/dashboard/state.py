@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +28,9 @@ MAX_FRAMES = 32
 MAX_ANSWERS = 512
 #: Studies with more trials than this get their charts and header stale-while-revalidate.
 STALE_OK_TRIALS = 2000
+#: A big study's diagnosis is rebuilt at most once per this many times its build time
+#: (``hpo.diagnosis`` takes seconds at 10,000 trials; a live study changes every second).
+DIAGNOSIS_SPACING = 20.0
 
 
 class DashboardState:
@@ -82,6 +87,31 @@ class DashboardState:
         stale_ok = int(trials[0]) > STALE_OK_TRIALS
         key = (meta.study_id, "header")
         return self.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
+
+    def diagnosis(self, session: Session, meta: StudyMeta) -> str:
+        """:func:`overview.diagnosis` as JSON (with its ``version``), cached under the
+        study's service version. For big studies it is built in the background (the first
+        answer says ``pending``) and rebuilt at most once per ``DIAGNOSIS_SPACING`` times
+        its build time, meanwhile answered as it was."""
+        version = queries.service_version(session, meta.study_id)
+        key = (meta.study_id, "diagnosis")
+
+        def build(_previous: Any) -> tuple[str, tuple[str, float, float]]:
+            started = time.monotonic()
+            with self.ctx.db.session() as own:  # not the caller's: may run in the background
+                body = overview.diagnosis(own, meta) | {"version": version, "pending": False}
+            return version, (json.dumps(body), started, time.monotonic() - started)
+
+        big = int(version.split(":")[0]) > STALE_OK_TRIALS
+        cached = self.answers.peek(key)
+        if big and cached is None:  # answer at once; the build follows in the background
+            pending = {"study": meta.name, "trials": int(version.split(":")[0]),
+                       "findings": {}, "proposals": [], "external": False, "pending": True,
+                       "version": "pending"}  # fmt: skip
+            self.answers.get(key, "pending", lambda _: ("pending", (json.dumps(pending), 0, 0)))
+        elif big and time.monotonic() - cached[1] < DIAGNOSIS_SPACING * cached[2]:
+            return cached[0]  # type: ignore[no-any-return]
+        return self.answers.get(key, version, build, stale_ok=big)[0]  # type: ignore[no-any-return]
 
     def forget(self, study_id: int) -> None:
         """Drop everything cached about a study."""

@@ -146,6 +146,28 @@ def test_the_diagnosis_is_cached_until_a_trial_finishes(viewer, app, ctx, study_
     assert later["version"] != first["version"] and later["findings"]["plateau"] == 1
 
 
+def test_a_big_studys_diagnosis_is_built_in_the_background_and_spaced(
+    viewer, app, ctx, study_id, monkeypatch
+) -> None:
+    from service.dashboard import state
+
+    monkeypatch.setattr(state, "STALE_OK_TRIALS", 10)
+    pending = _diagnosis(viewer, study_id)
+    assert pending["pending"] is True and pending["trials"] == 90 and pending["proposals"] == []
+    assert app.state.dashboard.answers.idle(timeout_s=60)
+    ready = _diagnosis(viewer, study_id)
+    assert ready["pending"] is False and ready["findings"]["diverged"] >= 1
+    with ctx.db.session() as session:  # a trial row changes right after the build:
+        row = session.query(TrialRecord).filter_by(study_id=study_id, number=0).one()
+        row.updated_at = row.updated_at.replace(year=2030)
+    monkeypatch.setattr(state, "DIAGNOSIS_SPACING", 1e9)
+    assert _diagnosis(viewer, study_id)["version"] == ready["version"]  # not rebuilt yet
+    monkeypatch.setattr(state, "DIAGNOSIS_SPACING", 0.0)
+    _diagnosis(viewer, study_id)  # the previous answer, and a rebuild in the background
+    assert app.state.dashboard.answers.idle(timeout_s=60)
+    assert _diagnosis(viewer, study_id)["version"] != ready["version"]
+
+
 def test_a_healthy_study_and_an_outside_study(viewer, ctx, compression_id) -> None:
     healthy = _diagnosis(viewer, compression_id)
     assert healthy["trials"] == 150 and healthy["findings"] == {} and healthy["proposals"] == []

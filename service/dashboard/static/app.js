@@ -115,6 +115,7 @@
 
     async loadDiagnosis() {
       const d = await getJSON(`${API}/studies/${this.studyId}/diagnosis`);
+      this.diagnosisPending = d.pending;  // a big study's is built in the background: ask again
       if (this.diagnosis === d.version) return;
       this.diagnosis = d.version;
       renderDiagnosis(d);
@@ -150,7 +151,7 @@
       const jobs = [];
       if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) jobs.push(this.curvesDelta());
       if (changed || v.service !== last.service || v.metrics !== last.metrics) jobs.push(this.table.load());
-      if (last && v.service !== last.service) jobs.push(this.loadDiagnosis());
+      if ((last && v.service !== last.service) || this.diagnosisPending) jobs.push(this.loadDiagnosis());
       for (const section of this.loaded) {
         if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) jobs.push(this.loadChart(section));
       }
@@ -196,7 +197,8 @@
     const kinds = Object.entries(d.findings || {});
     const proposals = d.proposals || [];
     summary.className = "muted";
-    if (d.external) summary.textContent = "Not available: this study was created outside the service (no trial records).";
+    if (d.pending) summary.textContent = `Diagnosing ${d.trials.toLocaleString()} trials…`;
+    else if (d.external) summary.textContent = "Not available: this study was created outside the service (no trial records).";
     else if (!d.trials) summary.textContent = "Nothing to diagnose yet: no trial has finished.";
     else if (!kinds.length && !proposals.length) {
       summary.className = "ok";
@@ -249,51 +251,61 @@
 
   // ------------------------------------------------------------------ workers page
 
-  function workersPage() {
-    const link = (t, label) => el("a", { href: trialUrl(t.study_id, t.number) }, label);
-    // A pack's members, grouped by study: "pack of 3 study #36, #37, #38" (each a link).
-    const running = (w) => {
-      if (w.pack.size > 1) {
-        const studies = new Map();
-        for (const t of w.pack.trials) studies.set(t.study, [...(studies.get(t.study) || []), t]);
-        const parts = Array.from(studies, ([study, trials], i) => [i ? "; " : null, `${study} `,
-          ...trials.flatMap((t, j) => [j ? ", " : null, link(t, `#${t.number}`)])]).flat();
-        return el("td", { class: "pack" }, el("span", { class: "badge" }, `pack of ${w.pack.size}`), " ", ...parts);
-      }
-      const t = w.pack.trials[0] || w.trial;
-      return el("td", {}, t ? link(t, `${t.study} #${t.number}`) : "idle");
-    };
-    const utilisation = (w) => {
-      const t = w.telemetry;
-      if (!t || t.util_pct === undefined) return el("td", {}, "—");
-      const label = `${w.gpu ? "GPU" : "CPU"} ${Math.round(t.util_pct)} %`;
-      const cpu = w.gpu && t.cpu_pct !== undefined ? ` · CPU ${Math.round(t.cpu_pct)} %` : "";
-      return el("td", { class: t.fresh ? "util" : "util stale", title: t.at ? `sampled ${ago(t.at)}` : null },
-        el("meter", { min: "0", max: "100", low: "50", optimum: "100", value: String(t.util_pct) }), ` ${label}${cpu}`,
-        w.hint ? el("div", { class: "hint-text" }, w.hint) : null);
-    };
-    const memory = (t) => {
-      if (!t) return "—";
-      const parts = [];
-      if (t.device_memory_mb !== undefined) parts.push(`device ${Math.round(t.device_memory_mb).toLocaleString()}`);
-      if (t.host_memory_mb !== undefined) parts.push(`host ${Math.round(t.host_memory_mb).toLocaleString()}`);
-      return parts.join(" · ") || "—";
-    };
-    const row = (w) => el("tr", { class: w.alive ? "" : "gone", "data-worker": w.worker_id },
+  const trialLink = (t, label) => el("a", { href: trialUrl(t.study_id, t.number) }, label);
+
+  // The trials a worker holds: a pack's members grouped by study ("pack of 3 study #36,
+  // #37, #38", each a link), its one trial, or "idle".
+  function workerRunning(w) {
+    if (w.pack.size > 1) {
+      const studies = new Map();
+      for (const t of w.pack.trials) studies.set(t.study, [...(studies.get(t.study) || []), t]);
+      const parts = Array.from(studies, ([study, trials], i) => [i ? "; " : null, `${study} `,
+        ...trials.flatMap((t, j) => [j ? ", " : null, trialLink(t, `#${t.number}`)])]).flat();
+      return el("td", { class: "pack" }, el("span", { class: "badge" }, `pack of ${w.pack.size}`), " ", ...parts);
+    }
+    const t = w.pack.trials[0] || w.trial;
+    return el("td", {}, t ? trialLink(t, `${t.study} #${t.number}`) : "idle");
+  }
+
+  // The device's latest utilisation (a meter), CPU share for GPU workers, and the hint.
+  function workerUtilisation(w) {
+    const t = w.telemetry;
+    if (!t || t.util_pct === undefined) return el("td", {}, "—");
+    const label = `${w.gpu ? "GPU" : "CPU"} ${Math.round(t.util_pct)} %`;
+    const cpu = w.gpu && t.cpu_pct !== undefined ? ` · CPU ${Math.round(t.cpu_pct)} %` : "";
+    return el("td", { class: t.fresh ? "util" : "util stale", title: t.at ? `sampled ${ago(t.at)}` : null },
+      el("meter", { min: "0", max: "100", low: "50", optimum: "100", value: String(t.util_pct) }), ` ${label}${cpu}`,
+      w.hint ? el("div", { class: "hint-text" }, w.hint) : null);
+  }
+
+  function workerMemory(t) {
+    if (!t) return "—";
+    const parts = [];
+    if (t.device_memory_mb !== undefined) parts.push(`device ${Math.round(t.device_memory_mb).toLocaleString()}`);
+    if (t.host_memory_mb !== undefined) parts.push(`host ${Math.round(t.host_memory_mb).toLocaleString()}`);
+    return parts.join(" · ") || "—";
+  }
+
+  function workerRow(w) {
+    const rounded = (v) => (v === null ? "—" : Math.round(v).toLocaleString());
+    return el("tr", { class: w.alive ? "" : "gone", "data-worker": w.worker_id },
       el("td", {}, w.name || w.worker_id, w.alive ? null : el("span", { class: "badge state-fail" }, "gone")),
       el("td", {}, w.hostname),
       el("td", {}, w.devices.join(", ") || "—"),
-      running(w),
-      utilisation(w),
-      el("td", { class: "num" }, memory(w.telemetry)),
+      workerRunning(w),
+      workerUtilisation(w),
+      el("td", { class: "num" }, workerMemory(w.telemetry)),
       el("td", { title: w.last_seen_at }, ago(w.last_seen_at)),
-      el("td", { class: "num" }, w.samples_per_s === null ? "—" : Math.round(w.samples_per_s).toLocaleString()),
-      el("td", { class: "num" }, w.peak_memory_mb === null ? "—" : Math.round(w.peak_memory_mb).toLocaleString()),
+      el("td", { class: "num" }, rounded(w.samples_per_s)),
+      el("td", { class: "num" }, rounded(w.peak_memory_mb)),
       el("td", { class: "num" }, w.recent_trials),
       el("td", {}, w.version || "—"));
+  }
+
+  function workersPage() {
     const load = async () => {
       const workers = await getJSON(`${API}/workers`);
-      document.getElementById("workers-body").replaceChildren(...workers.map(row));
+      document.getElementById("workers-body").replaceChildren(...workers.map(workerRow));
       document.getElementById("workers-empty").hidden = workers.length > 0;
     };
     load().then(() => setLive(true), () => setLive(false));
