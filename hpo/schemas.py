@@ -110,7 +110,7 @@ class StudyDiagnosis(BaseModel):
     """Patterns across a study's finished trials and the spec edits that avoid them."""
 
     study: str
-    trials: int = Field(description="finished trials read")
+    trials: int = Field(description="finished trials read (the latest, at most 2,000)")
     findings: dict[str, int] = Field(description="trials with each kind of finding")
     proposals: list[Proposal] = Field(description="strongest first; none for a healthy study")
 
