@@ -19,7 +19,6 @@ from hpo.schemas import StudyDiagnosis
 from service.storage.models import StudyRecord, TrialRecord
 from service.trials.states import TrialState
 
-
 #: The diagnosis reads the study's latest finished trials, at most this many: where the
 #: search is now, and a bounded cost (the split search over 10,000 trials took 6 s).
 MAX_TRIALS = 2000
@@ -35,7 +34,8 @@ def study_diagnosis(session: Session, record: StudyRecord) -> StudyDiagnosis:
             TrialRecord.params,
             TrialRecord.value,
             TrialRecord.findings,
-        ).where(
+        )
+        .where(
             TrialRecord.study_id == record.study_id,
             TrialRecord.state == TrialState.FINISHED,
             TrialRecord.number.is_not(None),
