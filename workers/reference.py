@@ -17,6 +17,7 @@ from typing import Any
 
 from hpo.settings import MODEL_METRICS, TrainConfig
 from hpo.trial import Trial, TrialPruned, TrialStopped
+from workers.results import TrainStatus
 
 log = logging.getLogger("workers.reference")
 
@@ -82,11 +83,12 @@ def conclude(trial: Trial, result: Any) -> float | list[float]:
     TrialPruned / TrialStopped; final metrics and a divergence go with the trial.
     Shared by solo trials and members of a fused pack."""
     trial.set_metrics(final_metrics(result))
-    if result.status == "pruned" or (result.status == "stopped" and trial.should_prune()):
+    stopped = result.status == TrainStatus.STOPPED
+    if result.status == TrainStatus.PRUNED or (stopped and trial.should_prune()):
         raise TrialPruned(f"pruned after {result.epochs_run} epochs")
-    if result.status == "stopped":
+    if stopped:
         raise TrialStopped("training stopped")
-    if result.status == "diverged":
+    if result.status == TrainStatus.DIVERGED:
         trial.diagnosis = "diverged"
         log.warning("%s diverged: %s", trial.label, result.diagnosis)
     names = trial.spec.objectives or [trial.spec.objective]

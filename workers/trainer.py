@@ -20,13 +20,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hpo.settings import TrainConfig, measures_model
+from workers.backend import (
+    configure_backend,
+    maybe_compile,
+    on_device,
+    peak_memory_mb,
+    reset_peak_memory,
+)
 from workers.compression import CompressionSettings, PruneSchedule, compress
 from workers.data import MnistData, Split
 from workers.model import (
@@ -36,7 +43,9 @@ from workers.model import (
     linear_weights,
     set_dropout_generator,
 )
+from workers.optimizers import make_optimizer, make_scheduler
 from workers.probes import DeadUnitProbe, GradNormStats
+from workers.results import TrainStatus
 
 GD_CHUNK = 8192  # full-batch gd accumulates its gradient in chunks to bound activation memory
 EVAL_CHUNK = 10000  # evaluation batch: large, since inference needs no activations kept
@@ -130,10 +139,10 @@ def train(
 ) -> TrainResult:
     """Train one trial; ``data`` should be loaded on ``device`` (else it is copied)."""
     started, device = time.perf_counter(), torch.device(device)
-    _configure_backend(device)
+    configure_backend(device)
     torch.manual_seed(config.seed)  # weight init
     shuffle = torch.Generator().manual_seed(config.seed)  # batch order: CPU generator everywhere
-    train_set, val_set = (_on(s, device) for s in data.split(config.val_size))
+    train_set, val_set = (on_device(s, device) for s in data.split(config.val_size))
     model = build_model(config).to(device)
     # Dropout masks from the trial's own generator, not the global RNG: a pack draws them too.
     set_dropout_generator(model, dropout_generator(config.seed, device))
@@ -143,14 +152,14 @@ def train(
     pruning = gradual_pruning(config)
 
     history: list[dict[str, float]] = []
-    status, diagnosis = "completed", None
+    status, diagnosis = TrainStatus.COMPLETED, None
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
-        _reset_peak_memory(device)
+        reset_peak_memory(device)
         lr = optimizer.param_groups[0]["lr"]  # the rate used during this epoch
         out = loop.run_epoch(epoch, shuffle)
         if out.stopped:  # told to stop: no evaluation, leave at once
-            status = "stopped"
+            status = TrainStatus.STOPPED
             break
         times = (t0, time.perf_counter() - t0)
         with DeadUnitProbe(model) as dead:  # records during the validation pass
@@ -160,13 +169,13 @@ def train(
         history.append(metrics)
         diagnosis = out.diagnosis or _nonfinite_loss(metrics)
         if diagnosis is not None:
-            status = "diverged"
+            status = TrainStatus.DIVERGED
             break
         scheduler.step()
         if pruning is not None:  # prune_schedule: gradual (masks keep pruned weights at 0)
             pruning.step(model, epoch)
         if not loop.hooks.on_epoch(epoch, metrics):
-            status = "pruned"
+            status = TrainStatus.PRUNED
             break
     finished = _Finished(status, history, diagnosis, started, shuffle, val_set)
     return _result(finished, loop, data.test)
@@ -187,12 +196,12 @@ class _Finished:
 def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     """The run's result; a completed run's model is compressed and measured as shipped."""
     final = dict(done.history[-1]) if done.history else {}
-    test_set = _on(test_set, loop.train_set.x.device)
+    test_set = on_device(test_set, loop.train_set.x.device)
     objective = done.history[-1]["val_accuracy"] if done.history else None
-    if done.status == "completed" and measures_model(loop.config):  # score it as shipped
+    if done.status == TrainStatus.COMPLETED and measures_model(loop.config):  # score it as shipped
         final.update(ship_model(loop, done, test_set))
         objective = final["val_accuracy"]
-    elif done.status != "stopped":  # reported, never optimized on
+    elif done.status != TrainStatus.STOPPED:  # reported, never optimized on
         final["test_accuracy"] = evaluate(loop.model, test_set)[1]
     final["n_params"] = count_params(loop.model)
     final["total_time_s"] = time.perf_counter() - done.started
@@ -257,7 +266,7 @@ class _Loop:
     ) -> _Loop:
         device = train_set.x.device
         guard = _Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
-        forward = _maybe_compile(model, config)
+        forward = maybe_compile(model, config)
         return cls(config, model, forward, optimizer, train_set, hooks or NullHooks(), guard)
 
     def __post_init__(self) -> None:
@@ -378,7 +387,7 @@ def _epoch_metrics(
         "epoch_time_s": time.perf_counter() - t0,  # training + validation
         "data_time_s": out.data_time,  # waiting on data: the telemetry's data-wait share
         "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
-        "peak_memory_mb": _peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(device),
     }
 
 
@@ -390,86 +399,3 @@ def gradual_pruning(config: TrainConfig) -> PruneSchedule | None:
     if config.prune_schedule != "gradual" or config.prune_amount <= 0:
         return None
     return PruneSchedule(config.prune_amount, config.epochs, "gradual")
-
-
-def make_optimizer(
-    config: TrainConfig, model: nn.Module, device: torch.device | str = "cpu"
-) -> torch.optim.Optimizer:
-    """The optimizer named by ``config.optimizer`` with its own knobs; L2 via weight_decay."""
-    c, params = config, [p for p in model.parameters() if p.requires_grad]
-    # Fused kernels (one launch for all parameters) on CUDA; multi-tensor foreach elsewhere.
-    fast: dict[str, Any] = (
-        {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
-    )
-    common = {"lr": c.lr, "weight_decay": c.weight_decay}
-    match c.optimizer:
-        case "gd" | "sgd":
-            return torch.optim.SGD(params, momentum=0.0, **common, **fast)
-        case "momentum" | "nesterov":
-            nesterov = c.optimizer == "nesterov"
-            return torch.optim.SGD(params, momentum=c.momentum, nesterov=nesterov, **common, **fast)
-        case "adagrad":  # Adagrad's fused kernel is CPU-only: foreach everywhere
-            return torch.optim.Adagrad(params, eps=c.eps, foreach=True, **common)
-        case "rmsprop":  # no fused RMSprop in torch
-            return torch.optim.RMSprop(
-                params, momentum=c.momentum, eps=c.eps, foreach=True, **common
-            )
-        case "adam" | "adamw":
-            cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-            return cls(params, betas=(c.beta1, c.beta2), eps=c.eps, **common, **fast)
-    raise ValueError(f"unknown optimizer {c.optimizer!r}")
-
-
-def make_scheduler(
-    config: TrainConfig, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule, after an optional linear warmup over ``warmup_epochs``."""
-    sched = torch.optim.lr_scheduler
-    warmup = config.warmup_epochs
-    match config.lr_schedule:
-        case "step":
-            main = sched.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-        case "exponential":
-            main = sched.ExponentialLR(optimizer, gamma=config.gamma)
-        case "cosine":
-            main = sched.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warmup))
-        case _:
-            main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup == 0:
-        return main
-    # Epoch e < warmup runs at lr * (e + 1) / (warmup + 1); the main schedule starts after.
-    ramp = sched.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-def _configure_backend(device: torch.device) -> None:
-    if device.type == "cuda":
-        # TF32 matmuls: ~free accuracy-wise for this MLP, several times the fp32 throughput.
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-
-
-def _maybe_compile(model: nn.Module, config: TrainConfig) -> nn.Module:
-    # "auto" means off for now: compiling costs tens of seconds per trial, and for this small
-    # MLP that has not been measured to pay off on either CPU or GPU. True forces it on.
-    if config.compile is True:
-        return torch.compile(model)  # type: ignore[return-value]
-    return model
-
-
-def _on(split: Split, device: torch.device) -> Split:
-    if split.x.device == device:
-        return split
-    return Split(split.x.to(device), split.y.to(device))
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import psutil  # the worker extra; only its CPU memory metric needs it
-
-    return psutil.Process().memory_info().rss / 2**20  # current RSS at epoch end

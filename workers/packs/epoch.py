@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from workers.trainer import _peak_memory_mb
+from workers.backend import peak_memory_mb
 
 ROWS = ("loss", "grad", "grad_max", "grad_min", "grad_first")  # the order of read()
 
@@ -92,5 +92,5 @@ def epoch_metrics(
     metrics["epoch_time_s"] = time.perf_counter() - sums.t0  # training + validation
     metrics["data_time_s"] = sums.data_time  # waiting on data (the pack's, shared)
     metrics["samples_per_s"] = sums.samples / max(train_time, 1e-9)  # training only
-    metrics["peak_memory_mb"] = _peak_memory_mb(device)
+    metrics["peak_memory_mb"] = peak_memory_mb(device)
     return metrics

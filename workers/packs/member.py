@@ -21,10 +21,12 @@ from torch import nn
 from hpo.settings import TrainConfig, measures_model
 from workers.data import Split
 from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
+from workers.optimizers import make_scheduler
 from workers.packs.keys import optimizer_kind
 from workers.packs.layout import Layout
 from workers.packs.stack import Rows
-from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate, make_scheduler
+from workers.results import TrainStatus
+from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate
 
 
 class Splits(NamedTuple):
@@ -134,10 +136,10 @@ class Member:
         assert self.module is not None
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
         objective = self.history[-1]["val_accuracy"] if self.history else None
-        if status == "completed" and splits is not None and measures_model(self.config):
+        if status == TrainStatus.COMPLETED and splits is not None and measures_model(self.config):
             final.update(self._ship(splits))
             objective = final["val_accuracy"]
-        elif status != "stopped" and splits is not None:  # reported, never optimized on
+        elif status != TrainStatus.STOPPED and splits is not None:  # reported, never optimized on
             final["test_accuracy"] = evaluate(self.module, splits.test)[1]
         final["n_params"] = count_params(self.module)
         final["total_time_s"] = time.perf_counter() - self._started
@@ -150,12 +152,15 @@ class Member:
         # The solo trainer's own compression step (workers.trainer.ship_model), on this
         # member's model, config and batch-order generator: fine-tuning, if the settings ask
         # for it, runs the solo loop from where the pack left the member.
-        from workers.trainer import _Finished, _Loop, make_optimizer, ship_model
+        from workers.optimizers import make_optimizer
+        from workers.trainer import _Finished, _Loop, ship_model
 
         assert self.module is not None
         optimizer = make_optimizer(self.config, self.module, splits.train.x.device)
         loop = _Loop.create(self.config, self.module, optimizer, splits.train, NullHooks())
-        done = _Finished("completed", self.history, None, self._started, self.shuffle, splits.val)
+        done = _Finished(
+            TrainStatus.COMPLETED, self.history, None, self._started, self.shuffle, splits.val
+        )
         device = splits.train.x.device
         # Measuring the shipped model draws random inputs: not from the caller's global RNG.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

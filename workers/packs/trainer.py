@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hpo.settings import TrainConfig
+from workers.backend import configure_backend, on_device, reset_peak_memory
 from workers.data import MnistData
 from workers.model import N_CLASSES, dropout_noise
 from workers.packs.epoch import EpochSums, epoch_metrics
@@ -32,15 +33,13 @@ from workers.packs.layout import Layout
 from workers.packs.member import Member, Splits
 from workers.packs.stack import Rows, Stack
 from workers.probes import DeadUnitProbe
+from workers.results import TrainStatus
 from workers.trainer import (
     CUDA_GUARD_EVERY,
     GD_CHUNK,
     GRAD_NORM_EVERY,
     TrainResult,
-    _configure_backend,
     _nonfinite_loss,
-    _on,
-    _reset_peak_memory,
     evaluate,
 )
 
@@ -68,7 +67,7 @@ class PackTrainer:
         snapshots: bool | None = None,
     ) -> None:
         self.data, self.device = data, torch.device(device)
-        _configure_backend(self.device)
+        configure_backend(self.device)
         self.capacity = capacity
         self.snapshots = self.device.type == "cuda" if snapshots is None else snapshots
         self.guard_every = 1 if self.device.type == "cpu" else CUDA_GUARD_EVERY
@@ -115,10 +114,10 @@ class PackTrainer:
         for m in self.joining:
             if m.id == member_id:
                 self.joining.remove(m)
-                return m.result("stopped", None, None)
+                return m.result(TrainStatus.STOPPED, None, None)
         for i, m in enumerate(self.members):
             if m.id == member_id:
-                self._finish(i, "stopped", None)
+                self._finish(i, TrainStatus.STOPPED, None)
                 self._drop([i])
                 return self.finished.pop()[1]
         return None
@@ -143,7 +142,7 @@ class PackTrainer:
         if not self.members:
             return self.drain()
         assert self.key is not None and self.stack is not None
-        _reset_peak_memory(self.device)
+        reset_peak_memory(self.device)
         for m in self.members:
             m.epoch += 1
         self._refresh()
@@ -260,13 +259,13 @@ class PackTrainer:
         for i, m in enumerate(self.members):
             metrics = self._record(i, rows[i], train_time)
             if (diagnosis := _nonfinite_loss(metrics)) is not None:
-                self._finish(i, "diverged", diagnosis)
+                self._finish(i, TrainStatus.DIVERGED, diagnosis)
             else:
                 m.schedule_step()
                 if not m.hooks.on_epoch(m.epoch, metrics):
-                    self._finish(i, "pruned", None)
+                    self._finish(i, TrainStatus.PRUNED, None)
                 elif m.finished_epochs:
-                    self._finish(i, "completed", None)
+                    self._finish(i, TrainStatus.COMPLETED, None)
                 else:
                     if self.snapshots:  # reported: a later OOM must not re-run this epoch
                         m.save(self._rows(i))
@@ -295,7 +294,7 @@ class PackTrainer:
         rows = ep.read()
         for i, diagnosis in diverged:
             self._record(i, rows[i], time.perf_counter() - ep.t0)
-            self._finish(i, "diverged", diagnosis)
+            self._finish(i, TrainStatus.DIVERGED, diagnosis)
 
     def _finish(self, i: int, status: str, diagnosis: str | None) -> None:
         """Member i ends: its TrainResult (test accuracy on its module) joins ``finished``."""
@@ -307,7 +306,7 @@ class PackTrainer:
         """Ask every member's should_stop() at a batch boundary; False when none is left."""
         stopped = [i for i, m in enumerate(self.members) if m.hooks.should_stop()]
         for i in stopped:
-            self._finish(i, "stopped", None)
+            self._finish(i, TrainStatus.STOPPED, None)
         self._drop(stopped)
         return bool(self.members)
 
@@ -315,8 +314,10 @@ class PackTrainer:
 
     def _open(self, key: PackKey) -> None:
         self.key, self.key_batch_norm = key, key.batch_norm
-        train, val = (_on(s, self.device) for s in self.data.split(key.val_size))
-        self.splits = Splits(train.head(key.train_subset), val, _on(self.data.test, self.device))
+        train, val = (on_device(s, self.device) for s in self.data.split(key.val_size))
+        self.splits = Splits(
+            train.head(key.train_subset), val, on_device(self.data.test, self.device)
+        )
         self.layout: Layout | None = None
 
     def _admit(self) -> None:
