@@ -44,3 +44,25 @@ def test_demo_stops_at_once_without_mnist(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "train-images-idx3-ubyte" in result.stderr
     assert str(tmp_path / "none") in result.stderr
+
+
+def _make_rules() -> dict[str, tuple[list[str], str]]:
+    """Each Makefile target: its prerequisites and its recipe."""
+    rules = {}
+    pattern = r"^([\w-]+):([^\n]*)\n((?:\t[^\n]*\n)*)"
+    for target, deps, recipe in re.findall(pattern, (REPO_ROOT / "Makefile").read_text(), re.M):
+        rules[target] = (deps.split(), recipe)
+    return rules
+
+
+def test_make_demo_installs_no_system_packages() -> None:
+    # Only the tests need chromium, docker-compose and slurm: `make demo` must not sudo apt.
+    rules, chain, seen = _make_rules(), ["demo"], set()
+    while chain:
+        target = chain.pop()
+        seen.add(target)
+        deps, recipe = rules.get(target, ([], ""))
+        assert "--system" not in recipe, f"make {target} (needed by demo) installs system packages"
+        chain += [dep for dep in deps if dep in rules and dep not in seen]
+    assert "setup" in seen
+    assert "--system" in rules["setup-test"][1]  # the tests still get their packages

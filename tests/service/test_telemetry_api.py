@@ -47,3 +47,32 @@ def test_heartbeat_and_complete_telemetry_are_stored(client, tokens) -> None:  #
         "samples_per_s": 1000.0,
         "data_wait_share": 0.25,
     }
+
+
+def test_an_own_objective_reporting_the_metrics_gets_the_findings(client, tokens) -> None:  # noqa: ANN001
+    """Findings come from what a trial reported, whoever ran it: an own objective that
+    reports train_loss and val_loss gets the same checks as the built-in trainer."""
+    admin = {"Authorization": f"Bearer {tokens.admin}"}
+    worker = {"Authorization": f"Bearer {tokens.worker}"}
+    spec = study_spec("own", workload="toy", space={"x": {"type": "float", "low": 0, "high": 1}})
+    assert client.post(f"{API}/studies", json=spec, headers=admin).status_code == 201
+    body = {"hostname": "box", "workloads": ["toy"]}
+    wid = client.post(f"{API}/workers/register", json=body, headers=worker).json()["worker_id"]
+    lease = client.post(f"{API}/trials/lease", json={"worker_id": wid}, headers=worker).json()
+    lease_id = lease["trial"]["lease_id"]
+    for step in range(1, 6):  # a loss that barely moves: underfitting, as the trainer's would
+        metrics = {"train_loss": 2.30 - 0.001 * step, "val_loss": 2.30, "val_accuracy": 0.11}
+        report = {"step": step, "value": 0.11, "metrics": metrics}
+        assert (
+            client.post(f"{API}/leases/{lease_id}/report", json=report, headers=worker).status_code
+            == 200
+        )
+    assert (
+        client.post(
+            f"{API}/leases/{lease_id}/complete", json={"value": 0.11}, headers=worker
+        ).status_code
+        == 200
+    )
+    findings = client.get(f"{API}/studies/own/trials/0", headers=admin).json()["findings"]
+    assert [f["kind"] for f in findings] == ["underfitting"]
+    assert findings[0]["evidence"] and "train" in findings[0]["message"].lower()
