@@ -66,7 +66,7 @@ def _wait_ready(url: str, timeout: float) -> float:
             if httpx.get(url + "/readyz", timeout=5).status_code == 200:
                 return time.monotonic() - start
         except httpx.HTTPError:
-            pass
+            pass  # still down: poll again
         time.sleep(0.2)
     raise AssertionError(f"server not ready {timeout:.0f}s after the database came back")
 

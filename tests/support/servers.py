@@ -210,7 +210,7 @@ class ServerProcess(Process):
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return True
             except httpx.HTTPError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(0.1)
         self.kill()
         pytest.fail(f"timed out after {timeout:.0f}s waiting for the server on port {self.port}")

@@ -69,7 +69,7 @@ class _FakeNvml(types.SimpleNamespace):
     """A stand-in pynvml (no GPU here): records which GPU was asked for."""
 
     class NVMLError(Exception):
-        pass
+        """The error pynvml raises; the probe must catch it."""
 
     def __init__(self) -> None:
         super().__init__(asked=[])
