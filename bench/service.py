@@ -104,11 +104,15 @@ def seed(url: str, study_name: str, n: int) -> float:
         ]
         for chunk in range(0, n, 5000):
             conn.execute(insert(models.TrialModel.__table__), rows[chunk : chunk + 5000])
-        ids = conn.execute(
-            select(models.TrialModel.trial_id).where(
-                models.TrialModel.study_id == study_id, models.TrialModel.number >= first
+        ids = (
+            conn.execute(
+                select(models.TrialModel.trial_id).where(
+                    models.TrialModel.study_id == study_id, models.TrialModel.number >= first
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         params, values = [], []
         for tid in ids:
             x = rng.random()
@@ -168,9 +172,24 @@ class Server:
         }
         self.log = open(tmp / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "server", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--workers", str(processes)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--workers",
+                str(processes),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port, self.proc, "/readyz", 60)
         self.tokens = json.loads(token_file.read_text())
@@ -358,9 +377,12 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
 
 def _partial(result: dict, system: str) -> None:
     r = result[system]
-    print(f"  .. {result['db']} {result['sampler']} T={result['T']} W={result['W']} {system}: "
-          f"{r['trials_s']:.1f} trials/s, lease p95 {r['lease_p95']:.0f} ms, "
-          f"set-up {r['setup_s']} s, errors {r['errors']}", flush=True)
+    print(
+        f"  .. {result['db']} {result['sampler']} T={result['T']} W={result['W']} {system}: "
+        f"{r['trials_s']:.1f} trials/s, lease p95 {r['lease_p95']:.0f} ms, "
+        f"set-up {r['setup_s']} s, errors {r['errors']}",
+        flush=True,
+    )
 
 
 def cell(
@@ -390,7 +412,9 @@ def cell(
                 result["service"] = run_load(
                     load.service_worker,
                     lambda i: (i, port, token, "svc"),
-                    workers, a.warmup, a.duration,
+                    workers,
+                    a.warmup,
+                    a.duration,
                 )
                 result["rss_end_mb"] = server.rss_mb()
                 _partial(result, "service")
@@ -403,8 +427,11 @@ def cell(
             optuna.create_study(study_name="direct", storage=url, direction="maximize")
             seed(url, "direct", t_before)
             result["direct"] = run_load(
-                load.direct_worker, lambda i: (i, url, "direct", sampler),
-                workers, a.warmup, a.duration,
+                load.direct_worker,
+                lambda i: (i, url, "direct", sampler),
+                workers,
+                a.warmup,
+                a.duration,
             )
             _partial(result, "direct")
         # ---------------------------------------------------------------- gRPC proxy
@@ -417,8 +444,11 @@ def cell(
             try:
                 wait_port(port, proxy, None, 30)
                 result["grpc"] = run_load(
-                    load.grpc_worker, lambda i: (i, port, "grpc", sampler),
-                    workers, a.warmup, a.duration,
+                    load.grpc_worker,
+                    lambda i: (i, port, "grpc", sampler),
+                    workers,
+                    a.warmup,
+                    a.duration,
                 )
                 _partial(result, "grpc")
             finally:
@@ -548,11 +578,17 @@ def memory_run(a: argparse.Namespace, tmp: Path) -> dict:
                         p.join()
                 samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
                 out[str(t_before)] = {
-                    "rss_boot_mb": rss_boot, "seed_s": seed_s, "samples": samples,
-                    "lifecycles": done, "seconds": a.memory,
+                    "rss_boot_mb": rss_boot,
+                    "seed_s": seed_s,
+                    "samples": samples,
+                    "lifecycles": done,
+                    "seconds": a.memory,
                 }
-                print(f"memory T={t_before}: boot {rss_boot:.0f} MB, samples {samples}, "
-                      f"{done} lifecycles", flush=True)
+                print(
+                    f"memory T={t_before}: boot {rss_boot:.0f} MB, samples {samples}, "
+                    f"{done} lifecycles",
+                    flush=True,
+                )
             finally:
                 server.stop()
         finally:
@@ -627,9 +663,14 @@ def machine() -> dict:
     except ImportError:
         grpc_v = "not installed"
     return {
-        "cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-        "optuna": optuna.__version__, "sqlalchemy": sqlalchemy.__version__,
-        "sqlite": sqlite3.sqlite_version, "postgresql": pg, "grpcio": grpc_v,
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": pg,
+        "grpcio": grpc_v,
     }
 
 
@@ -651,12 +692,16 @@ def render(path: Path) -> str:
     out.append("|---|---|---|---|---|---|")
     for r in rows:
         if "rss_start_mb" in r:
-            out.append(f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | "
-                       f"{r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} |")
+            out.append(
+                f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | "
+                f"{r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} |"
+            )
     for t, m in mem.items():
         out.append("")
-        out.append(f"Memory run, PostgreSQL + random, W=8, T={t}, {m['seconds']:.0f} s, "
-                   f"{m['lifecycles']} lifecycles; RSS after boot {m['rss_boot_mb']:.0f} MB:")
+        out.append(
+            f"Memory run, PostgreSQL + random, W=8, T={t}, {m['seconds']:.0f} s, "
+            f"{m['lifecycles']} lifecycles; RSS after boot {m['rss_boot_mb']:.0f} MB:"
+        )
         out.append("")
         out.append("| t (s) | RSS MB |")
         out.append("|---|---|")
@@ -668,27 +713,50 @@ def render(path: Path) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--db", nargs="+", default=["postgresql", "sqlite"],
-                   choices=["postgresql", "sqlite"])
+    p.add_argument(
+        "--db", nargs="+", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"]
+    )
     p.add_argument("--sampler", nargs="+", default=["tpe", "random"], choices=["tpe", "random"])
     p.add_argument("--workers", nargs="+", type=int, default=[32, 8, 1])
     p.add_argument("--trials-before", nargs="+", type=int, default=[10000, 1000, 0])
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per cell")
-    p.add_argument("--systems", nargs="*", default=["service", "direct", "grpc"],
-                   choices=["service", "direct", "grpc"])
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy the server during the postgresql/tpe/W=32/T=10000 cell")
-    p.add_argument("--memory", type=float, default=0.0,
-                   help="seconds of a W=8 PG random run sampling server RSS (0: skip)")
+    p.add_argument(
+        "--systems",
+        nargs="*",
+        default=["service", "direct", "grpc"],
+        choices=["service", "direct", "grpc"],
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the server during the postgresql/tpe/W=32/T=10000 cell",
+    )
+    p.add_argument(
+        "--memory",
+        type=float,
+        default=0.0,
+        help="seconds of a W=8 PG random run sampling server RSS (0: skip)",
+    )
     p.add_argument("--memory-trials", nargs="+", type=int, default=[10000])
-    p.add_argument("--server-workers", type=int, default=1,
-                   help="uvicorn processes of the server on PostgreSQL (SQLite: always 1)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop starting new cells after this many minutes (0: no limit)")
+    p.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="uvicorn processes of the server on PostgreSQL (SQLite: always 1)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop starting new cells after this many minutes (0: no limit)",
+    )
     p.add_argument("--out", default="", help="append rows as JSON lines to this file")
-    p.add_argument("--render", default="",
-                   help="only print the markdown table of the rows in this JSON-lines file")
+    p.add_argument(
+        "--render",
+        default="",
+        help="only print the markdown table of the rows in this JSON-lines file",
+    )
     a = p.parse_args()
     if a.render:
         print(render(Path(a.render)))
@@ -707,10 +775,17 @@ def main() -> None:
             if a.out:
                 with open(a.out, "a") as fh:
                     fh.write(json.dumps({"memory": mem, "machine": info}) + "\n")
-        cells = [
-            (db, s, t, w)
-            for db in a.db for s in a.sampler for t in a.trials_before for w in a.workers
-        ] if a.systems else []
+        cells = (
+            [
+                (db, s, t, w)
+                for db in a.db
+                for s in a.sampler
+                for t in a.trials_before
+                for w in a.workers
+            ]
+            if a.systems
+            else []
+        )
         if cells and a.systems:
             print(HEADER, flush=True)
         for db, s, t, w in cells:
@@ -725,10 +800,14 @@ def main() -> None:
             rows.append(r)
             for line in fmt_row(r):
                 print(line, flush=True)
-            extra = {k: r[k] for k in ("rss_start_mb", "rss_end_mb", "seed_s", "first_lease_s")
-                     if k in r}
-            errs = {k: r[k]["error_samples"] for k in ("service", "direct", "grpc")
-                    if k in r and r[k]["error_samples"]}
+            extra = {
+                k: r[k] for k in ("rss_start_mb", "rss_end_mb", "seed_s", "first_lease_s") if k in r
+            }
+            errs = {
+                k: r[k]["error_samples"]
+                for k in ("service", "direct", "grpc")
+                if k in r and r[k]["error_samples"]
+            }
             print(f"  {extra} {errs if errs else ''}", flush=True)
             if a.out:
                 with open(a.out, "a") as fh:

@@ -12,16 +12,9 @@ from typing import Any
 
 import pytest
 
-from hpo.diagnosis import (
-    MIN_REGION_BAD,
-    Proposal,
-    TrialRecord,
-    best_split,
-    diagnose_study,
-    fisher_greater,
-    readable_between,
-)
+from hpo.diagnosis import Proposal, TrialRecord, diagnose_study
 from hpo.findings import Finding, FindingKind, Severity
+from hpo.splits import MIN_REGION_BAD, best_split, fisher_greater, readable_between
 
 OPTIMIZERS_SPEC: dict[str, Any] = {
     "space": {

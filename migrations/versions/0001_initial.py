@@ -50,8 +50,12 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("devices", sa.JSON(), nullable=False),
         sa.Column("version", sa.String(length=64), nullable=False),
-        sa.Column("registered_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "registered_at", service.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "last_seen_at", service.storage.models.UTCDateTime(timezone=True), nullable=False
+        ),
         sa.Column("current_trial_id", sa.Integer(), nullable=True),
         sa.Column("current_study", sa.String(length=512), nullable=True),
         sa.PrimaryKeyConstraint("worker_id"),
@@ -89,7 +93,9 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_id", sa.String(length=36), nullable=True),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
-        sa.Column("lease_expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "lease_expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=True
+        ),
         sa.Column("final_state", sa.String(length=16), nullable=True),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("fail_reason", sa.Text(), nullable=True),
