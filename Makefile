@@ -8,7 +8,7 @@ export HPO_DATA_DIR ?= $(abspath ../shared/data)
 setup:
 	bash scripts/setup.sh
 
-## Also the Debian packages only the tests need (chromium, docker-compose, slurm-wlm).
+## Also the Debian packages only the tests need (chromium, docker-compose, slurm-wlm, shellcheck).
 setup-test:
 	bash scripts/setup.sh --system
 

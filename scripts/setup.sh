@@ -4,7 +4,7 @@
 #   scripts/setup.sh --system   also what only the tests need, from Debian's packages:
 #                               chromium (browser tests), docker-compose (compose file
 #                               validation), slurm-wlm (the SLURM script on a one-node
-#                               cluster); needs root or sudo. `make demo` never asks for it.
+#                               cluster), shellcheck (the sbatch script); needs root or sudo. `make demo` never asks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,7 @@ if [ "${1:-}" = "--system" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium chromium-driver)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm)
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     SUDO=""

@@ -268,7 +268,7 @@ def test_sbatch_header_asks_for_an_array_of_gpu_allocations() -> None:
 def test_shellcheck_is_clean() -> None:
     tool = shutil.which("shellcheck")
     if tool is None:
-        pytest.skip("shellcheck not installed (Debian package shellcheck)")
+        missing("shellcheck (Debian package shellcheck)")
     result = subprocess.run([tool, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
