@@ -62,6 +62,11 @@ def main() -> None:
     login = httpx.get(f"{url}/dashboard/login")
     if login.status_code != 200:
         raise SystemExit(f"/dashboard/login answered {login.status_code}")
+    # The installed package carries its static files, the vendored plotly.js included.
+    for asset in ("app.js", "lib.js", "style.css", "plotly.min.js"):
+        got = httpx.get(f"{url}/dashboard/static/{asset}")
+        if got.status_code != 200 or not got.content:
+            raise SystemExit(f"/dashboard/static/{asset} answered {got.status_code}")
     admin, worker = Client(url, admin_token), Client(url, worker_token)
     worker_id = worker.register(WorkerRegistration(hostname="check", workloads=["toy"])).worker_id
     for name in SAMPLERS:

@@ -18,7 +18,10 @@ from bench.synthetic import compression, demo, seeding
 
 BROWSER_ARGS = [
     "--no-sandbox",
-    "--disable-gpu",
+    # WebGL on the CPU (SwiftShader), so that the WebGL charts (parallel coordinates)
+    # really draw here: --disable-gpu would turn WebGL off altogether.
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",

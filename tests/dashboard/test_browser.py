@@ -72,6 +72,12 @@ def test_study_page_renders_every_chart_and_links_to_trials(
         arg=charts,
     )
     assert tab.locator("[data-chart] .plot .empty").count() == 0
+    # WebGL charts draw under the page's CSP (Plotly's regular bundle needs
+    # 'unsafe-eval' and shows "WebGL is not supported" instead).
+    assert "WebGL is not supported" not in tab.locator("main").inner_text()
+    parallel = tab.locator('[data-chart="parallel"]')
+    assert parallel.locator("canvas").count() >= 1
+    assert parallel.locator("g.axis").count() >= 3  # one per dimension, drawn by plotly
     tab.wait_for_selector("#trials-body tr td a")
     tab.screenshot(path=str(tmp_path / "study.png"), full_page=True)
     link = tab.locator("#trials-body tr td a").first

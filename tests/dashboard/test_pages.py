@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -99,14 +102,33 @@ def test_study_page_links_exports_and_lists_charts(viewer, study_id) -> None:
 
 
 def test_static_assets_come_from_the_package_and_are_cacheable(viewer, study_id) -> None:
-    import plotly
+    from service.dashboard.static import asset_url
 
     js = viewer.get("/dashboard/static/plotly.min.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
     assert js.headers["cache-control"].startswith("public")
     page = viewer.get(f"/dashboard/studies/{study_id}").text
-    assert f"/dashboard/static/plotly.min.js?v={plotly.__version__}" in page
+    assert asset_url("plotly.min.js") in page and "?v=" in asset_url("plotly.min.js")
     assert viewer.get("/dashboard/static/../config.py").status_code == 404
+
+
+def _plotly_js_version(head: str) -> str:
+    found = re.search(r"plotly\.js (?:\(strict - minified\) )?v(\d+\.\d+\.\d+)", head)
+    assert found, head
+    return found.group(1)
+
+
+def test_plotly_is_the_strict_build_of_the_plotly_js_the_figures_are_built_for(viewer) -> None:
+    # The dashboard's CSP has no 'unsafe-eval': the regular bundle's WebGL charts
+    # (parallel coordinates) need it, the strict build does not.
+    import plotly
+
+    served = viewer.get("/dashboard/static/plotly.min.js").text[:200]
+    assert "strict" in served
+    assert "unsafe-eval" not in viewer.get("/dashboard/").headers["content-security-policy"]
+    shipped = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").open().read(200)
+    # Same major version as the plotly.js that plotly.py builds the figures for.
+    assert _plotly_js_version(served).split(".")[0] == _plotly_js_version(shipped).split(".")[0]
 
 
 def test_static_assets_are_gzipped_when_asked_and_prefetched_before_the_study_page(
