@@ -81,6 +81,51 @@ def test_pareto_chart_hovers_and_a_click_opens_the_trial(page: Watched, live_ser
     _assert_clean(page)
 
 
+#: Distinct colours in a PNG of a chart as Plotly exports it (WebGL scenes read back
+#: from their canvas): a scene that failed to draw is one flat background colour.
+EXPORTED_COLOURS = """async (id) => {
+  const gd = document.querySelector(`[data-chart=${id}] .js-plotly-plot`);
+  const url = await window.Plotly.toImage(gd, {format: "png", width: 600, height: 450});
+  const img = new Image();
+  img.src = url;
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = 600; canvas.height = 450;
+  const g = canvas.getContext("2d");
+  g.drawImage(img, 0, 0);
+  const px = g.getImageData(150, 100, 300, 250).data;  // inside the scene, off the legend
+  const colours = new Set();
+  for (let i = 0; i < px.length; i += 4) colours.add((px[i] << 16) | (px[i + 1] << 8) | px[i + 2]);
+  return colours.size;
+}"""
+
+
+def test_three_objectives_draw_a_3d_front_under_the_csp(page: Watched, live_server) -> None:
+    from bench.synthetic import compression
+    from bench.synthetic.demo import Outcome
+    from hpo.spec import StudySpec
+
+    raw = compression.compression_spec("three-browser").model_dump(mode="json")
+    raw |= {"objectives": ["val_accuracy", "model_bytes", "latency_ms_b1"],
+            "directions": ["maximize", "minimize", "minimize"]}  # fmt: skip
+
+    def simulate(settings: dict[str, Any], rng: Any) -> Outcome:
+        outcome = compression.simulate(settings, rng)
+        if outcome.final_metrics:
+            outcome.values = [*(outcome.values or []), outcome.final_metrics["latency_ms_b1"]]
+        return outcome
+
+    sid = seeding.seed_bulk(live_server.ctx, StudySpec.model_validate(raw), 60, seed=7,
+                            simulate=simulate)  # fmt: skip
+    tab = _study(page, live_server, sid)
+    chart = tab.locator("[data-chart=pareto]")
+    chart.scroll_into_view_if_needed()
+    tab.wait_for_selector("[data-chart=pareto] .gl-container canvas")
+    assert "WebGL is not supported" not in chart.inner_text()
+    assert tab.evaluate(EXPORTED_COLOURS, "pareto") > 20  # measured 284 when drawn
+    _assert_clean(page)
+
+
 def test_accuracy_against_size_draws_one_trace_per_method(page: Watched, live_server) -> None:
     tab = _study(page, live_server, live_server.compression_study_id)
     tab.wait_for_selector("[data-chart=size] .main-svg")
