@@ -4,7 +4,8 @@
 #   scripts/setup.sh --system   also what only the tests need, from Debian's packages:
 #                               chromium (browser tests), docker-compose (compose file
 #                               validation), slurm-wlm (the SLURM script on a one-node
-#                               cluster), shellcheck (the sbatch script); needs root or sudo. `make demo` never asks for it.
+#                               cluster), shellcheck (the sbatch script); needs root or
+#                               sudo. `make demo` never asks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

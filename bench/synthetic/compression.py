@@ -109,3 +109,23 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
         values=[final[METRIC], float(final["model_bytes"])], final_metrics=final,
         telemetry=telemetry(curve),
     )  # fmt: skip
+
+
+#: The third objective of :func:`three_objective_spec`.
+LATENCY = "latency_ms_b1"
+
+
+def three_objective_spec(name: str, max_trials: int = 20_000) -> StudySpec:
+    """:func:`compression_spec` with latency at batch 1 as a third objective (minimized)."""
+    raw = compression_spec(name, max_trials).model_dump(mode="json")
+    raw |= {"objectives": [METRIC, "model_bytes", LATENCY],
+            "directions": ["maximize", "minimize", "minimize"]}  # fmt: skip
+    return StudySpec.model_validate(raw)
+
+
+def simulate_three(settings: dict[str, Any], rng: random.Random) -> Outcome:
+    """:func:`simulate` for :func:`three_objective_spec`: latency appended to the values."""
+    outcome = simulate(settings, rng)
+    if outcome.final_metrics:
+        outcome.values = [*(outcome.values or []), outcome.final_metrics[LATENCY]]
+    return outcome

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.synthetic import demo, seeding
+from bench.synthetic import compression, demo, seeding
 from tests.dashboard.conftest import LiveServer, Watched
 
 pytestmark = pytest.mark.browser
@@ -101,22 +101,8 @@ EXPORTED_COLOURS = """async (id) => {
 
 
 def test_three_objectives_draw_a_3d_front_under_the_csp(page: Watched, live_server) -> None:
-    from bench.synthetic import compression
-    from bench.synthetic.demo import Outcome
-    from hpo.spec import StudySpec
-
-    raw = compression.compression_spec("three-browser").model_dump(mode="json")
-    raw |= {"objectives": ["val_accuracy", "model_bytes", "latency_ms_b1"],
-            "directions": ["maximize", "minimize", "minimize"]}  # fmt: skip
-
-    def simulate(settings: dict[str, Any], rng: Any) -> Outcome:
-        outcome = compression.simulate(settings, rng)
-        if outcome.final_metrics:
-            outcome.values = [*(outcome.values or []), outcome.final_metrics["latency_ms_b1"]]
-        return outcome
-
-    sid = seeding.seed_bulk(live_server.ctx, StudySpec.model_validate(raw), 60, seed=7,
-                            simulate=simulate)  # fmt: skip
+    spec = compression.three_objective_spec("three-browser")
+    sid = seeding.seed_bulk(live_server.ctx, spec, 60, seed=7, simulate=compression.simulate_three)
     tab = _study(page, live_server, sid)
     chart = tab.locator("[data-chart=pareto]")
     chart.scroll_into_view_if_needed()

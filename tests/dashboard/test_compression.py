@@ -6,14 +6,12 @@ Every test runs on SQLite and on PostgreSQL (the ``db_url`` fixture)."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
 import pytest
 
 from bench.synthetic import compression, seeding
-from bench.synthetic.demo import Outcome
 from hpo.spec import StudySpec
 from service.dashboard.charts import STUDY_CHARTS, charts_for
 from service.dashboard.charts_pareto import non_dominated
@@ -110,18 +108,8 @@ def test_accuracy_against_size_has_one_trace_per_method_from_final_metrics(
 
 
 def test_three_objectives_are_drawn_in_3d(viewer, ctx) -> None:
-    raw = compression.compression_spec("three").model_dump(mode="json")
-    raw |= {"objectives": ["val_accuracy", "model_bytes", "latency_ms_b1"],
-            "directions": ["maximize", "minimize", "minimize"]}  # fmt: skip
-    spec = StudySpec.model_validate(raw)
-
-    def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
-        outcome = compression.simulate(settings, rng)
-        if outcome.final_metrics:
-            outcome.values = [*(outcome.values or []), outcome.final_metrics["latency_ms_b1"]]
-        return outcome
-
-    sid = seeding.seed_bulk(ctx, spec, 80, seed=6, simulate=simulate)
+    spec = compression.three_objective_spec("three")
+    sid = seeding.seed_bulk(ctx, spec, 80, seed=6, simulate=compression.simulate_three)
     body = chart(viewer, sid, "pareto")
     assert {t["type"] for t in body["figure"]["data"]} == {"scatter3d"}
     front = sorted(t["number"] for t in _api(viewer, f"/studies/{sid}/pareto")["trials"])
