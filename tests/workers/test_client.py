@@ -92,6 +92,14 @@ class ScriptedServer:
         self._thread.start()
         return self
 
+    def answers(self, count: int, timeout: float = 5.0) -> list[tuple[str, int]]:
+        """The answers written, once ``count`` are: a handler thread records its answer
+        just after writing it, so the client may read it a moment before it is recorded."""
+        deadline = time.monotonic() + timeout
+        while len(self.answered) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.answered)
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._httpd.shutdown()
@@ -162,7 +170,7 @@ def test_complete_retried_after_503_is_delivered_once(server: ScriptedServer) ->
     with client_for(server.url) as client:
         answer = client.complete("L1", body)
     assert answer.state == "complete" and answer.value == 0.91
-    assert [status for _, status in server.answered] == [503, 503, 200]
+    assert [status for _, status in server.answers(3)] == [503, 503, 200]
     bodies = [b for p, _, b in server.requests if p == path]
     assert len(bodies) == 3 and all(b == bodies[0] for b in bodies)  # the same request
 
@@ -184,7 +192,7 @@ def test_complete_is_delivered_when_the_server_comes_back() -> None:
     try:
         caller.join(timeout=30)
         assert result["answer"].state == "queued"
-        assert late.answered == [("/api/v1/leases/L2/fail", 200)]
+        assert late.answers(1) == [("/api/v1/leases/L2/fail", 200)]
     finally:
         late.stop()
 
