@@ -104,6 +104,47 @@ def test_trials_table_sorts_and_filters_in_the_browser(page: Watched, live_serve
     _assert_clean(page)
 
 
+def test_trials_table_shows_the_latest_filter_when_answers_cross(
+    page: Watched, live_server: LiveServer
+) -> None:
+    """The page's first (unfiltered) answer comes back after the filtered one: the
+    table keeps the filtered rows (it drew the late answer over them once)."""
+    tab = page.page
+    held: list = []
+
+    def hold_unfiltered(route) -> None:  # noqa: ANN001 - playwright's Route
+        if "state=" in route.request.url:
+            route.continue_()
+        else:
+            held.append(route)
+
+    tab.route("**/studies/*/trials?*", hold_unfiltered)
+    polls: list = []  # held unanswered: no poll may redraw the table and hide the race
+    tab.route("**/studies/*/version", lambda route: polls.append(route))
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    deadline = time.monotonic() + 20
+    while not held and time.monotonic() < deadline:
+        tab.wait_for_timeout(50)
+    assert held, "the page never asked for its trials"
+    tab.select_option("#trial-filters select[name=state]", "FAIL")
+    tab.wait_for_selector("#trials-body .badge")
+    late = [(route, route.fetch()) for route in held]
+    states = {row["state"] for _, answer in late for row in answer.json()["rows"]}
+    assert states - {"FAIL"}, states  # the late answer would show other states
+    for route, answer in late:
+        route.fulfill(response=answer)
+    for route, _ in late:  # the page has read each late answer...
+        tab.wait_for_function(
+            "url => performance.getEntriesByType('resource').some(e => e.name === url)",
+            arg=route.request.url,
+        )
+    tab.wait_for_timeout(300)  # ...and had the time to (wrongly) draw it
+    badges = tab.locator("#trials-body .badge").all_text_contents()
+    assert badges and set(badges) == {"fail"}, badges
+    assert tab.locator("#trials-body tr td a").count() == len(badges)
+    _assert_clean(page)
+
+
 def test_a_study_named_script_renders_as_text(
     page: Watched, live_server: LiveServer, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@
     constructor(studyId) {
       this.studyId = studyId;
       this.query = { state: "", optimizer: "", sort: "number", order: "desc", offset: 0, limit: 25 };
+      this.requests = 0;  // table loads asked for; only the latest one draws
       this.form = document.getElementById("trial-filters");
       this.form.addEventListener("change", () => {
         const data = new FormData(this.form);
@@ -38,7 +39,12 @@
     async load() {
       const params = new URLSearchParams();
       for (const [key, value] of Object.entries(this.query)) if (value !== "") params.set(key, value);
+      // Answers can come back out of order (the page's first load, a poll, a filter
+      // change): only the latest request may draw, or an older query's rows would
+      // stay under the new filter.
+      const request = ++this.requests;
       const data = await getJSON(`${API}/studies/${this.studyId}/trials?${params}`);
+      if (request !== this.requests) return;
       this.total = data.total;
       this.render(data);
     }
