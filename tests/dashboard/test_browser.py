@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -27,6 +28,14 @@ def _scroll_all_charts(watched: Watched) -> None:
     for _ in range(12):
         watched.page.mouse.wheel(0, 900)
         watched.page.wait_for_timeout(150)
+
+
+def _wait_until_held(tab: Any, held: list, failure: str, seconds: float = 20) -> None:
+    """Let the page run until a route handler has held back one of its requests."""
+    deadline = time.monotonic() + seconds
+    while not held and time.monotonic() < deadline:
+        tab.wait_for_timeout(50)
+    assert held, failure
 
 
 def _assert_clean(watched: Watched) -> None:
@@ -122,10 +131,7 @@ def test_trials_table_shows_the_latest_filter_when_answers_cross(
     polls: list = []  # held unanswered: no poll may redraw the table and hide the race
     tab.route("**/studies/*/version", lambda route: polls.append(route))
     tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
-    deadline = time.monotonic() + 20
-    while not held and time.monotonic() < deadline:
-        tab.wait_for_timeout(50)
-    assert held, "the page never asked for its trials"
+    _wait_until_held(tab, held, "the page never asked for its trials")
     tab.select_option("#trial-filters select[name=state]", "FAIL")
     tab.wait_for_selector("#trials-body .badge")
     late = [(route, route.fetch()) for route in held]
@@ -229,11 +235,7 @@ def test_a_change_before_the_first_poll_still_reaches_the_table(
     trial = study.ask()
     trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     assert tab.locator(f"#trials-body a:text('#{trial.number}')").count() == 0
-    for _ in range(100):  # the first poll is due soon after the page is ready: held
-        if held:
-            break
-        tab.wait_for_timeout(100)
-    assert held, "the page did not poll"
+    _wait_until_held(tab, held, "the page did not poll")  # its first poll comes soon
     released.append(True)
     for route in held:
         route.continue_()
