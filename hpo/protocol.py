@@ -17,7 +17,15 @@ POST /leases/{id}/report    :class:`ReportRequest`                     :class:`A
 POST /leases/{id}/suggest   :class:`SuggestRequest`                    :class:`SuggestResponse`
 POST /leases/{id}/complete  :class:`CompleteRequest`                   :class:`FinishResponse`
 POST /leases/{id}/fail      :class:`FailRequest`                       :class:`FinishResponse`
+PUT  /leases/{id}/artifacts the file's bytes (query: kind, step, ...)  :class:`ArtifactInfo`
+POST /leases/{id}/resume    :class:`CheckpointRejected`                :class:`ResumeAnswer`
 ==========================  =========================================  ======================
+
+Artifacts (checkpoints, final models, user files) are uploaded through the
+lease, so a worker writes only to trials it holds; their metadata is Optuna's
+own (system attribute ``artifacts:<id>``). A checkpoint becomes the trial's
+latest only once its whole upload has arrived and its hash matched; a re-run
+gets it as :attr:`TrialSpec.resume`.
 
 ``complete`` and ``fail`` are idempotent per lease: a retried request gets the
 same :class:`FinishResponse` and changes nothing.
@@ -196,6 +204,57 @@ class LeaseRequest(_Body):
     )
 
 
+class ArtifactKind(StrEnum):
+    """What an artifact of a trial is."""
+
+    CHECKPOINT = "checkpoint"  # training state at a step; a re-run resumes from the latest
+    MODEL = "model"  # the trained model of a COMPLETE trial
+    FILE = "file"  # anything else an objective uploads (trial.upload_artifact)
+
+
+#: Request header of an artifact upload: the file's SHA-256 (hex), checked on arrival.
+SHA256_HEADER = "X-HPO-SHA256"
+
+
+class Checkpoint(BaseModel):
+    """A committed checkpoint: where a re-run of its trial continues from."""
+
+    artifact_id: str
+    step: int = Field(description="the step (epoch) of the last report it includes")
+    size: int = Field(description="bytes")
+    sha256: str
+
+
+class ArtifactInfo(BaseModel):
+    """One file kept with a trial (or a study)."""
+
+    artifact_id: str
+    study_name: str
+    trial_id: int | None = Field(default=None, description="Optuna trial id (None: study's)")
+    trial_number: int | None = None
+    kind: ArtifactKind
+    filename: str
+    mimetype: str = "application/octet-stream"
+    step: int | None = None
+    size: int | None = Field(default=None, description="bytes (None: unknown, plain Optuna)")
+    sha256: str | None = None
+    created_at: datetime | None = None
+    source: str = Field(default="hpo", description="hpo, or optuna (uploaded by Optuna code)")
+
+
+class CheckpointRejected(_Body):
+    """A worker could not use the checkpoint it was given (corrupt, unreadable)."""
+
+    artifact_id: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ResumeAnswer(BaseModel):
+    """The checkpoint to try next after a rejected one (None: start afresh)."""
+
+    resume: Checkpoint | None = None
+
+
 class TrialSpec(BaseModel):
     """Everything a worker needs to run one trial attempt."""
 
@@ -222,6 +281,9 @@ class TrialSpec(BaseModel):
     objectives: list[str] = Field(default_factory=list, description="every objective's name")
     directions: list[str] = Field(default_factory=list, description="every objective's direction")
     seed: int = Field(description="trial seed: derived from the study seed and trial number")
+    resume: Checkpoint | None = Field(
+        default=None, description="the latest checkpoint of an earlier attempt (None: fresh)"
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float
 
@@ -376,6 +438,11 @@ class FailRequest(_Body):
 
     reason: str = Field(min_length=1, max_length=2000)
     retry: bool = False
+    preempted: bool = Field(
+        default=False,
+        description="with retry: the worker was preempted (SIGTERM); the attempt is not "
+        "counted as a retry",
+    )
     diagnosis: str | None = Field(default=None, max_length=200)
     user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
     telemetry: Telemetry | None = None

@@ -186,6 +186,22 @@ class BudgetSpec(_Strict):
     max_retries: int = Field(default=2, ge=0, le=100)
 
 
+class RetentionSpec(_Strict):
+    """Which checkpoints and models a study keeps (``hpo study gc``, and the reaper, apply it)."""
+
+    keep_checkpoints: int = Field(
+        default=2, ge=1, le=1000, description="latest checkpoints a running trial keeps"
+    )
+    keep_best: int = Field(
+        default=3,
+        ge=0,
+        le=100_000,
+        description="finished trials that keep their final checkpoint and model: the best K "
+        "(the Pareto front for multi-objective studies); every other finished trial's "
+        "checkpoints are deleted",
+    )
+
+
 class StudySpec(_Strict):
     """A study: search space + sampler + pruner + budget (+ fixed training settings)."""
 
@@ -205,6 +221,7 @@ class StudySpec(_Strict):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    retention: RetentionSpec = Field(default_factory=RetentionSpec)
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Param] = Field(
         default_factory=dict,

@@ -17,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from hpo.protocol import API_PREFIX
 from service import trials as leases
-from service.api import health, protocol, specs, studies, tokens, workers
+from service.api import artifacts, health, protocol, specs, studies, tokens, workers
 from service.api.errors import install_handlers
 from service.api.input_guard import reject_nul
+from service.artifacts.retention import collect_all
 from service.core import migrate
 from service.core.config import Settings
 from service.core.context import AppContext
@@ -50,6 +51,7 @@ async def _reaper(ctx: AppContext) -> None:
         await asyncio.sleep(ctx.settings.reaper_interval_s)
         try:
             await run_in_threadpool(leases.reap_all, ctx)
+            await run_in_threadpool(collect_all, ctx)  # retention of finished trials
         except Exception:  # noqa: BLE001 - the reaper must survive a database outage
             log.warning("lease reaper failed; will retry", exc_info=True)
 
@@ -79,9 +81,11 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.state.ctx = ctx
     install_handlers(app)
     app.include_router(health.router)
-    for module in (studies, specs, protocol, workers, tokens):
+    for module in (studies, specs, protocol, artifacts, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
     dashboard.mount(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, streamed_suffix="/artifacts"
+    )
     app.add_middleware(HeadersAndMetricsMiddleware, metrics=ctx.metrics)
     return app

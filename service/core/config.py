@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     worker_forget_s: float = Field(
         default=86400.0, gt=0, description="a gone worker is removed from the registry after this"
     )
+    artifact_store: str = Field(
+        default="",
+        description="where checkpoints, models and files go: file:///folder or "
+        "s3://bucket[/prefix] (AWS_* variables; AWS_ENDPOINT_URL for MinIO); empty: the "
+        "folder hpo-artifacts beside the SQLite file (or the working directory)",
+    )
+    max_artifact_bytes: int = Field(
+        default=4 * 1024**3, gt=0, description="larger artifact uploads get 413"
+    )
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.artifacts.store import ArtifactStore, open_store, store_location
 from service.core.config import Settings
 from service.core.db import Database
 from service.core.metrics import Metrics
@@ -18,6 +19,7 @@ class AppContext:
     db: Database
     store: OptunaStore
     metrics: Metrics
+    artifacts: ArtifactStore
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
@@ -28,6 +30,7 @@ class AppContext:
                 settings.database_url, settings.db_pool_size, settings.db_max_overflow
             ),
             metrics=Metrics(),
+            artifacts=open_store(store_location(settings.artifact_store, settings.database_url)),
         )
 
     def close(self) -> None:

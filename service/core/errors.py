@@ -73,3 +73,13 @@ class Forbidden(DomainError):
 
 class DatabaseUnavailable(DomainError):
     status_code = 503
+
+
+class ArtifactNotFound(NotFound):
+    pass
+
+
+class TooLarge(DomainError):
+    """An upload over the configured size limit."""
+
+    status_code = 413

@@ -25,12 +25,22 @@ class _TooLarge(Exception):
 class BodyLimitMiddleware:
     """Answers 413 for request bodies over ``max_bytes`` (declared or streamed)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed_suffix: str = "") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        #: PUT paths ending so stream their body to disk under their own limit (artifacts)
+        self.streamed_suffix = streamed_suffix
+
+    def _streamed(self, scope: Scope) -> bool:
+        path = str(scope.get("path", ""))
+        return (
+            bool(self.streamed_suffix)
+            and scope.get("method") == "PUT"
+            and path.endswith(self.streamed_suffix)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._streamed(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")

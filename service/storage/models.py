@@ -101,6 +101,8 @@ class TrialRecord(Base):
     #: device utilisation and memory while it ran (mean/peak; samples/s; data wait share)
     telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: attempts handed back by a preempted worker (not counted against max_retries)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -124,6 +126,36 @@ class LeaseRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ArtifactRecord(Base):
+    """A file the service stored for a trial (or study) in the artifact store.
+
+    Optuna's metadata (system attribute ``artifacts:<id>``) is written too; this row
+    adds what Optuna has no place for: kind, step, size, hash and the commit. A row
+    exists only for an upload that arrived whole with a matching hash, so a cut-off
+    upload never becomes a trial's latest checkpoint. ``state``: committed | bad
+    (a worker could not read it) | deleted (retention or an admin removed the file).
+    """
+
+    __tablename__ = "hpo_artifacts"
+    __table_args__ = (Index("ix_hpo_artifacts_trial_kind", "optuna_trial_id", "kind", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    artifact_id: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("hpo_studies.study_id", ondelete="CASCADE"), index=True
+    )
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    mimetype: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WorkerRecord(Base):

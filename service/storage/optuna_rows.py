@@ -38,6 +38,7 @@ trial_values: Table = _m.TrialValueModel.__table__
 trial_params: Table = _m.TrialParamModel.__table__
 trial_user_attrs: Table = _m.TrialUserAttributeModel.__table__
 trial_intermediate: Table = _m.TrialIntermediateValueModel.__table__
+trial_system_attrs: Table = _m.TrialSystemAttributeModel.__table__
 
 ValueType = _m.TrialValueModel.TrialValueType
 IntermediateType = _m.TrialIntermediateValueModel.TrialIntermediateValueType
@@ -232,3 +233,26 @@ def study_other_values(
     for trial_id, value, kind in session.execute(stmt):
         out[trial_id].append(decode_value(value, kind))
     return out
+
+
+def delete_trial_system_attr(session: Session, trial_id: int, key: str) -> None:
+    """Remove one system attribute of a trial (Optuna's API can only set them): the
+    ``artifacts:<id>`` metadata of an artifact whose file was deleted."""
+    session.execute(
+        trial_system_attrs.delete().where(
+            and_(trial_system_attrs.c.trial_id == trial_id, trial_system_attrs.c.key == key)
+        )
+    )
+
+
+def artifact_meta(session: Session, key: str) -> dict[str, Any] | None:
+    """The Optuna artifact metadata stored under ``key`` on any trial (None: none)."""
+    row = session.execute(
+        select(trial_system_attrs.c.value_json).where(trial_system_attrs.c.key == key).limit(1)
+    ).first()
+    if row is None:
+        return None
+    value = _loads(row[0])
+    if isinstance(value, str):  # optuna.artifacts stores the metadata as a JSON string
+        value = _loads(value)
+    return value if isinstance(value, dict) else None

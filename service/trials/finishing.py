@@ -42,6 +42,7 @@ from service.trials.rows import (
     cached_study,
     check_current,
     load_lease_without_commit,
+    retries_used,
     stored_answer,
     study_budget,
     study_spec,
@@ -360,7 +361,7 @@ def _abandon_without_commit(
         raise TrialFinished(f"{view.label} already finished ({trial.final_state})", "lease_id")
     max_retries = study_budget(study).max_retries
     stopped = study.state == StudyState.STOPPED
-    if stopped or trial.attempts - 1 >= max_retries:
+    if stopped or (not body.preempted and retries_used(trial) >= max_retries):
         why = "study stopped" if stopped else f"max_retries={max_retries} used up"
         reason = f"attempt {trial.attempts} abandoned ({body.reason}); {why}"
         fail = TrialOutcome.FAIL
@@ -376,12 +377,15 @@ def _abandon_without_commit(
         trial_id=trial.optuna_trial_id, trial_number=trial.number, state=TrialOutcome.QUEUED
     )
     now = utcnow()
-    result = {"reason": body.reason, "answer": queued.model_dump(mode="json")}
+    answer = queued.model_dump(mode="json")
+    result = {"reason": body.reason, "preempted": body.preempted, "answer": answer}
     given_back = {"result": result, "ended_at": now}
     move_lease(
         session, lease_id, [LeaseState.ACTIVE, LeaseState.EXPIRED], LeaseState.ABANDONED, given_back
     )
     unfinished, release = [TrialState.LEASED, TrialState.QUEUED], {"lease_expires_at": None}
+    if body.preempted:  # not a retry: the next attempt does not count against max_retries
+        release["preemptions"] = trial.preemptions + 1
     move_trial(session, trial.id, unfinished, TrialState.QUEUED, release, now, lease_id=lease_id)
     workers_registry.clear_current_without_commit(session, lease.worker_id, trial.optuna_trial_id)
     return queued

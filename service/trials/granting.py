@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from hpo.protocol import TrialSpec
+from hpo.protocol import Checkpoint, TrialSpec
 from hpo.spec import to_settings, trial_seed
+from service.artifacts.records import latest_checkpoint_without_commit
 from service.core.context import AppContext
 from service.fleet import registry as workers_registry
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
@@ -102,7 +103,9 @@ def grant_queued_without_commit(
     )
     _add_lease_without_commit(session, study, lease, trial.optuna_trial_id, worker_id, now)
     assert trial.optuna_trial_id is not None and trial.number is not None
-    return trial_spec(ctx, study, trial.optuna_trial_id, trial.number, trial.params or {}, lease)
+    resume = latest_checkpoint_without_commit(session, trial.optuna_trial_id)
+    params = trial.params or {}
+    return trial_spec(ctx, study, trial.optuna_trial_id, trial.number, params, lease, resume)
 
 
 def _add_lease_without_commit(
@@ -126,8 +129,9 @@ def trial_spec(
     number: int,
     params: dict[str, Any],
     lease: LeaseRecord,
+    resume: Checkpoint | None = None,
 ) -> TrialSpec:
-    """What the worker needs to run this attempt."""
+    """What the worker needs to run this attempt (``resume``: its latest checkpoint)."""
     spec = study_spec(study)
     declared = spec.model_dump(mode="json")["space"] if spec.space else None
     return TrialSpec(
@@ -146,6 +150,7 @@ def trial_spec(
         objectives=spec.objective_names,
         directions=spec.study_directions,
         seed=trial_seed(study.seed, number),
+        resume=resume,
         lease_expires_at=lease.expires_at,
         heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
     )

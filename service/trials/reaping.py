@@ -33,6 +33,7 @@ from service.trials.rows import (
     cached_study,
     lock_study_without_commit,
     naive_local,
+    retries_used,
     study_budget,
     tell_optuna,
 )
@@ -111,7 +112,7 @@ def expire_study_without_commit(
         reason = None
         if study.state == StudyState.STOPPED:
             reason = f"study stopped; lease of attempt {trial.attempts} expired"
-        elif trial.attempts - 1 >= max_retries:
+        elif retries_used(trial) >= max_retries:
             n = _count_expired(session, trial.id)
             reason = f"lease expired {n} times (worker lost); max_retries={max_retries} used up"
         _release_trial(session, trial, lease.lease_id, reason, now)

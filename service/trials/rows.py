@@ -79,6 +79,12 @@ def check_current(view: LeaseView) -> None:
     )
 
 
+def retries_used(trial: TrialRecord) -> int:
+    """Re-runs of a trial that count against ``max_retries``: attempts after the first,
+    less those a preempted worker handed back."""
+    return max(0, trial.attempts - 1 - (trial.preemptions or 0))
+
+
 def lock_study_without_commit(session: Session, study_id: int) -> StudyRecord | None:
     """Serialize leasing of one study: bump ``lease_seq`` first, then read the row.
 
