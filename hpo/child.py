@@ -1,7 +1,8 @@
 """Inside a training process started by ``hpo worker --command``: the trial it runs.
 
 The worker passes the lease's trial through the environment (``HPO_TRIAL``,
-``HPO_SERVER``, ``HPO_TOKEN``). :func:`current_trial` returns it as an
+``HPO_SERVER``, ``HPO_TOKEN``; ``HPO_CHECKPOINT_DIR`` its checkpoint folder, which
+the trial's reports commit). :func:`current_trial` returns it as an
 :class:`hpo.Trial` (reports and define-by-run suggestions go to the server
 directly); :func:`run` calls an objective on it and finishes the trial with
 what the objective returned, exactly as ``hpo worker --objective`` would::
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hpo.checkpoints import CheckpointFolder
 from hpo.client import Client
-from hpo.protocol import TrialSpec
+from hpo.protocol import Checkpoint, TrialSpec
 from hpo.running import Ending, call_objective, send_result
 from hpo.trial import Trial
 
@@ -44,7 +47,18 @@ def current_trial() -> Trial:
         spec = TrialSpec.model_validate_json(raw)
         client = Client(os.environ.get("HPO_SERVER"), os.environ.get("HPO_TOKEN"))
         _current = Trial(client, spec)
+        _adopt_checkpoints(_current)
     return _current
+
+
+def _adopt_checkpoints(trial: Trial) -> None:
+    """The worker's checkpoint folder (already restored): reports commit it from here."""
+    folder = os.environ.get("HPO_CHECKPOINT_DIR")
+    if not folder:
+        return
+    trial.checkpoints = CheckpointFolder(trial._client, trial.spec.lease_id, Path(folder))  # noqa: SLF001
+    resume = os.environ.get("HPO_RESUME")
+    trial.checkpoints.resume = Checkpoint.model_validate_json(resume) if resume else None
 
 
 def run(objective: Callable[[Trial], Any]) -> Any:

@@ -17,6 +17,7 @@ fail) are what a worker speaks; see :mod:`hpo.protocol`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -30,7 +31,12 @@ import httpx
 from pydantic import BaseModel
 
 from hpo.protocol import (
+    SHA256_HEADER,
     ActionResponse,
+    ArtifactInfo,
+    ArtifactKind,
+    Checkpoint,
+    CheckpointRejected,
     CompleteRequest,
     FailRequest,
     FinishResponse,
@@ -38,6 +44,7 @@ from hpo.protocol import (
     LeaseRequest,
     LeaseResponse,
     ReportRequest,
+    ResumeAnswer,
     SuggestRequest,
     SuggestResponse,
     WorkerInfo,
@@ -297,6 +304,91 @@ class Client:
         """Fail or abandon a trial; retried until delivered (idempotent on the server)."""
         return self._lease_call(lease_id, "fail", request, FinishResponse, self.policies.finish)
 
+    # ------------------------------------------------------------------ artifacts
+
+    def upload_artifact(
+        self,
+        lease_id: str,
+        path: str | Path,
+        kind: ArtifactKind = ArtifactKind.FILE,
+        step: int | None = None,
+        filename: str | None = None,
+    ) -> ArtifactInfo:
+        """Store a file with the lease's trial, streamed from disk and hash-checked."""
+        path = Path(path)
+        params: dict[str, Any] = {"kind": str(kind), "filename": filename or path.name}
+        if step is not None:
+            params["step"] = step
+        call = Call(
+            "PUT",
+            f"/leases/{quote(lease_id, safe='')}/artifacts",
+            self.policies.upload,
+            params=params,
+            lease=True,
+            upload=path,
+            headers={SHA256_HEADER: file_sha256(path)},
+        )
+        return self._typed(call, ArtifactInfo)
+
+    def reject_checkpoint(self, lease_id: str, artifact_id: str, reason: str) -> Checkpoint | None:
+        """Say a checkpoint could not be used; the one to try next (None: start afresh)."""
+        body = CheckpointRejected(artifact_id=artifact_id, reason=reason[:2000])
+        return self._lease_call(lease_id, "resume", body, ResumeAnswer, self.policies.report).resume
+
+    def artifacts(self, trial_id: int) -> list[ArtifactInfo]:
+        """A trial's artifacts (``trial_id``: the Optuna trial id, ``TrialDetail.trial_id``)."""
+        call = Call("GET", f"/trials/{int(trial_id)}/artifacts", self.policies.default)
+        return [ArtifactInfo.model_validate(a) for a in self._http.request(call).json()]
+
+    def download_artifact(self, artifact_id: str, dest: str | Path) -> Path:
+        """Stream an artifact to ``dest`` (a file, or a folder: its own name inside), checking
+        its hash when the server knows it; the file written (replaced only when whole)."""
+        dest = Path(dest)
+        path = f"/artifacts/{quote(artifact_id, safe='')}"
+        with self._http.stream(path, {}) as resp:
+            if dest.is_dir():
+                dest = dest / _attachment_name(resp.headers, artifact_id)
+            partial = dest.with_name(dest.name + ".part")
+            digest = hashlib.sha256()
+            with partial.open("wb") as out:
+                for chunk in resp.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            expected = resp.headers.get(SHA256_HEADER)
+        if expected and expected.lower() != digest.hexdigest():
+            partial.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"artifact {artifact_id}: sha256 {digest.hexdigest()} != {expected}"
+            )
+        partial.replace(dest)
+        return dest
+
+    def delete_artifact(self, artifact_id: str) -> None:
+        """Delete an artifact (admin)."""
+        path = f"/artifacts/{quote(artifact_id, safe='')}"
+        self._http.request(Call("DELETE", path, self.policies.default))
+
+    def study_artifacts(self, study: str | int) -> dict[str, int]:
+        """Bytes held by a study's artifacts, per kind (and ``total``, ``count``)."""
+        call = Call("GET", _study(study, "/artifacts"), self.policies.default)
+        return dict(self._http.request(call).json()["bytes"])
+
+    def gc(self, study: str | int) -> dict[str, Any]:
+        """Apply the study's retention now (admin): what was deleted and freed."""
+        call = Call("POST", _study(study, "/gc"), self.policies.default)
+        return dict(self._http.request(call).json())
+
+    def best_models(self, study: str | int, dest: str | Path) -> list[Path]:
+        """Download the model of the best trial (every Pareto trial for several objectives)
+        into ``dest/trial-<number>/``; the files written."""
+        written = []
+        for best in self.best_trials(study):
+            models = [a for a in self.artifacts(best.trial_id) if a.kind == ArtifactKind.MODEL]
+            folder = Path(dest) / f"trial-{best.number}"
+            folder.mkdir(parents=True, exist_ok=True)
+            written += [self.download_artifact(a.artifact_id, folder / a.filename) for a in models]
+        return written
+
     # ------------------------------------------------------------------ machinery
 
     def _lease_call(
@@ -330,3 +422,26 @@ def _finished(summary: StudySummary) -> bool:
     if busy:
         return False
     return summary.state == "stopped" or counts.total >= summary.max_trials
+
+
+class ChecksumMismatch(RuntimeError):
+    """A downloaded artifact's bytes do not match the hash the server stored."""
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _attachment_name(headers: Any, default: str) -> str:
+    """The file name of a Content-Disposition header (``filename*`` first), made safe."""
+    from email.message import Message
+
+    msg = Message()
+    msg["content-disposition"] = headers.get("content-disposition", "")
+    name = msg.get_filename() or default
+    return Path(name).name or default

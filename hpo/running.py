@@ -62,6 +62,7 @@ class Result:
     diagnosis: str | None = None
     retry: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)
+    preempted: bool = False  # given back at a SIGTERM: not counted as a retry
 
 
 def call_objective(trial: Trial, objective: Callable[[Trial], Any]) -> Result:
@@ -161,6 +162,7 @@ def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | N
     fail = FailRequest(
         reason=(result.reason or "failed")[:2000],
         retry=result.retry or result.ending == Ending.ABANDONED,
+        preempted=result.preempted,
         diagnosis=result.diagnosis,
         user_attrs=attrs,
         telemetry=trial.telemetry,
@@ -181,6 +183,17 @@ def deliver(call: Callable[[str, Any], Any], lease_id: str, body: Any, label: st
     return None
 
 
-def abandoned(reason: str = SHUTDOWN_REASON) -> Result:
-    """Give the attempt back so the trial runs again at once (the worker is stopping)."""
-    return Result(Ending.ABANDONED, reason=reason, retry=True)
+def abandoned(reason: str = SHUTDOWN_REASON, preempted: bool = False) -> Result:
+    """Give the attempt back so the trial runs again at once (the worker is stopping;
+    ``preempted``: by a SIGTERM, which is not counted against the trial's retries)."""
+    return Result(Ending.ABANDONED, reason=reason, retry=True, preempted=preempted)
+
+
+def preempted(trial: Trial) -> Result:
+    """The worker was told to stop (SIGTERM): commit the trial's checkpoint folder as it
+    is now, then give the attempt back as preempted."""
+    try:
+        trial.commit_checkpoint()
+    except Exception as exc:  # noqa: BLE001 - handing the lease back matters more
+        log.warning("%s: checkpoint at preemption failed: %s", trial.label, exc)
+    return abandoned("worker preempted (SIGTERM)", preempted=True)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -118,12 +119,21 @@ class RetryPolicies:
     # complete/fail: up to an hour; capped at 10 s so a result lands soon after a restart.
     finish: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, 3600.0, 0.5, 10.0))
     startup: RetryPolicy = field(default_factory=lambda: RetryPolicy(None, None, 0.5, 5.0))
+    # artifacts (checkpoints block training): a few tries within two minutes
+    upload: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, 120.0, 0.5, 10.0))
 
     @classmethod
     def interactive(cls) -> RetryPolicies:
         """For people at a terminal: give up within a few seconds."""
         quick = RetryPolicy(3, 5.0, 0.25, 1.0)
-        return cls(default=quick, heartbeat=quick, report=quick, finish=quick, startup=quick)
+        return cls(
+            default=quick,
+            heartbeat=quick,
+            report=quick,
+            finish=quick,
+            startup=quick,
+            upload=quick,
+        )
 
 
 # --------------------------------------------------------------------------- transport
@@ -142,6 +152,8 @@ class Call:
     interruptible: bool = False  # the stop event cuts the backoff short
     startup: bool = False  # "waiting for server" log lines instead of warnings
     extra_timeout: float = 0.0  # long-poll: the server may hold the answer this long
+    upload: Path | None = None  # a file sent as the raw body, re-read for every attempt
+    headers: dict[str, str] | None = None
 
 
 class Transport:
@@ -221,9 +233,12 @@ class Transport:
     def _attempt(self, call: Call, url: str, timeout: httpx.Timeout) -> httpx.Response | _Retry:
         """One request: the response, or a :class:`_Retry` saying why to try again."""
         try:
-            resp = self._http.request(
-                call.method, url, json=call.json, params=call.params, timeout=timeout
-            )
+            if call.upload is not None:
+                resp = self._send_file(call, url, timeout)
+            else:
+                resp = self._http.request(
+                    call.method, url, json=call.json, params=call.params, timeout=timeout
+                )
         except httpx.UnsupportedProtocol:
             raise
         except httpx.TransportError as exc:
@@ -233,6 +248,25 @@ class Transport:
         if resp.is_error:
             raise _api_error(resp, call.method, url, call.lease)
         return resp
+
+    def _send_file(self, call: Call, url: str, timeout: httpx.Timeout) -> httpx.Response:
+        """The file as the body, streamed from disk (bounded memory whatever its size)."""
+        assert call.upload is not None
+        size = call.upload.stat().st_size
+        headers = {
+            **(call.headers or {}),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+        }
+        with call.upload.open("rb") as body:
+            return self._http.request(
+                call.method,
+                url,
+                content=_chunks(body),
+                params=call.params,
+                headers=headers,
+                timeout=timeout,
+            )
 
     def _log_retry(self, call: Call, url: str, problem: str, attempt: int, delay: float) -> None:
         if call.startup:
@@ -255,6 +289,11 @@ class Transport:
                 raise ClientAborted("stop requested while waiting to retry")
         else:
             time.sleep(delay)
+
+
+def _chunks(body: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := body.read(size):
+        yield chunk
 
 
 @dataclass(frozen=True)

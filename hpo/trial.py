@@ -17,6 +17,12 @@ Raise :class:`TrialPruned` (or Optuna's) to prune. Extensions beyond Optuna's AP
 them), ``set_metrics`` stores final metrics with the trial, ``settings`` and
 ``seed`` carry the study's fixed settings and the trial's seed, ``stopping``
 tells a long-running step to stop at once.
+
+Checkpoints (:mod:`hpo.checkpoints`): ``checkpoint_dir`` is a local folder; what
+is in it when ``report(value, step)`` returns is committed as the checkpoint of
+that step. On a re-run the folder holds the latest checkpoint before the
+objective starts and ``resume_step`` names its step (None on a fresh start).
+``upload_artifact(path)`` stores any other file with the trial.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from hpo.checkpoints import CheckpointFolder
 from hpo.protocol import (
     MAX_METRIC_NAME,
     MAX_METRICS,
     Action,
     ActionResponse,
+    ArtifactInfo,
+    ArtifactKind,
     ReportRequest,
     SuggestRequest,
     TrialSpec,
@@ -126,6 +136,61 @@ class Trial:
         self.telemetry: dict[str, float] | None = None  # set by the worker that ran it
         self.last_value: float | None = None
         self.last_step: int | None = None
+        self.checkpoints: CheckpointFolder | None = None  # attached by the worker
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def attach_checkpoints(self, folder: Path) -> int | None:
+        """Give the trial its checkpoint folder, filled from the lease's latest checkpoint
+        (older ones on failure); the step it continues from (None: a fresh start)."""
+        self.checkpoints = CheckpointFolder(self._client, self._spec.lease_id, folder, self.label)
+        step = self.checkpoints.restore(self._spec.resume)
+        self._note_resume(step)
+        return step
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The attempt's checkpoint folder (None when the worker gave none)."""
+        return self.checkpoints.folder if self.checkpoints else None
+
+    @property
+    def resume_step(self) -> int | None:
+        """The step of the checkpoint this attempt continues from (None: fresh start)."""
+        resume = self.checkpoints.resume if self.checkpoints else None
+        return resume.step if resume else None
+
+    def reject_checkpoint(self, reason: str) -> int | None:
+        """The objective could not read the checkpoint in ``checkpoint_dir``: fall back to
+        the one before it (refilling the folder) or a fresh start; the new resume step."""
+        if self.checkpoints is None:
+            return None
+        step = self.checkpoints.restore(self.checkpoints.reject(reason))
+        self._note_resume(step)
+        return step
+
+    def _note_resume(self, step: int | None) -> None:
+        assert self.checkpoints is not None
+        if step is None:
+            self.user_attrs.pop("resumed_from_step", None)
+        else:
+            self.user_attrs["resumed_from_step"] = step
+        if self.checkpoints.warnings:
+            self.user_attrs["checkpoint_warnings"] = list(self.checkpoints.warnings)[-10:]
+
+    def commit_checkpoint(self, step: int | None = None) -> bool:
+        """Commit the folder now (the worker does at a preemption); True when sent."""
+        if self.checkpoints is None:
+            return False
+        step = step if step is not None else (self.last_step or self.resume_step or 0)
+        return self.checkpoints.commit(step)
+
+    def upload_artifact(
+        self, path: str | Path, kind: ArtifactKind = ArtifactKind.FILE
+    ) -> ArtifactInfo:
+        """Store a file with this trial (streamed, hash-checked); its metadata is Optuna's."""
+        return self._client.upload_artifact(  # type: ignore[no-any-return]
+            self._spec.lease_id, path, kind, self.last_step
+        )
 
     # ------------------------------------------------------------------ identity
 
@@ -241,8 +306,11 @@ class Trial:
             return
         except ClientError as exc:  # the pruner misses one value; training goes on
             log.warning("%s: report of step %d not delivered: %s", self.label, step, exc)
-            return
-        self.control.apply(answer, f"report step {step}")
+            answer = None
+        if answer is not None:
+            self.control.apply(answer, f"report step {step}")
+        if self.checkpoints is not None and not self.control.drop.is_set():
+            self.checkpoints.commit(step)
 
     def should_prune(self) -> bool:
         """True when the study's pruner (or the server) says this trial should stop."""

@@ -3,7 +3,8 @@
 The child gets the trial through its environment: ``HPO_TRIAL`` (the lease's
 trial spec as JSON, which ``hpo.current_trial()`` and ``hpo.run(objective)``
 read), ``HPO_SERVER``/``HPO_TOKEN``, ``HPO_PARAMS`` (the parameters as JSON),
-``HPO_DATA_DIR`` (the worker's ``--data-dir``),
+``HPO_DATA_DIR`` (the worker's ``--data-dir``), ``HPO_CHECKPOINT_DIR`` and
+``HPO_RESUME_STEP`` (its checkpoint folder, filled on a re-run, and the step),
 and, unless ``--no-param-args``, the parameters as ``--name=value`` arguments.
 A program that is not Python reports on its standard output instead::
 
@@ -39,9 +40,9 @@ from typing import Any
 
 from hpo.client import Client
 from hpo.protocol import TrialSpec
-from hpo.running import Ending, Result, abandoned
+from hpo.running import Ending, Result, abandoned, preempted
 from hpo.trial import Control, Trial, trial_label
-from workers.runner import TrialEnd, compact, finish
+from workers.runner import TrialEnd, checkpoint_folder, compact, finish
 from workers.steering import Heartbeat
 from workers.telemetry import DeviceProbe, Telemetry
 
@@ -66,6 +67,7 @@ class CommandEnv:
     param_args: bool = True
     gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the child (None: inherit)
     data_dir: str | None = None  # --data-dir, passed on as HPO_DATA_DIR
+    checkpoint_root: str | None = None  # --checkpoint-dir: where HPO_CHECKPOINT_DIR goes
     probe: DeviceProbe | None = None  # samples device utilisation while a trial runs
 
 
@@ -119,6 +121,19 @@ def child_env(env: CommandEnv, spec: TrialSpec) -> dict[str, str]:
     return out
 
 
+def checkpoint_env(trial: Trial) -> dict[str, str]:
+    """``HPO_CHECKPOINT_DIR`` (the attempt's folder), ``HPO_RESUME_STEP`` (empty: fresh
+    start) and ``HPO_RESUME`` (the checkpoint restored, as JSON) for the child."""
+    if trial.checkpoints is None:
+        return {}
+    resume = trial.checkpoints.resume
+    return {
+        "HPO_CHECKPOINT_DIR": str(trial.checkpoints.folder),
+        "HPO_RESUME_STEP": "" if resume is None else str(resume.step),
+        "HPO_RESUME": "" if resume is None else resume.model_dump_json(),
+    }
+
+
 def child_argv(env: CommandEnv, spec: TrialSpec) -> list[str]:
     """``--command``'s argv, plus ``--name=value`` per parameter unless turned off."""
     extra = [f"--{name}={_arg(value)}" for name, value in spec.params.items()]
@@ -137,7 +152,14 @@ def run_command_trial(env: CommandEnv, spec: TrialSpec) -> TrialEnd:
     control = Control(env.shutdown)
     trial = Trial(env.client, spec, control)
     if env.shutdown.is_set():
-        return finish(env.client, trial, abandoned())
+        return finish(env.client, trial, abandoned(preempted=True))
+    with checkpoint_folder(env.checkpoint_root, spec) as folder:
+        trial.attach_checkpoints(folder)
+        return _run_child(env, spec, trial)
+
+
+def _run_child(env: CommandEnv, spec: TrialSpec, trial: Trial) -> TrialEnd:
+    control = trial.control
     try:
         child = _start(env, spec, trial)
     except OSError as exc:
@@ -155,7 +177,7 @@ def run_command_trial(env: CommandEnv, spec: TrialSpec) -> TrialEnd:
 def _start(env: CommandEnv, spec: TrialSpec, trial: Trial) -> _Child:
     proc = subprocess.Popen(  # noqa: S603 - the user's own command, from the worker's flags
         child_argv(env, spec),
-        env=child_env(env, spec),
+        env={**child_env(env, spec), **checkpoint_env(trial)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -224,7 +246,7 @@ def _judge(env: CommandEnv, child: _Child, trial: Trial, timed_out: bool) -> Res
         # back is right in every case: a lease already re-leased elsewhere gets a 409.
         return abandoned(f"dropped: {control.drop_reason}")
     if control.shutdown.is_set() and code != 0:
-        return abandoned()
+        return preempted(trial)
     if timed_out:
         return Result(Ending.FAILED, reason=f"timed out after {env.timeout_s:g} s (--timeout)")
     if control.prune.is_set():

@@ -4,9 +4,11 @@ One process trains on one device (:class:`Worker`); with several GPUs the
 command line (:mod:`workers.cli`) runs a :mod:`workers.supervisor` instead,
 which starts one such process per GPU.
 
-Signals: the first SIGTERM/SIGINT stops taking work, abandons the running trial
-(``fail(retry=True)``, so the server re-queues it at once) and exits 0; a second
-signal exits at once. MNIST is loaded right after start, before any lease, so a
+Signals: the first SIGTERM/SIGINT is a preemption: the worker stops taking work,
+checkpoints the running trial(s) and hands them back as preempted
+(``fail(retry=True, preempted=True)``: re-queued at once, not counted as a retry),
+then exits 0; past ``--grace`` seconds it exits regardless; a second signal exits
+at once. MNIST is loaded right after start, before any lease, so a
 missing data folder stops the worker with a clear message and exit code 2.
 
 Exit codes: :class:`workers.options.ExitCode`. ``--idle-exit S`` ends the
@@ -169,6 +171,20 @@ class Worker:
             log.warning("second %s: exiting now", name)
             os._exit(128 + signum)
         self.request_shutdown(f"received {name}")
+        self._exit_after_grace(signum)
+
+    def _exit_after_grace(self, signum: int) -> None:
+        """Preemption: the running trials checkpoint and are handed back; past ``--grace``
+        seconds the process exits regardless (the platform would kill it soon after)."""
+        grace = self.options.grace_s
+
+        def expire() -> None:
+            log.error("still running %.0fs after the signal (--grace): exiting now", grace)
+            os._exit(128 + signum)
+
+        timer = threading.Timer(grace, expire)
+        timer.daemon = True
+        timer.start()
 
     def _client(self, timeout: float | None = None) -> Client:
         return Client(
@@ -229,6 +245,7 @@ class Worker:
             objective=objective,
             view=make_progress(),
             probe=self._probe(),
+            checkpoint_root=self.options.checkpoint_root,
         )
 
     def _command_env(self, client: Client, argv: list[str]) -> CommandEnv:
@@ -246,6 +263,7 @@ class Worker:
             gpus=trial_gpus(self.device, opts.gpus_per_trial),
             data_dir=opts.data_dir,
             probe=self._probe(),
+            checkpoint_root=opts.checkpoint_root,
         )
 
     def _probe(self) -> DeviceProbe:

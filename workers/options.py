@@ -78,6 +78,20 @@ class WorkerOptions(BaseModel):
         ge=1,
         le=64,
     )
+    grace_s: float = option(
+        30.0,
+        "--grace",
+        "on SIGTERM (preemption): seconds to checkpoint the running trials and hand their "
+        "leases back as preempted before the process exits regardless",
+        ge=0,
+    )
+    checkpoint_root: str | None = option(
+        None,
+        "--checkpoint-dir",
+        "local folder for the running trials' checkpoint folders (default: the system's "
+        "temporary folder)",
+        "HPO_WORKER_CHECKPOINT_DIR",
+    )
     param_args: bool = option(
         True, "--param-args", "also pass a --command trial's parameters as --name=value arguments"
     )
@@ -172,7 +186,16 @@ class WorkerOptions(BaseModel):
             raise ValueError(f"must be between 1 and 64 trials, got {value}")
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("token", "gpus", "data_dir", "name", "objective", "command", mode="before")
+    @field_validator(
+        "token",
+        "gpus",
+        "data_dir",
+        "name",
+        "objective",
+        "command",
+        "checkpoint_root",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -10,15 +10,19 @@ runs again elsewhere at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hpo.client import Client
 from hpo.protocol import TrialOutcome, TrialSpec
-from hpo.running import Ending, Result, abandoned, call_objective, send_result
+from hpo.running import Ending, Result, abandoned, call_objective, preempted, send_result
 from hpo.trial import Control, Trial, trial_label
 from workers.steering import Heartbeat, NoProgress, Progress
 from workers.telemetry import DeviceProbe, Telemetry
@@ -50,6 +54,7 @@ class TrialEnv:
     objective: Callable[[Trial], Any]
     view: Progress = field(default_factory=NoProgress)
     probe: DeviceProbe | None = None  # samples device utilisation while a trial runs
+    checkpoint_root: str | None = None  # where attempts' checkpoint folders go (None: temp)
 
 
 def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
@@ -60,8 +65,18 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
     control = Control(env.shutdown)
     trial = Trial(env.client, spec, control, on_report=env.view.advance)
     if env.shutdown.is_set():
-        return finish(env.client, trial, abandoned())
-    env.view.start(label, int(spec.settings.get("epochs") or 0))
+        return finish(env.client, trial, abandoned(preempted=True))
+    with checkpoint_folder(env.checkpoint_root, spec) as folder:
+        step = trial.attach_checkpoints(folder)
+        if step is not None:
+            log.info("%s resumes from its checkpoint of step %d", label, step)
+        return _run_attempt(env, trial, control)
+
+
+def _run_attempt(env: TrialEnv, trial: Trial, control: Control) -> TrialEnd:
+    """The objective under heartbeat and telemetry, then the attempt's one final call."""
+    spec = trial.spec
+    env.view.start(trial.label, int(spec.settings.get("epochs") or 0))
     try:
         with Telemetry(env.probe or DeviceProbe("cpu")) as telemetry:
             beat = Heartbeat(
@@ -73,10 +88,23 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
     finally:
         env.view.stop()
     if env.shutdown.is_set() and result.ending in (Ending.DROPPED, Ending.PRUNED):
-        result = abandoned()  # stopped by our own SIGTERM: give it back, not pruned
+        result = preempted(trial)  # our own SIGTERM: checkpoint, give it back (not pruned)
     elif control.drop.is_set():
         result = Result(Ending.DROPPED, reason=control.drop_reason)
     return finish(env.client, trial, result)
+
+
+@contextlib.contextmanager
+def checkpoint_folder(root: str | None, spec: TrialSpec) -> Iterator[Path]:
+    """A fresh local folder for one attempt's checkpoints, removed afterwards (what matters
+    was committed to the server)."""
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"hpo-trial-{spec.trial_id}-", dir=root or None))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def finish(client: Client, trial: Trial, result: Result) -> TrialEnd:

@@ -14,6 +14,7 @@ with something to collect.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,10 +82,8 @@ def remove_files(ctx: AppContext, rows: Iterable[ArtifactRecord]) -> int:
 
     freed = 0
     for row in rows:
-        try:
+        with contextlib.suppress(ArtifactNotFound):  # already gone: deleting is idempotent
             ctx.artifacts.remove(row.artifact_id)
-        except ArtifactNotFound:
-            pass  # already gone: deleting is idempotent
         freed += row.size
     return freed
 

@@ -289,9 +289,10 @@ def test_shutdown_mid_trial_abandons_for_a_rerun(one_trial, trainer) -> None:
     assert worker.run() == ExitCode.OK
     [(lease, body)] = one_trial.of("fail")
     assert body.pop("telemetry")["samples"] >= 1  # device figures go with the result
-    assert body == {
-        "reason": "worker shutting down",
+    assert body == {  # a shutdown is a preemption: handed back, not counted as a retry
+        "reason": "worker preempted (SIGTERM)",
         "retry": True,
+        "preempted": True,
         "diagnosis": None,
         "user_attrs": {},
     }
