@@ -132,6 +132,8 @@ class TrialItem(BaseModel):
     values: list[float | None] | None = None
     params: dict[str, Any]
     attempts: int
+    #: attempts a preempted worker handed back (SIGTERM): not failures, not retries
+    preemptions: int = 0
     worker_id: str | None = None
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None

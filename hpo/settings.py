@@ -142,6 +142,9 @@ class TrainConfig(BaseModel):
     # when a compression setting asks for compression (and workers do for a study whose
     # objectives are model metrics); it costs about a second per trial on a CPU.
     measure_model: Flag | Literal["auto"] = "auto"
+    # Checkpoint every N epochs (and the last; 0: never) when the worker gives the trial a
+    # checkpoint folder: a re-run continues from the latest one (workers.checkpoint).
+    checkpoint_every: Annotated[Whole, Field(ge=0, le=1000)] = 1
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], seed: int = 0) -> TrainConfig:

@@ -32,12 +32,15 @@ Anything that owns its optimizer can instead sample every N-th step with
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from workers.backend import peak_memory_mb
 
 
 class GradNormStats:
@@ -75,6 +78,20 @@ class GradNormStats:
         if first:
             self._first_sum = self._first_sum + torch.nn.utils.get_total_norm(first).to(norm)
         self.count += 1
+
+    def state(self) -> dict[str, Any]:
+        """The epoch's running sums (a mid-epoch checkpoint)."""
+        sums = {"sum": self._sum, "first_sum": self._first_sum, "max": self._max, "min": self._min}
+        return {**{k: v.detach().cpu() for k, v in sums.items()}, "count": self.count}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue an epoch from :meth:`state`."""
+        self._sum, self._first_sum = (
+            state["sum"].to(self.device),
+            state["first_sum"].to(self.device),
+        )
+        self._max, self._min = state["max"].to(self.device), state["min"].to(self.device)
+        self.count = int(state["count"])
 
     def read(self) -> dict[str, float]:
         """The epoch's grad_norm, grad_norm_max, grad_norm_min, grad_norm_first; then reset."""
@@ -182,3 +199,28 @@ def dead_unit_fraction(model: nn.Module, x: torch.Tensor, chunk: int = 10000) ->
 
 def _chunks(x: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
     return (x[start : start + size] for start in range(0, len(x), size))
+
+
+def epoch_metrics(
+    epoch: int,
+    out: Any,  # workers.trainer._EpochOutcome
+    val: tuple[float, float],
+    lr: float,
+    times: tuple[float, float],
+    device: torch.device,
+    probes: dict[str, float],
+) -> dict[str, float]:
+    """One epoch's metrics as the solo trainer reports them."""
+    t0, train_time = times
+    return {
+        "epoch": epoch,
+        "train_loss": out.loss_sum.item() / max(out.samples, 1),  # the epoch's one loss read
+        "val_loss": val[0],
+        "val_accuracy": val[1],
+        "lr": lr,
+        **probes,  # grad_norm (+ _max, _min, _first), dead_fraction: what the diagnosis reads
+        "epoch_time_s": time.perf_counter() - t0,  # training + validation
+        "data_time_s": out.data_time,  # waiting on data: the telemetry's data-wait share
+        "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
+        "peak_memory_mb": peak_memory_mb(device),
+    }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -27,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.settings import TrainConfig, measures_model
+from workers import checkpoint as ckpt
 from workers.backend import (
     configure_backend,
     maybe_compile,
     on_device,
-    peak_memory_mb,
     reset_peak_memory,
 )
 from workers.compression import CompressionSettings, PruneSchedule, compress
@@ -44,7 +45,7 @@ from workers.model import (
     set_dropout_generator,
 )
 from workers.optimizers import make_optimizer, make_scheduler
-from workers.probes import DeadUnitProbe, GradNormStats
+from workers.probes import DeadUnitProbe, GradNormStats, epoch_metrics
 from workers.results import TrainStatus
 
 GD_CHUNK = 8192  # full-batch gd accumulates its gradient in chunks to bound activation memory
@@ -107,6 +108,8 @@ class _EpochOutcome:
     steps: int = 0
     stopped: bool = False
     diagnosis: str | None = None  # set when the divergence guard fired
+    order: torch.Tensor | None = None  # the epoch's batch order (mini-batch epochs)
+    batches_done: int = 0  # where a stopped epoch stopped: its checkpoint resumes there
 
 
 @dataclass
@@ -136,36 +139,49 @@ def train(
     data: MnistData,
     device: torch.device | str = "cpu",
     hooks: TrainHooks | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train one trial; ``data`` should be loaded on ``device`` (else it is copied)."""
-    started, device = time.perf_counter(), torch.device(device)
+    """Train one trial; ``data`` should be loaded on ``device`` (else it is copied).
+
+    ``checkpoint`` (workers.checkpoint): a file to continue from when it exists, and
+    to write every ``checkpoint_every`` epochs and when told to stop; a file that
+    cannot be resumed raises CheckpointUnreadable before any training.
+    """
+    device = torch.device(device)
+    resume = ckpt.load(checkpoint, config) if checkpoint and checkpoint.exists() else None
     configure_backend(device)
     torch.manual_seed(config.seed)  # weight init
     shuffle = torch.Generator().manual_seed(config.seed)  # batch order: CPU generator everywhere
     train_set, val_set = (on_device(s, device) for s in data.split(config.val_size))
     model = build_model(config).to(device)
     # Dropout masks from the trial's own generator, not the global RNG: a pack draws them too.
-    set_dropout_generator(model, dropout_generator(config.seed, device))
+    dropout = dropout_generator(config.seed, device)
+    set_dropout_generator(model, dropout)
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
     loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
     pruning = gradual_pruning(config)
+    saver = ckpt.RunCheckpoint(checkpoint, config, loop, dict(model=model, optimizer=optimizer,
+                   scheduler=scheduler, shuffle=shuffle, dropout=dropout))  # fmt: skip
+    history, position = saver.resume(resume, device)
+    started = ckpt.started_at(resume)
 
-    history: list[dict[str, float]] = []
     status, diagnosis = TrainStatus.COMPLETED, None
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(history) + 1, config.epochs + 1):
         t0 = time.perf_counter()
         reset_peak_memory(device)
         lr = optimizer.param_groups[0]["lr"]  # the rate used during this epoch
-        out = loop.run_epoch(epoch, shuffle)
-        if out.stopped:  # told to stop: no evaluation, leave at once
+        out = loop.run_epoch(epoch, shuffle, position)
+        position = None  # only the first epoch of a resumed run continues a stopped one
+        if out.stopped:  # told to stop (preempted, dropped): save where we are, leave at once
+            saver.save_stopped(epoch, out, history, started)
             status = TrainStatus.STOPPED
             break
         times = (t0, time.perf_counter() - t0)
         with DeadUnitProbe(model) as dead:  # records during the validation pass
             val = evaluate(model, val_set)
         probes = {**loop.grads.read(), "dead_fraction": dead.fraction() or 0.0}
-        metrics = _epoch_metrics(epoch, out, val, lr, times, device, probes)
+        metrics = epoch_metrics(epoch, out, val, lr, times, device, probes)
         history.append(metrics)
         diagnosis = out.diagnosis or _nonfinite_loss(metrics)
         if diagnosis is not None:
@@ -174,6 +190,7 @@ def train(
         scheduler.step()
         if pruning is not None:  # prune_schedule: gradual (masks keep pruned weights at 0)
             pruning.step(model, epoch)
+        saver.save_epoch(epoch, history, started)  # before the report that commits it
         if not loop.hooks.on_epoch(epoch, metrics):
             status = TrainStatus.PRUNED
             break
@@ -275,19 +292,27 @@ class _Loop:
         # L1 acts on the Linear weight matrices only: shrinking biases or BN scales is not sparsity.
         self.l1_weights = linear_weights(self.model) if self.config.l1 > 0 else []
 
-    def run_epoch(self, epoch: int, shuffle: torch.Generator) -> _EpochOutcome:
+    def run_epoch(
+        self, epoch: int, shuffle: torch.Generator, resume: ckpt.Position | None = None
+    ) -> _EpochOutcome:
+        """One epoch; ``resume``: continue the stopped epoch a checkpoint holds."""
         self.model.train()
         if self.config.optimizer == "gd":
             return self.full_batch_epoch(epoch)
+        if resume is not None:
+            return self.minibatch_epoch(epoch, resume.order, resume)
         order = torch.randperm(len(self.train_set), generator=shuffle)
         return self.minibatch_epoch(epoch, order.to(self.train_set.x.device))
 
-    def minibatch_epoch(self, epoch: int, order: torch.Tensor) -> _EpochOutcome:
+    def minibatch_epoch(
+        self, epoch: int, order: torch.Tensor, resume: ckpt.Position | None = None
+    ) -> _EpochOutcome:
         """One shuffled pass in mini-batches; the last, smaller batch is kept (like the seed)."""
-        out, size, data = _new_outcome(order.device), self.config.batch_size, self.train_set
-        for batch, start in enumerate(range(0, len(order), size), start=1):
+        out, size, data = _new_outcome(order.device, resume), self.config.batch_size, self.train_set
+        out.order, skip = order, out.batches_done
+        for batch, start in enumerate(range(skip * size, len(order), size), start=skip + 1):
             if self.hooks.should_stop():
-                out.stopped = True
+                out.stopped, out.batches_done = True, batch - 1
                 return out
             idx = order[start : start + size]
             if self.config.batch_norm and len(idx) < 2:
@@ -305,6 +330,7 @@ class _Loop:
             self.step(out)
             out.loss_sum += loss.detach() * len(idx)
             out.samples += len(idx)
+        out.batches_done = math.ceil(len(order) / size)
         return out
 
     def full_batch_epoch(self, epoch: int) -> _EpochOutcome:
@@ -349,8 +375,11 @@ class _Loop:
         return self.config.l1 * torch.stack([w.abs().sum() for w in self.l1_weights]).sum()
 
 
-def _new_outcome(device: torch.device) -> _EpochOutcome:
-    return _EpochOutcome(loss_sum=torch.zeros((), device=device))
+def _new_outcome(device: torch.device, resume: ckpt.Position | None = None) -> _EpochOutcome:
+    if resume is None:
+        return _EpochOutcome(loss_sum=torch.zeros((), device=device))
+    return _EpochOutcome(resume.loss_sum.clone(), resume.samples, steps=resume.steps,
+                         batches_done=resume.batches_done)  # fmt: skip
 
 
 @torch.inference_mode()
@@ -365,30 +394,6 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
     return loss_sum.item() / len(split), correct.item() / len(split)
-
-
-def _epoch_metrics(
-    epoch: int,
-    out: _EpochOutcome,
-    val: tuple[float, float],
-    lr: float,
-    times: tuple[float, float],
-    device: torch.device,
-    probes: dict[str, float],
-) -> dict[str, float]:
-    t0, train_time = times
-    return {
-        "epoch": epoch,
-        "train_loss": out.loss_sum.item() / max(out.samples, 1),  # the epoch's one loss read
-        "val_loss": val[0],
-        "val_accuracy": val[1],
-        "lr": lr,
-        **probes,  # grad_norm (+ _max, _min, _first), dead_fraction: what the diagnosis reads
-        "epoch_time_s": time.perf_counter() - t0,  # training + validation
-        "data_time_s": out.data_time,  # waiting on data: the telemetry's data-wait share
-        "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
-        "peak_memory_mb": peak_memory_mb(device),
-    }
 
 
 # --------------------------------------------------------------------------- setup

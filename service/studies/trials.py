@@ -60,6 +60,7 @@ def base_query(study_id: int) -> Select[Any]:
             TrialRecord.worker_id,
             TrialRecord.fail_reason,
             TrialRecord.diagnosis,
+            TrialRecord.preemptions,
         )
         .outerjoin(TrialRecord, TrialRecord.optuna_trial_id == trials.c.trial_id)
         .where(trials.c.study_id == study_id)
@@ -152,6 +153,7 @@ def make_item(
         values=values or None,
         params=params,
         attempts=attempts,
+        preemptions=row.preemptions or 0,
         worker_id=row.worker_id,
         datetime_start=start,
         datetime_complete=complete,

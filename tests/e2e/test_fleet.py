@@ -98,8 +98,8 @@ def test_sigkilled_worker_trial_is_rerun_after_lease_expiry(stack: Stack) -> Non
     assert [v["step"] for v in detail["intermediate_values"]] == list(range(1, 11))
 
 
-def test_sigterm_abandons_the_trial_for_an_immediate_rerun(stack: Stack) -> None:
-    # A long lease TTL: the re-run cannot come from lease expiry, only from the abandon.
+def test_sigterm_preempts_the_trial_for_an_immediate_rerun(stack: Stack) -> None:
+    # A long lease TTL: the re-run cannot come from lease expiry, only from the hand-back.
     server = stack.server(HPO_LEASE_TTL_S="120")
     api = server.api()
     token = server.tokens()["worker"]
@@ -110,9 +110,10 @@ def test_sigterm_abandons_the_trial_for_an_immediate_rerun(stack: Stack) -> None
     stopped_at = time.monotonic()
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
-    assert "termed#0 abandoned: worker shutting down" in first.log()
+    assert "termed#0 abandoned: worker preempted (SIGTERM)" in first.log()
     queued = api.trials("termed")
     assert [t["state"] for t in queued] == ["queued"]
+    assert queued[0]["preemptions"] == 1  # shown as preempted, not as a failed attempt
 
     second = stack.worker(server.url, token)
     [trial] = wait_for(lambda: api.finished("termed", 1), 100, "the abandoned trial to re-run")
