@@ -36,6 +36,8 @@ from hpo.settings import TrainConfig
 
 FILENAME = "trainer.pt"
 FORMAT = "hpo-trainer/1"
+#: A fused pack's member (workers.packs.member): its stacked rows, not a module's state.
+PACK_FORMAT = "hpo-pack-member/1"
 #: The settings that do not change what training computes: a checkpoint written under
 #: other values of these still fits the run.
 NEUTRAL_SETTINGS = ("checkpoint_every", "compile", "measure_model")
@@ -101,21 +103,43 @@ def save(path: Path, config: TrainConfig, state: TrainerState, parts: dict[str, 
         "dropout": None if parts.get("dropout") is None else parts["dropout"].get_state(),
         "global_rng": torch.get_rng_state(),
     }
+    write(path, payload)
+
+
+def write(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` to ``<path>.tmp``, then rename: readers see the old file or the new."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load(path: Path, config: TrainConfig) -> TrainerState:
-    """Read a checkpoint for a run of ``config`` (CheckpointUnreadable when it cannot be)."""
+def read(path: Path, config: TrainConfig, fmt: str) -> dict[str, Any]:
+    """A checkpoint's payload, checked to be of ``fmt`` and ``config``'s settings."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
         raise CheckpointUnreadable(f"{path.name}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointUnreadable(f"{path.name}: not a {FORMAT} checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointUnreadable(f"{path.name}: not a {fmt} checkpoint")
     if payload.get("settings") != fingerprint(config):
         raise CheckpointUnreadable(f"{path.name}: written for other settings")
+    return payload
+
+
+def format_of(path: Path) -> str | None:
+    """The format a checkpoint file says it has (None: no file, or not one of ours)."""
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file: whoever loads it will say why
+        return None
+    return payload.get("format") if isinstance(payload, dict) else None
+
+
+def load(path: Path, config: TrainConfig) -> TrainerState:
+    """Read a checkpoint for a run of ``config`` (CheckpointUnreadable when it cannot be)."""
+    payload = read(path, config, FORMAT)
     try:
         position = payload["position"]
         return TrainerState(

@@ -11,11 +11,17 @@ trials that fit the pack (continuous batching); a leased trial that does not
 fit waits for the next pack (its lease kept alive meanwhile). One thread beats
 every member's lease; a lost lease drops that member alone. On CUDA out of
 memory the pack halves itself; no trial fails for it.
+
+Each member has its own checkpoint folder and file (workers.packs.member), so a
+re-run continues it in any pack or solo. A trial whose checkpoint is a solo
+run's, or one a pack cannot read, trains solo: the solo path reads both formats
+and falls back from an unreadable one.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +29,13 @@ from typing import Any
 
 from hpo.client import Client
 from hpo.protocol import LeaseRequest, TrialSpec
-from hpo.running import Ending, Result, abandoned, call_objective
+from hpo.running import Ending, Result, abandoned, call_objective, preempted
 from hpo.settings import SettingsError, TrainConfig
 from hpo.transport import ClientError
 from hpo.trial import Control, Trial
-from workers.reference import TrialHooks, conclude, trial_config
-from workers.runner import TrialEnd, TrialEnv, finish, run_trial
+from workers.reference import TrialHooks, checkpoint_file, conclude, keep_model, trial_config
+from workers.results import TrainStatus
+from workers.runner import TrialEnd, TrialEnv, finish, new_checkpoint_folder, run_attempt
 from workers.steering import HeartbeatGroup
 from workers.telemetry import DeviceProbe, Telemetry
 
@@ -41,6 +48,7 @@ class _Leased:
 
     trial: Trial
     config: TrainConfig
+    solo: bool = False  # its checkpoint is one only the solo path can resume
 
 
 @dataclass
@@ -82,19 +90,35 @@ class PackRun:
                 self.ends.append(finish(self.env.client, trial, bad))
                 continue
             self.beats.add(spec, control, lambda t=trial, c=config: _progress(t, c))
-            self.waiting.append(_Leased(trial, config))
+            self.waiting.append(_Leased(trial, config, solo=self._restore(trial, config)))
+
+    def _restore(self, trial: Trial, config: TrainConfig) -> bool:
+        """Give the trial its checkpoint folder, filled from its latest checkpoint; True when
+        that checkpoint is not a pack member's this pack can continue (then it trains solo)."""
+        from workers import checkpoint as ckpt
+
+        step = trial.attach_checkpoints(new_checkpoint_folder(self.env.checkpoint_root, trial.spec))
+        path = checkpoint_file(trial, config)
+        if step is None or path is None or not path.exists():
+            return False
+        log.info("%s resumes from its checkpoint of step %d", trial.label, step)
+        try:
+            ckpt.read(path, config, ckpt.PACK_FORMAT)
+        except ckpt.CheckpointUnreadable:
+            return True
+        return False
 
     def _train_next(self) -> None:
         """The first waiting trial's group as one pack, or that trial solo."""
         from workers.packs import pack_key, packable, train_pack
 
         first = self.waiting[0]
-        if not packable(first.config):
+        if first.solo or not packable(first.config):
             self.waiting.popleft()
             self._solo(first)
             return
         key = pack_key(first.config)
-        group = [m for m in self.waiting if packable(m.config) and pack_key(m.config) == key]
+        group = [m for m in self.waiting if _fits(m, key)]
         for member in group[: self.capacity]:
             self.waiting.remove(member)
         starters = [self._member(m) for m in group[: self.capacity]]
@@ -107,16 +131,17 @@ class PackRun:
 
         lease_id = leased.trial.spec.lease_id
         self._members[lease_id] = leased
-        return Member(lease_id, leased.config, TrialHooks(leased.trial, leased.config.epochs))
+        hooks = TrialHooks(leased.trial, leased.config.epochs)
+        path = checkpoint_file(leased.trial, leased.config)
+        return Member(lease_id, leased.config, hooks, checkpoint=path)
 
     def _refill(self, free: int, key: Any) -> list[Any]:
         """Continuous batching: lease more trials; those that fit the pack join it."""
-        from workers.packs import pack_key, packable
 
         if self.env.shutdown.is_set():
             return []
         self._admit(self.lease(free))
-        joining = [m for m in self.waiting if packable(m.config) and pack_key(m.config) == key]
+        joining = [m for m in self.waiting if _fits(m, key)]
         for leased in joining[:free]:
             self.waiting.remove(leased)
         return [self._member(m) for m in joining[:free]]
@@ -128,24 +153,42 @@ class PackRun:
         leased = self._members.pop(member.id)
         trial = leased.trial
         self.beats.remove(trial.spec.lease_id)
+        if result.status == TrainStatus.COMPLETED:
+            keep_model(trial, leased.config, result)
         outcome = call_objective(trial, lambda t: conclude(t, result))
         if self.env.shutdown.is_set() and outcome.ending in (Ending.DROPPED, Ending.PRUNED):
-            outcome = abandoned()
+            outcome = preempted(trial)  # SIGTERM: its last epoch's checkpoint, handed back
         elif trial.control.drop.is_set():
             outcome = Result(Ending.DROPPED, reason=trial.control.drop_reason)
         trial.telemetry = self.telemetry.summary()  # the device, shared by the pack so far
         self.ends.append(finish(self.env.client, trial, outcome))
+        _remove_folder(trial)
 
     def _solo(self, leased: _Leased) -> None:
         self.beats.remove(leased.trial.spec.lease_id)
-        self.ends.append(run_trial(self.env, leased.trial.spec))
+        try:
+            self.ends.append(run_attempt(self.env, leased.trial, leased.trial.control))
+        finally:
+            _remove_folder(leased.trial)
 
     def _give_back_waiting(self) -> None:
         """Shutting down: every trial still waiting goes back to the queue at once."""
         while self.waiting:
             leased = self.waiting.popleft()
             self.beats.remove(leased.trial.spec.lease_id)
-            self.ends.append(finish(self.env.client, leased.trial, abandoned()))
+            self.ends.append(finish(self.env.client, leased.trial, abandoned(preempted=True)))
+            _remove_folder(leased.trial)
+
+
+def _fits(leased: _Leased, key: Any) -> bool:
+    from workers.packs import pack_key, packable
+
+    return not leased.solo and packable(leased.config) and pack_key(leased.config) == key
+
+
+def _remove_folder(trial: Trial) -> None:
+    if trial.checkpoint_dir is not None:
+        shutil.rmtree(trial.checkpoint_dir, ignore_errors=True)
 
 
 def _progress(trial: Trial, config: TrainConfig) -> float | None:

@@ -7,17 +7,33 @@ hooks that report every epoch through ``trial.report`` and stop when
 the trial and returns the study's objective(s). A diverged run returns the
 accuracy measured when it diverged, marked ``diagnosis = "diverged"``, so the
 sampler learns that the region is bad.
+
+Checkpoints: the trainer keeps its checkpoint file (workers.checkpoint) in the
+trial's ``checkpoint_dir``, so each report commits it and a re-run continues
+from it; one that cannot be resumed is rejected (the trial falls back to the one
+before it, or a fresh start, with a warning). A completed run keeps its model as
+an artifact of the trial (``model.pt``, and ``shipped.pt`` when compressed).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hpo.protocol import ArtifactKind
 from hpo.settings import MODEL_METRICS, TrainConfig
+from hpo.transport import ApiError, ClientError
 from hpo.trial import Trial, TrialPruned, TrialStopped
 from workers.results import TrainStatus
+
+#: What a model artifact says it is: ``torch.load(path, weights_only=True)`` gives a dict
+#: with this format, the run's settings (rebuild with workers.model.build_model) and
+#: its ``state_dict``.
+MODEL_FORMAT = "hpo-model/1"
 
 log = logging.getLogger("workers.reference")
 
@@ -61,11 +77,72 @@ class ReferenceObjective:
 
     def __call__(self, trial: Trial) -> float | list[float]:
         config = trial_config(trial)
-        train = self._train
-        if train is None:
-            from workers.trainer import train
-        result = train(config, self.data, self.device, TrialHooks(trial, config.epochs))
+        hooks = TrialHooks(trial, config.epochs)
+        path = checkpoint_file(trial, config)
+        if self._train is not None:  # a test's trainer
+            result = self._train(config, self.data, self.device, hooks, checkpoint=path)
+        else:
+            result = resuming(trial, path, lambda: self._run(config, hooks, path))
+        if result.status == TrainStatus.COMPLETED and trial.checkpoint_dir is not None:
+            keep_model(trial, config, result)
         return conclude(trial, result)
+
+    def _run(self, config: TrainConfig, hooks: TrialHooks, path: Path | None) -> Any:
+        """Train solo, or as a pack of one when the checkpoint is a pack member's."""
+        from workers import checkpoint as ckpt
+        from workers.trainer import train
+
+        if path is None or ckpt.format_of(path) != ckpt.PACK_FORMAT:
+            return train(config, self.data, self.device, hooks, checkpoint=path)
+        from workers.packs import Member, PackTrainer
+
+        pack = PackTrainer(self.data, self.device)
+        pack.add(Member(0, config, hooks, checkpoint=path))
+        return pack.run()[0]
+
+
+def checkpoint_file(trial: Trial, config: TrainConfig) -> Path | None:
+    """Where the trainer keeps its checkpoint: in the trial's folder (None: no checkpoints)."""
+    from workers.checkpoint import FILENAME
+
+    if trial.checkpoint_dir is None or config.checkpoint_every == 0:
+        return None
+    return trial.checkpoint_dir / FILENAME
+
+
+def resuming(trial: Trial, path: Path | None, run: Callable[[], Any]) -> Any:
+    """``run()``, rejecting checkpoints it cannot resume until one works or none is left."""
+    from hpo.checkpoints import MAX_FALLBACKS
+    from workers.checkpoint import CheckpointUnreadable
+
+    for _ in range(MAX_FALLBACKS):
+        try:
+            return run()
+        except CheckpointUnreadable as exc:
+            trial.reject_checkpoint(f"checkpoint not resumable: {exc}")
+    if path is not None:
+        path.unlink(missing_ok=True)  # still none that works: a fresh start
+    return run()
+
+
+def keep_model(trial: Trial, config: TrainConfig, result: Any) -> None:
+    """Store the completed run's model with the trial (a failed upload only warns)."""
+    import torch
+
+    if result.model is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp:
+        files = [Path(tmp) / "model.pt"]
+        torch.save({"format": MODEL_FORMAT, "settings": config.to_dict(),
+                    "state_dict": result.model.state_dict()}, files[0])  # fmt: skip
+        if result.shipped is not None:  # the compressed form, as a whole module
+            files.append(Path(tmp) / "shipped.pt")
+            torch.save(result.shipped, files[-1])
+        for file in files:
+            try:
+                trial.upload_artifact(file, ArtifactKind.MODEL)
+            except (ApiError, ClientError) as exc:
+                log.warning("%s: model %s not stored: %s", trial.label, file.name, exc)
 
 
 def trial_config(trial: Trial) -> TrainConfig:

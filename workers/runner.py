@@ -70,10 +70,10 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
         step = trial.attach_checkpoints(folder)
         if step is not None:
             log.info("%s resumes from its checkpoint of step %d", label, step)
-        return _run_attempt(env, trial, control)
+        return run_attempt(env, trial, control)
 
 
-def _run_attempt(env: TrialEnv, trial: Trial, control: Control) -> TrialEnd:
+def run_attempt(env: TrialEnv, trial: Trial, control: Control) -> TrialEnd:
     """The objective under heartbeat and telemetry, then the attempt's one final call."""
     spec = trial.spec
     env.view.start(trial.label, int(spec.settings.get("epochs") or 0))
@@ -98,13 +98,18 @@ def _run_attempt(env: TrialEnv, trial: Trial, control: Control) -> TrialEnd:
 def checkpoint_folder(root: str | None, spec: TrialSpec) -> Iterator[Path]:
     """A fresh local folder for one attempt's checkpoints, removed afterwards (what matters
     was committed to the server)."""
-    if root:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"hpo-trial-{spec.trial_id}-", dir=root or None))
+    folder = new_checkpoint_folder(root, spec)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_checkpoint_folder(root: str | None, spec: TrialSpec) -> Path:
+    """A fresh local folder for one attempt's checkpoints (the caller removes it)."""
+    if root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"hpo-trial-{spec.trial_id}-", dir=root or None))
 
 
 def finish(client: Client, trial: Trial, result: Result) -> TrialEnd:

@@ -96,6 +96,7 @@ class TrainResult:
     diagnosis: str | None = None
     optimizer_steps: int = 0
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    shipped: nn.Module | None = field(default=None, repr=False, compare=False)  # compressed
 
 
 @dataclass
@@ -215,8 +216,10 @@ def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     final = dict(done.history[-1]) if done.history else {}
     test_set = on_device(test_set, loop.train_set.x.device)
     objective = done.history[-1]["val_accuracy"] if done.history else None
+    shipped = None
     if done.status == TrainStatus.COMPLETED and measures_model(loop.config):  # score it as shipped
-        final.update(ship_model(loop, done, test_set))
+        metrics, shipped = ship_model(loop, done, test_set)
+        final.update(metrics)
         objective = final["val_accuracy"]
     elif done.status != TrainStatus.STOPPED:  # reported, never optimized on
         final["test_accuracy"] = evaluate(loop.model, test_set)[1]
@@ -224,12 +227,13 @@ def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     final["total_time_s"] = time.perf_counter() - done.started
     return TrainResult(
         done.status, objective, len(done.history), done.history, final, done.diagnosis,
-        loop.steps, loop.model,
+        loop.steps, loop.model, shipped,
     )  # fmt: skip
 
 
-def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> dict[str, float]:
-    """Compress the trained model (workers.compression) and measure it as shipped."""
+def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> tuple[dict[str, float], nn.Module]:
+    """Compress the trained model (workers.compression) and measure it as shipped; the
+    metrics and the shipped model."""
 
     def finetune(model: nn.Module, epochs: int) -> None:
         tuning = _Loop.create(
@@ -246,8 +250,9 @@ def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> dict[str, float
         }
 
     settings = CompressionSettings.from_settings(loop.config.to_dict())
-    _, report = compress(loop.model, settings, finetune, scores, latency_repeats=LATENCY_REPEATS)
-    return report.metrics()
+    repeats = LATENCY_REPEATS
+    shipped, report = compress(loop.model, settings, finetune, scores, latency_repeats=repeats)
+    return report.metrics(), shipped
 
 
 def _nonfinite_loss(metrics: dict[str, float]) -> str | None:

@@ -125,7 +125,9 @@ class FakeTrainer:
         self.diverge_at: int | None = None
         self.configs: list[Any] = []
 
-    def __call__(self, config: Any, data: Any, device: Any, hooks: Any) -> TrainResult:
+    def __call__(
+        self, config: Any, data: Any, device: Any, hooks: Any, checkpoint: Any = None
+    ) -> TrainResult:
         self.configs.append(config)
         history: list[dict[str, float]] = []
         status, diagnosis = "completed", None

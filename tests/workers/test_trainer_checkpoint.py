@@ -17,6 +17,7 @@ import torch
 from hpo.settings import OPTIMIZERS, TrainConfig
 from workers import checkpoint as ckpt
 from workers.data import MnistData
+from workers.packs import Member, PackTrainer
 from workers.results import TrainStatus
 from workers.trainer import NullHooks, train
 
@@ -159,3 +160,59 @@ def test_a_finished_run_resumed_trains_nothing_more(mnist: MnistData, tmp_path: 
     again = train(cfg, mnist, checkpoint=path)
     assert again.status == TrainStatus.COMPLETED and again.optimizer_steps == done.optimizer_steps
     assert_same(again, done)
+
+
+# --------------------------------------------------------------------------- pack members
+
+PACKED = [
+    {"optimizer": "adam", "lr": 0.003, "dropout": 0.2},
+    {"optimizer": "momentum", "lr": 0.05, "lr_schedule": "step"},
+    {"optimizer": "adam", "lr": 0.001, "weight_decay": 1e-3, "seed": 7},
+]
+
+
+def pack_of(mnist: MnistData, members: dict[int, dict], folder: Path, hooks=None) -> dict:
+    """Train the members as one pack, member i with its checkpoint file ``member-i.pt``."""
+    pack = PackTrainer(mnist, "cpu")
+    for i, settings in members.items():
+        folder.mkdir(exist_ok=True)
+        path = folder / f"member-{i}.pt"
+        pack.add(Member(i, config(**settings), (hooks or {}).get(i), checkpoint=path))
+    return pack.run()
+
+
+def test_pack_members_killed_and_resumed_bit_for_bit(mnist: MnistData, tmp_path: Path) -> None:
+    members = dict(enumerate(PACKED))
+    # The twin is the same pack uninterrupted: a pack's train_loss may differ from a solo
+    # run's in the last bits (tests/workers/test_packs.py); its resume must not differ at all.
+    twins = pack_of(mnist, members, tmp_path / "twin")
+    with pytest.raises(Killed):  # the whole pack dies in epoch 3: epoch 2's files are left
+        pack_of(mnist, members, tmp_path, hooks={1: KillIn(3, 2)})
+    assert all(torch.load(tmp_path / f"member-{i}.pt")["epoch"] == 2 for i in members)
+    resumed = pack_of(mnist, members, tmp_path)
+    for i, twin in twins.items():
+        assert resumed[i].status == TrainStatus.COMPLETED
+        assert_same(resumed[i], twin)
+
+
+def test_a_member_resumes_in_another_pack_and_a_finished_one_trains_no_more(
+    mnist: MnistData, tmp_path: Path
+) -> None:
+    twin = pack_of(mnist, {1: PACKED[1]}, tmp_path / "twin")[1]
+    with pytest.raises(Killed):  # dies in epoch 2: epoch 1's files are left
+        pack_of(mnist, {0: PACKED[0], 1: PACKED[1]}, tmp_path, hooks={0: KillIn(2, 3)})
+    # member 1 goes on beside a new trial (a pack of another composition)
+    resumed = pack_of(mnist, {1: PACKED[1], 2: PACKED[2]}, tmp_path)
+    assert_same(resumed[1], twin)
+    done = torch.load(tmp_path / "member-1.pt")
+    again = pack_of(mnist, {1: PACKED[1]}, tmp_path)  # its file is at the last epoch
+    assert again[1].status == TrainStatus.COMPLETED and again[1].optimizer_steps == done["steps"]
+    assert_same(again[1], twin)
+
+
+def test_a_solo_checkpoint_does_not_load_as_a_pack_member(mnist: MnistData, tmp_path: Path) -> None:
+    path = tmp_path / ckpt.FILENAME
+    train(config(epochs=1), mnist, checkpoint=path)
+    assert ckpt.format_of(path) == ckpt.FORMAT
+    with pytest.raises(ckpt.CheckpointUnreadable, match=ckpt.PACK_FORMAT):
+        PackTrainer(mnist, "cpu").add(Member(0, config(epochs=1), checkpoint=path))

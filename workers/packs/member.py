@@ -13,12 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from hpo.settings import TrainConfig, measures_model
+from workers import checkpoint as ckpt
 from workers.data import Split
 from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
 from workers.optimizers import make_scheduler
@@ -57,10 +59,19 @@ class Member:
     ``hooks`` has the solo trainer's shape (workers.trainer.TrainHooks):
     ``on_epoch(epoch, metrics) -> bool`` after each of this member's epochs
     (False prunes it), ``should_stop()`` polled at every batch boundary.
+    ``checkpoint``: the member's own checkpoint file (format ``PACK_FORMAT`` of
+    workers.checkpoint), continued from when it exists, written at its epoch
+    ends every ``checkpoint_every`` epochs before ``on_epoch`` is called.
     """
 
-    def __init__(self, id: Hashable, config: TrainConfig, hooks: TrainHooks | None = None) -> None:
-        self.id, self.config = id, config
+    def __init__(
+        self,
+        id: Hashable,
+        config: TrainConfig,
+        hooks: TrainHooks | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.id, self.config, self.checkpoint_path = id, config, checkpoint
         self.hooks: TrainHooks = hooks or NullHooks()
         self.kind = optimizer_kind(config)
         self.epoch = 0  # the epoch being trained (1-based), or the last one ended
@@ -98,6 +109,8 @@ class Member:
         self.layout = Layout.of(self.module)
         self.rows = Rows(self.layout.row(self.module), self.layout.running(self.module))
         self._started = time.perf_counter()
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self._resume(self.checkpoint_path)
 
     def _schedule(self, epochs_done: int = 0) -> None:
         # A real torch scheduler on a stand-in optimizer: the solo trainer's per-epoch lr values,
@@ -136,8 +149,10 @@ class Member:
         assert self.module is not None
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
         objective = self.history[-1]["val_accuracy"] if self.history else None
+        shipped = None
         if status == TrainStatus.COMPLETED and splits is not None and measures_model(self.config):
-            final.update(self._ship(splits))
+            metrics, shipped = self._ship(splits)
+            final.update(metrics)
             objective = final["val_accuracy"]
         elif status != TrainStatus.STOPPED and splits is not None:  # reported, never optimized on
             final["test_accuracy"] = evaluate(self.module, splits.test)[1]
@@ -145,10 +160,10 @@ class Member:
         final["total_time_s"] = time.perf_counter() - self._started
         return TrainResult(
             status, objective, len(self.history), self.history, final, diagnosis, self.steps,
-            self.module,
+            self.module, shipped,
         )  # fmt: skip
 
-    def _ship(self, splits: Splits) -> dict[str, float]:
+    def _ship(self, splits: Splits) -> tuple[dict[str, float], nn.Module]:
         # The solo trainer's own compression step (workers.trainer.ship_model), on this
         # member's model, config and batch-order generator: fine-tuning, if the settings ask
         # for it, runs the solo loop from where the pack left the member.
@@ -165,6 +180,45 @@ class Member:
         # Measuring the shipped model draws random inputs: not from the caller's global RNG.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             return ship_model(loop, done, splits.test)
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def write_checkpoint(self, rows: Rows) -> None:
+        """At this member's epoch end (schedule stepped): its state to its checkpoint file,
+        every ``checkpoint_every`` epochs and at the last."""
+        every = self.config.checkpoint_every
+        if self.checkpoint_path is None or every == 0:
+            return
+        if self.epoch % every and not self.finished_epochs:
+            return
+        self.save(rows)
+        cp = self.checkpoint
+        assert cp is not None
+        ckpt.write(self.checkpoint_path, {
+            "format": ckpt.PACK_FORMAT, "settings": ckpt.fingerprint(self.config),
+            "params": cp.rows.params, "running": cp.rows.running, "state": cp.rows.state,
+            "opt_steps": cp.rows.steps, "shuffle": cp.shuffle, "dropout": cp.dropout,
+            "epoch": cp.epoch, "history": self.history, "steps": cp.steps,
+            "batches_tracked": cp.batches_tracked, "guard_reference": cp.guard_reference,
+            "elapsed_s": time.perf_counter() - self._started,
+        })  # fmt: skip
+
+    def _resume(self, path: Path) -> None:
+        """Continue from a checkpoint file (CheckpointUnreadable when it cannot be)."""
+        p = ckpt.read(path, self.config, ckpt.PACK_FORMAT)
+        try:
+            rows = Rows(p["params"], list(p["running"]), dict(p["state"]), float(p["opt_steps"]))
+            if rows.params.shape != self.rows.params.shape:  # type: ignore[union-attr]
+                raise ValueError(f"{tuple(rows.params.shape)} parameters, not the model's")
+            self.history = list(p["history"])
+            self.checkpoint = Checkpoint(
+                rows, p["shuffle"], p["dropout"], int(p["epoch"]), len(self.history),
+                int(p["steps"]), int(p["batches_tracked"]), p["guard_reference"],
+            )  # fmt: skip
+            self.restore()
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ckpt.CheckpointUnreadable(f"{path.name}: does not fit: {exc}") from exc
+        self._started = time.perf_counter() - float(p["elapsed_s"])
 
     # ----------------------------------------------------------------------- rollback
 

@@ -262,6 +262,7 @@ class PackTrainer:
                 self._finish(i, TrainStatus.DIVERGED, diagnosis)
             else:
                 m.schedule_step()
+                m.write_checkpoint(self._rows(i))  # before the report that commits it
                 if not m.hooks.on_epoch(m.epoch, metrics):
                     self._finish(i, TrainStatus.PRUNED, None)
                 elif m.finished_epochs:
@@ -336,6 +337,10 @@ class PackTrainer:
         for m in self.joining:
             m.rows = None  # the stack holds them now
         self.joining = []
+        done = [i for i, m in enumerate(self.members) if m.finished_epochs]  # resumed at the end
+        for i in done:
+            self._finish(i, TrainStatus.COMPLETED, None)
+        self._drop(done)
 
     def _drop(self, leaving: list[int]) -> None:
         """Remove members (by row) from the stack at once; the others keep their state."""
