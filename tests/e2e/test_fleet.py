@@ -77,13 +77,14 @@ def test_two_workers_complete_a_study(stack: Stack) -> None:
     assert [w.wait(30) for w in workers] == [0, 0]
 
 
-def test_sigkilled_worker_trial_is_rerun_after_lease_expiry(stack: Stack) -> None:
+def test_sigkilled_worker_trial_resumes_from_its_checkpoint_elsewhere(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
     token = server.tokens()["worker"]
-    api.create_study(fleet_spec("killed", max_trials=1, max_concurrent=1, space=STEADY, **SLOW))
+    spec = fleet_spec("killed", max_trials=1, max_concurrent=1, space=STEADY, seed=5, **SLOW)
+    api.create_study(spec)
     first = stack.worker(server.url, token)
-    wait_for(lambda: api.running_with_reports("killed"), 90, "trial 0 training on worker 1")
+    wait_for(lambda: _reported(api, "killed", 2), 90, "trial 0 two epochs into training")
     first.signal(signal.SIGKILL)
     first.wait(10)
 
@@ -96,6 +97,34 @@ def test_sigkilled_worker_trial_is_rerun_after_lease_expiry(stack: Stack) -> Non
     detail = api.trial("killed", 0)
     assert len(detail["leases"]) == 2
     assert [v["step"] for v in detail["intermediate_values"]] == list(range(1, 11))
+    # Resumed, not restarted: attempt 2 reports only the epochs after its checkpoint.
+    resumed = detail["user_attrs"]["resumed_from_step"]
+    assert resumed >= 2
+    assert "killed#0 resumes from its checkpoint of step" in second.log()
+    steps = [m["step"] for m in detail["metrics"] if m["attempt"] == 2]
+    assert steps == list(range(resumed + 1, 11))
+    listed = api.http.get(f"/trials/{trial['trial_id']}/artifacts").json()
+    kinds = {a["kind"] for a in listed}
+    assert {"checkpoint", "model"} <= kinds
+
+    # The same trial never interrupted (same seed, same sampler draw): the same curve.
+    api.create_study({**spec, "name": "twin"})
+    [twin] = wait_for(lambda: api.finished("twin", 1), 120, "the uninterrupted twin")
+    assert twin["params"] == trial["params"] and twin["value"] == trial["value"]
+    assert _curve(api.trial("twin", 0)) == _curve(detail)
+
+
+def _reported(api: Any, study: str, epochs: int) -> bool:
+    detail = api.running_with_reports(study)
+    return bool(detail) and len(detail["intermediate_values"]) >= epochs
+
+
+def _curve(detail: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Each epoch's training figures (not its timings), as the trial last reported them (a
+    SIGKILL between a report and its checkpoint's upload has that epoch trained twice)."""
+    keys = ("val_accuracy", "val_loss", "train_loss", "grad_norm", "lr")
+    last = {m["step"]: tuple(m["metrics"][k] for k in keys) for m in detail["metrics"]}
+    return sorted(last.items())
 
 
 def test_sigterm_preempts_the_trial_for_an_immediate_rerun(stack: Stack) -> None:
