@@ -384,9 +384,16 @@ class Client:
         written = []
         for best in self.best_trials(study):
             models = [a for a in self.artifacts(best.trial_id) if a.kind == ArtifactKind.MODEL]
+            if not models:  # no empty trial-<number>/ folder for a trial without a model
+                continue
             folder = Path(dest) / f"trial-{best.number}"
             folder.mkdir(parents=True, exist_ok=True)
-            written += [self.download_artifact(a.artifact_id, folder / a.filename) for a in models]
+            written += [
+                self.download_artifact(
+                    a.artifact_id, folder / _file_name(a.filename, a.artifact_id)
+                )
+                for a in models
+            ]
         return written
 
     # ------------------------------------------------------------------ machinery
@@ -435,6 +442,12 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _file_name(name: str, default: str) -> str:
+    """``name`` as a plain file name inside the destination folder (never ``..``)."""
+    name = Path(name).name
+    return default if name in ("", ".", "..") else name
 
 
 def _attachment_name(headers: Any, default: str) -> str:

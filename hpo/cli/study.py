@@ -2,8 +2,9 @@
 
 Commands: ``create FILE.yaml``, ``list``, ``show``, ``trials``, ``pause``,
 ``resume``, ``stop``, ``delete [--force]``, ``export --format csv|json
-[--output]``, ``diagnose`` (findings and proposed spec edits) and ``schema``
-(the spec's JSON Schema). Listing commands take
+[--output]``, ``diagnose`` (findings and proposed spec edits), ``best-model -o DIR``
+(the best trial's model, or the Pareto trials'), ``gc`` (apply the study's artifact
+retention now) and ``schema`` (the spec's JSON Schema). Listing commands take
 ``--format table|json``. The server is
 ``--server`` (env ``HPO_SERVER``, default http://127.0.0.1:8000); the token is
 ``--token`` (env ``HPO_TOKEN``), else the ``admin`` entry of the bootstrap token
@@ -275,6 +276,55 @@ def export(
         finally:
             sink.close()
     Console(stderr=True).print(f"wrote {output} ({size} bytes)", markup=False)
+
+
+@study_app.command("best-model")
+@_clean_errors
+def best_model(
+    ref: StudyRef,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="folder to write trial-<number>/ folders into")
+    ],
+    server: Server = DEFAULT_SERVER,
+    token: Token = None,
+) -> None:
+    """Download the final model of the best trial (every Pareto trial with several
+    objectives) into DIR/trial-<number>/."""
+    with client(server, token) as api:
+        written = api.best_models(ref, output)
+    if not written:
+        raise CliError(
+            f"study {ref!r} has no model artifact yet: no best trial (or Pareto trial) "
+            "has uploaded its model",
+            1,
+        )
+    console = Console()
+    for path in written:
+        size = views.human_bytes(path.stat().st_size)
+        console.print(f"wrote {path} ({size})", markup=False, soft_wrap=True)
+    trials = len({path.parent for path in written})
+    console.print(
+        f"{len(written)} file{'s' * (len(written) != 1)} from "
+        f"{trials} trial{'s' * (trials != 1)} of study {ref!r}",
+        markup=False,
+    )
+
+
+@study_app.command("gc")
+@_clean_errors
+def gc(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+    """Apply the study's artifact retention now (admin): finished trials lose their
+    checkpoints, except the best trials' final one."""
+    with client(server, token) as api:
+        report = api.gc(ref)
+    deleted, freed, kept = report["deleted"], report["freed_bytes"], report["kept_trials"]
+    best = "the best trial" if kept == 1 else f"the {kept} best trials"
+    Console().print(
+        f"study {report['study']!r}: deleted {deleted} checkpoint{'s' * (deleted != 1)}, "
+        f"freed {views.human_bytes(freed, exact=True)}"
+        + (f"; kept the final checkpoint of {best}" if kept else ""),
+        markup=False,
+    )
 
 
 @study_app.command("schema")

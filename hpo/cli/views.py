@@ -86,3 +86,13 @@ def print_diagnosis(found: StudyDiagnosis) -> None:
 def fmt(value: Any) -> str:
     """Floats with six significant digits; anything else as text."""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def human_bytes(size: int, exact: bool = False) -> str:
+    """``1234567`` -> ``1.2 MB`` (``exact``: ``1.2 MB (1,234,567 bytes)``); below 1 kB in bytes."""
+    if size < 1000:
+        return f"{size} byte{'s' * (size != 1)}"
+    value, units = size / 1000, ["kB", "MB", "GB", "TB", "PB"]
+    while value >= 1000 and len(units) > 1:
+        value, units = value / 1000, units[1:]
+    return f"{value:.1f} {units[0]}" + (f" ({size:,} bytes)" if exact else "")
