@@ -149,6 +149,11 @@ def test_sigterm_preempts_the_trial_for_an_immediate_rerun(stack: Stack) -> None
     assert trial["state"] == "complete" and trial["attempts"] == 2
     assert time.monotonic() - stopped_at < 100  # well before the 120 s TTL would expire
     assert "leased termed#0 attempt 2" in second.log()
+    # The preemption saved where the epoch stopped: attempt 2 continues, reporting once per epoch.
+    detail = api.trial("termed", 0)
+    assert detail["user_attrs"]["resumed_from_step"] >= 1
+    assert [v["step"] for v in detail["intermediate_values"]] == list(range(1, 11))
+    assert detail["preemptions"] == 1
 
 
 def test_server_outage_loses_no_completion(stack: Stack) -> None:
