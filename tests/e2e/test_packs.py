@@ -2,7 +2,8 @@
 
 A fused pack's members are still trials: each reports every epoch, is pruned
 alone, and ends with its own result, equal to the same trial trained alone;
-killing the pack's worker re-runs every member elsewhere, each finished once.
+killing the pack's worker re-runs every member elsewhere from its own checkpoint,
+each finished once.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _seed(api: Any, number: int) -> int:
     return trial_seed(study["seed"], number)
 
 
-def test_killing_the_pack_worker_reruns_every_member_once(stack: Stack) -> None:
+def test_killing_the_pack_worker_resumes_every_member_once(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
     api.create_study(packed_spec("killed", 4, epochs=30))
@@ -77,3 +78,11 @@ def test_killing_the_pack_worker_reruns_every_member_once(stack: Stack) -> None:
     trials = wait_for(lambda: api.finished("killed", 4), 300, "the 4 re-runs")
     assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]  # nothing lost, nothing added
     assert all(t["attempts"] == 2 and t["state"] == "complete" for t in trials), trials
+    for t in trials:  # each member went on from its own checkpoint, on a solo worker
+        detail = api.trial("killed", t["number"])
+        resumed = detail["user_attrs"]["resumed_from_step"]
+        assert resumed >= 1, t["number"]
+        assert [m["step"] for m in detail["metrics"] if m["attempt"] == 2] == list(
+            range(resumed + 1, 31)
+        )
+        assert [v["step"] for v in detail["intermediate_values"]] == list(range(1, 31))
