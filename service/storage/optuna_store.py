@@ -16,6 +16,7 @@ import contextlib
 import copy
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,9 @@ _STATELESS_AFTER_TRIAL = (optuna.samplers.RandomSampler, optuna.samplers.TPESamp
 
 
 SAMPLER_SALT = 0x5A3D
+#: Define-by-run trials whose ``optuna.Trial`` a study keeps between suggests (the oldest
+#: beyond this are rebuilt on their next suggest, drawing a new relative sample).
+MAX_LIVE_TRIALS = 4096
 
 
 @dataclass
@@ -53,6 +57,10 @@ class CachedStudy:
     tell_under_lock: bool = field(default=True)
     #: the study seed: the sampler is re-seeded from it and the trial number per trial
     seed: int = 0
+    #: define-by-run: each trial's ``optuna.Trial`` from its first suggest to its tell, so
+    #: the sampler draws one relative (joint) sample per trial, as ``study.ask()`` does
+    live: OrderedDict[int, optuna.Trial] = field(default_factory=OrderedDict)
+    _live_ids: dict[int, int] = field(default_factory=dict)  # trial number -> trial id
 
     def new_trial(self) -> int:
         """``Study.ask()``'s storage half, without its waiting-trial pop (the service
@@ -77,9 +85,10 @@ class CachedStudy:
         try:
             with self.lock, window:
                 self.study._thread_local.cached_all_trials = None
+                # Seeded before the trial is built: building it draws the relative sample.
+                number = self.study._storage.get_trial(trial_id).number  # the view's cache
+                seed_sampler_for_trial(self.study.sampler, self._seed(number) ^ salt)
                 trial = optuna.Trial(self.study, trial_id)
-                seed = trial_seed(self.seed, trial.number) ^ SAMPLER_SALT ^ salt
-                seed_sampler_for_trial(self.study.sampler, seed)
                 yield trial
         finally:
             if self.view is not None:
@@ -87,9 +96,35 @@ class CachedStudy:
 
     def suggest(self, trial_id: int, name: str, param: Param) -> Any:
         """Define-by-run: sample parameter ``name`` on trial ``trial_id`` with the study's
-        sampler (a parameter the trial already has keeps its recorded value)."""
-        with self.sampling(trial_id, salt=zlib.crc32(name.encode())) as trial:
+        sampler (a parameter the trial already has keeps its recorded value).
+
+        The trial's ``optuna.Trial`` is built at its first suggest, where the sampler
+        draws its relative sample (multivariate TPE, GP, CMA-ES: one joint draw for the
+        whole trial), and kept for the next ones; each independent draw has its own
+        seed stream (the name's salt)."""
+        salt = zlib.crc32(name.encode())
+        with self.lock:
+            trial = self.live.get(trial_id)
+            if trial is not None:
+                self.live.move_to_end(trial_id)
+                self.study._thread_local.cached_all_trials = None
+                seed_sampler_for_trial(self.study.sampler, self._seed(trial.number) ^ salt)
+                return suggest_one(trial, name, param)
+        with self.sampling(trial_id) as trial:  # the relative sample, from the trial's seed
+            seed_sampler_for_trial(self.study.sampler, self._seed(trial.number) ^ salt)
+            self.live[trial_id], self._live_ids[trial.number] = trial, trial_id
+            while len(self.live) > MAX_LIVE_TRIALS:
+                self._live_ids.pop(self.live.popitem(last=False)[1].number, None)
             return suggest_one(trial, name, param)
+
+    def _seed(self, number: int) -> int:
+        return trial_seed(self.seed, number) ^ SAMPLER_SALT
+
+    def forget(self, number: int) -> None:
+        """Trial ``number`` ended: drop its kept ``optuna.Trial``."""
+        trial_id = self._live_ids.pop(number, None)
+        if trial_id is not None:
+            self.live.pop(trial_id, None)
 
     def tell(
         self,
@@ -104,6 +139,7 @@ class CachedStudy:
         state was stored): callers then re-read the trial.
         """
         guard = self.lock if self.tell_under_lock else contextlib.nullcontext()
+        self.forget(number)  # single dict operations: no lock needed
         try:
             with guard:
                 told_state, told_values, _ = _tell_with_warning(
