@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from hpo.protocol import ArtifactInfo, ArtifactKind, Checkpoint
 from service.core.context import AppContext
 from service.core.errors import ArtifactNotFound
+from service.storage import optuna_rows
 from service.storage.models import ArtifactRecord, StudyRecord, TrialRecord
 
 #: Optuna's system-attribute prefix for artifact metadata (optuna.artifacts._upload).
@@ -102,8 +103,15 @@ def trial_artifacts(ctx: AppContext, optuna_trial_id: int) -> list[ArtifactInfo]
 
 
 def _study_name(ctx: AppContext, frozen: Any) -> str:
-    study_id = ctx.store.storage.get_study_id_from_trial_id(frozen._trial_id)
-    return ctx.store.storage.get_study_name_from_id(study_id)
+    """The Optuna study name of a trial the service has no row of (Optuna's storage API
+    has no trial -> study look-up: read its tables)."""
+    stmt = (
+        select(optuna_rows.studies.c.study_name)
+        .join(optuna_rows.trials, optuna_rows.trials.c.study_id == optuna_rows.studies.c.study_id)
+        .where(optuna_rows.trials.c.trial_id == frozen._trial_id)
+    )
+    with ctx.db.session() as session:
+        return str(session.scalar(stmt))
 
 
 def _optuna_only(

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
-from service.dashboard import overview, queries, trial_view
+from service.dashboard import artifacts_view, overview, queries, trial_view
 from service.dashboard.charts import charts_for
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
@@ -64,11 +64,12 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         meta = load_meta(session, study_id)
         workers = queries.active_workers(session).get(study_id, [])
         summary = overview.summary(meta, dash.header(session, meta), workers)
+        stored = artifacts_view.study_bytes(session, study_id)
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(
         dash, request, "study.html", user, page="study", study=summary, meta=meta,
         charts=charts_for(meta), states=STATES, optimizers=_optimizer_choices(meta),
-        shown_states=SHOWN_STATES,
+        shown_states=SHOWN_STATES, stored=stored,
         export=f"/api/v1/studies/{study_id}/export",
     )  # fmt: skip
 
@@ -77,13 +78,16 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
 def trial_page(
     study_id: StudyId, number: TrialNumber, request: Request, dash: DashboardDep, user: PageUser
 ) -> Response:
-    """One trial: settings, epochs, attempts."""
+    """One trial: settings, epochs, attempts, artifacts."""
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
         view = trial_view.load(session, meta, number)
+    artifacts = artifacts_view.trial_artifacts(dash.ctx, view.detail.trial_id)
+    held = artifacts_view.size_text(artifacts_view.total(artifacts))
     return render(
-        dash, request, "trial.html", user, page="trial", meta=meta, trial=view.detail, view=view
-    )
+        dash, request, "trial.html", user, page="trial", meta=meta, trial=view.detail, view=view,
+        artifacts=artifacts, artifact_bytes=held,
+    )  # fmt: skip
 
 
 @router.get("/workers", response_class=HTMLResponse)

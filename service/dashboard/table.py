@@ -1,8 +1,8 @@
 """The trials table: filtered, sorted and paginated on the server, from the cached frame.
 
 Only the page being shown is read again, as the API's trial items
-(:func:`service.studies.trials.items_by_id`: state, worker, attempts, failure
-reason and diagnosis), plus the epochs each trial reported: a few queries
+(:func:`service.studies.trials.items_by_id`: state, worker, attempts, preemptions,
+failure reason and diagnosis), plus the epochs each trial reported: a few queries
 over at most ``MAX_LIMIT`` trial ids.
 """
 
@@ -99,6 +99,7 @@ def page(session: Session, frame: StudyFrame, q: TableQuery) -> dict[str, Any]:
             "settings": {c: _jsonable(r.settings.get(c)) for c in columns},
             "duration_s": r.duration_s, "epochs": epochs.get(r.trial_id),
             "worker": item.worker_id if item else None, "attempts": item.attempts if item else None,
+            "preemptions": item.preemptions if item else 0,
             "diagnosis": describe(state, item.diagnosis if item else None,
                                   item.fail_reason if item else None, epochs.get(r.trial_id)),
         })  # fmt: skip

@@ -5,11 +5,13 @@
 (() => {
   const body = document.body;
   const {
-    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, duration, ago, setLive,
+    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, size, duration, ago, setLive,
     getJSON, every, trialUrl, showChart, chartError, whenVisible, addCurvePoint, markEnded,
   } = window.HPO;
 
   // ------------------------------------------------------------------ study page
+
+  const PREEMPTED = "handed back by a preempted worker (SIGTERM): not failures, not retries";
 
   class TrialsTable {
     constructor(studyId) {
@@ -73,7 +75,8 @@
       this.header(data.columns);
       const rows = data.rows.map((r) => el("tr", {},
         el("td", { class: "num" }, el("a", { href: trialUrl(this.studyId, r.number) }, `#${r.number}`)),
-        el("td", {}, el("span", { class: `badge state-${r.state.toLowerCase()}` }, r.state.toLowerCase())),
+        el("td", {}, el("span", { class: `badge state-${r.state.toLowerCase()}` }, r.state.toLowerCase()),
+          r.preemptions ? el("span", { class: "badge preempted", title: PREEMPTED }, `preempted ×${r.preemptions}`) : null),
         el("td", { class: "num" }, fmt(r.value)),
         ...data.columns.map((c) => el("td", { class: typeof r.settings[c] === "number" ? "num" : null }, fmt(r.settings[c]))),
         el("td", { class: "num" }, duration(r.duration_s)),
@@ -96,6 +99,7 @@
       this.running = new Set();
       this.last = null;
       this.pending = new Map();
+      this.quiet = 0;  // polls that changed nothing (every tenth refreshes the bytes held)
     }
 
     prefetch(count) {
@@ -156,7 +160,8 @@
       // back the table or the curves.
       const jobs = [];
       if (this.cursor !== null && (v.metrics > this.cursor || (changed && this.running.size))) jobs.push(this.curvesDelta());
-      if (changed || v.service !== last.service || v.metrics !== last.metrics) jobs.push(this.table.load());
+      if (changed || v.service !== last.service || v.metrics !== last.metrics) jobs.push(this.table.load(), this.loadStored());
+      else if (++this.quiet % 10 === 0) jobs.push(this.loadStored());  // the reaper's collections move no version
       if ((last && v.service !== last.service) || this.diagnosisPending) jobs.push(this.loadDiagnosis());
       for (const section of this.loaded) {
         if (section.dataset.chart !== "curves" && section.dataset.version !== v.trials) jobs.push(this.loadChart(section));
@@ -175,6 +180,17 @@
       document.getElementById("best-value").textContent = fmt(v.best.value);
       document.getElementById("best-settings").replaceChildren(...Object.entries(v.best.settings)
         .map(([key, value]) => el("div", {}, el("dt", {}, key), el("dd", {}, fmt(value)))));
+    }
+
+    // The bytes the study's artifacts hold (GET /api/v1/studies/{id}/artifacts), per kind.
+    async loadStored() {
+      const node = document.getElementById("stored-bytes");
+      if (!node) return;
+      const held = (await getJSON(node.dataset.url)).bytes;
+      node.textContent = size(held.total);
+      node.title = `${held.total.toLocaleString("en-US")} byte${held.total === 1 ? "" : "s"} in ${held.count} file${held.count === 1 ? "" : "s"}`;
+      const kinds = Object.entries(held).filter(([k]) => k !== "total" && k !== "count").sort(([a], [b]) => (a < b ? -1 : 1));
+      document.getElementById("stored-kinds").textContent = kinds.map(([k, v]) => `${k} ${size(v)}`).join(", ") || "none kept";
     }
 
     async curvesDelta() {

@@ -63,6 +63,16 @@
     return String(value);
   }
 
+  // Bytes as the server renders them (artifacts_view.size_text): 1.2 MB; below 1 kB in bytes.
+  function size(bytes) {
+    if (bytes === null || bytes === undefined) return "—";
+    if (bytes < 1000) return `${bytes} byte${bytes === 1 ? "" : "s"}`;
+    const units = ["kB", "MB", "GB", "TB", "PB"];
+    let value = bytes / 1000;
+    while (value >= 1000 && units.length > 1) { value /= 1000; units.shift(); }
+    return `${value.toFixed(1)} ${units[0]}`;
+  }
+
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "—";
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
@@ -192,7 +202,7 @@
 
 
   window.HPO = {
-    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, duration, ago, setLive,
+    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, size, duration, ago, setLive,
     getJSON, every, trialUrl, showChart, chartError, whenVisible, addCurvePoint, markEnded,
   };
 })();
