@@ -125,6 +125,15 @@ def resuming(trial: Trial, path: Path | None, run: Callable[[], Any]) -> Any:
     return run()
 
 
+def plain_state_dict(model: Any) -> dict[str, Any]:
+    """The model's weights as ``build_model`` names them (pruning masks baked in)."""
+    import copy
+
+    from workers.compression.pruning import make_permanent
+
+    return dict(make_permanent(copy.deepcopy(model)).state_dict())
+
+
 def keep_model(trial: Trial, config: TrainConfig, result: Any) -> None:
     """Store the completed run's model with the trial (a failed upload only warns)."""
     import torch
@@ -134,7 +143,7 @@ def keep_model(trial: Trial, config: TrainConfig, result: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp:
         files = [Path(tmp) / "model.pt"]
         torch.save({"format": MODEL_FORMAT, "settings": config.to_dict(),
-                    "state_dict": result.model.state_dict()}, files[0])  # fmt: skip
+                    "state_dict": plain_state_dict(result.model)}, files[0])  # fmt: skip
         if result.shipped is not None:  # the compressed form, as a whole module
             files.append(Path(tmp) / "shipped.pt")
             torch.save(result.shipped, files[-1])

@@ -216,3 +216,15 @@ def test_a_solo_checkpoint_does_not_load_as_a_pack_member(mnist: MnistData, tmp_
     assert ckpt.format_of(path) == ckpt.FORMAT
     with pytest.raises(ckpt.CheckpointUnreadable, match=ckpt.PACK_FORMAT):
         PackTrainer(mnist, "cpu").add(Member(0, config(epochs=1), checkpoint=path))
+
+
+def test_the_kept_model_loads_into_a_fresh_build(mnist: MnistData) -> None:
+    from workers.model import build_model
+    from workers.reference import plain_state_dict
+
+    cfg = config(epochs=2, prune_amount=0.5, prune_schedule="gradual", dropout=0.2)
+    result = train(cfg, mnist)
+    rebuilt = build_model(TrainConfig.from_settings(cfg.to_dict()))
+    rebuilt.load_state_dict(plain_state_dict(result.model))  # strict: the same names
+    x = mnist.test.x[:100]
+    assert torch.equal(rebuilt.eval()(x), result.model.eval()(x))
