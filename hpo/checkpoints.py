@@ -2,9 +2,11 @@
 
 The worker gives every attempt a local folder (``trial.checkpoint_dir``). What is
 in it when ``trial.report(value, step)`` returns is committed as the checkpoint of
-that step: the folder is packed into one tar file and uploaded through the lease,
-hash-checked, and becomes the trial's latest checkpoint only once it arrived
-whole (a folder unchanged since the last commit is not sent again). On a re-run
+that step: the folder is packed into one tar file at once and uploaded through
+the lease in the background while training goes on (one upload at a time;
+the attempt's final call waits for it), hash-checked, and becomes the trial's
+latest checkpoint only once it arrived whole (a folder unchanged since the last
+commit is not sent again). On a re-run
 the folder is filled with the latest checkpoint before the objective starts;
 one that cannot be downloaded or unpacked is reported and the one before it is
 tried, down to a fresh start, each with a warning on the trial.
@@ -18,6 +20,7 @@ import logging
 import shutil
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +42,50 @@ class CheckpointFolder:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.warnings: list[str] = []
         self.resume: Checkpoint | None = None
-        self._committed = fingerprint(self.folder)
+        self._committed = self._packed = fingerprint(self.folder)
         self.commits = 0
+        self._upload: threading.Thread | None = None
 
     # ------------------------------------------------------------------ commit
 
-    def commit(self, step: int) -> bool:
-        """Upload the folder as the checkpoint of ``step`` when it changed; True if sent."""
+    def commit(self, step: int, wait: bool = True) -> bool:
+        """Pack the folder as the checkpoint of ``step`` when it changed and upload it (in
+        the background with ``wait=False``; :meth:`flush` waits); True when one was stored
+        (``wait=False``: packed)."""
         now = fingerprint(self.folder)
-        if not now or now == self._committed:
+        if not now or now == self._packed:
             return False
-        with tempfile.TemporaryDirectory(prefix="hpo-commit-") as tmp:
-            archive = pack(self.folder, Path(tmp) / ARCHIVE)
-            try:
-                self.client.upload_artifact(
-                    self.lease_id, archive, ArtifactKind.CHECKPOINT, step, ARCHIVE
-                )
-            except (ApiError, ClientError) as exc:  # training goes on; the next commit retries
-                log.warning("%s: checkpoint of step %d not stored: %s", self.label, step, exc)
-                return False
-        self._committed, self.commits = now, self.commits + 1
+        self.flush()  # one upload at a time, in order
+        tmp = Path(tempfile.mkdtemp(prefix="hpo-commit-"))
+        archive, self._packed = pack(self.folder, tmp / ARCHIVE), now
+        if wait:
+            self._send(archive, step, now)
+            return self._committed == now
+        self._upload = threading.Thread(
+            target=self._send, args=(archive, step, now), name="hpo-checkpoint", daemon=True
+        )
+        self._upload.start()
         return True
+
+    def flush(self) -> bool:
+        """Wait for the upload in flight; True when every packed checkpoint was stored."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        return self._packed == self._committed
+
+    def _send(self, archive: Path, step: int, packed: tuple[tuple[str, int, int], ...]) -> None:
+        try:
+            self.client.upload_artifact(
+                self.lease_id, archive, ArtifactKind.CHECKPOINT, step, ARCHIVE
+            )
+        except (ApiError, ClientError) as exc:  # training goes on; the next commit retries
+            log.warning("%s: checkpoint of step %d not stored: %s", self.label, step, exc)
+            self._packed = self._committed
+        else:
+            self._committed, self.commits = packed, self.commits + 1
+        finally:
+            shutil.rmtree(archive.parent, ignore_errors=True)
 
     # ------------------------------------------------------------------ restore
 

@@ -138,10 +138,11 @@ def _numbers(value: Any) -> list[float] | None:
 
 def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | None:
     """The one final call for ``result`` (nothing for a dropped trial)."""
-    spec, attrs = trial.spec, {**trial.user_attrs, **result.attrs}
-    metrics = clean_metrics(trial.metrics)
     if result.ending == Ending.DROPPED:
         return None
+    trial.flush_checkpoints()  # the lease must outlive the last checkpoint's upload
+    spec, attrs = trial.spec, {**trial.user_attrs, **result.attrs}
+    metrics = clean_metrics(trial.metrics)
     if result.ending in (Ending.COMPLETED, Ending.DIVERGED):
         values = result.values or []
         body = CompleteRequest(

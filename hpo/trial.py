@@ -184,6 +184,10 @@ class Trial:
         step = step if step is not None else (self.last_step or self.resume_step or 0)
         return self.checkpoints.commit(step)
 
+    def flush_checkpoints(self) -> bool:
+        """Wait for a checkpoint upload in flight (before the attempt's final call)."""
+        return self.checkpoints.flush() if self.checkpoints is not None else True
+
     def upload_artifact(
         self, path: str | Path, kind: ArtifactKind = ArtifactKind.FILE
     ) -> ArtifactInfo:
@@ -310,7 +314,7 @@ class Trial:
         if answer is not None:
             self.control.apply(answer, f"report step {step}")
         if self.checkpoints is not None and not self.control.drop.is_set():
-            self.checkpoints.commit(step)
+            self.checkpoints.commit(step, wait=False)  # uploads while training goes on
 
     def should_prune(self) -> bool:
         """True when the study's pruner (or the server) says this trial should stop."""
