@@ -257,6 +257,36 @@ def test_workers_get_one_gpu_each_and_reach_the_service(rendered: dict[str, list
     _one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
 
 
+def _worker_grace_s(command: list[str]) -> float:
+    """The worker's ``--grace`` (required on the command line, so both numbers are in view)."""
+    assert "--grace" in command, f"pass --grace explicitly: {command}"
+    return float(command[command.index("--grace") + 1])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_workers_have_time_to_checkpoint_on_sigterm(
+    rendered: dict[str, list[dict]], target: str
+) -> None:
+    """Preemption: SIGTERM, then --grace seconds to checkpoint and hand the trials back; the
+    pod's grace period must outlast that or SIGKILL cuts the checkpoint upload short."""
+    workers = 0
+    for where, spec in _pod_specs(rendered[target]):
+        for container in spec["containers"]:
+            if container["command"][:2] != ["hpo", "worker"]:
+                continue
+            workers += 1
+            grace = _worker_grace_s(container["command"])
+            assert grace > 0, f"{where}: --grace {grace}"
+            period = spec.get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+            assert period > grace, f"{where}: terminationGracePeriodSeconds {period} <= --grace"
+            assert period >= grace + 10, f"{where}: leave the hand-back and the exit some time"
+            # A preStop hook runs before SIGTERM and its time counts against the period.
+            assert "preStop" not in container.get("lifecycle", {}), where
+            # SIGTERM reaches the worker itself: its command is the process, no shell.
+            assert container["command"][0] == "hpo" and "args" not in container, where
+    assert workers == 1, f"{target}: expected one worker container, found {workers}"
+
+
 def test_worker_hpa_scales_the_worker_deployment_on_the_trial_queue(
     rendered: dict[str, list[dict]],
 ) -> None:

@@ -2,7 +2,9 @@
 
 The script runs for real under bash in every case; ``hpo`` is a fake on PATH
 that records its command line and environment (one JSON file per worker) and
-exits 0, or 3 for the task named by ``HPO_FAKE_FAIL_TASK``.
+exits 0, or 3 for the task named by ``HPO_FAKE_FAIL_TASK``; with
+``HPO_FAKE_WAIT_TERM`` it runs until SIGTERM, records it and exits 0 (a worker
+handing its trials back on preemption).
 
 * With a fake ``srun`` (always): the fake starts the requested number of tasks
   with SLURM_PROCID/SLURM_LOCALID set but binds no GPU, as a Slurm without GPU
@@ -43,7 +45,7 @@ SERVER = "http://hpo.test:8000"
 TOKEN = "worker-token-123"
 
 FAKE_HPO = """#!{python}
-import json, os, sys
+import json, os, signal, sys, time
 records = os.environ["HPO_FAKE_RECORDS"]
 keys = ("CUDA_VISIBLE_DEVICES", "HPO_TOKEN", "HPO_SERVER", "SLURM_JOB_ID",
         "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_LOCALID")
@@ -52,6 +54,17 @@ name = f"worker-{{os.environ.get('SLURM_JOB_ID', 0)}}-{{os.getpid()}}.json"
 with open(os.path.join(records, name), "w") as fh:
     json.dump(record, fh)
 print(f"fake worker on GPU {{os.environ.get('CUDA_VISIBLE_DEVICES')}}", flush=True)
+wait = float(os.environ.get("HPO_FAKE_WAIT_TERM") or 0)
+if wait:  # run like a busy worker until SIGTERM (preemption), then exit 0 as one does
+    started = time.monotonic()
+    def on_term(signum, frame):
+        with open(os.path.join(records, "sigterm-" + name), "w") as fh:
+            json.dump({{"after_s": time.monotonic() - started}}, fh)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    while time.monotonic() - started < wait:
+        time.sleep(0.1)
+    sys.exit(4)
 sys.exit(3 if os.environ.get("HPO_FAKE_FAIL_TASK") == os.environ.get("SLURM_PROCID") else 0)
 """
 
@@ -100,6 +113,18 @@ def _opt(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
+def _directives() -> dict[str, str]:
+    text = SCRIPT.read_text()
+    return dict(m.groups() for m in re.finditer(r"^#SBATCH --([a-z-]+)(?:=(\S+))?$", text, re.M))
+
+
+def _default_grace() -> str:
+    """The workers' --grace unless HPO_GRACE says otherwise."""
+    match = re.search(r"^export HPO_GRACE=\$\{HPO_GRACE:-([0-9.]+)\}$", SCRIPT.read_text(), re.M)
+    assert match, "the script sets no default HPO_GRACE"
+    return match.group(1)
+
+
 # -- with a fake srun ------------------------------------------------------------------------
 
 
@@ -142,6 +167,7 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(fakes: dict[str, Path]) -> No
         assert _opt(argv, "--device") == "cuda:0"
         assert _opt(argv, "--server") == SERVER
         assert _opt(argv, "--idle-exit") == "600"
+        assert _opt(argv, "--grace") == _default_grace()
         assert "--studies" not in argv
         assert TOKEN not in " ".join(argv), "the token must not be on the command line"
         assert worker["env"]["HPO_TOKEN"] == TOKEN
@@ -193,6 +219,7 @@ def test_options_reach_every_worker(fakes: dict[str, Path]) -> None:
         HPO_TOKEN=None,
         HPO_WORKER_TOKEN_FILE=str(token_file),
         HPO_IDLE_EXIT="30",
+        HPO_GRACE="45",
         HPO_STUDIES="lr-sweep,wd-sweep",
         HPO_DATA_DIR="/shared/mnist",
         HPO_WORKER_ARGS="--pack 4",
@@ -204,6 +231,7 @@ def test_options_reach_every_worker(fakes: dict[str, Path]) -> None:
     for worker in workers:
         argv = worker["argv"]
         assert _opt(argv, "--idle-exit") == "30"
+        assert _opt(argv, "--grace") == "45"
         assert _opt(argv, "--studies") == "lr-sweep,wd-sweep"
         assert _opt(argv, "--data-dir") == "/shared/mnist"
         assert _opt(argv, "--pack") == "4"
@@ -240,6 +268,7 @@ def test_every_worker_flag_exists_in_the_cli(fakes: dict[str, Path]) -> None:
         ({"HPO_TOKEN": None, "HPO_WORKER_TOKEN_FILE": "/nonexistent/token"}, "cannot read"),
         ({"CUDA_VISIBLE_DEVICES": None}, "no GPU"),
         ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, "no GPU"),
+        ({"HPO_GRACE": "soon"}, "HPO_GRACE"),
     ],
 )
 def test_refuses_to_start_without_what_it_needs(
@@ -254,15 +283,27 @@ def test_refuses_to_start_without_what_it_needs(
 def test_sbatch_header_asks_for_an_array_of_gpu_allocations() -> None:
     text = SCRIPT.read_text()
     assert text.startswith("#!/bin/bash\n")
-    directives = dict(
-        m.groups() for m in re.finditer(r"^#SBATCH --([a-z-]+)(?:=(\S+))?$", text, re.M)
-    )
+    directives = _directives()
     assert re.fullmatch(r"\d+-\d+(%\d+)?", directives["array"])
     assert int(directives["gpus-per-node"]) >= 1
     assert directives["ntasks-per-node"] == directives["gpus-per-node"]
     assert re.fullmatch(r"TERM@\d+", directives["signal"]), "workers need SIGTERM before the kill"
     assert "%A" in directives["output"] and "%a" in directives["output"]
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+
+
+def test_workers_get_sigterm_early_enough_to_checkpoint() -> None:
+    """Preemption: --signal sends SIGTERM this many seconds before the time limit; the
+    workers need their --grace to checkpoint and hand the trials back before the time
+    limit's own SIGTERM (a second signal makes a worker exit at once) and SIGKILL."""
+    match = re.fullmatch(r"(B:)?TERM@(\d+)", _directives()["signal"])
+    assert match, _directives()["signal"]
+    # The workers are srun tasks: "B:" would signal only the batch shell, never them.
+    assert match.group(1) is None, "--signal=B:... does not reach the workers"
+    lead, grace = int(match.group(2)), float(_default_grace())
+    assert grace > 0
+    assert lead > grace, f"--signal=TERM@{lead} leaves less than the workers' --grace {grace}"
+    assert lead >= grace + 30, "leave the hand-back and the exit some time"
 
 
 def test_shellcheck_is_clean() -> None:
@@ -437,3 +478,35 @@ def test_real_slurm_job_fails_with_its_worker(
     )
     assert codes == [3]
     assert len(_records(fakes["records"])) == 2
+
+
+def test_real_slurm_signals_the_workers_before_the_time_limit(
+    slurm: dict[str, str], fakes: dict[str, Path]
+) -> None:
+    """The script's own --signal, on a real Slurm: a one-minute job (less than the signal's
+    lead, so it is due at once) whose workers run until SIGTERM gets it to every worker,
+    which then exits 0 well before the time limit."""
+    started = time.monotonic()
+    codes = _sbatch(
+        slurm,
+        fakes,
+        "--array=0",
+        "--gpus-per-node=2",
+        "--cpus-per-task=1",
+        "--time=1",
+        HPO_FAKE_WAIT_TERM="90",
+    )
+    took = time.monotonic() - started
+    outputs = "".join(p.read_text() for p in fakes["tmp"].glob("hpo-workers-*.out"))
+    logs = "".join(p.read_text() for p in fakes["logs"].glob("*.log"))
+    assert codes == [0], outputs + logs
+    # The batch shell itself was not signalled (with "B:" it would be, and die, and Slurm
+    # would end the workers with only KillWait to spare): it saw its workers exit 0.
+    assert "workers finished, exit status 0" in outputs, outputs
+    workers = _records(fakes["records"])
+    assert len(workers) == 2, outputs
+    for worker in workers:
+        assert _opt(worker["argv"], "--grace") == _default_grace()
+    terms = sorted(fakes["records"].glob("sigterm-*.json"))
+    assert len(terms) == 2, f"not every worker got SIGTERM: {outputs}{logs}"
+    assert took < 60, f"the workers were not signalled before the time limit ({took:.0f} s)"

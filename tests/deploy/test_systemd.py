@@ -134,10 +134,27 @@ def test_worker_template_runs_one_worker_per_gpu() -> None:
     assert _one(unit, "Service", "KillSignal") == "SIGTERM"
     assert _one(unit, "Service", "KillMode") == "mixed"
     assert _seconds(_one(unit, "Service", "TimeoutStopSec")) >= 60
+    assert _one(unit, "Service", "SendSIGKILL") == "yes"
     assert "PrivateDevices" not in service or service["PrivateDevices"][-1] == "no", (
         "PrivateDevices hides /dev/nvidia*"
     )
     assert _one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+def test_worker_stop_outlasts_the_preemption_grace() -> None:
+    """SIGTERM, then ``--grace`` seconds to checkpoint the running trials and hand them back
+    as preempted: systemd must not SIGKILL before that, nor signal the worker twice."""
+    unit = _unit(WORKER)
+    argv = shlex.split(_one(unit, "Service", "ExecStart"))
+    assert "--grace" in argv, "pass --grace explicitly, so both numbers are in the unit"
+    grace = float(argv[argv.index("--grace") + 1])
+    assert grace > 0
+    stop = _seconds(_one(unit, "Service", "TimeoutStopSec"))
+    assert stop > grace, f"TimeoutStopSec={stop} does not outlast --grace {grace}"
+    assert stop >= grace + 10, "leave the hand-back and the exit some time"
+    assert _one(unit, "Service", "KillSignal") == "SIGTERM"
+    # No ExecStop: it would run instead of the signal and eat into TimeoutStopSec.
+    assert "ExecStop" not in unit["Service"]
 
 
 @pytest.mark.parametrize("path", [WORKER, SERVER], ids=lambda p: p.name)
