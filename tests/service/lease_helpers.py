@@ -3,6 +3,7 @@ through a TestClient (or any httpx-like client), and direct database pokes."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import httpx
 import optuna
 from sqlalchemy import select, update
 
+from hpo.protocol import SHA256_HEADER
 from service.core.db import utcnow
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from tests.conftest import Tokens
@@ -107,6 +109,24 @@ class Worker:
         response = self.post(lease_id, verb, body)
         assert response.status_code == 200, response.text
         return response.json()
+
+
+def put_artifact(worker: Worker, lease_id: str, data: bytes, **params: Any) -> httpx.Response:
+    """PUT a file through the lease (query ``params``: kind, step, filename; ``sha``
+    overrides the hash header, which is the data's SHA-256 otherwise)."""
+    sha = params.pop("sha", hashlib.sha256(data).hexdigest())
+    headers = {**worker.headers, SHA256_HEADER: str(sha)}
+    query = {"filename": "ckpt.tar", **params}
+    return worker.client.put(
+        f"{API}/leases/{lease_id}/artifacts", content=data, params=query, headers=headers
+    )
+
+
+def artifact_listing(client: Any, tokens: Tokens, trial_id: int) -> list[dict[str, Any]]:
+    """GET /api/v1/trials/{trial_id}/artifacts as a viewer."""
+    answer = client.get(f"{API}/trials/{trial_id}/artifacts", headers=_h(tokens.viewer))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 def expire_lease(ctx: Any, lease_id: str) -> None:

@@ -17,7 +17,15 @@ from service.artifacts import transfer
 from service.core.errors import TooLarge
 from service.storage.models import ArtifactRecord
 from tests.conftest import Tokens
-from tests.service.lease_helpers import API, Worker, create_study, expire_and_reap, trial_rows
+from tests.service.lease_helpers import (
+    API,
+    Worker,
+    artifact_listing,
+    create_study,
+    expire_and_reap,
+    put_artifact,
+    trial_rows,
+)
 
 
 @pytest.fixture
@@ -25,31 +33,16 @@ def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
     return Worker(client, tokens.worker)
 
 
-def put(worker: Worker, lease_id: str, data: bytes, **params: object):  # type: ignore[no-untyped-def]
-    sha = params.pop("sha", hashlib.sha256(data).hexdigest())
-    headers = {**worker.headers, SHA256_HEADER: str(sha)}
-    query = {"filename": "ckpt.tar", **params}
-    return worker.client.put(
-        f"{API}/leases/{lease_id}/artifacts", content=data, params=query, headers=headers
-    )
-
-
-def listing(client, tokens: Tokens, trial_id: int) -> list[dict]:  # type: ignore[no-untyped-def]
-    answer = client.get(f"{API}/trials/{trial_id}/artifacts", headers=Tokens.header(tokens.viewer))
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
 def test_upload_download_and_optuna_sees_it(client, tokens, ctx, worker: Worker) -> None:
     create_study(client, tokens)
     trial = worker.trial()
     data = bytes(range(256)) * 5000  # 1.28 MB: larger than the JSON body limit
-    answer = put(worker, trial["lease_id"], data, kind="checkpoint", step=1)
+    answer = put_artifact(worker, trial["lease_id"], data, kind="checkpoint", step=1)
     assert answer.status_code == 201, answer.text
     info = answer.json()
     assert info["kind"] == "checkpoint" and info["step"] == 1 and info["size"] == len(data)
     assert info["sha256"] == hashlib.sha256(data).hexdigest()
-    [listed] = listing(client, tokens, trial["trial_id"])
+    [listed] = artifact_listing(client, tokens, trial["trial_id"])
     assert listed["artifact_id"] == info["artifact_id"] and listed["source"] == "hpo"
     got = client.get(f"{API}/artifacts/{info['artifact_id']}", headers=Tokens.header(tokens.viewer))
     assert got.status_code == 200 and got.content == data
@@ -75,7 +68,7 @@ def test_optuna_uploads_show_up(client, tokens, ctx, worker: Worker, tmp_path) -
         study_or_trial=frozen,
         storage=ctx.store.storage,
     )
-    [listed] = listing(client, tokens, trial["trial_id"])
+    [listed] = artifact_listing(client, tokens, trial["trial_id"])
     assert listed["artifact_id"] == artifact_id and listed["source"] == "optuna"
     assert listed["filename"] == "notes.txt"
     got = client.get(f"{API}/artifacts/{artifact_id}", headers=Tokens.header(tokens.viewer))
@@ -85,13 +78,13 @@ def test_optuna_uploads_show_up(client, tokens, ctx, worker: Worker, tmp_path) -
 def test_bad_hash_and_size_limit_store_nothing(client, tokens, ctx, worker: Worker) -> None:
     create_study(client, tokens)
     trial = worker.trial()
-    wrong = put(worker, trial["lease_id"], b"abc", sha="0" * 64, kind="checkpoint", step=1)
+    wrong = put_artifact(worker, trial["lease_id"], b"abc", sha="0" * 64, kind="checkpoint", step=1)
     assert wrong.status_code == 422 and wrong.json()["field"] == "sha256"
     ctx.settings.max_artifact_bytes = 1000
-    big = put(worker, trial["lease_id"], b"x" * 5000, kind="checkpoint", step=1)
+    big = put_artifact(worker, trial["lease_id"], b"x" * 5000, kind="checkpoint", step=1)
     assert big.status_code == 413, big.text
     assert "1000 bytes" in big.json()["detail"]
-    assert listing(client, tokens, trial["trial_id"]) == []
+    assert artifact_listing(client, tokens, trial["trial_id"]) == []
     with ctx.db.session() as session:
         assert session.scalars(select(ArtifactRecord)).all() == []
 
@@ -126,13 +119,13 @@ def test_permissions(client, tokens, ctx, worker: Worker) -> None:
     trial = worker.trial()
     viewer = Worker(client, tokens.worker, worker_id=worker.worker_id)
     viewer.headers = Tokens.header(tokens.viewer)
-    assert put(viewer, trial["lease_id"], b"abc").status_code == 403
-    info = put(worker, trial["lease_id"], b"abc").json()
+    assert put_artifact(viewer, trial["lease_id"], b"abc").status_code == 403
+    info = put_artifact(worker, trial["lease_id"], b"abc").json()
     url = f"{API}/artifacts/{info['artifact_id']}"
     assert client.delete(url, headers=Tokens.header(tokens.worker)).status_code == 403
     assert client.delete(url, headers=Tokens.header(tokens.viewer)).status_code == 403
     assert client.delete(url, headers=Tokens.header(tokens.admin)).status_code == 204
-    assert listing(client, tokens, trial["trial_id"]) == []
+    assert artifact_listing(client, tokens, trial["trial_id"]) == []
     assert client.get(url, headers=Tokens.header(tokens.viewer)).status_code == 404
     frozen = ctx.store.storage.get_trial(trial["trial_id"])
     assert get_all_artifact_meta(frozen, storage=ctx.store.storage) == []
@@ -144,8 +137,8 @@ def test_stale_lease_cannot_upload(client, tokens, ctx, worker: Worker) -> None:
     expire_and_reap(ctx, first["lease_id"])
     again = worker.trial()
     assert again["trial_id"] == first["trial_id"] and again["attempt"] == 2
-    assert put(worker, first["lease_id"], b"late").status_code == 409
-    assert put(worker, "no-such-lease", b"x").status_code == 404
+    assert put_artifact(worker, first["lease_id"], b"late").status_code == 409
+    assert put_artifact(worker, "no-such-lease", b"x").status_code == 404
 
 
 def test_rerun_resumes_from_the_latest_of_two_kept(client, tokens, ctx, worker: Worker) -> None:
@@ -153,10 +146,12 @@ def test_rerun_resumes_from_the_latest_of_two_kept(client, tokens, ctx, worker: 
     trial = worker.trial()
     assert trial["resume"] is None
     ids = [
-        put(worker, trial["lease_id"], f"state {i}".encode(), kind="checkpoint", step=i).json()
+        put_artifact(
+            worker, trial["lease_id"], f"state {i}".encode(), kind="checkpoint", step=i
+        ).json()
         for i in (1, 2, 3)
     ]
-    kept = [a["artifact_id"] for a in listing(client, tokens, trial["trial_id"])]
+    kept = [a["artifact_id"] for a in artifact_listing(client, tokens, trial["trial_id"])]
     assert kept == [ids[1]["artifact_id"], ids[2]["artifact_id"]]  # keep_checkpoints: 2
     expire_and_reap(ctx, trial["lease_id"])
     again = worker.trial()
@@ -188,8 +183,8 @@ def test_gc_keeps_the_best_trials_final_checkpoint(client, tokens, ctx, worker: 
     for value in (0.5, 0.9, 0.7):
         trial = worker.trial()
         for step in (1, 2):
-            put(worker, trial["lease_id"], b"s" * 100 * step, kind="checkpoint", step=step)
-        put(worker, trial["lease_id"], b"model", kind="model", filename="model.pt")
+            put_artifact(worker, trial["lease_id"], b"s" * 100 * step, kind="checkpoint", step=step)
+        put_artifact(worker, trial["lease_id"], b"model", kind="model", filename="model.pt")
         worker.ok(trial["lease_id"], "complete", {"value": value})
         done.append(trial)
     held = client.get(f"{API}/studies/s1/artifacts", headers=Tokens.header(tokens.viewer))
@@ -198,7 +193,9 @@ def test_gc_keeps_the_best_trials_final_checkpoint(client, tokens, ctx, worker: 
     assert answer.status_code == 200, answer.text
     assert answer.json()["deleted"] == 5 and answer.json()["freed_bytes"] == 100 + 2 * 300
     for trial, value in zip(done, (0.5, 0.9, 0.7), strict=True):
-        kinds = sorted((a["kind"], a["step"]) for a in listing(client, tokens, trial["trial_id"]))
+        kinds = sorted(
+            (a["kind"], a["step"]) for a in artifact_listing(client, tokens, trial["trial_id"])
+        )
         want = [("checkpoint", 2), ("model", None)] if value == 0.9 else [("model", None)]
         assert kinds == sorted(want, key=str), (value, kinds)
     held = client.get(f"{API}/studies/s1/artifacts", headers=Tokens.header(tokens.viewer))
