@@ -1,5 +1,7 @@
 # The two set-up commands (README): `make demo` and `make test`.
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the suite is built to run in parallel; 0 runs it in one.
+PYTEST_WORKERS ?= 2
 export HPO_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup setup-test test test-all demo lint
@@ -14,11 +16,11 @@ setup-test:
 
 ## Run the test suite (fast: no full-size training); installs everything first.
 test: setup-test
-	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## Everything, including the full-MNIST equivalence run.
 test-all: setup-test
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## Server + workers + a quick study on the embedded SQLite default (no system packages).
 demo: setup
