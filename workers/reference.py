@@ -49,6 +49,15 @@ class TrialHooks:
         """Polled by the trainer at every batch boundary."""
         return self.trial.stopping
 
+    def on_resume(self, history: list[dict[str, float]]) -> bool:
+        """A resumed run: report the epochs its checkpoint holds beyond the step the last
+        attempt reported (it was stopped between writing and reporting one)."""
+        done = self.trial.resume_step or 0
+        for metrics in history:
+            if int(metrics["epoch"]) > done and not self.on_epoch(int(metrics["epoch"]), metrics):
+                return False
+        return True
+
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Report the epoch; False (stop now) when the trial is pruned or dropped."""
         log.info(

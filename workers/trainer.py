@@ -67,6 +67,13 @@ class TrainHooks(Protocol):
         ...
 
 
+def catch_up(hooks: TrainHooks, history: list[dict[str, float]]) -> bool:
+    """A resumed run's epochs so far, to hooks that want them (``on_resume``: a trial
+    reports the ones its last attempt did not get to report); False: prune now."""
+    on_resume = getattr(hooks, "on_resume", None)
+    return True if on_resume is None or not history else bool(on_resume(history))
+
+
 class NullHooks:
     """Never prunes, never stops."""
 
@@ -168,7 +175,11 @@ def train(
     started = ckpt.started_at(resume)
 
     status, diagnosis = TrainStatus.COMPLETED, None
+    if not catch_up(loop.hooks, history):
+        status, position = TrainStatus.PRUNED, None
     for epoch in range(len(history) + 1, config.epochs + 1):
+        if status == TrainStatus.PRUNED:
+            break
         t0 = time.perf_counter()
         reset_peak_memory(device)
         lr = optimizer.param_groups[0]["lr"]  # the rate used during this epoch

@@ -228,3 +228,26 @@ def test_the_kept_model_loads_into_a_fresh_build(mnist: MnistData) -> None:
     rebuilt.load_state_dict(plain_state_dict(result.model))  # strict: the same names
     x = mnist.test.x[:100]
     assert torch.equal(rebuilt.eval()(x), result.model.eval()(x))
+
+
+def test_a_resumed_run_hands_its_epochs_so_far_to_on_resume(
+    mnist: MnistData, tmp_path: Path
+) -> None:
+    # A trial stopped between writing an epoch's checkpoint and reporting it reports that
+    # epoch on resume (workers.reference.TrialHooks.on_resume); pruning there stops the run.
+    path, seen = tmp_path / ckpt.FILENAME, []
+
+    class Resuming(NullHooks):
+        def __init__(self, prune: bool) -> None:
+            self.prune = prune
+
+        def on_resume(self, history: list[dict[str, float]]) -> bool:
+            seen.append([int(h["epoch"]) for h in history])
+            return not self.prune
+
+    cfg = config()
+    train(cfg, mnist, hooks=StopAt(3, 2), checkpoint=path)
+    pruned = train(cfg, mnist, hooks=Resuming(prune=True), checkpoint=path)
+    assert pruned.status == TrainStatus.PRUNED and pruned.epochs_run == 2
+    done = train(cfg, mnist, hooks=Resuming(prune=False), checkpoint=path)
+    assert done.status == TrainStatus.COMPLETED and seen == [[1, 2], [1, 2]]

@@ -80,6 +80,7 @@ class Member:
         self.batches_tracked = 0  # batch-norm forward passes in train mode
         self.rows: Rows | None = None  # own tensors while not stacked (new, or parked)
         self.checkpoint: Checkpoint | None = None
+        self.resumed = False  # continued from its checkpoint file (until it joins a pack)
         self.module: nn.Sequential | None = None  # solo-shaped copy: init, evaluation, result
         self._started = time.perf_counter()
 
@@ -219,6 +220,7 @@ class Member:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ckpt.CheckpointUnreadable(f"{path.name}: does not fit: {exc}") from exc
         self._started = time.perf_counter() - float(p["elapsed_s"])
+        self.resumed = True
 
     # ----------------------------------------------------------------------- rollback
 

@@ -40,6 +40,7 @@ from workers.trainer import (
     GRAD_NORM_EVERY,
     TrainResult,
     _nonfinite_loss,
+    catch_up,
     evaluate,
 )
 
@@ -334,13 +335,24 @@ class PackTrainer:
         if self.layout is None:
             self.layout = pairs[0][0].layout
         self._rebuild([m for m, _ in pairs], [r for _, r in pairs])
+        resumed = {id(m) for m in self.joining if m.resumed}
         for m in self.joining:
-            m.rows = None  # the stack holds them now
+            m.rows, m.resumed = None, False  # the stack holds them now
         self.joining = []
-        done = [i for i, m in enumerate(self.members) if m.finished_epochs]  # resumed at the end
-        for i in done:
-            self._finish(i, TrainStatus.COMPLETED, None)
-        self._drop(done)
+        self._settle_resumed(resumed)
+
+    def _settle_resumed(self, resumed: set[int]) -> None:
+        """Members that joined from a checkpoint file: report what their last attempt did
+        not (catch_up); one pruned by it, or whose file is at its last epoch, ends now."""
+        ending = []
+        for i, m in enumerate(self.members):
+            if id(m) in resumed and not catch_up(m.hooks, m.history):
+                ending.append((i, TrainStatus.PRUNED))
+            elif m.finished_epochs:
+                ending.append((i, TrainStatus.COMPLETED))
+        for i, status in ending:
+            self._finish(i, status, None)
+        self._drop([i for i, _ in ending])
 
     def _drop(self, leaving: list[int]) -> None:
         """Remove members (by row) from the stack at once; the others keep their state."""
