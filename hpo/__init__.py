@@ -12,9 +12,23 @@ Importing it loads neither torch nor any server package (fastapi, sqlalchemy,
 optuna): ``service`` and ``workers`` both build on it and never on each other.
 """
 
+from importlib import metadata
+
 from hpo.child import current_trial, run
 from hpo.client import Client
 from hpo.spec import StudySpec
 from hpo.trial import Trial, TrialPruned
 
-__all__ = ["Client", "StudySpec", "Trial", "TrialPruned", "current_trial", "run"]
+
+def _package_version() -> str:
+    """The installed distribution's version (``unknown`` when run from an uninstalled tree)."""
+    try:
+        return metadata.version("hpo-service")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+#: The version of the installed ``hpo-service`` distribution, as package metadata gives it.
+__version__ = _package_version()
+
+__all__ = ["Client", "StudySpec", "Trial", "TrialPruned", "__version__", "current_trial", "run"]

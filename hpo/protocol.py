@@ -43,7 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hpo.settings import REFERENCE_WORKLOAD
 
+#: Route prefixes: the REST API, and the dashboard's pages (its JSON API is under both).
 API_PREFIX = "/api/v1"
+DASHBOARD_PREFIX = "/dashboard"
 
 #: Upper bound on a metric name's length and on the number of metrics per report.
 MAX_METRIC_NAME = 64

@@ -35,8 +35,6 @@ class ShownState(StrEnum):
     QUEUED = "queued"
 
 
-#: Back-compatible alias used by the API's query parameter.
-TrialStateName = ShownState
 TrialOrder = Literal["number", "-number", "value", "-value"]
 
 
@@ -127,7 +125,7 @@ class TrialItem(BaseModel):
 
     number: int
     trial_id: int
-    state: TrialStateName
+    state: ShownState
     value: float | None = None
     values: list[float | None] | None = None
     params: dict[str, Any]

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
+import hpo
 from hpo.protocol import API_PREFIX
-from service import trials as leases
+from service import trials
 from service.api import artifacts, health, protocol, specs, studies, tokens, workers
 from service.api.errors import install_handlers
 from service.api.input_guard import reject_nul
@@ -25,7 +26,7 @@ from service.core import migrate
 from service.core.config import Settings
 from service.core.context import AppContext
 from service.core.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
-from service.dashboard import router as dashboard
+from service.dashboard import router
 
 log = logging.getLogger("hpo.server")
 
@@ -50,7 +51,7 @@ async def _reaper(ctx: AppContext) -> None:
     while True:
         await asyncio.sleep(ctx.settings.reaper_interval_s)
         try:
-            await run_in_threadpool(leases.reap_all, ctx)
+            await run_in_threadpool(trials.reap_all, ctx)
             await run_in_threadpool(collect_all, ctx)  # retention of finished trials
         except Exception:  # noqa: BLE001 - the reaper must survive a database outage
             log.warning("lease reaper failed; will retry", exc_info=True)
@@ -73,7 +74,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
 
     app = FastAPI(
         title="hpo-service",
-        version="0.1.0",
+        version=hpo.__version__,
         description="Hyperparameter optimization as a service (Optuna studies, GPU workers).",
         lifespan=lifespan,
         dependencies=[Depends(reject_nul)],
@@ -83,7 +84,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (studies, specs, protocol, artifacts, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
-    dashboard.mount(app)
+    router.mount(app)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, streamed_suffix="/artifacts"
     )

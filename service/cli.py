@@ -138,7 +138,6 @@ def server(
     """Run the API server and dashboard."""
     import uvicorn
 
-    from service.core import migrate as migrations
     from service.core.logs import LOG_FORMATS, logging_config
 
     settings = _settings(
@@ -154,7 +153,7 @@ def server(
         _fail(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     log_config = logging_config(log_level, log_format)
     logging.config.dictConfig(log_config)
-    _prepare_schema(settings, migrations)
+    _prepare_schema(settings)
     if settings.auth:
         minted = bootstrap_tokens(settings)
         if minted:
@@ -200,15 +199,16 @@ def multiprocess_metrics_dir() -> str:
     return path
 
 
-def _prepare_schema(settings: Any, migrations: Any) -> None:
+def _prepare_schema(settings: Any) -> None:
+    from service.core import migrate
     from service.core.db import Database
 
     if settings.auto_migrate:
-        migrations.upgrade(settings.database_url)
+        migrate.upgrade(settings.database_url)
         return
     db = Database(settings)
     try:
-        if not migrations.is_up_to_date(db.engine):
+        if not migrate.is_up_to_date(db.engine):
             _fail("the database schema is not up to date; run `hpo db upgrade` first")
     finally:
         db.dispose()

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import hpo
 from hpo.client import Client
 from hpo.protocol import LeaseRequest, LeaseResponse, TrialSpec, WorkerRegistration
 from hpo.transport import (
@@ -59,15 +60,6 @@ log = logging.getLogger("workers.daemon")
 
 #: How a batch of leased trials runs here (one at a time, or fused): their ends.
 Runs = Callable[[Client, list[TrialSpec]], list[TrialEnd]]
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hpo-service")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class Worker:
@@ -192,7 +184,7 @@ class Worker:
             self.options.token,
             timeout or self.options.http_timeout_s,
             stop=self.shutdown,
-            user_agent=f"hpo-worker/{_version()}",
+            user_agent=f"hpo-worker/{hpo.__version__}",
         )
 
     def _data(self, device: str) -> Any:
@@ -215,7 +207,7 @@ class Worker:
         body = WorkerRegistration(
             hostname=host[:255],
             devices=describe_device(device),
-            version=_version(),
+            version=hpo.__version__,
             name=(self.options.name or f"{host}:{label}")[:255],
             workloads=self.options.workloads,
             resources=resources_for(device, self.options.gpus_per_trial),

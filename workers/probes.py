@@ -33,7 +33,6 @@ Anything that owns its optimizer can instead sample every N-th step with
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -177,28 +176,6 @@ class DeadUnitProbe:
         if not seen:
             return []
         return (1.0 - torch.stack([a.float().mean() for a in seen])).tolist()
-
-
-@torch.no_grad()
-def dead_unit_fraction(model: nn.Module, x: torch.Tensor, chunk: int = 10000) -> float | None:
-    """Fraction of hidden ReLU units never active on the batch ``x`` (model in eval mode).
-
-    For a finished model (e.g. ``TrainResult.model``) and a validation batch; the
-    model's train/eval mode is restored afterwards. None when it has no ReLU.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with DeadUnitProbe(model) as probe:
-            for batch in _chunks(x, chunk):
-                model(batch)
-        return probe.fraction()
-    finally:
-        model.train(was_training)
-
-
-def _chunks(x: torch.Tensor, size: int) -> Iterable[torch.Tensor]:
-    return (x[start : start + size] for start in range(0, len(x), size))
 
 
 def epoch_metrics(

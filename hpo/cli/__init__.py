@@ -16,8 +16,8 @@ import sys
 
 import typer
 
+import service.cli
 from hpo.cli.study import study_app
-from service import cli as server_cli
 from workers.cli import worker
 
 app = typer.Typer(
@@ -26,9 +26,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.command("server")(server_cli.server)
-app.add_typer(server_cli.db_app, name="db")
-app.add_typer(server_cli.token_app, name="token")
+app.command("server")(service.cli.server)
+app.add_typer(service.cli.db_app, name="db")
+app.add_typer(service.cli.token_app, name="token")
 app.add_typer(study_app, name="study")
 app.command("worker")(worker)
 

@@ -22,7 +22,7 @@ from hpo.protocol import (
     CheckpointRejected,
     ResumeAnswer,
 )
-from service.api.deps import AdminDep, ServicesDep, ViewerDep, WorkerDep
+from service.api.deps import AdminDep, ContextDep, ViewerDep, WorkerDep
 from service.api.errors import error_responses
 from service.artifacts import records, retention, transfer
 from service.studies.export import content_disposition
@@ -68,7 +68,7 @@ class GcAnswer(BaseModel):
 async def upload_artifact(
     lease_id: str,
     request: Request,
-    ctx: ServicesDep,
+    ctx: ContextDep,
     _: WorkerDep,
     filename: Filename,
     kind: Annotated[ArtifactKind, Query()] = ArtifactKind.FILE,
@@ -91,7 +91,7 @@ async def upload_artifact(
     "/leases/{lease_id}/resume", response_model=ResumeAnswer, responses=error_responses(404, 409)
 )
 def reject_checkpoint(
-    lease_id: str, body: CheckpointRejected, ctx: ServicesDep, _: WorkerDep
+    lease_id: str, body: CheckpointRejected, ctx: ContextDep, _: WorkerDep
 ) -> ResumeAnswer:
     """The worker could not use the checkpoint it was given: it is marked bad and the one
     before it (or none: start afresh) is the answer."""
@@ -105,7 +105,7 @@ def reject_checkpoint(
     responses=error_responses(404),
 )
 def list_artifacts(
-    trial_id: Annotated[int, Path(ge=0, le=2**31 - 1)], ctx: ServicesDep, _: ViewerDep
+    trial_id: Annotated[int, Path(ge=0, le=2**31 - 1)], ctx: ContextDep, _: ViewerDep
 ) -> list[ArtifactInfo]:
     """A trial's artifacts (``trial_id``: the Optuna trial id), Optuna-uploaded ones included."""
     return records.trial_artifacts(ctx, trial_id)
@@ -116,7 +116,7 @@ def list_artifacts(
     response_class=StreamingResponse,
     responses={**error_responses(404), 200: {"content": {"application/octet-stream": {}}}},
 )
-def download_artifact(artifact_id: ArtifactId, ctx: ServicesDep, _: ViewerDep) -> StreamingResponse:
+def download_artifact(artifact_id: ArtifactId, ctx: ContextDep, _: ViewerDep) -> StreamingResponse:
     """The file, streamed; ``X-HPO-SHA256`` and ``Content-Length`` when known."""
     found = transfer.find(ctx, artifact_id)
     reader = transfer.open_reader(ctx, artifact_id)
@@ -131,7 +131,7 @@ def download_artifact(artifact_id: ArtifactId, ctx: ServicesDep, _: ViewerDep) -
 
 
 @router.delete("/artifacts/{artifact_id}", status_code=204, responses=error_responses(404))
-def delete_artifact(artifact_id: ArtifactId, ctx: ServicesDep, _: AdminDep) -> None:
+def delete_artifact(artifact_id: ArtifactId, ctx: ContextDep, _: AdminDep) -> None:
     """Delete an artifact: its file, Optuna's metadata and the service's row."""
     retention.delete(ctx, artifact_id)
 
@@ -139,7 +139,7 @@ def delete_artifact(artifact_id: ArtifactId, ctx: ServicesDep, _: AdminDep) -> N
 @router.get(
     "/studies/{study}/artifacts", response_model=StudyArtifacts, responses=error_responses(404)
 )
-def study_artifacts(study: StudyRef, ctx: ServicesDep, _: ViewerDep) -> StudyArtifacts:
+def study_artifacts(study: StudyRef, ctx: ContextDep, _: ViewerDep) -> StudyArtifacts:
     """Bytes held by the study's artifacts (checkpoints, models, files)."""
     with ctx.db.session() as session:
         record = get_study_record(session, study)
@@ -149,7 +149,7 @@ def study_artifacts(study: StudyRef, ctx: ServicesDep, _: ViewerDep) -> StudyArt
 
 
 @router.post("/studies/{study}/gc", response_model=GcAnswer, responses=error_responses(404))
-def collect(study: StudyRef, ctx: ServicesDep, _: AdminDep) -> GcAnswer:
+def collect(study: StudyRef, ctx: ContextDep, _: AdminDep) -> GcAnswer:
     """Apply the study's retention now (the reaper also does, every few seconds)."""
     with ctx.db.session() as session:
         record = get_study_record(session, study)

@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: the app's services, request-scoped sessions, auth."""
+"""Typed FastAPI dependencies: the app context, request-scoped sessions, auth."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from service.core.context import AppContext
 AUTH_COOKIE = "hpo_token"
 
 
-def get_services(request: Request) -> AppContext:
+def get_context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-ServicesDep = Annotated[AppContext, Depends(get_services)]
+ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
+def get_session(ctx: ContextDep) -> Iterator[Session]:
     """A request-scoped unit of work (commit on success, rollback on error)."""
-    with services.db.session() as session:
+    with ctx.db.session() as session:
         yield session
 
 
@@ -48,10 +48,10 @@ def _bearer(request: Request) -> str | None:
     return request.cookies.get(AUTH_COOKIE)
 
 
-def get_principal(request: Request, services: ServicesDep) -> Principal:
-    if not services.settings.auth:
+def get_principal(request: Request, ctx: ContextDep) -> Principal:
+    if not ctx.settings.auth:
         return ANONYMOUS_ADMIN
-    with services.db.session() as session:
+    with ctx.db.session() as session:
         return authenticate(session, _bearer(request))
 
 

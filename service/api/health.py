@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service.api.deps import ServicesDep, SessionDep
+from service.api.deps import ContextDep, SessionDep
 from service.fleet.gauges import state_families
 
 router = APIRouter(tags=["health"])
@@ -18,16 +18,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "database unreachable"}})
-def readyz(services: ServicesDep) -> JSONResponse:
+def readyz(ctx: ContextDep) -> JSONResponse:
     """The database answers."""
-    if services.db.ping():
+    if ctx.db.ping():
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "database unreachable"}, status_code=503)
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(services: ServicesDep, session: SessionDep) -> Response:
+def metrics(ctx: ContextDep, session: SessionDep) -> Response:
     """Prometheus text format: request and trial counters, and state gauges (waiting and
     running trials per study, live workers) read from the database."""
-    families = state_families(session, services.settings.worker_timeout_s)
-    return Response(services.metrics.render(families), media_type="text/plain; version=0.0.4")
+    families = state_families(session, ctx.settings.worker_timeout_s)
+    return Response(ctx.metrics.render(families), media_type="text/plain; version=0.0.4")

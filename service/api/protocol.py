@@ -22,8 +22,8 @@ from hpo.protocol import (
     SuggestRequest,
     SuggestResponse,
 )
-from service import trials as leases
-from service.api.deps import ServicesDep, WorkerDep
+from service import trials
+from service.api.deps import ContextDep, WorkerDep
 from service.api.errors import error_responses
 
 router = APIRouter(tags=["protocol"], responses=error_responses(401, 403))
@@ -32,51 +32,49 @@ _LEASE_ERRORS_422 = error_responses(404, 409, 422)
 
 
 @router.post("/trials/lease", response_model=LeaseResponse, responses=error_responses(404))
-async def lease_trial(body: LeaseRequest, ctx: ServicesDep, _: WorkerDep) -> LeaseResponse:
+async def lease_trial(body: LeaseRequest, ctx: ContextDep, _: WorkerDep) -> LeaseResponse:
     """Lease one trial, or up to ``max_trials`` (each with its own lease); with ``wait_s`` > 0
     the answer waits up to that long for work."""
-    return await leases.long_poll(ctx, body.worker_id, body.studies, body.wait_s, body.max_trials)
+    return await trials.long_poll(ctx, body.worker_id, body.studies, body.wait_s, body.max_trials)
 
 
 @router.post("/leases/{lease_id}/heartbeat", response_model=ActionResponse, responses=_LEASE_ERRORS)
 def heartbeat(
     lease_id: str,
-    ctx: ServicesDep,
+    ctx: ContextDep,
     _: WorkerDep,
     body: HeartbeatRequest | None = Body(default=None),
 ) -> ActionResponse:
     """Extend the lease (and record the worker's device telemetry); the answer says
     continue, prune or stop."""
-    return leases.heartbeat(ctx, lease_id, body.telemetry if body else None)
+    return trials.heartbeat(ctx, lease_id, body.telemetry if body else None)
 
 
 @router.post("/leases/{lease_id}/report", response_model=ActionResponse, responses=_LEASE_ERRORS)
 async def report(
-    lease_id: str, body: ReportRequest, ctx: ServicesDep, _: WorkerDep
+    lease_id: str, body: ReportRequest, ctx: ContextDep, _: WorkerDep
 ) -> ActionResponse:
     """One intermediate objective value (per epoch); the answer says continue, prune or stop."""
     return await run_in_threadpool(
-        leases.report, ctx, lease_id, body.step, body.value, body.metrics
+        trials.report, ctx, lease_id, body.step, body.value, body.metrics
     )
 
 
 @router.post(
     "/leases/{lease_id}/suggest", response_model=SuggestResponse, responses=_LEASE_ERRORS_422
 )
-def suggest(lease_id: str, body: SuggestRequest, ctx: ServicesDep, _: WorkerDep) -> SuggestResponse:
+def suggest(lease_id: str, body: SuggestRequest, ctx: ContextDep, _: WorkerDep) -> SuggestResponse:
     """Define-by-run: sample one parameter with the study's sampler (recorded value on re-runs)."""
-    return leases.suggest(ctx, lease_id, body)
+    return trials.suggest(ctx, lease_id, body)
 
 
 @router.post("/leases/{lease_id}/complete", response_model=FinishResponse, responses=_LEASE_ERRORS)
-def complete(
-    lease_id: str, body: CompleteRequest, ctx: ServicesDep, _: WorkerDep
-) -> FinishResponse:
+def complete(lease_id: str, body: CompleteRequest, ctx: ContextDep, _: WorkerDep) -> FinishResponse:
     """Finish the trial (complete or pruned); a retried request gets the same answer."""
-    return leases.complete(ctx, lease_id, body)
+    return trials.complete(ctx, lease_id, body)
 
 
 @router.post("/leases/{lease_id}/fail", response_model=FinishResponse, responses=_LEASE_ERRORS)
-def fail(lease_id: str, body: FailRequest, ctx: ServicesDep, _: WorkerDep) -> FinishResponse:
+def fail(lease_id: str, body: FailRequest, ctx: ContextDep, _: WorkerDep) -> FinishResponse:
     """Fail the trial (``retry=false``) or abandon this attempt (``retry=true``)."""
-    return leases.fail(ctx, lease_id, body)
+    return trials.fail(ctx, lease_id, body)

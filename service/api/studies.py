@@ -24,9 +24,9 @@ from hpo.schemas import (
     TrialPage,
 )
 from hpo.spec import StudySpec
-from service.api.deps import AdminDep, ServicesDep, SessionDep, ViewerDep
+from service.api.deps import AdminDep, ContextDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
-from service.studies import records as domain
+from service.studies import records
 from service.studies.diagnosis import study_diagnosis
 from service.studies.export import content_disposition, plan_export, stream_csv, stream_json
 from service.studies.trials import get_trial, list_trials
@@ -34,7 +34,7 @@ from service.studies.trials import get_trial, list_trials
 router = APIRouter(prefix="/studies", tags=["studies"], responses=error_responses(401, 403))
 
 StudyRef = Annotated[str, Path(description="study name, or its integer id", max_length=512)]
-Limit = Annotated[int, Query(ge=1, le=domain.MAX_PAGE, description="page size")]
+Limit = Annotated[int, Query(ge=1, le=records.MAX_PAGE, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="items to skip")]
 
 
@@ -44,11 +44,11 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="items to skip")]
     response_model=StudySummary,
     responses=error_responses(409, 422),
 )
-def create_study(spec: StudySpec, services: ServicesDep, _: AdminDep) -> StudySummary:
+def create_study(spec: StudySpec, ctx: ContextDep, _: AdminDep) -> StudySummary:
     """Create a study from its spec (a genuine Optuna study plus the service's record)."""
-    record = domain.create_study(services, spec)
-    with services.db.session() as session:
-        return domain.study_summary(session, record, services.settings.worker_timeout_s)
+    record = records.create_study(ctx, spec)
+    with ctx.db.session() as session:
+        return records.study_summary(session, record, ctx.settings.worker_timeout_s)
 
 
 @router.get("", response_model=StudyPage)
@@ -56,22 +56,20 @@ def list_studies(
     session: SessionDep, _: ViewerDep, limit: Limit = 50, offset: Offset = 0
 ) -> StudyPage:
     """Studies in creation order with their trial counts."""
-    return domain.list_studies(session, limit=limit, offset=offset)
+    return records.list_studies(session, limit=limit, offset=offset)
 
 
 @router.get("/{study}", response_model=StudySummary, responses=error_responses(404))
-def get_study(
-    study: StudyRef, session: SessionDep, services: ServicesDep, _: ViewerDep
-) -> StudySummary:
+def get_study(study: StudyRef, session: SessionDep, ctx: ContextDep, _: ViewerDep) -> StudySummary:
     """A study's spec, run state, trial counts, best trial (or Pareto front), and why it
     waits when no live worker can run its trials."""
-    record = domain.get_study_record(session, study)
-    return domain.study_summary(session, record, services.settings.worker_timeout_s)
+    record = records.get_study_record(session, study)
+    return records.study_summary(session, record, ctx.settings.worker_timeout_s)
 
 
 def _change(session: SessionDep, study: str, action: str) -> StudySummary:
-    record = domain.change_state_without_commit(session, study, action)
-    return domain.study_summary(session, record)
+    record = records.change_state_without_commit(session, study, action)
+    return records.study_summary(session, record)
 
 
 @router.post("/{study}/pause", response_model=StudySummary, responses=error_responses(404, 409))
@@ -95,12 +93,12 @@ def stop_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySummar
 @router.delete("/{study}", status_code=204, responses=error_responses(404, 409))
 def delete_study(
     study: StudyRef,
-    services: ServicesDep,
+    ctx: ContextDep,
     _: AdminDep,
     force: Annotated[bool, Query(description="delete even while leases are active")] = False,
 ) -> Response:
     """Delete the Optuna study and every record of it (409 while leases are active)."""
-    domain.delete_study(services, study, force=force)
+    records.delete_study(ctx, study, force=force)
     return Response(status_code=204)
 
 
@@ -109,7 +107,7 @@ def get_pareto_front(study: StudyRef, session: SessionDep, _: ViewerDep) -> Pare
     """The Pareto front: every complete trial no other complete trial dominates, with its
     values and params, by number (for one objective: the best trial). Equal to Optuna's
     ``study.best_trials`` on the same database."""
-    return domain.pareto(session, domain.get_study_record(session, study))
+    return records.pareto(session, records.get_study_record(session, study))
 
 
 @router.get("/{study}/diagnosis", response_model=StudyDiagnosis, responses=error_responses(404))
@@ -117,7 +115,7 @@ def get_diagnosis(study: StudyRef, session: SessionDep, _: ViewerDep) -> StudyDi
     """What went wrong in the study's trials (findings per kind) and the spec edits that
     would avoid it, each with its counts (e.g. "9 of 12 adam trials with lr > 0.02
     diverged: narrow lr_adaptive to high: 0.02")."""
-    return study_diagnosis(session, domain.get_study_record(session, study))
+    return study_diagnosis(session, records.get_study_record(session, study))
 
 
 @router.get("/{study}/trials", response_model=TrialPage, responses=error_responses(404))
@@ -155,7 +153,7 @@ def get_trial_detail(
 )
 def export_study(
     study: StudyRef,
-    services: ServicesDep,
+    ctx: ContextDep,
     session: SessionDep,
     _: ViewerDep,
     fmt: Annotated[Literal["csv", "json"], Query(alias="format")] = "csv",
@@ -163,8 +161,8 @@ def export_study(
     """All trials as a CSV or JSON attachment (streamed)."""
     plan = plan_export(session, study)
     if fmt == "csv":
-        body, media = stream_csv(services, plan), "text/csv; charset=utf-8"
+        body, media = stream_csv(ctx, plan), "text/csv; charset=utf-8"
     else:
-        body, media = stream_json(services, plan), "application/json"
+        body, media = stream_json(ctx, plan), "application/json"
     headers = {"Content-Disposition": content_disposition(plan.name, fmt)}
     return StreamingResponse(body, media_type=media, headers=headers)

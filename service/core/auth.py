@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,7 +20,6 @@ from service.core.db import utcnow
 from service.core.errors import Forbidden, InvalidRequest, Unauthorized
 from service.storage.models import TokenRecord
 
-Role = Literal["admin", "worker", "viewer"]
 ROLES: tuple[str, ...] = ("admin", "worker", "viewer")
 TOKEN_PREFIX = "hpo_"
 

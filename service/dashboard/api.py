@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
+from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from service.api.deps import ViewerDep
 from service.api.errors import error_responses
 from service.core.errors import NotFound
@@ -39,7 +40,9 @@ from service.dashboard.pages import StudyId, TrialNumber, parse_ids
 from service.dashboard.state import DashboardDep
 
 router = APIRouter(
-    prefix="/api/v1/dashboard", tags=["dashboard"], responses=error_responses(401, 403, 404, 422)
+    prefix=API_PREFIX + DASHBOARD_PREFIX,
+    tags=["dashboard"],
+    responses=error_responses(401, 403, 404, 422),
 )
 
 

@@ -14,14 +14,14 @@ from urllib.parse import quote
 
 from sqlalchemy.orm import Session
 
-from hpo.protocol import ArtifactInfo, ArtifactKind
+from hpo.protocol import API_PREFIX, ArtifactInfo, ArtifactKind
 from service.artifacts import records, retention
 from service.core.context import AppContext
 from service.core.errors import ArtifactNotFound
 from service.storage.models import StudyRecord
 
-DOWNLOAD = "/api/v1/artifacts/"
-STUDY_ARTIFACTS = "/api/v1/studies/{study_id}/artifacts"
+DOWNLOAD = f"{API_PREFIX}/artifacts/"
+STUDY_ARTIFACTS = API_PREFIX + "/studies/{study_id}/artifacts"
 #: The order of the trial page's list: checkpoints (by step), the model, other files.
 KIND_ORDER = {ArtifactKind.CHECKPOINT: 0, ArtifactKind.MODEL: 1, ArtifactKind.FILE: 2}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -166,6 +166,3 @@ def needs(frame: StudyFrame, setting: str, what: str) -> ChartResult | None:
     if setting in fixed:
         return empty(f"{what} is fixed at {fmt(fixed[setting])} in this study: nothing to compare.")
     return empty(f"This study's search space has no '{setting}' setting.")
-
-
-Builder = Callable[[StudyFrame], ChartResult]

@@ -16,12 +16,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from hpo.protocol import DASHBOARD_PREFIX
 from service.api.deps import AUTH_COOKIE
 from service.core.auth import ANONYMOUS_ADMIN, Principal, authenticate
 from service.core.errors import Forbidden, Unauthorized
 from service.dashboard.state import DashboardDep
 
-PREFIX = "/dashboard"
+PREFIX = DASHBOARD_PREFIX
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 MAX_FORM_BYTES = 4096
 

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
@@ -22,7 +23,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 #: Ids and numbers as the database stores them (larger ones are a 422, not an overflow).
 StudyId = Annotated[int, Path(ge=0, le=2**31 - 1, description="the study's id")]
 TrialNumber = Annotated[int, Path(ge=0, le=2**31 - 1, description="the trial's number")]
-API = "/api/v1/dashboard"
+API = API_PREFIX + DASHBOARD_PREFIX
 #: Trial states of the study header, in the API's order (``TrialCounts`` fields).
 SHOWN_STATES = [s.value for s in ShownState]
 
@@ -70,7 +71,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         dash, request, "study.html", user, page="study", study=summary, meta=meta,
         charts=charts_for(meta), states=STATES, optimizers=_optimizer_choices(meta),
         shown_states=SHOWN_STATES, stored=stored,
-        export=f"/api/v1/studies/{study_id}/export",
+        export=f"{API_PREFIX}/studies/{study_id}/export",
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from hpo.protocol import DASHBOARD_PREFIX
 from service.dashboard import api, login, pages, static
 from service.dashboard.state import DashboardState, prewarm
 
@@ -21,4 +22,4 @@ def mount(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
-        return RedirectResponse("/dashboard/", 307)
+        return RedirectResponse(DASHBOARD_PREFIX + "/", 307)

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
+from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from service.core.context import AppContext
 from service.dashboard import overview, queries
 from service.dashboard.cache import VersionedCache
@@ -51,7 +52,7 @@ class DashboardState:
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
         self.templates.env.globals.update(
-            asset=asset_url, prefix="/dashboard", api="/api/v1/dashboard",
+            asset=asset_url, prefix=DASHBOARD_PREFIX, api=API_PREFIX + DASHBOARD_PREFIX,
             poll_ms=int(poll_interval_s * 1000),
         )  # fmt: skip
 

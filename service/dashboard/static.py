@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from hpo.protocol import DASHBOARD_PREFIX
 from service.core.errors import NotFound
 
 HERE = Path(__file__).parent / "static"
@@ -27,7 +28,7 @@ FILES = {
     "style.css": (HERE / "style.css", "text/css"),
     "plotly.min.js": (PLOTLY_JS, "text/javascript"),
 }
-router = APIRouter(prefix="/dashboard/static", include_in_schema=False)
+router = APIRouter(prefix=f"{DASHBOARD_PREFIX}/static", include_in_schema=False)
 
 
 @lru_cache(maxsize=16)
@@ -37,7 +38,7 @@ def _digest(name: str) -> str:
 
 def asset_url(name: str) -> str:
     """The versioned URL of an asset."""
-    return f"/dashboard/static/{name}?v={_digest(name)}"
+    return f"{DASHBOARD_PREFIX}/static/{name}?v={_digest(name)}"
 
 
 @lru_cache(maxsize=16)

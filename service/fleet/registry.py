@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from hpo.protocol import Resources, WorkerInfo, WorkerRegistration
+from hpo.protocol import API_PREFIX, Resources, WorkerInfo, WorkerRegistration
 from hpo.settings import REFERENCE_WORKLOAD
 from hpo.spec import StudySpec
 from service.core.db import utcnow
@@ -179,7 +179,7 @@ def to_info(record: WorkerRecord, timeout_s: float, now: datetime | None = None)
 def _not_found(worker_id: str) -> str:
     return (
         f"worker {worker_id!r} is not registered "
-        "(POST /api/v1/workers/register first; the server may have been reset)"
+        f"(POST {API_PREFIX}/workers/register first; the server may have been reset)"
     )
 
 

@@ -41,7 +41,6 @@ trial_intermediate: Table = _m.TrialIntermediateValueModel.__table__
 trial_system_attrs: Table = _m.TrialSystemAttributeModel.__table__
 
 ValueType = _m.TrialValueModel.TrialValueType
-IntermediateType = _m.TrialIntermediateValueModel.TrialIntermediateValueType
 
 
 def decode_value(value: float | None, kind: Any) -> float | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import optuna
@@ -23,6 +22,7 @@ from sqlalchemy import and_, asc, case, delete, desc, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import hpo
 from hpo.schemas import (
     BestTrial,
     ParetoFront,
@@ -53,13 +53,6 @@ MAX_PAGE = 500
 _MAX_ID = 2**31 - 1
 
 
-def service_version() -> str:
-    try:
-        return version("hpo-service")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 # --------------------------------------------------------------------------- create
 
 
@@ -83,7 +76,7 @@ def create_study(ctx: AppContext, spec: StudySpec) -> StudyRecord:
         raise StudyExists(f"a study named {spec.name!r} already exists", "name") from exc
     try:
         study.set_user_attr("hpo_spec", spec.model_dump(mode="json"))
-        study.set_user_attr("hpo_version", service_version())
+        study.set_user_attr("hpo_version", hpo.__version__)
         study.set_user_attr("hpo_seed", seed)
         study_id = ctx.store.storage.get_study_id_from_name(spec.name)
         return _insert_record(ctx, study_id, spec, seed)

@@ -33,7 +33,7 @@ from hpo.protocol import CompleteRequest, FailRequest, FinishResponse, FinishSta
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import InvalidRequest, LeaseExpired, TrialFinished
-from service.fleet import registry as workers_registry
+from service.fleet import registry
 from service.storage.optuna_store import finished_copy
 from service.trials.findings import diagnostics_without_commit
 from service.trials.rows import (
@@ -324,9 +324,7 @@ def _finish_trial_without_commit(
     # finished by the reaper's repair of the same stored request), never anything else.
     unfinished = [TrialState.LEASED, TrialState.QUEUED]
     move_trial(session, view.trial.id, unfinished, TrialState.FINISHED, values, now, strict=False)
-    workers_registry.clear_current_without_commit(
-        session, view.lease.worker_id, view.trial.optuna_trial_id
-    )
+    registry.clear_current_without_commit(session, view.lease.worker_id, view.trial.optuna_trial_id)
 
 
 # --------------------------------------------------------------------------- abandon
@@ -387,5 +385,5 @@ def _abandon_without_commit(
     if body.preempted:  # not a retry: the next attempt does not count against max_retries
         release["preemptions"] = trial.preemptions + 1
     move_trial(session, trial.id, unfinished, TrialState.QUEUED, release, now, lease_id=lease_id)
-    workers_registry.clear_current_without_commit(session, lease.worker_id, trial.optuna_trial_id)
+    registry.clear_current_without_commit(session, lease.worker_id, trial.optuna_trial_id)
     return queued

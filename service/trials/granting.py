@@ -19,7 +19,7 @@ from hpo.protocol import Checkpoint, TrialSpec
 from hpo.spec import to_settings, trial_seed
 from service.artifacts.records import latest_checkpoint_without_commit
 from service.core.context import AppContext
-from service.fleet import registry as workers_registry
+from service.fleet import registry
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from service.trials.rows import study_spec
 from service.trials.states import LeaseState, TrialState, move_trial
@@ -119,7 +119,7 @@ def _add_lease_without_commit(
     """Store ``lease`` as the active lease of ``worker_id``, who now runs the trial."""
     lease.worker_id, lease.state, lease.created_at = worker_id, LeaseState.ACTIVE, now
     session.add(lease)
-    workers_registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
+    registry.set_current_without_commit(session, worker_id, optuna_id, study.name, now)
 
 
 def trial_spec(

@@ -20,7 +20,7 @@ from hpo.protocol import Action, ActionResponse
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import LeaseExpired
-from service.fleet import registry as workers_registry
+from service.fleet import registry
 from service.storage.models import TrialMetric
 from service.trials.choice import study_counts
 from service.trials.rows import (
@@ -134,7 +134,7 @@ def _keep_alive_without_commit(
         _revive_without_commit(session, view, expires, now, extra)
     else:
         _extend_without_commit(session, view, expires, now, extra)
-    workers_registry.touch_without_commit(
+    registry.touch_without_commit(
         session, lease.worker_id, now, throttle=telemetry is None, telemetry=telemetry
     )
     return ActionResponse(action=Action.CONTINUE, lease_expires_at=expires), view

@@ -27,7 +27,7 @@ from hpo.protocol import LeaseResponse, NoWork, NoWorkCode, TrialOutcome, TrialS
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
-from service.fleet import registry as workers_registry
+from service.fleet import registry
 from service.storage.models import StudyRecord, TrialRecord, WorkerRecord
 from service.storage.samplers import suggest_params
 from service.trials.choice import candidates, study_counts
@@ -113,11 +113,11 @@ def _try_studies(
     """
     with ctx.db.session() as session:
         if touch:
-            workers_registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
+            registry.touch_without_commit(session, worker_id, utcnow(), must_exist=True)
         worker = session.get(WorkerRecord, worker_id)
         if worker is None:
             raise WorkerNotFound(f"worker {worker_id!r} is not registered", "worker_id")
-        ready, reasons = candidates(session, studies, workers_registry.capabilities(worker))
+        ready, reasons = candidates(session, studies, registry.capabilities(worker))
     granted: list[TrialSpec] = []
     for cand in ready:
         while len(granted) < limit:

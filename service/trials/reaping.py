@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from hpo.protocol import TrialOutcome
 from service.core.context import AppContext
 from service.core.db import utcnow
-from service.fleet import registry as workers_registry
+from service.fleet import registry
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from service.trials.finishing import recover
 from service.trials.rows import (
@@ -106,9 +106,7 @@ def expire_study_without_commit(
         if not _cas_lease_expired(session, lease.lease_id, now):
             continue  # extended or finished meanwhile
         expiry.expired += 1
-        workers_registry.clear_current_without_commit(
-            session, lease.worker_id, trial.optuna_trial_id
-        )
+        registry.clear_current_without_commit(session, lease.worker_id, trial.optuna_trial_id)
         reason = None
         if study.state == StudyState.STOPPED:
             reason = f"study stopped; lease of attempt {trial.attempts} expired"
@@ -230,7 +228,7 @@ def _forget_gone_workers(ctx: AppContext, now: datetime) -> int:
     """Registry rows of workers gone for ``worker_forget_s`` (restarts leave new rows)."""
     with ctx.db.session() as session:
         cutoff = now - timedelta(seconds=ctx.settings.worker_forget_s)
-        return workers_registry.forget_gone_without_commit(session, cutoff)
+        return registry.forget_gone_without_commit(session, cutoff)
 
 
 def _recover_finishing(ctx: AppContext, now: datetime) -> int:

@@ -145,10 +145,10 @@ def expire_lease(ctx: Any, lease_id: str) -> None:
 
 def expire_and_reap(ctx: Any, lease_id: str) -> int:
     """Expire the lease, then run one reaper pass; returns what the reaper cleaned up."""
-    from service import trials as leases
+    from service import trials
 
     expire_lease(ctx, lease_id)
-    return leases.reap_all(ctx)
+    return trials.reap_all(ctx)
 
 
 def optuna_trials(ctx: Any, name: str) -> list[optuna.trial.FrozenTrial]:

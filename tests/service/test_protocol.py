@@ -14,7 +14,7 @@ import optuna
 import pytest
 from sqlalchemy import select
 
-from service import trials as leases
+from service import trials
 from service.storage.models import TrialMetric, WorkerRecord
 from tests.conftest import Tokens
 from tests.service.lease_helpers import (
@@ -202,7 +202,7 @@ def test_concurrent_completes_tell_optuna_once(client, tokens, ctx, worker: Work
 
     def go(value: float) -> None:
         try:
-            answers.append(leases.complete(ctx, trial["lease_id"], CompleteRequest(value=value)))
+            answers.append(trials.complete(ctx, trial["lease_id"], CompleteRequest(value=value)))
         except Exception as exc:  # noqa: BLE001
             answers.append(exc)
 

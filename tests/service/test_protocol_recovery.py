@@ -14,7 +14,7 @@ import optuna
 import pytest
 from sqlalchemy import func, select, update
 
-from service import trials as leases
+from service import trials
 from service.core.db import utcnow
 from service.storage.models import LeaseRecord, TrialMetric, TrialRecord
 from service.trials import finishing, leasing
@@ -54,7 +54,7 @@ def test_retried_complete_finishes_a_lease_stuck_in_finishing(
     with monkeypatch.context() as patch:
         patch.setattr(finishing, "_record", crash)
         with pytest.raises(RuntimeError):
-            leases.complete(ctx, lid, CompleteRequest(value=0.6))
+            trials.complete(ctx, lid, CompleteRequest(value=0.6))
     assert lease_row(ctx, lid).state == "finishing"
     assert optuna_trial(ctx, trial["trial_id"]).state == TS.COMPLETE
     # The retry carries another value: the stored request wins, nothing changes.
@@ -79,16 +79,16 @@ def test_reaper_finishes_a_lease_stuck_before_tell(
     with monkeypatch.context() as patch:
         patch.setattr(finishing, "_tell", crash)
         with pytest.raises(RuntimeError):
-            leases.fail(ctx, lid, FailRequest(reason="oom"))
+            trials.fail(ctx, lid, FailRequest(reason="oom"))
     assert optuna_trial(ctx, trial["trial_id"]).state == TS.RUNNING
-    assert leases.reap_all(ctx) == 0  # within the grace period: maybe still in flight
+    assert trials.reap_all(ctx) == 0  # within the grace period: maybe still in flight
     with ctx.db.session() as session:
         session.execute(
             update(LeaseRecord)
             .where(LeaseRecord.lease_id == lid)
             .values(ended_at=utcnow() - timedelta(hours=1))
         )
-    assert leases.reap_all(ctx) == 1
+    assert trials.reap_all(ctx) == 1
     frozen = optuna_trial(ctx, trial["trial_id"])
     assert frozen.state == TS.FAIL and frozen.user_attrs["fail_reason"] == "oom"
     assert worker.ok(lid, "fail", {"reason": "oom"})["state"] == "fail"
@@ -205,11 +205,11 @@ def test_reaper_cleans_orphans(client, tokens, ctx, worker: Worker) -> None:
             )
         )
     orphan = ctx.store.storage.create_new_trial(study_id)  # RUNNING, no row
-    assert leases.reap_all(ctx) == 1  # the stale creating row; the orphan is too young
+    assert trials.reap_all(ctx) == 1  # the stale creating row; the orphan is too young
     assert optuna_trial(ctx, orphan).state == TS.RUNNING
     ctx.settings.orphan_grace_s = 0.01
     time.sleep(0.05)
-    assert leases.reap_all(ctx) == 1  # now the orphan
+    assert trials.reap_all(ctx) == 1  # now the orphan
     frozen = optuna_trial(ctx, orphan)
     assert frozen.state == TS.FAIL and "orphaned" in frozen.user_attrs["fail_reason"]
     assert trial_rows(ctx, "s1") == []

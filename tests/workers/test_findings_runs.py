@@ -30,9 +30,10 @@ from hpo.findings import (
     check_trial,
 )
 from tests.workers.conftest import quick
+from tests.workers.probe_oracle import dead_unit_fraction
 from workers import trainer
 from workers.data import MnistData
-from workers.probes import GradNormStats, dead_unit_fraction
+from workers.probes import GradNormStats
 
 PROBE_KEYS = ("grad_norm", "grad_norm_max", "grad_norm_min", "grad_norm_first")
 

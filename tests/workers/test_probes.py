@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.probes import DeadUnitProbe, GradNormStats, dead_unit_fraction
+from tests.workers.probe_oracle import dead_unit_fraction
+from workers.probes import DeadUnitProbe, GradNormStats
 
 
 def _model() -> nn.Sequential:
