@@ -36,7 +36,7 @@ console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 
@@ -64,6 +64,8 @@ def _settings(**overrides: Any) -> Any:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
+        if not err["loc"]:  # a cross-field check: its message names the fields
+            _fail(f"bad settings: {err['msg'].removeprefix('Value error, ')}")
         _fail(f"bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}")
 
 
@@ -116,8 +118,6 @@ def _check_exposure(settings: Any) -> None:
             f"refusing to bind {settings.host} without authentication: "
             "enable auth (HPO_AUTH=true) or bind 127.0.0.1"
         )
-    if settings.is_sqlite and settings.workers > 1:
-        _fail("SQLite is served by one process: use --workers 1 or a PostgreSQL URL")
 
 
 @app.command()

@@ -10,8 +10,11 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: heartbeat/report refresh a worker's ``last_seen_at`` at most this often per process
+TOUCH_EVERY_S = 5.0
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,39 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Cross-field checks: a bad combination is refused at start-up, naming the fields."""
+        problems = self.inconsistencies()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def inconsistencies(self) -> list[str]:
+        """What is wrong with the combination of values (empty when nothing)."""
+        found = []
+        if self.heartbeat_interval_s * 3 > self.lease_ttl_s:
+            found.append(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be at most "
+                f"lease_ttl_s / 3 ({self.lease_ttl_s / 3:g}): three heartbeats per lease"
+            )
+        if self.worker_timeout_s <= max(self.heartbeat_interval_s, TOUCH_EVERY_S):
+            found.append(
+                f"worker_timeout_s ({self.worker_timeout_s:g}) must exceed heartbeat_interval_s "
+                f"({self.heartbeat_interval_s:g}) and the {TOUCH_EVERY_S:g} s liveness throttle"
+            )
+        if self.worker_forget_s < self.worker_timeout_s:
+            found.append(
+                f"worker_forget_s ({self.worker_forget_s:g}) must be at least "
+                f"worker_timeout_s ({self.worker_timeout_s:g})"
+            )
+        if self.is_sqlite and self.workers > 1:
+            found.append(
+                f"workers ({self.workers}) must be 1 with a SQLite database_url: "
+                "SQLite is served by one process (use PostgreSQL for more)"
+            )
+        return found
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from hpo.protocol import API_PREFIX, Resources, WorkerInfo, WorkerRegistration
 from hpo.settings import REFERENCE_WORKLOAD
 from hpo.spec import StudySpec
+from service.core.config import TOUCH_EVERY_S
 from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
 from service.storage.models import WorkerRecord
@@ -84,10 +85,31 @@ def list_workers(session: Session) -> list[WorkerRecord]:
     )
 
 
-#: heartbeat/report refresh ``last_seen_at`` at most this often per worker and process
-TOUCH_EVERY_S = 5.0
-_touched: dict[str, float] = {}
-_touched_lock = threading.Lock()
+class TouchThrottle:
+    """When this process last wrote each worker's ``last_seen_at`` (one per app context).
+
+    Heartbeat and report refresh it at most every ``TOUCH_EVERY_S`` per worker.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, every_s: float = TOUCH_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, worker_id: str) -> bool:
+        """True (and noted) when ``worker_id``'s row should be written now."""
+        clock = time.monotonic()
+        with self._lock:
+            last = self._last.get(worker_id)
+            if last is not None and clock - last < self.every_s:
+                return False
+            if len(self._last) > self.MAX_ENTRIES:  # bounded: drop entries that are due anyway
+                for key in [k for k, v in self._last.items() if clock - v >= self.every_s]:
+                    del self._last[key]
+            self._last[worker_id] = clock
+            return True
 
 
 def touch_without_commit(
@@ -96,16 +118,16 @@ def touch_without_commit(
     now: datetime,
     *,
     must_exist: bool = False,
-    throttle: bool = False,
+    throttle: TouchThrottle | None = None,
     telemetry: dict[str, float] | None = None,
 ) -> bool:
     """Update ``last_seen_at``; with ``must_exist`` an unknown worker raises WorkerNotFound.
 
     With ``throttle`` (heartbeat, report: the worker is known to exist) the update
-    is skipped when this process wrote it less than ``TOUCH_EVERY_S`` ago: liveness
+    is skipped when this process wrote it less than ``throttle.every_s`` ago: liveness
     is judged over ``worker_timeout_s`` (minutes), not per request.
     """
-    if throttle and not _due(worker_id):
+    if throttle is not None and not throttle.due(worker_id):
         return True
     values: dict[str, object] = {"last_seen_at": now}
     if telemetry:  # the device's latest utilisation and memory (the workers page, /metrics)
@@ -120,19 +142,6 @@ def touch_without_commit(
     if must_exist and not found:
         raise WorkerNotFound(_not_found(worker_id), "worker_id")
     return found
-
-
-def _due(worker_id: str) -> bool:
-    clock = time.monotonic()
-    with _touched_lock:
-        last = _touched.get(worker_id)
-        if last is not None and clock - last < TOUCH_EVERY_S:
-            return False
-        if len(_touched) > 10_000:  # bounded: drop entries that are due anyway
-            for key in [k for k, v in _touched.items() if clock - v >= TOUCH_EVERY_S]:
-                del _touched[key]
-        _touched[worker_id] = clock
-        return True
 
 
 def set_current_without_commit(

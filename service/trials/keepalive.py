@@ -135,7 +135,11 @@ def _keep_alive_without_commit(
     else:
         _extend_without_commit(session, view, expires, now, extra)
     registry.touch_without_commit(
-        session, lease.worker_id, now, throttle=telemetry is None, telemetry=telemetry
+        session,
+        lease.worker_id,
+        now,
+        throttle=ctx.touches if telemetry is None else None,
+        telemetry=telemetry,
     )
     return ActionResponse(action=Action.CONTINUE, lease_expires_at=expires), view
 
