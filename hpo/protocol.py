@@ -39,7 +39,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
 
 from hpo.settings import REFERENCE_WORKLOAD
 
@@ -139,9 +139,11 @@ WorkloadName = Annotated[
 class Resources(_Body):
     """What a trial needs, or what a worker process has (GPUs and their memory)."""
 
-    gpus: int = Field(default=0, ge=0, le=64, description="GPUs (a trial's, or a worker's)")
+    gpus: int = Field(
+        default=0, strict=True, ge=0, le=64, description="GPUs (a trial's, or a worker's)"
+    )
     gpu_memory_gb: float = Field(
-        default=0.0, ge=0.0, le=4096.0, description="memory per GPU, in GiB"
+        default=0.0, strict=True, ge=0.0, le=4096.0, description="memory per GPU, in GiB"
     )
 
     def covers(self, need: Resources) -> bool:
@@ -195,10 +197,15 @@ class LeaseRequest(_Body):
         default=None, max_length=100, description="study names to take work from (default: any)"
     )
     wait_s: float = Field(
-        default=0.0, ge=0.0, le=30.0, description="long-poll: wait up to this long for work"
+        default=0.0,
+        strict=True,
+        ge=0.0,
+        le=30.0,
+        description="long-poll: wait up to this long for work",
     )
     max_trials: int = Field(
         default=1,
+        strict=True,
         ge=1,
         le=64,
         description="batch lease: up to this many trials at once (fused packs), each with "
@@ -354,7 +361,7 @@ def _check_telemetry(values: dict[str, float] | None) -> dict[str, float] | None
 class HeartbeatRequest(_Body):
     """Keeps a lease alive; may carry the latest progress and device telemetry."""
 
-    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    progress: float | None = Field(default=None, strict=True, ge=0.0, le=1.0)
     telemetry: Telemetry | None = None
 
     _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
@@ -363,8 +370,8 @@ class HeartbeatRequest(_Body):
 class ReportRequest(_Body):
     """One intermediate objective value (per epoch) plus free-form metrics."""
 
-    step: int = Field(ge=0, le=1_000_000)
-    value: float
+    step: int = Field(strict=True, ge=0, le=1_000_000)
+    value: float = Field(strict=True)
     metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
 
     @field_validator("value")
@@ -391,9 +398,11 @@ class CompleteRequest(_Body):
 
     state: FinishState = FinishState.COMPLETE
     value: float | None = Field(
-        default=None, description="objective value; for pruned trials the last reported value"
+        default=None,
+        strict=True,
+        description="objective value; for pruned trials the last reported value",
     )
-    values: list[float] | None = Field(
+    values: list[StrictFloat] | None = Field(
         default=None,
         max_length=8,
         description="every objective's value (multi-objective studies); value is values[0]",

@@ -1,0 +1,45 @@
+"""The API does what its schema says (issue 27, part 7): booleans are not numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.service.lease_helpers import API, Worker, create_study
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"wait_s": False}, {"wait_s": True}, {"max_trials": True}],
+)
+def test_lease_refuses_booleans_as_numbers(client, tokens, body: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    worker = Worker(client, tokens.worker)
+    assert worker.lease_raw(**body).status_code == 422
+    assert worker.lease_raw(wait_s=0, max_trials=1).status_code == 200  # ints still are
+
+
+@pytest.mark.parametrize(
+    ("verb", "body"),
+    [
+        ("report", {"step": True, "value": 0.5}),
+        ("report", {"step": 0, "value": False}),
+        ("heartbeat", {"progress": True}),
+        ("complete", {"value": True}),
+        ("complete", {"values": [0.1, False]}),
+    ],
+)
+def test_lease_bodies_refuse_booleans_as_numbers(
+    client, tokens, verb: str, body: dict[str, Any]
+) -> None:  # type: ignore[no-untyped-def]
+    create_study(client, tokens)
+    worker = Worker(client, tokens.worker)
+    lease_id = worker.trial()["lease_id"]
+    assert worker.post(lease_id, verb, body).status_code == 422
+    assert worker.post(lease_id, "report", {"step": 0, "value": 1}).status_code == 200
+
+
+def test_registration_refuses_a_boolean_gpu_count(client, tokens) -> None:  # type: ignore[no-untyped-def]
+    body = {"hostname": "h", "devices": [], "version": "t", "resources": {"gpus": True}}
+    answer = client.post(f"{API}/workers/register", json=body, headers=tokens.header(tokens.worker))
+    assert answer.status_code == 422
