@@ -124,7 +124,9 @@ class Service:
         self._sock.close()
         self.app.state.ctx.close()
 
-    def create_study(self, fn: Function, sampler: str, seed: int, trials: int, declared: bool) -> str:
+    def create_study(
+        self, fn: Function, sampler: str, seed: int, trials: int, declared: bool
+    ) -> str:
         import hpo
 
         name, options = SAMPLERS[sampler]
