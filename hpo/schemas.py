@@ -24,6 +24,29 @@ class StudyState(StrEnum):
     STOPPED = "stopped"
 
 
+class StudyStatus(StrEnum):
+    """The label a study is shown with (API summary, dashboard): what it is doing now.
+
+    ``complete``: the budget is spent and nothing runs or waits to run; ``running``: a
+    worker holds a lease on one of its trials; ``paused`` / ``stopped``: its run state;
+    ``waiting``: it has work but nothing runs (:class:`WaitingOn` says why).
+    """
+
+    COMPLETE = "complete"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    WAITING = "waiting"
+
+
+class WaitingOn(StrEnum):
+    """Why a ``waiting`` study runs nothing."""
+
+    NO_WORKERS = "no_workers"  # no live worker, or none runs its workload
+    RESOURCES = "resources"  # no live worker has its resources, or those that do are busy
+    BUDGET = "budget"  # every trial of the budget is handed out; unfinished ones hold no lease
+
+
 class ShownState(StrEnum):
     """The state a trial is shown in: Optuna's, plus ``queued`` (waiting for a re-run)."""
 
@@ -93,6 +116,10 @@ class StudySummary(StudyItem):
         description="why the study's trials wait: no live worker runs its workload or has "
         "its resources",
     )
+    status: StudyStatus = Field(
+        default=StudyStatus.WAITING, description="what the study is doing now (its label)"
+    )
+    waiting_on: WaitingOn | None = Field(default=None, description="why a waiting study waits")
 
 
 class ParetoFront(BaseModel):

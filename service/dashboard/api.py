@@ -38,6 +38,7 @@ from service.dashboard.charts_base import ChartResult
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
 from service.dashboard.state import DashboardDep
+from service.studies.status import live_fleet
 
 router = APIRouter(
     prefix=API_PREFIX + DASHBOARD_PREFIX,
@@ -54,19 +55,22 @@ def _json(body: str) -> Response:
 def studies(dash: DashboardDep, _: ViewerDep) -> list[dict[str, Any]]:
     """Every study with its state, sampler, trials per state, best value and workers."""
     with dash.ctx.db.session() as session:
-        return overview.studies(session)
+        return overview.studies(session, dash.ctx.settings.worker_timeout_s)
 
 
 @router.get("/studies/{study_id}/version")
 def version(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> dict[str, Any]:
     """What changed: trial fingerprint, metric cursor, service rows; plus the header
-    (trials per state, best trial), cached under the trial and service versions."""
+    (trials per state, best trial), cached under the trial and service versions, and the
+    study's label (``status``: never cached, workers come and go)."""
     with dash.ctx.db.session() as session:
         frame = dash.frame(study_id, session)
         service = queries.service_version(session, study_id)
         metrics = queries.metrics_cursor(session, study_id)
         head = dash.header(session, frame.meta, frame.version, service)
-    return {"trials": frame.key, "metrics": metrics, "service": service, **head}
+        fleet = live_fleet(session, dash.ctx.settings.worker_timeout_s)
+        shown = overview.label(load_meta(session, study_id), head["counts"], fleet)
+    return {"trials": frame.key, "metrics": metrics, "service": service, **head, **shown}
 
 
 def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:

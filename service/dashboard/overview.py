@@ -21,6 +21,7 @@ from service.dashboard.frame import StudyMeta, meta_from_row
 from service.storage.models import StudyRecord
 from service.studies.diagnosis import study_diagnosis
 from service.studies.records import best_trial, trial_counts
+from service.studies.status import Fleet, live_fleet, study_status
 
 
 def _finite(value: float | None) -> float | None:
@@ -41,24 +42,35 @@ def header(session: Session, meta: StudyMeta, counts: TrialCounts | None = None)
     }  # fmt: skip
 
 
-def summary(meta: StudyMeta, head: dict[str, Any], workers: list[str]) -> dict[str, Any]:
+def label(meta: StudyMeta, counts: dict[str, Any], fleet: Fleet) -> dict[str, Any]:
+    """The study's label as the API's summary has it (``status``, ``waiting_on``,
+    ``waiting_reason``): :func:`service.studies.status.study_status` over ``counts``."""
+    shown = study_status(meta.run_state, TrialCounts(**counts), meta.spec, fleet)
+    return {"status": shown.status.value, "waiting_on": shown.waiting_on, "waiting_reason": shown.reason}
+
+
+def summary(
+    meta: StudyMeta, head: dict[str, Any], workers: list[str], fleet: Fleet
+) -> dict[str, Any]:
     """A study's row on the studies page (and the study page's header): ``head`` is
     :func:`header`'s answer, ``workers`` those holding a lease on it."""
     return {
         "study_id": meta.study_id, "name": meta.name, "run_state": meta.run_state or "external",
         "direction": meta.direction, "objective": meta.objective_name,
         "sampler": meta.sampler, "pruner": meta.pruner, **head, "workers": workers,
+        **label(meta, head["counts"], fleet),
     }  # fmt: skip
 
 
-def studies(session: Session) -> list[dict[str, Any]]:
-    """Every Optuna study: run state, sampler, header and the workers on it."""
+def studies(session: Session, worker_timeout_s: float) -> list[dict[str, Any]]:
+    """Every Optuna study: label, run state, sampler, header and the workers on it."""
     metas = [meta_from_row(row) for row in queries.optuna_studies(session)]
     counts = trial_counts(session, [meta.study_id for meta in metas])
     workers = queries.active_workers(session)
+    fleet = live_fleet(session, worker_timeout_s)
     return [
         summary(meta, header(session, meta, counts[meta.study_id]),
-                workers.get(meta.study_id, []))
+                workers.get(meta.study_id, []), fleet)
         for meta in metas
     ]  # fmt: skip
 

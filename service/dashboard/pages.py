@@ -18,6 +18,7 @@ from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
 from service.dashboard.table import STATES
+from service.studies.status import live_fleet
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 #: Ids and numbers as the database stores them (larger ones are a 422, not an overflow).
@@ -64,7 +65,8 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
     with dash.ctx.db.session() as session:
         meta = load_meta(session, study_id)
         workers = queries.active_workers(session).get(study_id, [])
-        summary = overview.summary(meta, dash.header(session, meta), workers)
+        fleet = live_fleet(session, dash.ctx.settings.worker_timeout_s)
+        summary = overview.summary(meta, dash.header(session, meta), workers, fleet)
         stored = artifacts_view.study_bytes(session, study_id)
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(

@@ -37,7 +37,6 @@ from hpo.spec import StudySpec
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import Conflict, InvalidRequest, InvalidSpec, StudyExists, StudyNotFound
-from service.fleet.registry import unmatched_reason
 from service.storage.models import LeaseRecord, StudyRecord, TrialMetric, TrialRecord
 from service.storage.optuna_rows import (
     ValueType,
@@ -46,6 +45,7 @@ from service.storage.optuna_rows import (
     trial_values,
     trials,
 )
+from service.studies import status
 from service.studies.specs import check_with_optuna, stored_spec
 from service.trials.states import STUDY_TRANSITIONS, TrialState
 
@@ -206,7 +206,8 @@ def study_summary(
     """Counts, spec and best trial (single objective) or Pareto front (multi-objective).
 
     With ``worker_timeout_s`` a running study that has work but no live worker able
-    to run it (its workload, its resources) says so in ``waiting_reason``.
+    to run it (its workload, its resources) says so in ``waiting_reason``. ``status``
+    is its label (:mod:`service.studies.status`).
     """
     spec = load_spec(record)
     counts = trial_counts(session, [record.study_id])[record.study_id]
@@ -217,9 +218,10 @@ def study_summary(
         seed=record.seed,
         spec=record.spec,
     )
-    has_work = counts.queued > 0 or counts.total < spec.budget.max_trials
-    if worker_timeout_s is not None and record.state == StudyState.RUNNING and has_work:
-        summary.waiting_reason = unmatched_reason(session, spec, worker_timeout_s)
+    fleet = None if worker_timeout_s is None else status.live_fleet(session, worker_timeout_s)
+    label = status.study_status(record.state, counts, spec, fleet)
+    summary.status, summary.waiting_on = label.status, label.waiting_on
+    summary.waiting_reason = label.reason
     if spec.is_multi_objective:
         summary.best_trials = pareto_front(session, record.study_id, spec.study_directions)
     else:

@@ -171,6 +171,9 @@
     }
 
     updateSummary(v) {
+      showStatus(document.getElementById("study-status"), v);
+      const waiting = document.getElementById("study-waiting");
+      if (waiting) { waiting.textContent = v.waiting_reason || ""; waiting.hidden = !v.waiting_reason; }
       for (const node of document.querySelectorAll("[data-count]")) node.textContent = String(v.counts[node.dataset.count] || 0);
       const link = document.getElementById("best-link");
       if (!v.best || !link || link.dataset.number === String(v.best.number)) return;
@@ -237,6 +240,19 @@
     list.hidden = !proposals.length;
   }
 
+  // ------------------------------------------------------------------ study labels
+
+  // A study's label (the API's StudySummary.status, and why it waits) on a badge.
+  function showStatus(badge, s) {
+    if (!badge || !s.status) return badge;
+    badge.className = `badge state-${s.status}`;
+    badge.dataset.status = s.status;
+    badge.dataset.waitingOn = s.waiting_on || "";
+    badge.title = s.waiting_reason || "";
+    badge.textContent = s.waiting_on ? `${s.status}: ${s.waiting_on.replace(/_/g, " ")}` : s.status;
+    return badge;
+  }
+
   // ------------------------------------------------------------------ studies page
 
   function studiesPage() {
@@ -254,10 +270,11 @@
       return el("tr", {},
         el("td", {}, box),
         el("td", {}, el("a", { href: `${PREFIX}/studies/${encodeURIComponent(s.study_id)}` }, s.name)),
-        el("td", {}, el("span", { class: `badge state-${s.run_state}` }, s.run_state)),
+        el("td", {}, showStatus(el("span", { class: "badge study-status" }), s)),
         el("td", {}, s.sampler),
         el("td", { class: "num" }, s.counts.complete), el("td", { class: "num" }, s.counts.pruned),
-        el("td", { class: "num" }, s.counts.fail), el("td", { class: "num" }, s.counts.running + s.counts.queued),
+        el("td", { class: "num" }, s.counts.fail), el("td", { class: "num" }, s.counts.running),
+        el("td", { class: "num" }, s.counts.waiting + s.counts.queued), el("td", { class: "num" }, s.counts.total),
         el("td", { class: "num" }, s.best ? el("a", { href: trialUrl(s.study_id, s.best.number) }, fmt(s.best.value)) : "—"),
         el("td", { class: "settings-cell" }, best),
         el("td", {}, s.workers.length ? s.workers.join(", ") : "—"));
