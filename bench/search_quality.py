@@ -112,9 +112,7 @@ def measure(a: argparse.Namespace) -> dict[Cell, list[float]]:
                 for cell in cells:
                     merged = {s: r for part in parts for s, r in part[cell].items()}
                     results[cell] = [merged[s] for s in sorted(merged)]
-                medians = " ".join(
-                    f"{c[2]}={np.median(results[c]):.3f}" for c in cells
-                )
+                medians = " ".join(f"{c[2]}={np.median(results[c]):.3f}" for c in cells)
                 print(f"[{time.monotonic() - t0:6.0f}s] {fname} {sampler}: {medians}",
                       file=sys.stderr, flush=True)  # fmt: skip
     return results

@@ -46,7 +46,11 @@ def label(meta: StudyMeta, counts: dict[str, Any], fleet: Fleet) -> dict[str, An
     """The study's label as the API's summary has it (``status``, ``waiting_on``,
     ``waiting_reason``): :func:`service.studies.status.study_status` over ``counts``."""
     shown = study_status(meta.run_state, TrialCounts(**counts), meta.spec, fleet)
-    return {"status": shown.status.value, "waiting_on": shown.waiting_on, "waiting_reason": shown.reason}
+    return {
+        "status": shown.status.value,
+        "waiting_on": shown.waiting_on,
+        "waiting_reason": shown.reason,
+    }
 
 
 def summary(

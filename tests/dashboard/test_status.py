@@ -37,7 +37,10 @@ def test_waiting_says_why() -> None:
     fresh = counts(complete=1)
     none = study_status("running", fresh, SPEC, Fleet(()))
     assert (none.status, none.waiting_on, none.reason) == (
-        StudyStatus.WAITING, WaitingOn.NO_WORKERS, "no live worker")
+        StudyStatus.WAITING,
+        WaitingOn.NO_WORKERS,
+        "no live worker",
+    )
     other = study_status("running", fresh, SPEC, Fleet(((("other",), GPU, False),)))
     assert other.waiting_on == WaitingOn.NO_WORKERS and "'toy'" in (other.reason or "")
     cpu = study_status("running", fresh, SPEC, Fleet(((("toy",), Resources(), False),)))
