@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from hpo.protocol import API_PREFIX, Resources, WorkerInfo, WorkerRegistration
 from hpo.settings import REFERENCE_WORKLOAD
-from hpo.spec import StudySpec
 from service.core.config import TOUCH_EVERY_S
 from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
@@ -189,24 +188,4 @@ def _not_found(worker_id: str) -> str:
     return (
         f"worker {worker_id!r} is not registered "
         f"(POST {API_PREFIX}/workers/register first; the server may have been reset)"
-    )
-
-
-def unmatched_reason(session: Session, spec: StudySpec, timeout_s: float) -> str | None:
-    """Why no live worker can lease ``spec``'s trials (None: at least one can)."""
-    since = utcnow() - timedelta(seconds=timeout_s)
-    live = list(session.scalars(select(WorkerRecord).where(WorkerRecord.last_seen_at >= since)))
-    need = Resources.model_validate(spec.resources.model_dump())
-    runs_it = [w for w in live if spec.workload in capabilities(w)[0]]
-    if any(capabilities(w)[1].covers(need) for w in runs_it):
-        return None
-    if not live:
-        return "no live worker"
-    if not runs_it:
-        return f"no live worker runs workload {spec.workload!r} (start one with --workload)"
-    best = max(runs_it, key=lambda w: (capabilities(w)[1].gpus, capabilities(w)[1].gpu_memory_gb))
-    has = capabilities(best)[1]
-    return (
-        f"trials need {need.gpus} GPU(s) with {need.gpu_memory_gb:g} GiB each; the best live "
-        f"worker of workload {spec.workload!r} has {has.gpus} with {has.gpu_memory_gb:g} GiB"
     )
