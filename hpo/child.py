@@ -29,7 +29,7 @@ from hpo.checkpoints import CheckpointFolder
 from hpo.client import Client
 from hpo.protocol import Checkpoint, TrialSpec
 from hpo.running import Ending, call_objective, send_result
-from hpo.trial import Trial
+from hpo.trial import Trial, new_trial
 
 _current: Trial | None = None
 
@@ -46,7 +46,7 @@ def current_trial() -> Trial:
             )
         spec = TrialSpec.model_validate_json(raw)
         client = Client(os.environ.get("HPO_SERVER"), os.environ.get("HPO_TOKEN"))
-        _current = Trial(client, spec)
+        _current = new_trial(client, spec)
         _adopt_checkpoints(_current)
     return _current
 

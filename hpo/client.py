@@ -30,6 +30,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from hpo.optuna_view import StudyTrialsBody, StudyViewBody, TrialAttrsRequest
 from hpo.protocol import (
     SHA256_HEADER,
     ActionResponse,
@@ -295,6 +296,24 @@ class Client:
         return self._lease_call(
             lease_id, "suggest", request, SuggestResponse, self.policies.default
         )
+
+    def lease_study(self, lease_id: str) -> StudyViewBody:
+        """The lease's study as Optuna's ``Study`` reads it (``trial.study``)."""
+        path = f"/leases/{quote(lease_id, safe='')}/study"
+        return self._typed(Call("GET", path, self.policies.default, lease=True), StudyViewBody)
+
+    def lease_study_trials(self, lease_id: str, states: list[str] | None = None) -> StudyTrialsBody:
+        """The lease's study's trials (Optuna state names filter them)."""
+        path = f"/leases/{quote(lease_id, safe='')}/study/trials"
+        params = {"states": states} if states else None
+        call = Call("GET", path, self.policies.default, params=params, lease=True)
+        return self._typed(call, StudyTrialsBody)
+
+    def set_trial_attrs(self, lease_id: str, request: TrialAttrsRequest) -> None:
+        """Write the lease's trial's attributes now (``trial.set_constraint``)."""
+        path = f"/leases/{quote(lease_id, safe='')}/attrs"
+        body = request.model_dump(mode="json")
+        self._http.request(Call("POST", path, self.policies.report, json=body, lease=True))
 
     def complete(self, lease_id: str, request: CompleteRequest) -> FinishResponse:
         """Finish a trial; retried until delivered (idempotent on the server)."""

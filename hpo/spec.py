@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hpo.constraints import ConstraintSpec
 from hpo.settings import (
     IN_FEATURES,
     REFERENCE_WORKLOAD,
@@ -232,6 +233,11 @@ class StudySpec(_Strict):
     resources: ResourceSpec = Field(
         default_factory=lambda: ResourceSpec(),
         description="what one trial needs; only workers that have it lease the study's trials",
+    )
+    constraints: dict[str, ConstraintSpec] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="bounds on final metrics (feasible trials: Optuna's constraints)",
     )
 
     _check_name = field_validator("name")(lambda cls, v: check_name(v, "name"))

@@ -27,6 +27,8 @@ objective starts and ``resume_step`` names its step (None on a fresh start).
 
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import logging
 import math
 import threading
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.checkpoints import CheckpointFolder
+from hpo.optuna_surface import OptunaSurface
 from hpo.protocol import (
     MAX_METRIC_NAME,
     MAX_METRICS,
@@ -116,7 +119,7 @@ def trial_label(spec: TrialSpec) -> str:
     return f"{spec.study_name}#{spec.trial_number}"
 
 
-class Trial:
+class Trial(OptunaSurface):
     """One leased trial, with Optuna's trial API (see the module docstring)."""
 
     def __init__(
@@ -130,7 +133,11 @@ class Trial:
         self.control = control or Control()
         self._on_report = on_report
         self._params: dict[str, Any] = {}
-        self.user_attrs: dict[str, Any] = {}
+        self._dists: dict[str, dict[str, Any]] = {}  # each param's distribution, as asked
+        self._intermediate: dict[int, float] = {}
+        self._user_attrs: dict[str, Any] = {}
+        self._system_attrs: dict[str, Any] = {}
+        self._started = datetime.datetime.now()  # Optuna's times are naive local times
         self.metrics: dict[str, Any] = {}
         self.diagnosis: str | None = None
         self.telemetry: dict[str, float] | None = None  # set by the worker that ran it
@@ -171,11 +178,11 @@ class Trial:
     def _note_resume(self, step: int | None) -> None:
         assert self.checkpoints is not None
         if step is None:
-            self.user_attrs.pop("resumed_from_step", None)
+            self._user_attrs.pop("resumed_from_step", None)
         else:
-            self.user_attrs["resumed_from_step"] = step
+            self._user_attrs["resumed_from_step"] = step
         if self.checkpoints.warnings:
-            self.user_attrs["checkpoint_warnings"] = list(self.checkpoints.warnings)[-10:]
+            self._user_attrs["checkpoint_warnings"] = list(self.checkpoints.warnings)[-10:]
 
     def commit_checkpoint(self, step: int | None = None) -> bool:
         """Commit the folder now (the worker does at a preemption); True when sent."""
@@ -258,9 +265,10 @@ class Trial:
             return self._params[name]
         if self._spec.space is not None:
             value = self._declared(name, dist)
+            dist = {**self._spec.space[name], "type": dist["type"]}
         else:
             value = self._sample(name, dist)
-        self._params[name] = value
+        self._params[name], self._dists[name] = value, dist
         return value
 
     def _declared(self, name: str, dist: dict[str, Any]) -> Any:
@@ -295,7 +303,11 @@ class Trial:
     def report(self, value: float, step: int, metrics: dict[str, Any] | None = None) -> None:
         """One intermediate objective value (per epoch); ``metrics`` go with it."""
         self._check_live()
-        value, step = float(value), int(step)
+        value, step = _report_args(value, step)
+        if step in self._intermediate:  # Optuna ignores a second report of a step
+            log.warning("%s: step %d is already reported; value ignored", self.label, step)
+            return
+        self._intermediate[step] = value
         self.last_value, self.last_step = value, step
         if self._on_report is not None:
             self._on_report(step, {**(metrics or {}), "value": value})
@@ -325,7 +337,7 @@ class Trial:
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Stored with the trial as an Optuna user attribute (sent when it finishes)."""
-        self.user_attrs[str(key)] = value
+        self._user_attrs[str(key)] = value
 
     def set_metrics(self, metrics: dict[str, Any]) -> None:
         """Final metrics of the trial (test accuracy, sizes...): export columns."""
@@ -340,6 +352,40 @@ class Trial:
             raise TrialStopped(self.control.drop_reason or "the trial was dropped")
         if self.control.shutdown.is_set():
             raise TrialStopped("the worker is shutting down")
+
+
+def new_trial(
+    client: Any,
+    spec: TrialSpec,
+    control: Control | None = None,
+    on_report: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Trial:
+    """The trial a worker hands an objective: also an ``optuna.trial.Trial`` when Optuna
+    is installed (``isinstance`` checks of integrations and ``upload_artifact`` pass)."""
+    if importlib.util.find_spec("optuna") is None:
+        return Trial(client, spec, control, on_report)
+    from hpo.optuna_compat import OptunaTrial
+
+    return OptunaTrial(client, spec, control, on_report)
+
+
+def _report_args(value: Any, step: Any) -> tuple[float, int]:
+    """``report``'s checks, as Optuna makes them."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"The `value` argument is of type '{type(value)}' but supposed to be a float."
+        ) from None
+    try:
+        whole = int(step)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"The `step` argument is of type '{type(step)}' but supposed to be an int."
+        ) from None
+    if whole < 0:
+        raise ValueError(f"`step={whole}` must be non-negative.")
+    return number, whole
 
 
 def _disagreement(declared: dict[str, Any], asked: dict[str, Any]) -> str | None:

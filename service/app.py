@@ -18,7 +18,16 @@ from starlette.concurrency import run_in_threadpool
 import hpo
 from hpo.protocol import API_PREFIX
 from service import trials
-from service.api import artifacts, health, protocol, specs, studies, tokens, workers
+from service.api import (
+    artifacts,
+    health,
+    lease_study,
+    protocol,
+    specs,
+    studies,
+    tokens,
+    workers,
+)
 from service.api.errors import install_handlers
 from service.api.input_guard import reject_nul
 from service.artifacts.retention import collect_all
@@ -82,7 +91,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     app.state.ctx = ctx
     install_handlers(app)
     app.include_router(health.router)
-    for module in (studies, specs, protocol, artifacts, workers, tokens):
+    for module in (studies, specs, protocol, lease_study, artifacts, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)
     router.mount(app)
     app.add_middleware(

@@ -41,7 +41,7 @@ from typing import Any
 from hpo.client import Client
 from hpo.protocol import TrialSpec
 from hpo.running import Ending, Result, abandoned, preempted
-from hpo.trial import Control, Trial, trial_label
+from hpo.trial import Control, Trial, new_trial, trial_label
 from workers.runner import TrialEnd, checkpoint_folder, compact, finish
 from workers.steering import Heartbeat
 from workers.telemetry import DeviceProbe, Telemetry
@@ -150,7 +150,7 @@ def run_command_trial(env: CommandEnv, spec: TrialSpec) -> TrialEnd:
         "leased %s attempt %d params=%s", trial_label(spec), spec.attempt, compact(spec.params)
     )
     control = Control(env.shutdown)
-    trial = Trial(env.client, spec, control)
+    trial = new_trial(env.client, spec, control)
     if env.shutdown.is_set():
         return finish(env.client, trial, abandoned(preempted=True))
     with checkpoint_folder(env.checkpoint_root, spec) as folder:

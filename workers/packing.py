@@ -32,7 +32,7 @@ from hpo.protocol import LeaseRequest, TrialSpec
 from hpo.running import Ending, Result, abandoned, call_objective, preempted
 from hpo.settings import SettingsError, TrainConfig
 from hpo.transport import ClientError
-from hpo.trial import Control, Trial
+from hpo.trial import Control, Trial, new_trial
 from workers.reference import TrialHooks, checkpoint_file, conclude, keep_model, trial_config
 from workers.results import TrainStatus
 from workers.runner import TrialEnd, TrialEnv, finish, new_checkpoint_folder, run_attempt
@@ -81,7 +81,7 @@ class PackRun:
         """Check each trial's settings (bad ones fail at once) and queue the rest."""
         for spec in specs:
             control = Control(self.env.shutdown)
-            trial = Trial(self.env.client, spec, control, on_report=self.env.view.advance)
+            trial = new_trial(self.env.client, spec, control, on_report=self.env.view.advance)
             try:
                 config = trial_config(trial)
             except SettingsError as exc:

@@ -23,7 +23,7 @@ from typing import Any
 from hpo.client import Client
 from hpo.protocol import TrialOutcome, TrialSpec
 from hpo.running import Ending, Result, abandoned, call_objective, preempted, send_result
-from hpo.trial import Control, Trial, trial_label
+from hpo.trial import Control, Trial, new_trial, trial_label
 from workers.steering import Heartbeat, NoProgress, Progress
 from workers.telemetry import DeviceProbe, Telemetry
 
@@ -63,7 +63,7 @@ def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
     log.info("leased %s attempt %d (lease %s) params=%s", label, spec.attempt, spec.lease_id,
              compact(spec.params))  # fmt: skip
     control = Control(env.shutdown)
-    trial = Trial(env.client, spec, control, on_report=env.view.advance)
+    trial = new_trial(env.client, spec, control, on_report=env.view.advance)
     if env.shutdown.is_set():
         return finish(env.client, trial, abandoned(preempted=True))
     with checkpoint_folder(env.checkpoint_root, spec) as folder:

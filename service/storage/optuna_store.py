@@ -107,15 +107,31 @@ class CachedStudy:
             trial = self.live.get(trial_id)
             if trial is not None:
                 self.live.move_to_end(trial_id)
-                self.study._thread_local.cached_all_trials = None
-                seed_sampler_for_trial(self.study.sampler, self._seed(trial.number) ^ salt)
-                return suggest_one(trial, name, param)
+                return self._suggest_again(trial, name, param, salt)
         with self.sampling(trial_id) as trial:  # the relative sample, from the trial's seed
             seed_sampler_for_trial(self.study.sampler, self._seed(trial.number) ^ salt)
             self.live[trial_id], self._live_ids[trial.number] = trial, trial_id
             while len(self.live) > MAX_LIVE_TRIALS:
                 self._live_ids.pop(self.live.popitem(last=False)[1].number, None)
             return suggest_one(trial, name, param)
+
+    def _suggest_again(self, trial: optuna.Trial, name: str, param: Param, salt: int) -> Any:
+        """A later suggest on a kept trial (under the lock). The view may have dropped the
+        trial since (samplers that never read the study's trials): the sampling window
+        reads it back in."""
+        window = (
+            self.view.sampling(trial._trial_id, self.study._study_id)
+            if self.view
+            else contextlib.nullcontext()
+        )
+        try:
+            with window:
+                self.study._thread_local.cached_all_trials = None
+                seed_sampler_for_trial(self.study.sampler, self._seed(trial.number) ^ salt)
+                return suggest_one(trial, name, param)
+        finally:
+            if self.view is not None:
+                self.view.sampled(self.study._study_id, trial._trial_id)
 
     def _seed(self, number: int) -> int:
         return trial_seed(self.seed, number) ^ SAMPLER_SALT

@@ -20,6 +20,7 @@ outcome is the same whoever finishes it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,9 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session
 
+from hpo.constraints import constraint_values
 from hpo.protocol import CompleteRequest, FailRequest, FinishResponse, FinishState, TrialOutcome
+from hpo.spec import StudySpec
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import InvalidRequest, LeaseExpired, TrialFinished
@@ -258,6 +261,8 @@ def _tell_running(
         attrs["fail_reason"] = outcome.reason
     for key, value in attrs.items():
         storage.set_trial_user_attr(trial_id, key, value)
+    if outcome.state == TrialOutcome.COMPLETE and cached.spec.constraints:
+        frozen = _set_declared_constraints(ctx, cached.spec, frozen, outcome.metrics)
     values = outcome.values
     state = _OPTUNA_STATE[outcome.state]
     if outcome.state == TrialOutcome.PRUNED:
@@ -270,6 +275,20 @@ def _tell_running(
     if told is None or told[0] != state:
         return None
     return finished_copy(frozen, told[0], told[1], attrs)
+
+
+def _set_declared_constraints(
+    ctx: AppContext, spec: StudySpec, frozen: optuna.trial.FrozenTrial, metrics: dict[str, Any]
+) -> optuna.trial.FrozenTrial:
+    """The spec's ``constraints`` on the final metrics, as Optuna's system attributes
+    (through the trial view, so the study's sampler sees them at once)."""
+    out = copy.copy(frozen)
+    out.system_attrs = dict(frozen.system_attrs)
+    for key, value in constraint_values(spec.constraints, metrics).items():
+        if key not in frozen.system_attrs:  # set_constraint by the objective wins
+            ctx.store.view.set_trial_system_attr(frozen._trial_id, key, value)
+            out.system_attrs[key] = value
+    return out
 
 
 # --------------------------------------------------------------------------- step 3: record
