@@ -332,12 +332,16 @@ class Client:
         kind: ArtifactKind = ArtifactKind.FILE,
         step: int | None = None,
         filename: str | None = None,
+        artifact_id: str | None = None,
     ) -> ArtifactInfo:
-        """Store a file with the lease's trial, streamed from disk and hash-checked."""
+        """Store a file with the lease's trial, streamed from disk and hash-checked
+        (under ``artifact_id`` when given: a retry of a stored upload is answered alike)."""
         path = Path(path)
         params: dict[str, Any] = {"kind": str(kind), "filename": filename or path.name}
         if step is not None:
             params["step"] = step
+        if artifact_id is not None:
+            params["artifact_id"] = artifact_id
         call = Call(
             "PUT",
             f"/leases/{quote(lease_id, safe='')}/artifacts",

@@ -17,10 +17,14 @@ integration callbacks) takes it. Workers build their trials with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import shutil
+import tempfile
 from collections.abc import Container, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.distributions import (
@@ -35,7 +39,7 @@ from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.optuna_view import FrozenTrialBody, StudyViewBody
+from hpo.optuna_view import ARTIFACT_PREFIX, FrozenTrialBody, StudyViewBody
 from hpo.trial import Trial
 
 
@@ -209,7 +213,10 @@ class LeaseStorage(BaseStorage):
         self._own(trial_id, "set_trial_user_attr").set_user_attr(key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._own(trial_id, "set_trial_system_attr").set_system_attr_now(key, value)
+        trial = self._own(trial_id, "set_trial_system_attr")
+        if key.startswith(ARTIFACT_PREFIX) and key[len(ARTIFACT_PREFIX) :] in trial.uploaded:
+            return  # upload_artifact's metadata: the server stored it with the file
+        trial.set_system_attr_now(key, value)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -254,4 +261,41 @@ class LeaseStorage(BaseStorage):
         raise ReadOnlyStudy(
             "set_trial_state_values: the worker finishes the trial with what the objective "
             "returns (raise optuna.TrialPruned to prune)"
+        )
+
+
+class LeaseArtifactStore:
+    """Optuna's artifact-store protocol over the lease: ``trial.artifact_store``.
+
+    ``optuna.artifacts.upload_artifact(artifact_store=trial.artifact_store,
+    file_path=..., study_or_trial=trial)`` stores the file on the server's artifact
+    store, under the id Optuna chose, with the metadata Optuna writes.
+    """
+
+    def __init__(self, client: Any, trial: Trial) -> None:
+        self._client, self._trial = client, trial
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Upload ``content_body`` (a file Optuna opened, or any readable stream)."""
+        name = getattr(content_body, "name", None)
+        path = Path(name) if isinstance(name, str) and Path(name).is_file() else None
+        with contextlib.ExitStack() as stack:
+            if path is None:  # not a file on disk: spool it first (uploads stream a path)
+                spool = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".upload"))
+                shutil.copyfileobj(content_body, spool)
+                spool.flush()
+                path = Path(spool.name)
+            filename = Path(name).name if isinstance(name, str) else artifact_id
+            self._trial.upload_artifact(path, filename=filename, artifact_id=artifact_id)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        """The artifact's bytes (downloaded to a temporary file, hash-checked)."""
+        folder = Path(tempfile.mkdtemp(prefix="hpo-artifact-"))
+        path = self._client.download_artifact(artifact_id, folder / "content")
+        return path.open("rb")  # type: ignore[no-any-return]
+
+    def remove(self, artifact_id: str) -> None:
+        raise ReadOnlyStudy(
+            f"artifact {artifact_id}: a trial does not delete artifacts (an admin does: "
+            "hpo artifact delete, or the study's retention)"
         )

@@ -35,6 +35,7 @@ class OptunaSurface:
     _intermediate: dict[int, float]
     _user_attrs: dict[str, Any]
     _system_attrs: dict[str, Any]
+    uploaded: set[str]  # ids of the artifacts this attempt stored
     _started: datetime.datetime
     _storage: Any = None
     _study: Any = None
@@ -71,6 +72,14 @@ class OptunaSurface:
 
             self._storage = LeaseStorage(self._client, self)
         return self._storage
+
+    @property
+    def artifact_store(self) -> Any:
+        """Optuna's artifact-store protocol on the server's store, for
+        ``optuna.artifacts.upload_artifact(artifact_store=trial.artifact_store, ...)``."""
+        from hpo.optuna_compat import LeaseArtifactStore
+
+        return LeaseArtifactStore(self._client, self)
 
     @property
     def _trial_id(self) -> int:

@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field
 
 from hpo.constraints import CONSTRAINT_PREFIX
 
+#: Optuna's system-attribute prefix of an artifact's metadata (``artifacts:<id>``).
+ARTIFACT_PREFIX = "artifacts:"
 #: System attributes an objective may set through its lease (Optuna's trial writes these).
 WRITABLE_SYSTEM_PREFIXES = (CONSTRAINT_PREFIX,)
 MAX_ATTRS = 64

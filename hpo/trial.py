@@ -137,6 +137,7 @@ class Trial(OptunaSurface):
         self._intermediate: dict[int, float] = {}
         self._user_attrs: dict[str, Any] = {}
         self._system_attrs: dict[str, Any] = {}
+        self.uploaded: set[str] = set()
         self._started = datetime.datetime.now()  # Optuna's times are naive local times
         self.metrics: dict[str, Any] = {}
         self.diagnosis: str | None = None
@@ -196,12 +197,19 @@ class Trial(OptunaSurface):
         return self.checkpoints.flush() if self.checkpoints is not None else True
 
     def upload_artifact(
-        self, path: str | Path, kind: ArtifactKind = ArtifactKind.FILE
+        self,
+        path: str | Path,
+        kind: ArtifactKind = ArtifactKind.FILE,
+        *,
+        filename: str | None = None,
+        artifact_id: str | None = None,
     ) -> ArtifactInfo:
         """Store a file with this trial (streamed, hash-checked); its metadata is Optuna's."""
-        return self._client.upload_artifact(  # type: ignore[no-any-return]
-            self._spec.lease_id, path, kind, self.last_step
+        info: ArtifactInfo = self._client.upload_artifact(
+            self._spec.lease_id, path, kind, self.last_step, filename, artifact_id
         )
+        self.uploaded.add(info.artifact_id)
+        return info
 
     # ------------------------------------------------------------------ identity
 

@@ -74,6 +74,15 @@ async def upload_artifact(
     kind: Annotated[ArtifactKind, Query()] = ArtifactKind.FILE,
     step: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
     sha256: Annotated[str | None, Header(alias=SHA256_HEADER, pattern=r"^[0-9a-fA-F]{64}$")] = None,
+    artifact_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description="the id to store it under (Optuna's upload_artifact chooses one)",
+        ),
+    ] = None,
 ) -> ArtifactInfo:
     """Store a file with the lease's trial (only while the lease is its trial's live one).
     ``kind=checkpoint`` with ``step``: committed once whole and hash-checked, it becomes
@@ -81,7 +90,7 @@ async def upload_artifact(
     await run_in_threadpool(transfer.check_lease, ctx, lease_id)
     received = await transfer.receive(request.stream(), ctx.settings.max_artifact_bytes)
     try:
-        upload = transfer.Upload(kind, filename, step, sha256)
+        upload = transfer.Upload(kind, filename, step, sha256, artifact_id)
         return await run_in_threadpool(transfer.commit_upload, ctx, lease_id, received, upload)
     finally:
         received.path.unlink(missing_ok=True)

@@ -9,14 +9,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hpo.optuna_view import ARTIFACT_PREFIX
 from hpo.protocol import ArtifactInfo, ArtifactKind, Checkpoint
 from service.core.context import AppContext
 from service.core.errors import ArtifactNotFound
 from service.storage import optuna_rows
 from service.storage.models import ArtifactRecord, StudyRecord, TrialRecord
 
-#: Optuna's system-attribute prefix for artifact metadata (optuna.artifacts._upload).
-OPTUNA_PREFIX = "artifacts:"
 COMMITTED, BAD, DELETED = "committed", "bad", "deleted"
 
 
@@ -119,7 +118,7 @@ def _optuna_only(
 ) -> list[ArtifactInfo]:
     seen, out = set(known), []
     for key, value in attrs.items():
-        if not key.startswith(OPTUNA_PREFIX) or key[len(OPTUNA_PREFIX) :] in seen:
+        if not key.startswith(ARTIFACT_PREFIX) or key[len(ARTIFACT_PREFIX) :] in seen:
             continue
         try:
             meta = json.loads(value) if isinstance(value, str) else dict(value)
@@ -127,7 +126,7 @@ def _optuna_only(
             continue
         out.append(
             ArtifactInfo(
-                artifact_id=str(meta.get("artifact_id", key[len(OPTUNA_PREFIX) :])),
+                artifact_id=str(meta.get("artifact_id", key[len(ARTIFACT_PREFIX) :])),
                 study_name=study,
                 trial_id=trial_id,
                 trial_number=number,
@@ -148,4 +147,4 @@ def optuna_artifact_owner(ctx: AppContext, artifact_id: str, trial_id: int | Non
         attrs = ctx.store.storage.get_trial(trial_id).system_attrs
     except KeyError:
         return False
-    return OPTUNA_PREFIX + artifact_id in attrs
+    return ARTIFACT_PREFIX + artifact_id in attrs

@@ -24,7 +24,7 @@ from sqlalchemy import and_, asc, desc, func, select
 from sqlalchemy.orm import Session
 
 from hpo.protocol import ArtifactKind
-from service.artifacts.records import BAD, COMMITTED, DELETED, OPTUNA_PREFIX
+from service.artifacts.records import ARTIFACT_PREFIX, BAD, COMMITTED, DELETED
 from service.core.context import AppContext
 from service.storage import optuna_rows
 from service.storage.models import ArtifactRecord, StudyRecord, TrialRecord
@@ -69,7 +69,7 @@ def _mark_deleted_without_commit(
     for row in rows:
         row.state = DELETED
         if row.optuna_trial_id is not None:
-            key = OPTUNA_PREFIX + row.artifact_id
+            key = ARTIFACT_PREFIX + row.artifact_id
             optuna_rows.delete_trial_system_attr(session, row.optuna_trial_id, key)
         out.append(row)
     session.flush()
@@ -159,7 +159,7 @@ def delete(ctx: AppContext, artifact_id: str) -> int:
         ).first()
         if row is not None and row.state != DELETED:
             dropped = _mark_deleted_without_commit(session, [row])
-        elif row is None and optuna_rows.artifact_meta(session, OPTUNA_PREFIX + artifact_id):
+        elif row is None and optuna_rows.artifact_meta(session, ARTIFACT_PREFIX + artifact_id):
             dropped = [_optuna_only_row_without_commit(session, artifact_id)]
         else:
             get_without_commit(session, artifact_id)  # raises: not found
@@ -169,7 +169,7 @@ def delete(ctx: AppContext, artifact_id: str) -> int:
 
 def _optuna_only_row_without_commit(session: Session, artifact_id: str) -> ArtifactRecord:
     """An artifact plain Optuna code uploaded: drop its metadata; a stand-in row to remove."""
-    key = OPTUNA_PREFIX + artifact_id
+    key = ARTIFACT_PREFIX + artifact_id
     attrs = optuna_rows.trial_system_attrs
     session.execute(attrs.delete().where(attrs.c.key == key))
     return ArtifactRecord(artifact_id=artifact_id, size=0)

@@ -24,11 +24,17 @@ from sqlalchemy.orm import Session
 
 from hpo.protocol import ArtifactInfo, ArtifactKind, Checkpoint
 from service.artifacts import records
-from service.artifacts.records import BAD, COMMITTED, DELETED, OPTUNA_PREFIX
+from service.artifacts.records import ARTIFACT_PREFIX, BAD, COMMITTED, DELETED
 from service.artifacts.retention import prune_running_without_commit, remove_files
 from service.core.context import AppContext
 from service.core.db import utcnow
-from service.core.errors import ArtifactNotFound, InvalidRequest, LeaseExpired, TooLarge
+from service.core.errors import (
+    ArtifactNotFound,
+    Conflict,
+    InvalidRequest,
+    LeaseExpired,
+    TooLarge,
+)
 from service.storage import optuna_rows
 from service.storage.models import ArtifactRecord
 from service.trials.rows import LeaseView, check_current, load_lease_without_commit, study_spec
@@ -55,6 +61,8 @@ class Upload:
     filename: str
     step: int | None = None
     sha256: str | None = None
+    #: the id the uploader chose (Optuna's ``upload_artifact`` makes one); None: a new uuid
+    artifact_id: str | None = None
 
 
 async def receive(body: AsyncIterable[bytes], max_bytes: int) -> Received:
@@ -104,6 +112,10 @@ def commit_upload(
         )
     with ctx.db.session() as session:
         view = _live_lease_without_commit(session, lease_id)
+        if upload.artifact_id is not None:
+            stored = _stored_as_without_commit(session, upload.artifact_id, view, received)
+            if stored is not None:  # a retry of an upload that was stored: the same answer
+                return records.info(stored, view.study.name, view.trial.number)
     trial_id = view.trial.optuna_trial_id
     assert trial_id is not None
     record = _new_record(view, received, upload, trial_id)
@@ -111,7 +123,7 @@ def commit_upload(
         ctx.artifacts.write(record.artifact_id, body)
     try:  # Optuna's own metadata, through Optuna (its connection, not our transaction)
         ctx.store.storage.set_trial_system_attr(
-            trial_id, OPTUNA_PREFIX + record.artifact_id, records.optuna_meta(record)
+            trial_id, ARTIFACT_PREFIX + record.artifact_id, records.optuna_meta(record)
         )
         dropped = _commit_row(ctx, lease_id, record)
     except BaseException:
@@ -121,12 +133,27 @@ def commit_upload(
     return records.info(record, view.study.name, view.trial.number)
 
 
+def _stored_as_without_commit(
+    session: Session, artifact_id: str, view: LeaseView, received: Received
+) -> ArtifactRecord | None:
+    """The row already stored under a chosen ``artifact_id``: the same file of the same
+    trial (a retry) or None when the id is free; Conflict when it is another's."""
+    row = session.scalars(
+        select(ArtifactRecord).where(ArtifactRecord.artifact_id == artifact_id)
+    ).first()
+    if row is None:
+        return None
+    if row.optuna_trial_id == view.trial.optuna_trial_id and row.sha256 == received.sha256:
+        return row
+    raise Conflict(f"artifact_id: {artifact_id!r} is taken by another file", "artifact_id")
+
+
 def _new_record(
     view: LeaseView, received: Received, upload: Upload, trial_id: int
 ) -> ArtifactRecord:
     mimetype = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
     return ArtifactRecord(
-        artifact_id=str(uuid.uuid4()),
+        artifact_id=upload.artifact_id or str(uuid.uuid4()),
         study_id=view.study.study_id,
         optuna_trial_id=trial_id,
         lease_id=view.lease.lease_id,
@@ -193,7 +220,7 @@ def find(ctx: AppContext, artifact_id: str) -> Download:
         ).first()
         if row is not None and row.state != DELETED:
             return Download(row.artifact_id, row.filename, row.mimetype, row.size, row.sha256)
-        meta = optuna_rows.artifact_meta(session, OPTUNA_PREFIX + artifact_id)
+        meta = optuna_rows.artifact_meta(session, ARTIFACT_PREFIX + artifact_id)
     if meta is None:
         raise ArtifactNotFound(f"artifact {artifact_id!r} not found", "artifact_id")
     filename = str(meta.get("filename") or artifact_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -137,13 +139,13 @@ def test_report_checks_as_optuna() -> None:
 
 
 def _spec_stub() -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from hpo.protocol import TrialSpec
 
     return TrialSpec(lease_id="l", trial_id=1, trial_number=0, study_name="s", attempt=1,
                      params={}, space={}, objective="value", direction="maximize", seed=0,
-                     lease_expires_at=datetime.now(timezone.utc), heartbeat_interval_s=1.0)  # fmt: skip
+                     lease_expires_at=datetime.now(UTC), heartbeat_interval_s=1.0)  # fmt: skip
 
 
 def test_deprecated_suggests_warn_as_optuna(live: LiveApp, worker: Any) -> None:
@@ -234,3 +236,42 @@ def test_report_twice_keeps_the_first_and_sends_once(live: LiveApp, worker: Any)
     finish(trial, 0.5)
     direct = optuna.load_study(study_name="twice", storage=live.ctx.store.url)
     assert direct.trials[0].intermediate_values == {1: 0.5, 2: 0.4}
+
+
+def test_optuna_upload_artifact_through_the_trial(
+    live: LiveApp, worker: Any, tmp_path: Path
+) -> None:
+    with admin(live) as c:
+        c.create_study(study_spec("arts", workload="toy", space=XY, budget={"max_trials": 2}))
+    trial = lease(worker, "arts")
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\x00weights" * 100)
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=trial.artifact_store, file_path=str(path), study_or_trial=trial
+    )
+    again = trial.upload_artifact(path, artifact_id=artifact_id)  # a retry: the same answer
+    assert again.artifact_id == artifact_id
+    finish(trial, 0.5)
+    direct = optuna.load_study(study_name="arts", storage=live.ctx.store.url)
+    [meta] = optuna.artifacts.get_all_artifact_meta(direct.trials[0], storage=direct._storage)
+    assert meta.artifact_id == artifact_id and meta.filename == "weights.bin"
+    with trial.artifact_store.open_reader(artifact_id) as reader:
+        assert reader.read() == path.read_bytes()
+    with admin(live) as c:
+        [listed] = c.artifacts(trial._trial_id)
+        assert listed.artifact_id == artifact_id and listed.filename == "weights.bin"
+
+
+def test_a_chosen_artifact_id_taken_by_another_file_is_refused(
+    live: LiveApp, worker: Any, tmp_path: Path
+) -> None:
+    with admin(live) as c:
+        c.create_study(study_spec("arts2", workload="toy", space=XY, budget={"max_trials": 2}))
+    trial = lease(worker, "arts2")
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    trial.upload_artifact(tmp_path / "a", artifact_id="fixed-id")
+    with pytest.raises(ApiError) as taken:
+        trial.upload_artifact(tmp_path / "b", artifact_id="fixed-id")
+    assert taken.value.status_code == 409 and "artifact_id" in str(taken.value)
+    finish(trial, 0.5)
