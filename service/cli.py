@@ -1,6 +1,6 @@
 """The server's commands of ``hpo``: ``server``, ``db upgrade`` and ``token create``.
 
-:mod:`hpo.cli` puts them together with ``hpo study`` and ``hpo worker``;
+:mod:`hpo_cli` puts them together with ``hpo study`` and ``hpo worker``;
 ``python -m service.cli`` runs these alone. Server-side imports (fastapi,
 sqlalchemy, optuna) happen inside the commands, so importing this module is
 cheap and ``hpo worker`` runs on a box with only the worker extra installed;
