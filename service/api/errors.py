@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.core.db import _is_connection_error
 from service.core.errors import DatabaseUnavailable, DomainError
@@ -60,8 +61,28 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 _UNPARSABLE = "There was an error parsing the body"
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI schema documents at this path (Starlette's 405 names
+    only the first matching route's, although another serves GET or DELETE there)."""
+    table = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = [
+            (compile_path(path)[0], {m.upper() for m in item if m != "parameters"})
+            for path, item in request.app.openapi().get("paths", {}).items()
+        ]
+        request.app.state.allowed_methods = table
+    methods: set[str] = set()
+    for pattern, documented in table:
+        if pattern.match(request.url.path):
+            methods |= documented
+    return sorted(methods)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405 and (documented := allowed_methods(request)):
+        headers = {"Allow": ", ".join(documented)}
+        return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
     if exc.status_code == 400 and exc.detail == _UNPARSABLE:
         err = {
             "loc": ["body"],

@@ -43,3 +43,20 @@ def test_registration_refuses_a_boolean_gpu_count(client, tokens) -> None:  # ty
     body = {"hostname": "h", "devices": [], "version": "t", "resources": {"gpus": True}}
     answer = client.post(f"{API}/workers/register", json=body, headers=tokens.header(tokens.worker))
     assert answer.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/studies", "GET, POST"),  # two methods documented at the path
+        ("PATCH", "/studies/s1", "DELETE, GET"),  # Starlette named only one route's
+        ("GET", "/trials/lease", "POST"),
+        ("DELETE", "/leases/x/study", "GET"),
+    ],
+)
+def test_405_answers_name_every_documented_method(  # type: ignore[no-untyped-def]
+    client, tokens, method: str, path: str, allow: str
+) -> None:
+    answer = client.request(method, f"{API}{path}", headers=tokens.header(tokens.admin))
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == allow
