@@ -29,7 +29,7 @@ from service.api import (
     workers,
 )
 from service.api.errors import install_handlers
-from service.api.input_guard import reject_nul
+from service.api.input_guard import install_nul_schema, reject_nul
 from service.artifacts.retention import collect_all
 from service.core import migrate
 from service.core.config import Settings
@@ -90,6 +90,7 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     install_handlers(app)
+    install_nul_schema(app)
     app.include_router(health.router)
     for module in (studies, specs, protocol, lease_study, artifacts, workers, tokens):
         app.include_router(module.router, prefix=API_PREFIX)

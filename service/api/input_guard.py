@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
 NUL = "\x00"
@@ -64,3 +64,45 @@ async def reject_nul(request: Request) -> None:
     found = _find_nul(parsed)
     if found is not None:
         _refuse(found)
+
+
+#: What the schema says of every string without a pattern of its own (and of every
+#: object key): no NUL, as :func:`reject_nul` enforces.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+
+def document_nul_rule(schema: dict[str, Any]) -> dict[str, Any]:
+    """Write the NUL rule into an OpenAPI schema, in place: each string schema without a
+    ``pattern`` gets :data:`NO_NUL_PATTERN`, each free-form object ``propertyNames``."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if _free_string(node):
+            node["pattern"] = NO_NUL_PATTERN
+        if node.get("type") == "object" and node.get("additionalProperties", False) is not False:
+            node.setdefault("propertyNames", {"pattern": NO_NUL_PATTERN})
+        stack.extend(v for k, v in node.items() if k not in ("example", "examples", "default"))
+    return schema
+
+
+def _free_string(node: dict[str, Any]) -> bool:
+    """A string schema that says nothing of its characters (no pattern, enum or format)."""
+    plain = "pattern" not in node and "enum" not in node and "const" not in node
+    return node.get("type") == "string" and plain and "format" not in node
+
+
+def install_nul_schema(app: FastAPI) -> None:
+    """The app's OpenAPI schema (``/openapi.json``) says what :func:`reject_nul` does."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_nul_rule(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,3 +62,26 @@ def test_405_answers_name_every_documented_method(  # type: ignore[no-untyped-de
     answer = client.request(method, f"{API}{path}", headers=tokens.header(tokens.admin))
     assert answer.status_code == 405
     assert answer.headers["allow"] == allow
+
+
+def _string_schemas(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _string_schemas(item)
+    elif isinstance(node, dict):
+        if node.get("type") == "string":
+            yield node
+        for key, value in node.items():
+            if key not in ("example", "examples", "default"):
+                yield from _string_schemas(value)
+
+
+def test_the_schema_says_nul_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    schema = client.get("/openapi.json").json()
+    strings = list(_string_schemas(schema))
+    assert len(strings) > 50
+    free = [s for s in strings if not ({"enum", "const", "format"} & s.keys())]
+    lax = [s for s in free if re.fullmatch(s.get("pattern", ".*"), "a\x00b")]
+    assert lax == [], f"{len(lax)} string schemas allow NUL, e.g. {lax[:2]}"
+    metrics = schema["components"]["schemas"]["ReportRequest"]["properties"]["metrics"]
+    assert not re.fullmatch(metrics["propertyNames"]["pattern"], "k\x00")  # keys too
