@@ -67,13 +67,17 @@ def allowed_methods(request: Request) -> list[str]:
     table = getattr(request.app.state, "allowed_methods", None)
     if table is None:
         table = [
-            (compile_path(path)[0], {m.upper() for m in item if m != "parameters"})
+            (path, compile_path(path)[0], {m.upper() for m in item if m != "parameters"})
             for path, item in request.app.openapi().get("paths", {}).items()
         ]
         request.app.state.allowed_methods = table
+    path = request.url.path
+    for template, _, documented in table:
+        if template == path:  # a literal path is its own resource (/workers/register)
+            return sorted(documented)
     methods: set[str] = set()
-    for pattern, documented in table:
-        if pattern.match(request.url.path):
+    for _, pattern, documented in table:
+        if pattern.match(path):
             methods |= documented
     return sorted(methods)
 

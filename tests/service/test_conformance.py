@@ -54,6 +54,7 @@ def test_registration_refuses_a_boolean_gpu_count(client, tokens) -> None:  # ty
         ("PATCH", "/studies/s1", "DELETE, GET"),  # Starlette named only one route's
         ("GET", "/trials/lease", "POST"),
         ("DELETE", "/leases/x/study", "GET"),
+        ("OPTIONS", "/workers/register", "POST"),  # not /workers/{worker_id}'s GET
     ],
 )
 def test_405_answers_name_every_documented_method(  # type: ignore[no-untyped-def]
