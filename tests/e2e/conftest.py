@@ -90,12 +90,21 @@ class Stack:
         server.start()
         return server
 
-    def worker(self, url: str, token: str, *args: str) -> Process:
+    def worker(
+        self,
+        url: str,
+        token: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Process:
+        """A started ``python -m workers`` on the CPU; ``env`` adds variables, ``cwd`` is
+        its working directory (default: the repository)."""
         n = sum(1 for p in self.procs if not isinstance(p, ServerProcess))
         argv = [sys.executable, "-m", "workers", "--server", url, "--device", "cpu"]
         argv += ["--data-dir", str(self.data_dir), "--log-level", "DEBUG", "--idle-backoff", "1"]
-        env = clean_env(HPO_TOKEN=token)  # the token via env, as an operator would
-        proc = Process(argv + list(args), env, self.workdir / f"worker-{n}.log")
+        extra = {"HPO_TOKEN": token, **(env or {})}  # the token via env, as an operator would
+        proc = Process(argv + list(args), clean_env(**extra), self.workdir / f"worker-{n}.log", cwd)
         self.procs.append(proc)
         return proc.start()
 

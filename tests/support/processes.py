@@ -35,13 +35,16 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
 
 
 class Process:
-    """A child process (own session, cwd the repository) writing to a log file.
+    """A child process (own session, cwd the repository unless ``cwd``) writing to a log file.
 
     ``start`` may be called again after the process ended: the log is appended to.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> None:
         self.argv, self.env, self.log_path = argv, env, log
+        self.cwd = cwd or REPO_ROOT
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
@@ -50,7 +53,7 @@ class Process:
             self.proc = subprocess.Popen(
                 self.argv,
                 env=self.env,
-                cwd=REPO_ROOT,
+                cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
