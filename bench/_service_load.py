@@ -175,7 +175,7 @@ def direct_worker(idx: int, url: str, study: str, sampler: str, clock: Any, out:
         try:
             storage = optuna.storages.RDBStorage(url)
             break
-        except Exception:  # noqa: BLE001
+        except Exception:
             if attempt == 29:
                 raise
             time.sleep(1.0 + random.random())

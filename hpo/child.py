@@ -56,7 +56,7 @@ def _adopt_checkpoints(trial: Trial) -> None:
     folder = os.environ.get("HPO_CHECKPOINT_DIR")
     if not folder:
         return
-    trial.checkpoints = CheckpointFolder(trial._client, trial.spec.lease_id, Path(folder))  # noqa: SLF001
+    trial.checkpoints = CheckpointFolder(trial._client, trial.spec.lease_id, Path(folder))
     resume = os.environ.get("HPO_RESUME")
     trial.checkpoints.resume = Checkpoint.model_validate_json(resume) if resume else None
 
@@ -69,7 +69,7 @@ def run(objective: Callable[[Trial], Any]) -> Any:
     """
     trial = current_trial()
     result = call_objective(trial, objective)
-    send_result(trial._client, trial, result)  # noqa: SLF001 - the trial's own client
+    send_result(trial._client, trial, result)  # the trial's own client
     if result.ending in (Ending.FAILED, Ending.ERROR):
         raise SystemExit(f"trial {trial.label} failed: {result.reason}")
     return result.values[0] if result.values and len(result.values) == 1 else result.values

@@ -71,7 +71,7 @@ def call_objective(trial: Trial, objective: Callable[[Trial], Any]) -> Result:
         returned = objective(trial)
     except TrialStopped as exc:
         return Result(Ending.DROPPED, reason=str(exc))
-    except BaseException as exc:  # noqa: BLE001 - every objective error ends the attempt
+    except BaseException as exc:  # every objective error ends the attempt
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return _raised(trial, exc)

@@ -55,11 +55,11 @@ from hpo.transport import ClientError, LeaseGone
 log = logging.getLogger("hpo.trial")
 
 
-class TrialPruned(Exception):  # noqa: N818 - Optuna's name, so objectives read the same
+class TrialPruned(Exception):  # Optuna's name, so objectives read the same
     """Raise from an objective to end the trial as pruned."""
 
 
-class TrialStopped(Exception):  # noqa: N818
+class TrialStopped(Exception):
     """The trial must end now without a result: the lease is gone, the study stopped,
     or the worker is shutting down (raised by the trial's methods)."""
 

@@ -62,7 +62,7 @@ async def _reaper(ctx: AppContext) -> None:
         try:
             await run_in_threadpool(trials.reap_all, ctx)
             await run_in_threadpool(collect_all, ctx)  # retention of finished trials
-        except Exception:  # noqa: BLE001 - the reaper must survive a database outage
+        except Exception:  # the reaper must survive a database outage
             log.warning("lease reaper failed; will retry", exc_info=True)
 
 

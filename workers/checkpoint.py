@@ -132,7 +132,7 @@ def format_of(path: Path) -> str | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged file: whoever loads it will say why
+    except Exception:  # noqa: BLE001 - torch.load raises many kinds for a damaged file
         return None
     return payload.get("format") if isinstance(payload, dict) else None
 

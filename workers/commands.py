@@ -175,7 +175,7 @@ def _run_child(env: CommandEnv, spec: TrialSpec, trial: Trial) -> TrialEnd:
 
 
 def _start(env: CommandEnv, spec: TrialSpec, trial: Trial) -> _Child:
-    proc = subprocess.Popen(  # noqa: S603 - the user's own command, from the worker's flags
+    proc = subprocess.Popen(  # the user's own command, from the worker's flags
         child_argv(env, spec),
         env={**child_env(env, spec), **checkpoint_env(trial)},
         stdout=subprocess.PIPE,

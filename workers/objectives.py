@@ -29,7 +29,7 @@ def load_objective(ref: str) -> Callable[[Any], Any]:
         sys.path.insert(0, os.getcwd())
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import-time error is the user's to fix
+    except Exception as exc:  # any import-time error is the user's to fix
         raise ObjectiveError(
             f"--objective {ref!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc

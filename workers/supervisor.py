@@ -133,7 +133,7 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         argv, env = self._command(self.options, child.gpu)
-        child.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        child.proc = subprocess.Popen(  # our own interpreter and module
             argv, env=env, start_new_session=True, preexec_fn=_die_with_parent
         )
         child.started = time.monotonic()

@@ -28,7 +28,7 @@ def _data() -> tuple:
     return digits.data, digits.target
 
 
-def objective(trial) -> float:  # noqa: ANN001 - an optuna.Trial or an hpo.Trial
+def objective(trial) -> float:  # an optuna.Trial or an hpo.Trial
     """Mean 3-fold cross-validated accuracy of an SVC or a random forest."""
     x, y = _data()
     classifier = trial.suggest_categorical("classifier", ["svc", "random_forest"])

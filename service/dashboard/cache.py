@@ -118,7 +118,7 @@ class VersionedCache(Generic[V]):
             try:
                 previous = self.peek(key)
                 self._store(key, *build(previous))
-            except Exception:  # noqa: BLE001 - the stale value stays; the next request retries
+            except Exception:  # the stale value stays; the next request retries
                 log.exception("dashboard: rebuilding %s %s failed", self.name, key)
             finally:
                 with self._lock:

@@ -125,7 +125,7 @@ class DashboardState:
         def run() -> None:
             try:
                 self.frame(study_id)
-            except Exception:  # noqa: BLE001 - best effort: the chart requests report errors
+            except Exception:  # best effort: the chart requests report errors
                 log.debug("warming study %s failed", study_id, exc_info=True)
 
         threading.Thread(target=run, name=f"dashboard-warm-{study_id}", daemon=True).start()
@@ -147,7 +147,7 @@ def _prewarm_libraries() -> None:
         for trace in (go.Box(y=[1]), go.Scatter(y=[1]), go.Violin(y=[1]), go.Contour(z=[[1]])):
             go.Figure(trace).to_json()
         go.Figure(go.Parcoords(dimensions=[{"values": [1]}])).to_json()
-    except Exception:  # noqa: BLE001 - best effort
+    except Exception:  # best effort
         log.debug("prewarming the chart libraries failed", exc_info=True)
 
 
@@ -162,7 +162,7 @@ def prewarm(dash: DashboardState, studies: int = 4) -> None:
                 recent = [row.study_id for row in queries.optuna_studies(session)][-studies:]
             for study_id in reversed(recent):
                 dash.frame(study_id)
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:  # best effort
             log.debug("prewarming study frames failed", exc_info=True)
 
     threading.Thread(target=run, name="dashboard-prewarm", daemon=True).start()

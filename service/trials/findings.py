@@ -61,7 +61,7 @@ def diagnostics_without_commit(
         message = (user_attrs.get("final_metrics") or {}).get("diagnosis")
         status = "diverged" if user_attrs.get("diagnosis") == "diverged" else None
         found = [f.model_dump(mode="json") for f in check_trial(history, status, message)]
-    except Exception:  # noqa: BLE001 - findings are advice; the trial finishes anyway
+    except Exception:  # findings are advice; the trial finishes anyway
         log.warning("could not check trial %d", optuna_trial_id, exc_info=True)
         found = []
     return {"findings": found, "telemetry": figures}

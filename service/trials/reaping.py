@@ -247,7 +247,7 @@ def _recover_finishing(ctx: AppContext, now: datetime) -> int:
         try:
             recover(ctx, lease_id)
             done += 1
-        except Exception:  # noqa: BLE001 - one bad lease must not stop the pass
+        except Exception:  # one bad lease must not stop the pass
             log.exception("could not finish stuck lease %s", lease_id)
     return done
 
@@ -261,7 +261,7 @@ def _reconcile_optuna(ctx: AppContext, now: datetime) -> int:
     for study in studies:
         try:
             fixed += _reconcile_study(ctx, study, cutoff)
-        except Exception:  # noqa: BLE001 - e.g. deleted meanwhile; the next pass retries
+        except Exception:  # e.g. deleted meanwhile; the next pass retries
             log.warning("could not reconcile study %r", study.name, exc_info=True)
     return fixed
 

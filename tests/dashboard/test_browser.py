@@ -121,7 +121,7 @@ def test_trials_table_shows_the_latest_filter_when_answers_cross(
     tab = page.page
     held: list = []
 
-    def hold_unfiltered(route) -> None:  # noqa: ANN001 - playwright's Route
+    def hold_unfiltered(route) -> None:  # playwright's Route
         if "state=" in route.request.url:
             route.continue_()
         else:

@@ -12,7 +12,7 @@ import time
 import optuna
 
 
-def conditional(trial) -> float:  # noqa: ANN001
+def conditional(trial) -> float:
     """A conditional space with every distribution kind: log float, stepped int, stepped float."""
     kind = trial.suggest_categorical("kind", ["smooth", "grid"])
     if kind == "smooth":
@@ -23,7 +23,7 @@ def conditional(trial) -> float:  # noqa: ANN001
     return -abs(n - 11) / 10 - y
 
 
-def pruning(trial) -> float:  # noqa: ANN001
+def pruning(trial) -> float:
     """Reports five steps; trials with a low ``quality`` fall behind and get pruned."""
     quality = trial.suggest_float("quality", 0.0, 1.0)
     for step in range(5):
@@ -34,22 +34,22 @@ def pruning(trial) -> float:  # noqa: ANN001
     return quality * 5
 
 
-def two_objectives(trial) -> tuple[float, float]:  # noqa: ANN001
+def two_objectives(trial) -> tuple[float, float]:
     """Accuracy up, size down: a multi-objective tuple."""
     width = trial.suggest_int("width", 1, 100)
     return 1 - 1 / width, float(width)
 
 
-def raises(trial) -> float:  # noqa: ANN001
+def raises(trial) -> float:
     trial.suggest_float("x", 0.0, 1.0)
     raise ValueError("the objective broke on purpose (42)")
 
 
-def disagrees(trial) -> float:  # noqa: ANN001
+def disagrees(trial) -> float:
     """Asks for x in [0, 2] where the spec declares [0, 1]."""
     return trial.suggest_float("x", 0.0, 2.0)
 
 
-def non_numeric(trial) -> str:  # noqa: ANN001
+def non_numeric(trial) -> str:
     trial.suggest_float("x", 0.0, 1.0)
     return "not a number"

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hpo.client import Client
-from hpo.protocol import (  # noqa: E402
+from hpo.protocol import (
     CompleteRequest,
     LeaseRequest,
     ReportRequest,

@@ -54,7 +54,7 @@ def test_max_trials_is_bounded(worker) -> None:
 
 
 @pytest.mark.postgres
-def test_concurrent_batches_never_exceed_max_concurrent(pg_url, tmp_path) -> None:  # noqa: ANN001
+def test_concurrent_batches_never_exceed_max_concurrent(pg_url, tmp_path) -> None:
     from fastapi.testclient import TestClient
 
     from service.app import create_app

@@ -46,7 +46,7 @@ def test_the_dashboard_is_mounted_without_an_import_guard() -> None:
     assert "except ImportError" not in source and "except ModuleNotFoundError" not in source
 
 
-def test_login_page_is_served(client) -> None:  # noqa: ANN001
+def test_login_page_is_served(client) -> None:
     assert client.get("/dashboard/login").status_code == 200
 
 
@@ -54,7 +54,7 @@ def test_login_page_is_served(client) -> None:  # noqa: ANN001
 
 
 def test_a_sampler_the_server_cannot_run_is_refused_at_creation(
-    admin,  # noqa: ANN001
+    admin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The server extra has no torch; Optuna's GPSampler imports it only after its start-up
@@ -74,7 +74,7 @@ def test_a_sampler_the_server_cannot_run_is_refused_at_creation(
 # --------------------------------------------------------------------------- 6. worker restarts
 
 
-def test_a_restarted_worker_replaces_its_gone_row(client, ctx, tokens) -> None:  # noqa: ANN001
+def test_a_restarted_worker_replaces_its_gone_row(client, ctx, tokens) -> None:
     headers = {"Authorization": f"Bearer {tokens.worker}"}
     body = {"hostname": "box", "name": "box:gpu0", "devices": ["cuda:0"]}
     for _ in range(3):  # three restarts of the same worker process
@@ -92,7 +92,7 @@ def test_a_restarted_worker_replaces_its_gone_row(client, ctx, tokens) -> None: 
     assert names == {"box:gpu0": 1, "box:gpu1": 1}
 
 
-def test_the_reaper_forgets_workers_gone_for_long(client, ctx, tokens) -> None:  # noqa: ANN001
+def test_the_reaper_forgets_workers_gone_for_long(client, ctx, tokens) -> None:
     from service.trials import reap_all
 
     headers = {"Authorization": f"Bearer {tokens.worker}"}

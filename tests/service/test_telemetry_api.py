@@ -8,7 +8,7 @@ from tests.support import study_spec
 API = "/api/v1"
 
 
-def test_heartbeat_and_complete_telemetry_are_stored(client, tokens) -> None:  # noqa: ANN001
+def test_heartbeat_and_complete_telemetry_are_stored(client, tokens) -> None:
     admin = {"Authorization": f"Bearer {tokens.admin}"}
     worker = {"Authorization": f"Bearer {tokens.worker}"}
     spec = study_spec(
@@ -49,7 +49,7 @@ def test_heartbeat_and_complete_telemetry_are_stored(client, tokens) -> None:  #
     }
 
 
-def test_an_own_objective_reporting_the_metrics_gets_the_findings(client, tokens) -> None:  # noqa: ANN001
+def test_an_own_objective_reporting_the_metrics_gets_the_findings(client, tokens) -> None:
     """Findings come from what a trial reported, whoever ran it: an own objective that
     reports train_loss and val_loss gets the same checks as the built-in trainer."""
     admin = {"Authorization": f"Bearer {tokens.admin}"}

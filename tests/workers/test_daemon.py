@@ -100,7 +100,7 @@ class FakeService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:  # http.server API
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status, answer = service.answer(self.path, json.loads(raw or b"{}"))
                 data = json.dumps(answer).encode()

@@ -74,21 +74,21 @@ class _FakeNvml(types.SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(asked=[])
 
-    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+    def nvmlInit(self) -> None:  # pynvml's names
         return None
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
         self.asked.append(index)
         return f"gpu{index}"
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:  # noqa: N802
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
         self.asked.append(uuid)
         return uuid
 
-    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:
         return types.SimpleNamespace(gpu=37)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
         return types.SimpleNamespace(used=3 * 2**30)
 
 
