@@ -37,10 +37,14 @@ class Fleet:
 
     def __enter__(self) -> Fleet:
         port = _free_port()
-        env = dict(self.env, HPO_DATABASE_URL=f"sqlite:///{self.workdir / 'hpo.db'}",
-                   HPO_TOKEN_FILE=str(self.workdir / "tokens.json"))  # fmt: skip
-        self._start([sys.executable, "-m", "service.cli", "server", "--port", str(port)], env,
-                    "server.log")  # fmt: skip
+        env = dict(
+            self.env,
+            HPO_DATABASE_URL=f"sqlite:///{self.workdir / 'hpo.db'}",
+            HPO_TOKEN_FILE=str(self.workdir / "tokens.json"),
+        )
+        self._start(
+            [sys.executable, "-m", "service.cli", "server", "--port", str(port)], env, "server.log"
+        )
         self.url = f"http://127.0.0.1:{port}"
         for _ in range(900):  # migrations, then uvicorn: ready once /healthz answers
             try:
@@ -59,8 +63,18 @@ class Fleet:
 
     def worker(self, *args: str, threads: int = 1) -> None:
         """A worker process on the CPU with ``threads`` torch threads."""
-        argv = [sys.executable, "-m", "workers", "--server", self.url, "--device", "cpu",
-                "--data-dir", self.data_dir, *args]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--server",
+            self.url,
+            "--device",
+            "cpu",
+            "--data-dir",
+            self.data_dir,
+            *args,
+        ]
         env = dict(self.env, HPO_TOKEN=self.tokens["worker"], OMP_NUM_THREADS=str(threads))
         self._start(argv, env, f"worker-{len(self.procs)}.log")
 

@@ -50,8 +50,11 @@ from workers import checkpoint as ckpt  # noqa: E402
 from workers.data import load_mnist  # noqa: E402
 from workers.trainer import train  # noqa: E402
 
-RESUME_ENV = {"HPO_LEASE_TTL_S": "3", "HPO_HEARTBEAT_INTERVAL_S": "1",
-              "HPO_REAPER_INTERVAL_S": "0.5"}  # fmt: skip
+RESUME_ENV = {
+    "HPO_LEASE_TTL_S": "3",
+    "HPO_HEARTBEAT_INTERVAL_S": "1",
+    "HPO_REAPER_INTERVAL_S": "0.5",
+}
 FIGURES = ("val_accuracy", "val_loss", "train_loss", "grad_norm", "lr")
 
 
@@ -99,8 +102,12 @@ def timed_saves() -> list[float]:
 def overhead(fleet: Fleet, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Median per-epoch checkpoint cost (write + commit) over the epoch time, and the walls."""
     admin = _admin(fleet)
-    spec = {"name": "overhead", "space": {"lr": {"type": "float", "low": 1e-3, "high": 2e-3}},
-            "fixed": {"optimizer": "adam"}, "budget": {"max_trials": 100}}  # fmt: skip
+    spec = {
+        "name": "overhead",
+        "space": {"lr": {"type": "float", "low": 1e-3, "high": 2e-3}},
+        "fixed": {"optimizer": "adam"},
+        "budget": {"max_trials": 100},
+    }
     admin.post("/studies", json=spec).raise_for_status()
     client = Client(fleet.url, token=fleet.tokens["worker"])
     worker = client.register(WorkerRegistration(hostname="bench")).worker_id
@@ -109,21 +116,30 @@ def overhead(fleet: Fleet, data: Any, args: argparse.Namespace) -> dict[str, Any
     for repeat in range(args.repeats):
         for with_checkpoints in (False, True) if repeat % 2 == 0 else (True, False):
             rows.append(_one_run(client, worker, data, config, with_checkpoints, saves))
-            print(f"  repeat {repeat + 1} checkpoints={with_checkpoints}: "
-                  f"{rows[-1]['wall_s']:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"  repeat {repeat + 1} checkpoints={with_checkpoints}: {rows[-1]['wall_s']:.2f} s",
+                flush=True,
+            )
     on = [r for r in rows if r["checkpoints"]]
     off = [r for r in rows if not r["checkpoints"]]
     cost = statistics.median(r["cost_s"] / r["epochs"] for r in on)
     epoch = statistics.median(e for r in on + off for e in r["epoch_s"])
     wall_on = statistics.median(r["wall_s"] for r in on)
     wall_off = statistics.median(r["wall_s"] for r in off)
-    return {"cost_s": cost, "epoch_s": epoch, "percent": 100 * cost / epoch,
-            "wall_on": wall_on, "wall_off": wall_off, "size": on[-1]["size"],
-            "wall_percent": 100 * (wall_on - wall_off) / wall_off}  # fmt: skip
+    return {
+        "cost_s": cost,
+        "epoch_s": epoch,
+        "percent": 100 * cost / epoch,
+        "wall_on": wall_on,
+        "wall_off": wall_off,
+        "size": on[-1]["size"],
+        "wall_percent": 100 * (wall_on - wall_off) / wall_off,
+    }
 
 
-def _one_run(client: Client, worker: str, data: Any, config: TrainConfig, on: bool,
-             saves: list[float]) -> dict[str, Any]:  # fmt: skip
+def _one_run(
+    client: Client, worker: str, data: Any, config: TrainConfig, on: bool, saves: list[float]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
         folder, path = None, None
         if on:
@@ -136,8 +152,14 @@ def _one_run(client: Client, worker: str, data: Any, config: TrainConfig, on: bo
         wall = time.perf_counter() - t0
         size = path.stat().st_size if path else 0
     write_s = sum(saves[before:])
-    return {"checkpoints": on, "wall_s": wall, "epoch_s": hooks.epoch_s, "size": size,
-            "cost_s": write_s + hooks.commit_s, "epochs": config.epochs}  # fmt: skip
+    return {
+        "checkpoints": on,
+        "wall_s": wall,
+        "epoch_s": hooks.epoch_s,
+        "size": size,
+        "cost_s": write_s + hooks.commit_s,
+        "epochs": config.epochs,
+    }
 
 
 # --------------------------------------------------------------------------- resume
@@ -149,10 +171,13 @@ def resume(workdir: Path, data_dir: str) -> dict[str, Any]:
     fleet.env.update(RESUME_ENV)
     with fleet:
         admin = _admin(fleet)
-        spec = {"name": "killed", "sampler": {"name": "random", "seed": 1},
-                "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
-                "fixed": {"optimizer": "adam", "epochs": 8, "train_subset": 20000, "seed": 3},
-                "budget": {"max_trials": 1, "max_concurrent": 1}}  # fmt: skip
+        spec = {
+            "name": "killed",
+            "sampler": {"name": "random", "seed": 1},
+            "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
+            "fixed": {"optimizer": "adam", "epochs": 8, "train_subset": 20000, "seed": 3},
+            "budget": {"max_trials": 1, "max_concurrent": 1},
+        }
         logs = [workdir / f"worker-{n + 1}.log" for n in range(2)]
         for _ in logs:  # both up and idle before there is work: either may take the trial
             fleet.worker("--idle-backoff", "0.5")
@@ -171,10 +196,14 @@ def resume(workdir: Path, data_dir: str) -> dict[str, Any]:
         admin.post("/studies", json={**spec, "name": "twin"}).raise_for_status()
         _wait(lambda: _trial(admin, "twin")["state"] == "complete", 600, "the twin")
         killed, twin = _trial(admin, "killed"), _trial(admin, "twin")
-    return {"resume_s": resumed_at - killed_at, "ttl_s": float(RESUME_ENV["HPO_LEASE_TTL_S"]),
-            "from_step": killed["user_attrs"].get("resumed_from_step"),
-            "identical": _curve(killed) == _curve(twin) and killed["value"] == twin["value"],
-            "value": killed["value"], "twin_value": twin["value"]}  # fmt: skip
+    return {
+        "resume_s": resumed_at - killed_at,
+        "ttl_s": float(RESUME_ENV["HPO_LEASE_TTL_S"]),
+        "from_step": killed["user_attrs"].get("resumed_from_step"),
+        "identical": _curve(killed) == _curve(twin) and killed["value"] == twin["value"],
+        "value": killed["value"],
+        "twin_value": twin["value"],
+    }
 
 
 def _admin(fleet: Fleet) -> httpx.Client:
@@ -215,18 +244,20 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
 
 
 def report(o: dict[str, Any], r: dict[str, Any]) -> str:
-    return "\n".join([
-        f"checkpoint file: {o['size'] / 1e6:.2f} MB (784-512-10 MLP + adam state)",
-        f"per epoch: write + commit {1000 * o['cost_s']:.0f} ms, epoch {o['epoch_s']:.2f} s",
-        f"wall per run: with {o['wall_on']:.2f} s, without {o['wall_off']:.2f} s "
-        f"({o['wall_percent']:+.1f}%)",
-        f"resume: from step {r['from_step']}, {r['resume_s']:.2f} s after the SIGKILL, "
-        f"of which lease TTL {r['ttl_s']:.0f} s ({r['resume_s'] - r['ttl_s']:.2f} s beyond)",
-        f"values: resumed {r['value']}, twin {r['twin_value']}",
-        f"checkpoint_overhead: {o['percent']:.2f}%",
-        f"resume_s: {r['resume_s']:.2f}",
-        f"resume_identical: {'yes' if r['identical'] else 'no'}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"checkpoint file: {o['size'] / 1e6:.2f} MB (784-512-10 MLP + adam state)",
+            f"per epoch: write + commit {1000 * o['cost_s']:.0f} ms, epoch {o['epoch_s']:.2f} s",
+            f"wall per run: with {o['wall_on']:.2f} s, without {o['wall_off']:.2f} s "
+            f"({o['wall_percent']:+.1f}%)",
+            f"resume: from step {r['from_step']}, {r['resume_s']:.2f} s after the SIGKILL, "
+            f"of which lease TTL {r['ttl_s']:.0f} s ({r['resume_s'] - r['ttl_s']:.2f} s beyond)",
+            f"values: resumed {r['value']}, twin {r['twin_value']}",
+            f"checkpoint_overhead: {o['percent']:.2f}%",
+            f"resume_s: {r['resume_s']:.2f}",
+            f"resume_identical: {'yes' if r['identical'] else 'no'}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,10 @@ def _describe(r: dict[str, Any]) -> str:
 
 def report(rows: list[dict[str, Any]], front: set[int]) -> str:
     """The front as a table, and the smallest model close to the best dense one."""
-    lines = ["| trial | compression | val acc | bytes | latency b1 ms | latency b1024 ms |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| trial | compression | val acc | bytes | latency b1 ms | latency b1024 ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted((r for r in rows if r["number"] in front), key=lambda r: r["model_bytes"]):
         lines.append(
             f"| {r['number']} | {_describe(r)} | {r['val_accuracy']:.4f} | {r['model_bytes']:,} "

@@ -70,8 +70,9 @@ COMPRESSION_CHARTS = ("pareto", "size")
 
 
 def make_settings(url: str, tmp: Path) -> Settings:
-    return Settings(database_url=url, auth=True, token_file=tmp / "tokens.json",
-                    reaper_interval_s=3600.0)  # fmt: skip
+    return Settings(
+        database_url=url, auth=True, token_file=tmp / "tokens.json", reaper_interval_s=3600.0
+    )
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,9 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
     out: Rounds = {"cold": {}, "changed": {}, FRESH: {}, "cached": {}}
     plain = [n for n in STUDY_CHARTS if n not in COMPRESSION_CHARTS]
     try:
-        with httpx.Client(base_url=server.base, timeout=600,
-                          headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+        with httpx.Client(
+            base_url=server.base, timeout=600, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
             api = f"/api/v1/dashboard/studies/{studies.single}"
             _study_round(server, client, out, studies.single, plain, finish_one_trial, "")
             _diagnosis_round(client, out, api)
@@ -185,8 +187,15 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
                 client, f"{api}/trials?limit=50&sort=value&order=desc"
             )
             out["cached"]["learning-curve delta"] = ms(client, f"{api}/curves?since=0")
-            _study_round(server, client, out, studies.compression, list(COMPRESSION_CHARTS),
-                         finish_one_compression_trial, OF_COMPRESSION)  # fmt: skip
+            _study_round(
+                server,
+                client,
+                out,
+                studies.compression,
+                list(COMPRESSION_CHARTS),
+                finish_one_compression_trial,
+                OF_COMPRESSION,
+            )
     finally:
         server.close()
     return out
@@ -207,9 +216,14 @@ def _diagnosis_round(client: httpx.Client, out: Rounds, api: str) -> None:
 
 
 def _study_round(
-    server: Server, client: httpx.Client, out: Rounds, study_id: int, charts: list[str],
-    finish: Callable[[str], None], prefix: str,
-) -> None:  # fmt: skip
+    server: Server,
+    client: httpx.Client,
+    out: Rounds,
+    study_id: int,
+    charts: list[str],
+    finish: Callable[[str], None],
+    prefix: str,
+) -> None:
     """A study's trial table and version, its charts built, rebuilt after ``finish``
     ended a trial, and cached."""
     dash, url = server.app.state.dashboard, server.app.state.ctx.settings.database_url
@@ -238,9 +252,9 @@ def first_chart_ms(page: Any, base: str, study_id: int) -> float:
     page.wait_for_function(
         "() => performance.getEntriesByName('hpo:first-chart').length > 0", timeout=120_000
     )
-    return float(page.evaluate(
-        "() => performance.getEntriesByName('hpo:first-chart')[0].startTime"
-    ))  # fmt: skip
+    return float(
+        page.evaluate("() => performance.getEntriesByName('hpo:first-chart')[0].startTime")
+    )
 
 
 def login(page: Any, base: str, token: str) -> None:
@@ -262,9 +276,11 @@ def browser_round(p: Any, url: str, tmp: Path, study_id: int, token: str) -> lis
     """One browser profile (a persistent one, as a real browser keeps its cache)."""
     profile = Path(tempfile.mkdtemp(prefix="profile-", dir=tmp))
     context = p.chromium.launch_persistent_context(
-        str(profile), executable_path=shutil.which("chromium"), args=BROWSER_ARGS,
+        str(profile),
+        executable_path=shutil.which("chromium"),
+        args=BROWSER_ARGS,
         viewport={"width": 1400, "height": 1000},
-    )  # fmt: skip
+    )
     page = context.new_page()
     try:
         server = Server(url, tmp)
@@ -347,8 +363,11 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-browser", action="store_true")
     parser.add_argument("--baseline-limit-s", type=float, default=300.0)
-    parser.add_argument("--chart-sizes", default="200,10000",
-                        help="trial counts for the chart-path comparison ('' to skip)")  # fmt: skip
+    parser.add_argument(
+        "--chart-sizes",
+        default="200,10000",
+        help="trial counts for the chart-path comparison ('' to skip)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.md")
     parser.add_argument("--baseline-one", help=argparse.SUPPRESS)
     args = parser.parse_args()

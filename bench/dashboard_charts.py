@@ -45,14 +45,20 @@ def _paths(frame: StudyFrame) -> dict[str, tuple[Draw, Draw]]:
     study = frame_study(frame, ("COMPLETE",))
     axes = list(charts_space.contour_axes(frame) or ())
     return {
-        "history": (lambda: ov.plot_optimization_history(every),
-                    lambda: charts_space.history(frame).figure),
-        "parallel": (lambda: ov.plot_parallel_coordinate(study),
-                     lambda: charts_space.parallel(frame).figure),
-        "contour": (lambda: ov.plot_contour(study, params=axes),
-                    lambda: charts_space.contour(frame).figure),
+        "history": (
+            lambda: ov.plot_optimization_history(every),
+            lambda: charts_space.history(frame).figure,
+        ),
+        "parallel": (
+            lambda: ov.plot_parallel_coordinate(study),
+            lambda: charts_space.parallel(frame).figure,
+        ),
+        "contour": (
+            lambda: ov.plot_contour(study, params=axes),
+            lambda: charts_space.contour(frame).figure,
+        ),
         "slice": (lambda: ov.plot_slice(study), lambda: charts_space.slices(frame).figure),
-    }  # fmt: skip
+    }
 
 
 def _compression_paths(app: Any, trials: int) -> dict[str, tuple[Draw | None, Draw]]:
@@ -70,10 +76,9 @@ def _compression_paths(app: Any, trials: int) -> dict[str, tuple[Draw | None, Dr
             return charts_pareto.size(session, frame).figure
 
     return {
-        "pareto": (lambda: ov.plot_pareto_front(study),
-                   lambda: charts_pareto.pareto(frame).figure),
+        "pareto": (lambda: ov.plot_pareto_front(study), lambda: charts_pareto.pareto(frame).figure),
         "size": (None, size),
-    }  # fmt: skip
+    }
 
 
 def _time(draw: Draw, repeats: int) -> tuple[float, float]:
@@ -91,8 +96,12 @@ def measure_size(trials: int) -> dict[str, dict[str, float | None]]:
     from service.app import create_app
 
     tmp = Path(tempfile.mkdtemp(prefix="hpo-chart-paths-"))
-    settings = Settings(database_url=f"sqlite:///{tmp / 'paths.db'}", auth=False,
-                        token_file=tmp / "tokens.json", reaper_interval_s=3600.0)  # fmt: skip
+    settings = Settings(
+        database_url=f"sqlite:///{tmp / 'paths.db'}",
+        auth=False,
+        token_file=tmp / "tokens.json",
+        reaper_interval_s=3600.0,
+    )
     app = create_app(settings)
     try:
         sid = seeding.seed_bulk(app.state.ctx, demo.demo_spec("paths"), trials, seed=1)
@@ -104,8 +113,12 @@ def measure_size(trials: int) -> dict[str, dict[str, float | None]]:
         for chart, (optuna_path, frame_path) in paths.items():
             optuna_ms, optuna_mb = _time(optuna_path, repeats) if optuna_path else (None, None)
             frame_ms, frame_mb = _time(frame_path, 3)
-            out[chart] = {"optuna_ms": optuna_ms, "optuna_mb": optuna_mb,
-                          "frame_ms": frame_ms, "frame_mb": frame_mb}  # fmt: skip
+            out[chart] = {
+                "optuna_ms": optuna_ms,
+                "optuna_mb": optuna_mb,
+                "frame_ms": frame_ms,
+                "frame_mb": frame_mb,
+            }
             print(f"chart paths, {trials} trials, {chart}: {out[chart]}", flush=True)
         return out
     finally:
@@ -125,8 +138,11 @@ def table(data: dict[int, dict[str, dict[str, float | None]]]) -> list[str]:
     ]
     for trials, charts in data.items():
         for chart, m in charts.items():
-            optuna = ("— | —" if m["optuna_ms"] is None
-                      else f"{m['optuna_ms']:,.0f} | {m['optuna_mb']:.2f}")  # fmt: skip
+            optuna = (
+                "— | —"
+                if m["optuna_ms"] is None
+                else f"{m['optuna_ms']:,.0f} | {m['optuna_mb']:.2f}"
+            )
             rows.append(
                 f"| {chart} | {trials:,} | {optuna} | {m['frame_ms']:,.0f} | {m['frame_mb']:.2f} |"
             )

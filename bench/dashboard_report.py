@@ -28,8 +28,10 @@ def _server_table(rounds: list[dict[str, dict[str, float]]]) -> list[str]:
     ]
     names = list(rounds[0]["cold"]) + [k for k in rounds[0]["cached"] if k not in rounds[0]["cold"]]
     for name in names:
-        cells = [_cell([r[kind][name] for r in rounds if name in r[kind]])
-                 for kind in ("cold", "changed", FRESH, "cached")]  # fmt: skip
+        cells = [
+            _cell([r[kind][name] for r in rounds if name in r[kind]])
+            for kind in ("cold", "changed", FRESH, "cached")
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
@@ -44,8 +46,7 @@ def _baseline_table(data: dict[str, Any]) -> list[str]:
         fresh = _cell([r["cold"][chart] for r in data["server"]])
         cached = _cell([r["cached"][chart] for r in data["server"]])
         if "total_s" in result:
-            naive = (f"{result['load_s']:.1f} | {result['total_s']:.1f} | "
-                     f"{result['json_mb']:.1f}")  # fmt: skip
+            naive = f"{result['load_s']:.1f} | {result['total_s']:.1f} | {result['json_mb']:.1f}"
         else:
             naive = f"— | {result.get('timeout_s', 'error')} (limit) | —"
         rows.append(f"| {chart} | {naive} | {fresh} | {cached} |")
@@ -81,10 +82,16 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         *_server_table(data["server"]),
     ]
     if "browser" in data:
-        lines += ["", "## Browser: first chart drawn (ms from navigation start)", "",
-                  "| case | median | max |", "|---|--:|--:|"]  # fmt: skip
-        lines += [f"| {case} | {median(v):,.0f} | {max(v):,.0f} |"
-                  for case, v in data["browser"].items()]  # fmt: skip
+        lines += [
+            "",
+            "## Browser: first chart drawn (ms from navigation start)",
+            "",
+            "| case | median | max |",
+            "|---|--:|--:|",
+        ]
+        lines += [
+            f"| {case} | {median(v):,.0f} | {max(v):,.0f} |" for case, v in data["browser"].items()
+        ]
     if "chart_paths" in data:
         lines += [
             "",

@@ -26,17 +26,19 @@ SPACE = {
     "optimizer": {"type": "categorical", "choices": OPTIMIZERS},
     "lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
     "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
-}  # fmt: skip
+}
 
 
 def spec(trials: int, epochs: int, subset: int) -> dict:
     """One architecture and batch size, so that every trial fits one pack."""
     return {
-        "name": "fleet", "direction": "maximize", "sampler": {"name": "random", "seed": 7},
+        "name": "fleet",
+        "direction": "maximize",
+        "sampler": {"name": "random", "seed": 7},
         "budget": {"max_trials": trials},
         "fixed": {"epochs": epochs, "train_subset": subset, "hidden": 512, "batch_size": 64},
         "space": SPACE,
-    }  # fmt: skip
+    }
 
 
 def run(args: argparse.Namespace, packed: bool) -> float:

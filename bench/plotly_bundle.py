@@ -67,8 +67,10 @@ def main() -> None:
             one = browser_rounds(url, tmp, studies.single, token, 1)
             for case in CASES:
                 results[name][case] += one[case]
-            print(f"round {round_ + 1} {name}: " + ", ".join(f"{one[c][0]:.0f}" for c in CASES),
-                  flush=True)  # fmt: skip
+            print(
+                f"round {round_ + 1} {name}: " + ", ".join(f"{one[c][0]:.0f}" for c in CASES),
+                flush=True,
+            )
     strict, regular = (results[n] for n in BUNDLES)
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "

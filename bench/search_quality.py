@@ -113,8 +113,11 @@ def measure(a: argparse.Namespace) -> dict[Cell, list[float]]:
                     merged = {s: r for part in parts for s, r in part[cell].items()}
                     results[cell] = [merged[s] for s in sorted(merged)]
                 medians = " ".join(f"{c[2]}={np.median(results[c]):.3f}" for c in cells)
-                print(f"[{time.monotonic() - t0:6.0f}s] {fname} {sampler}: {medians}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"[{time.monotonic() - t0:6.0f}s] {fname} {sampler}: {medians}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return results
 
 

@@ -146,9 +146,13 @@ def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | N
     if result.ending in (Ending.COMPLETED, Ending.DIVERGED):
         values = result.values or []
         body = CompleteRequest(
-            value=values[0], values=values, metrics=metrics, diagnosis=result.diagnosis,
-            user_attrs=attrs, telemetry=trial.telemetry,
-        )  # fmt: skip
+            value=values[0],
+            values=values,
+            metrics=metrics,
+            diagnosis=result.diagnosis,
+            user_attrs=attrs,
+            telemetry=trial.telemetry,
+        )
         return deliver(client.complete, spec.lease_id, body, trial.label)
     if result.ending == Ending.PRUNED:
         value = result.values[0] if result.values else None

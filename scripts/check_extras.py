@@ -99,18 +99,52 @@ def _server(python: Path, workdir: Path) -> tuple[subprocess.Popen[str], str, di
 
 def _worker_trains(python: Path, url: str, tokens: dict[str, str], data_dir: str) -> None:
     hpo = python.parent / "hpo"
-    spec = {"name": "worker-extra", "sampler": {"name": "random", "seed": 1},
-            "budget": {"max_trials": 1}, "fixed": {"epochs": 1, "train_subset": 500},
-            "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}}}  # fmt: skip
+    spec = {
+        "name": "worker-extra",
+        "sampler": {"name": "random", "seed": 1},
+        "budget": {"max_trials": 1},
+        "fixed": {"epochs": 1, "train_subset": 500},
+        "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+    }
     spec_file = Path(tempfile.mkdtemp()) / "spec.yaml"
     spec_file.write_text(json.dumps(spec))  # JSON is YAML
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     _run([hpo, "study", "create", spec_file, "--server", url, "--token", tokens["admin"]], env=env)
-    _run([hpo, "worker", "--server", url, "--token", tokens["worker"], "--device", "cpu",
-          "--data-dir", data_dir, "--max-trials", "1", "--studies", "worker-extra"], env=env,
-         timeout=600)  # fmt: skip
-    shown = _run([hpo, "study", "show", "worker-extra", "--format", "json", "--server", url,
-                  "--token", tokens["admin"]], env=env)  # fmt: skip
+    _run(
+        [
+            hpo,
+            "worker",
+            "--server",
+            url,
+            "--token",
+            tokens["worker"],
+            "--device",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--max-trials",
+            "1",
+            "--studies",
+            "worker-extra",
+        ],
+        env=env,
+        timeout=600,
+    )
+    shown = _run(
+        [
+            hpo,
+            "study",
+            "show",
+            "worker-extra",
+            "--format",
+            "json",
+            "--server",
+            url,
+            "--token",
+            tokens["admin"],
+        ],
+        env=env,
+    )
     counts = json.loads(shown.stdout)["counts"]
     if counts["complete"] != 1:
         sys.exit(f"check-extras: the worker extra did not complete its trial: {counts}")

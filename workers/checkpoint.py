@@ -226,8 +226,15 @@ class RunCheckpoint:
         if self.path is None or self.config.checkpoint_every == 0 or out.order is None:
             return  # gd stops mid-gradient: its last epoch-end checkpoint stands
         grads = self.loop.grads.state()
-        where = Position(epoch, out.batches_done, out.order.cpu(), out.loss_sum.cpu(),
-                         out.samples, out.steps, grads)  # fmt: skip
+        where = Position(
+            epoch,
+            out.batches_done,
+            out.order.cpu(),
+            out.loss_sum.cpu(),
+            out.samples,
+            out.steps,
+            grads,
+        )
         self._write(TrainerState(epoch - 1, history, *self._live(started), position=where))
 
     def _live(self, started: float) -> tuple[int, float, float | None]:

@@ -163,8 +163,10 @@ class WorkerOptions(BaseModel):
                 "--workload: name the workload this worker runs (the studies' `workload:`)"
             )
         if self.pack is not None and (self.objective or self.command):
-            raise ValueError("--pack trains the built-in trainer's trials fused: not with "
-                             "--objective or --command")  # fmt: skip
+            raise ValueError(
+                "--pack trains the built-in trainer's trials fused: not with "
+                "--objective or --command"
+            )
         if self.workload == REFERENCE_WORKLOAD and (self.objective or self.command):
             raise ValueError(f"--workload {REFERENCE_WORKLOAD} is the built-in trainer's name")
         return self

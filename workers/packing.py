@@ -85,8 +85,11 @@ class PackRun:
             try:
                 config = trial_config(trial)
             except SettingsError as exc:
-                bad = Result(Ending.FAILED, reason=f"bad setting {exc.field!r}: {exc}",
-                             diagnosis="bad_settings")  # fmt: skip
+                bad = Result(
+                    Ending.FAILED,
+                    reason=f"bad setting {exc.field!r}: {exc}",
+                    diagnosis="bad_settings",
+                )
                 self.ends.append(finish(self.env.client, trial, bad))
                 continue
             self.beats.add(spec, control, lambda t=trial, c=config: _progress(t, c))
@@ -123,8 +126,14 @@ class PackRun:
             self.waiting.remove(member)
         starters = [self._member(m) for m in group[: self.capacity]]
         log.info("training a pack of %d (%s)", len(starters), _describe(key))
-        train_pack(starters, self.data, self.device, capacity=self.capacity,
-                   refill=self._refill, on_result=self._ended)  # fmt: skip
+        train_pack(
+            starters,
+            self.data,
+            self.device,
+            capacity=self.capacity,
+            refill=self._refill,
+            on_result=self._ended,
+        )
 
     def _member(self, leased: _Leased) -> Any:
         from workers.packs import Member

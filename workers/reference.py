@@ -151,8 +151,14 @@ def keep_model(trial: Trial, config: TrainConfig, result: Any) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp:
         files = [Path(tmp) / "model.pt"]
-        torch.save({"format": MODEL_FORMAT, "settings": config.to_dict(),
-                    "state_dict": plain_state_dict(result.model)}, files[0])  # fmt: skip
+        torch.save(
+            {
+                "format": MODEL_FORMAT,
+                "settings": config.to_dict(),
+                "state_dict": plain_state_dict(result.model),
+            },
+            files[0],
+        )
         if result.shipped is not None:  # the compressed form, as a whole module
             files.append(Path(tmp) / "shipped.pt")
             torch.save(result.shipped, files[-1])

@@ -60,8 +60,13 @@ class TrialEnv:
 def run_trial(env: TrialEnv, spec: TrialSpec) -> TrialEnd:
     """Run one leased attempt end to end; never raises for a trial-level problem."""
     label = trial_label(spec)
-    log.info("leased %s attempt %d (lease %s) params=%s", label, spec.attempt, spec.lease_id,
-             compact(spec.params))  # fmt: skip
+    log.info(
+        "leased %s attempt %d (lease %s) params=%s",
+        label,
+        spec.attempt,
+        spec.lease_id,
+        compact(spec.params),
+    )
     control = Control(env.shutdown)
     trial = new_trial(env.client, spec, control, on_report=env.view.advance)
     if env.shutdown.is_set():

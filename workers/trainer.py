@@ -169,8 +169,14 @@ def train(
     scheduler = make_scheduler(config, optimizer)
     loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
     pruning = gradual_pruning(config)
-    saver = ckpt.RunCheckpoint(checkpoint, config, loop, dict(model=model, optimizer=optimizer,
-                   scheduler=scheduler, shuffle=shuffle, dropout=dropout))  # fmt: skip
+    saver = ckpt.RunCheckpoint(
+        checkpoint,
+        config,
+        loop,
+        dict(
+            model=model, optimizer=optimizer, scheduler=scheduler, shuffle=shuffle, dropout=dropout
+        ),
+    )
     history, position = saver.resume(resume, device)
     started = ckpt.started_at(resume)
 
@@ -237,9 +243,16 @@ def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     final["n_params"] = count_params(loop.model)
     final["total_time_s"] = time.perf_counter() - done.started
     return TrainResult(
-        done.status, objective, len(done.history), done.history, final, done.diagnosis,
-        loop.steps, loop.model, shipped,
-    )  # fmt: skip
+        done.status,
+        objective,
+        len(done.history),
+        done.history,
+        final,
+        done.diagnosis,
+        loop.steps,
+        loop.model,
+        shipped,
+    )
 
 
 def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> tuple[dict[str, float], nn.Module]:
@@ -248,9 +261,12 @@ def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> tuple[dict[str,
 
     def finetune(model: nn.Module, epochs: int) -> None:
         tuning = _Loop.create(
-            loop.config, model, make_optimizer(loop.config, model, loop.train_set.x.device),
-            loop.train_set, NullHooks(),
-        )  # fmt: skip
+            loop.config,
+            model,
+            make_optimizer(loop.config, model, loop.train_set.x.device),
+            loop.train_set,
+            NullHooks(),
+        )
         for epoch in range(1, epochs + 1):
             tuning.run_epoch(epoch, done.shuffle)
 
@@ -394,8 +410,12 @@ class _Loop:
 def _new_outcome(device: torch.device, resume: ckpt.Position | None = None) -> _EpochOutcome:
     if resume is None:
         return _EpochOutcome(loss_sum=torch.zeros((), device=device))
-    return _EpochOutcome(resume.loss_sum.clone(), resume.samples, steps=resume.steps,
-                         batches_done=resume.batches_done)  # fmt: skip
+    return _EpochOutcome(
+        resume.loss_sum.clone(),
+        resume.samples,
+        steps=resume.steps,
+        batches_done=resume.batches_done,
+    )
 
 
 @torch.inference_mode()

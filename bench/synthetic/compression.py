@@ -32,22 +32,28 @@ QUANT_LOSS = {"none": 0.0, "int8": 0.003, "fp16": 0.0005, "bf16": 0.002}
 
 def compression_spec(name: str, max_trials: int = 20_000) -> StudySpec:
     """Accuracy against bytes across pruning, low rank, quantization and width."""
-    return StudySpec.model_validate({
-        "name": name, "workload": REFERENCE_WORKLOAD,
-        "description": "Synthetic accuracy-against-bytes study (pruning, low rank, quantization).",
-        "directions": ["maximize", "minimize"], "objectives": [METRIC, "model_bytes"],
-        "sampler": {"name": "nsga2", "options": {"population_size": 24}},
-        "budget": {"max_trials": max_trials},
-        "fixed": {"optimizer": "adam", "lr": 0.001, "epochs": EPOCHS, "batch_size": 128},
-        "space": {
-            "hidden": {"type": "categorical", "choices": [64, 128, 256]},
-            "prune_amount": {"type": "categorical", "choices": [0.0, 0.25, 0.5, 0.75, 0.9]},
-            "prune_schedule": {"type": "categorical", "choices": ["once", "gradual"]},
-            "low_rank": {"type": "categorical", "choices": [None, 8, 16, 32, 64]},
-            "finetune_epochs": {"type": "int", "low": 0, "high": 1},
-            "quantize": {"type": "categorical", "choices": list(BYTES_PER)},
-        },
-    })  # fmt: skip
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "workload": REFERENCE_WORKLOAD,
+            "description": (
+                "Synthetic accuracy-against-bytes study (pruning, low rank, quantization)."
+            ),
+            "directions": ["maximize", "minimize"],
+            "objectives": [METRIC, "model_bytes"],
+            "sampler": {"name": "nsga2", "options": {"population_size": 24}},
+            "budget": {"max_trials": max_trials},
+            "fixed": {"optimizer": "adam", "lr": 0.001, "epochs": EPOCHS, "batch_size": 128},
+            "space": {
+                "hidden": {"type": "categorical", "choices": [64, 128, 256]},
+                "prune_amount": {"type": "categorical", "choices": [0.0, 0.25, 0.5, 0.75, 0.9]},
+                "prune_schedule": {"type": "categorical", "choices": ["once", "gradual"]},
+                "low_rank": {"type": "categorical", "choices": [None, 8, 16, 32, 64]},
+                "finetune_epochs": {"type": "int", "low": 0, "high": 1},
+                "quantize": {"type": "categorical", "choices": list(BYTES_PER)},
+            },
+        }
+    )
 
 
 def _shipped(settings: dict[str, Any]) -> tuple[int, int, float]:
@@ -84,18 +90,24 @@ def final_metrics(settings: dict[str, Any], rng: random.Random) -> dict[str, Any
     quantize = str(settings.get("quantize", "none"))
     speedup = 1.0 + 0.5 * (quantize != "none")
     return {
-        "val_accuracy": round(val, 5), "test_accuracy": round(val - 0.002, 5),
-        "model_bytes": _model_bytes(nonzero, params, quantize), "params": params,
-        "nonzero_params": nonzero, "flops": 2 * nonzero, "sparsity": round(1 - nonzero / params, 4),
+        "val_accuracy": round(val, 5),
+        "test_accuracy": round(val - 0.002, 5),
+        "model_bytes": _model_bytes(nonzero, params, quantize),
+        "params": params,
+        "nonzero_params": nonzero,
+        "flops": 2 * nonzero,
+        "sparsity": round(1 - nonzero / params, 4),
         "latency_ms_b1": round(0.01 + 2e-8 * nonzero / speedup, 5),
         "latency_ms_b1024": round(0.05 + 4e-6 * nonzero / speedup, 4),
         "dense_val_accuracy": round(dense_val, 5),
         "dense_test_accuracy": round(dense_val - 0.002, 5),
-        "dense_model_bytes": 1_500 + 4 * dense, "dense_params": dense,
+        "dense_model_bytes": 1_500 + 4 * dense,
+        "dense_params": dense,
         "dense_nonzero_params": dense,
-        "dense_flops": 2 * dense, "dense_latency_ms_b1": round(0.01 + 2e-8 * dense, 5),
+        "dense_flops": 2 * dense,
+        "dense_latency_ms_b1": round(0.01 + 2e-8 * dense, 5),
         "dense_latency_ms_b1024": round(0.05 + 4e-6 * dense, 4),
-    }  # fmt: skip
+    }
 
 
 def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
@@ -105,10 +117,13 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
     final = final_metrics(settings, rng)
     curve = learning_curve(final["dense_val_accuracy"], EPOCHS, rng, float(settings["lr"]))
     return Outcome(
-        TrialState.COMPLETE, final[METRIC], curve,
-        values=[final[METRIC], float(final["model_bytes"])], final_metrics=final,
+        TrialState.COMPLETE,
+        final[METRIC],
+        curve,
+        values=[final[METRIC], float(final["model_bytes"])],
+        final_metrics=final,
         telemetry=telemetry(curve),
-    )  # fmt: skip
+    )
 
 
 #: The third objective of :func:`three_objective_spec`.
@@ -118,8 +133,10 @@ LATENCY = "latency_ms_b1"
 def three_objective_spec(name: str, max_trials: int = 20_000) -> StudySpec:
     """:func:`compression_spec` with latency at batch 1 as a third objective (minimized)."""
     raw = compression_spec(name, max_trials).model_dump(mode="json")
-    raw |= {"objectives": [METRIC, "model_bytes", LATENCY],
-            "directions": ["maximize", "minimize", "minimize"]}  # fmt: skip
+    raw |= {
+        "objectives": [METRIC, "model_bytes", LATENCY],
+        "directions": ["maximize", "minimize", "minimize"],
+    }
     return StudySpec.model_validate(raw)
 
 

@@ -155,9 +155,12 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
         stop = rng.randint(2, 5)
         curve = learning_curve(final, stop, rng, lr)
         return Outcome(
-            TrialState.PRUNED, curve[-1][METRIC], curve, f"pruned at epoch {stop}",
+            TrialState.PRUNED,
+            curve[-1][METRIC],
+            curve,
+            f"pruned at epoch {stop}",
             telemetry=telemetry(curve),
-        )  # fmt: skip
+        )
     curve = learning_curve(final, EPOCHS, rng, lr)
     return Outcome(TrialState.COMPLETE, curve[-1][METRIC], curve, telemetry=telemetry(curve))
 
@@ -165,10 +168,12 @@ def simulate(settings: dict[str, Any], rng: random.Random) -> Outcome:
 def diverged_finding(epoch: int, lr: float) -> dict[str, Any]:
     """The finding the server stores for a diverged run (``hpo.findings.Finding`` as JSON)."""
     return {
-        "kind": "diverged", "epoch": epoch, "severity": "error",
+        "kind": "diverged",
+        "epoch": epoch,
+        "severity": "error",
         "message": f"the loss became NaN at epoch {epoch} (lr {lr:.3g})",
         "evidence": {"lr": lr, "train_loss": None},
-    }  # fmt: skip
+    }
 
 
 def telemetry(curve: list[dict[str, Any]]) -> dict[str, float]:
@@ -178,10 +183,13 @@ def telemetry(curve: list[dict[str, Any]]) -> dict[str, float]:
     memory = float(curve[0]["peak_memory_mb"]) if curve else 500.0
     util = 25.0 + 60.0 * (speed - 40_000) / 50_000
     return {
-        "util_mean_pct": round(util, 1), "util_peak_pct": round(min(100.0, util + 12), 1),
-        "device_memory_peak_mb": round(memory * 1.6, 1), "host_memory_peak_mb": round(memory, 1),
-        "samples_per_s": speed, "data_wait_share": round(0.02 + (90_000 - speed) / 1e6, 4),
-    }  # fmt: skip
+        "util_mean_pct": round(util, 1),
+        "util_peak_pct": round(min(100.0, util + 12), 1),
+        "device_memory_peak_mb": round(memory * 1.6, 1),
+        "host_memory_peak_mb": round(memory, 1),
+        "samples_per_s": speed,
+        "data_wait_share": round(0.02 + (90_000 - speed) / 1e6, 4),
+    }
 
 
 def learning_curve(

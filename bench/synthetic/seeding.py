@@ -39,17 +39,21 @@ FINAL_METRICS = "final_metrics"
 
 
 def create_study(
-    ctx: AppContext, spec: StudySpec, seed: int = 0, state: str = "running",
+    ctx: AppContext,
+    spec: StudySpec,
+    seed: int = 0,
+    state: str = "running",
     external_name: str | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """A genuine Optuna study plus its ``hpo_studies`` row; returns the study id.
 
     ``external_name``: create only the Optuna study, under this name, as any
     Optuna client could (names the service itself would refuse included).
     """
     if external_name is not None:
-        optuna.create_study(storage=ctx.store.storage, study_name=external_name,
-                            direction=spec.study_directions[0])  # fmt: skip
+        optuna.create_study(
+            storage=ctx.store.storage, study_name=external_name, direction=spec.study_directions[0]
+        )
         return ctx.store.storage.get_study_id_from_name(external_name)
     ctx.store.create(spec, seed).set_user_attr("hpo_spec", spec.model_dump(mode="json"))
     study_id = ctx.store.storage.get_study_id_from_name(spec.name)
@@ -97,10 +101,17 @@ def register_cpu_worker(ctx: AppContext, name: str = "cpu-box:cpu") -> str:
     now = datetime.now(UTC)
     with ctx.db.session() as session:
         if session.get(WorkerRecord, name) is None:
-            session.add(WorkerRecord(
-                worker_id=name, hostname=name.split(":")[0], name=name, devices=["cpu"],
-                version="0.1.0", registered_at=now, last_seen_at=now,
-            ))  # fmt: skip
+            session.add(
+                WorkerRecord(
+                    worker_id=name,
+                    hostname=name.split(":")[0],
+                    name=name,
+                    devices=["cpu"],
+                    version="0.1.0",
+                    registered_at=now,
+                    last_seen_at=now,
+                )
+            )
     return name
 
 
@@ -291,8 +302,9 @@ def _insert_batch(
             conn.execute(insert(om.TrialIntermediateValueModel.__table__), inter)
         attrs = [
             {"trial_id": i, "key": FINAL_METRICS, "value_json": json.dumps(o.final_metrics)}
-            for i, (_, _, o, _) in zip(ids, trials, strict=True) if o.final_metrics
-        ]  # fmt: skip
+            for i, (_, _, o, _) in zip(ids, trials, strict=True)
+            if o.final_metrics
+        ]
         if attrs:
             conn.execute(insert(om.TrialUserAttributeModel.__table__), attrs)
     _insert_service_batch(ctx, study_id, ids, trials, workers)

@@ -71,8 +71,9 @@ def print_diagnosis(found: StudyDiagnosis) -> None:
     """Findings per kind, then each proposed spec edit with its evidence."""
     console = Console()
     kinds = ", ".join(f"{kind} {n}" for kind, n in found.findings.items()) or "none"
-    console.print(f"study {found.study}: {found.trials} finished trials; findings: {kinds}",
-                  markup=False)  # fmt: skip
+    console.print(
+        f"study {found.study}: {found.trials} finished trials; findings: {kinds}", markup=False
+    )
     if not found.proposals:
         console.print("no proposal: no region of the space stands out", markup=False)
         return

@@ -39,9 +39,14 @@ TRIALS = 10
 
 
 def check_sampler(admin: Client, worker: Client, worker_id: str, name: str) -> str:
-    spec = {"name": f"extra-{name}", "workload": "toy", "sampler": {"name": name, "seed": 1,
-            "options": OPTIONS[name]}, "objective": "value", "budget": {"max_trials": TRIALS},
-            "space": SPACE}  # fmt: skip
+    spec = {
+        "name": f"extra-{name}",
+        "workload": "toy",
+        "sampler": {"name": name, "seed": 1, "options": OPTIONS[name]},
+        "objective": "value",
+        "budget": {"max_trials": TRIALS},
+        "space": SPACE,
+    }
     try:
         admin.create_study(spec)
     except ApiError as exc:

@@ -109,8 +109,12 @@ def collect(ctx: AppContext, study: StudyRecord) -> GcReport:
         dropped = _mark_deleted_without_commit(session, _finished_to_drop(rows, kept))
     report = GcReport(len(dropped), remove_files(ctx, dropped), len(kept))
     if dropped:
-        log.info("study %r: %d checkpoint(s) deleted, %d bytes freed", study.name,
-                 report.deleted, report.freed_bytes)  # fmt: skip
+        log.info(
+            "study %r: %d checkpoint(s) deleted, %d bytes freed",
+            study.name,
+            report.deleted,
+            report.freed_bytes,
+        )
     return report
 
 

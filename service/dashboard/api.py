@@ -115,9 +115,12 @@ def diagnosis(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
 
 @router.get("/studies/{study_id}/curves")
 def curves_delta(
-    study_id: StudyId, dash: DashboardDep, _: ViewerDep,
-    since: int = Query(ge=0, le=2**63 - 1), watch: str = Query(default="", max_length=4000),
-) -> dict[str, Any]:  # fmt: skip
+    study_id: StudyId,
+    dash: DashboardDep,
+    _: ViewerDep,
+    since: int = Query(ge=0, le=2**63 - 1),
+    watch: str = Query(default="", max_length=4000),
+) -> dict[str, Any]:
     """Learning-curve rows after metric id ``since``, and watched trials that have ended."""
     with dash.ctx.db.session() as session:
         frame = dash.frame(study_id, session)
@@ -126,12 +129,16 @@ def curves_delta(
 
 @router.get("/studies/{study_id}/trials")
 def trials(
-    study_id: StudyId, dash: DashboardDep, _: ViewerDep,
-    state: str | None = None, optimizer: str | None = Query(default=None, max_length=200),
-    sort: str = "number", order: str = Query(default="asc", pattern="^(asc|desc)$"),
+    study_id: StudyId,
+    dash: DashboardDep,
+    _: ViewerDep,
+    state: str | None = None,
+    optimizer: str | None = Query(default=None, max_length=200),
+    sort: str = "number",
+    order: str = Query(default="asc", pattern="^(asc|desc)$"),
     offset: int = Query(default=0, ge=0, le=2**31 - 1),
     limit: int = Query(default=25, ge=1, le=table.MAX_LIMIT),
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """A page of the trials table, filtered by state and optimizer, sorted on the server."""
     q = table.TableQuery(state or None, optimizer or None, sort, order == "desc", offset, limit)
     with dash.ctx.db.session() as session:

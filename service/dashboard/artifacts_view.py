@@ -55,11 +55,17 @@ def trial_artifacts(ctx: AppContext, trial_id: int) -> list[dict[str, Any]]:
 
 def row(a: ArtifactInfo) -> dict[str, Any]:
     return {
-        "artifact_id": a.artifact_id, "kind": str(a.kind), "filename": a.filename,
-        "step": a.step, "size": a.size, "size_text": size_text(a.size), "size_exact": exact(a.size),
-        "created_at": a.created_at, "source": a.source,
+        "artifact_id": a.artifact_id,
+        "kind": str(a.kind),
+        "filename": a.filename,
+        "step": a.step,
+        "size": a.size,
+        "size_text": size_text(a.size),
+        "size_exact": exact(a.size),
+        "created_at": a.created_at,
+        "source": a.source,
         "url": DOWNLOAD + quote(a.artifact_id, safe=""),
-    }  # fmt: skip
+    }
 
 
 def total(rows: list[dict[str, Any]]) -> int:
@@ -75,8 +81,10 @@ def study_bytes(session: Session, study_id: int) -> dict[str, Any] | None:
     held = retention.bytes_held(session, study_id)
     kinds = {k: v for k, v in held.items() if k not in ("total", "count")}
     return {
-        "total": held["total"], "count": held["count"], "text": size_text(held["total"]),
+        "total": held["total"],
+        "count": held["count"],
+        "text": size_text(held["total"]),
         "exact": f"{exact(held['total'])} in {held['count']} file{'s' * (held['count'] != 1)}",
         "kinds": ", ".join(f"{k} {size_text(v)}" for k, v in sorted(kinds.items())),
         "url": STUDY_ARTIFACTS.format(study_id=study_id),
-    }  # fmt: skip
+    }

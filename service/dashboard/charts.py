@@ -85,8 +85,11 @@ COMPARE_CHARTS: dict[str, Callable[[list[StudyFrame]], ChartResult]] = {
 def payload(name: str, version: str, result: ChartResult) -> str:
     """The JSON answer of a chart request (the figure is Plotly's own serialisation)."""
     meta: dict[str, Any] = {
-        "chart": name, "version": version, "message": result.message, "note": result.note,
-    }  # fmt: skip
+        "chart": name,
+        "version": version,
+        "message": result.message,
+        "note": result.note,
+    }
     meta.update(result.extra or {})
     figure = result.figure.to_json() if result.figure is not None else "null"
     return '{"figure":' + figure + "," + json.dumps(meta)[1:]

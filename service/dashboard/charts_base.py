@@ -20,8 +20,16 @@ from service.dashboard.frame import StudyFrame, TrialRow
 MAX_POINTS = 4000
 
 #: One fixed colour per optimizer of the reference trainer, in ``hpo.settings`` order.
-_OPTIMIZER_COLORS = ("#7f7f7f", "#1f77b4", "#17becf", "#9467bd",
-                     "#bcbd22", "#ff7f0e", "#d62728", "#2ca02c")  # fmt: skip
+_OPTIMIZER_COLORS = (
+    "#7f7f7f",
+    "#1f77b4",
+    "#17becf",
+    "#9467bd",
+    "#bcbd22",
+    "#ff7f0e",
+    "#d62728",
+    "#2ca02c",
+)
 #: (optimizers added to the trainer later get palette colours until given one here)
 _KNOWN_COLORS = dict(zip(OPTIMIZERS, _OPTIMIZER_COLORS, strict=False))
 PALETTE = ["#8c564b", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
@@ -127,9 +135,10 @@ def optimizer_order(frame: StudyFrame, values: set[Any]) -> list[Any]:
 def scored(frame: StudyFrame) -> list[TrialRow]:
     """COMPLETE trials with a finite objective value."""
     return [
-        r for r in frame.rows
+        r
+        for r in frame.rows
         if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)
-    ]  # fmt: skip
+    ]
 
 
 def thin(

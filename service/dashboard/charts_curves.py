@@ -111,13 +111,26 @@ def _figure(frame: StudyFrame, trials: list[TrialRow], points: dict[int, list[Po
     for state, (name, marker) in MARKS.items():
         ended = [r for r in trials if r.state == state and points.get(r.trial_id)]
         last = [max(points[r.trial_id], key=lambda p: p.epoch) for r in ended]
-        fig.add_trace(go.Scatter(
-            x=[p.epoch for p in last], y=[p.y for p in last], mode="markers", name=name,
-            marker=marker, customdata=[r.number for r in ended], meta={"mark": state},
-            hovertemplate=f"trial #%{{customdata}} {name}<extra></extra>", visible=True,
-        ))  # fmt: skip
-    layout(fig, f"Learning curves ({METRIC} per epoch)", xaxis_title="epoch",
-           yaxis_title=METRIC, legend_title_text=OPTIMIZER)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[p.epoch for p in last],
+                y=[p.y for p in last],
+                mode="markers",
+                name=name,
+                marker=marker,
+                customdata=[r.number for r in ended],
+                meta={"mark": state},
+                hovertemplate=f"trial #%{{customdata}} {name}<extra></extra>",
+                visible=True,
+            )
+        )
+    layout(
+        fig,
+        f"Learning curves ({METRIC} per epoch)",
+        xaxis_title="epoch",
+        yaxis_title=METRIC,
+        legend_title_text=OPTIMIZER,
+    )
     ys = [p.y for pts in points.values() for p in pts if p.y is not None]
     fig.update_yaxes(range=y_range(ys))
     return fig
@@ -141,11 +154,18 @@ def curve_trace(
     """One line trace for all trials of one optimizer (gaps between trials)."""
     color = color_for(opt, order)
     return go.Scatter(
-        x=x, y=y, customdata=numbers, text=text, mode="lines", name=esc(_label(opt)),
-        line={"color": color, "width": 1}, opacity=0.75, connectgaps=False,
+        x=x,
+        y=y,
+        customdata=numbers,
+        text=text,
+        mode="lines",
+        name=esc(_label(opt)),
+        line={"color": color, "width": 1},
+        opacity=0.75,
+        connectgaps=False,
         meta={"key": _label(opt), "color": color},
         hovertemplate="epoch %{x}: %{y:.4f}<br>%{text}<extra></extra>",
-    )  # fmt: skip
+    )
 
 
 def _label(opt: Any) -> str:
@@ -166,14 +186,24 @@ def delta(session: Session, frame: StudyFrame, since: int, watch: list[int]) -> 
             break  # a trial newer than the frame: its rows come with the next delta
         cursor = mid
         opt = trial.settings.get(OPTIMIZER)
-        out_rows.append({
-            "id": mid, "number": trial.number, "epoch": step, "y": metric_value(value, metrics),
-            "key": _label(opt), "name": esc(_label(opt)), "color": color_for(opt, order),
-            "text": settings_text(trial, frame),
-        })  # fmt: skip
+        out_rows.append(
+            {
+                "id": mid,
+                "number": trial.number,
+                "epoch": step,
+                "y": metric_value(value, metrics),
+                "key": _label(opt),
+                "name": esc(_label(opt)),
+                "color": color_for(opt, order),
+                "text": settings_text(trial, frame),
+            }
+        )
         touched.add(trial.number)
-    ended = [{"number": n, "state": frame.by_number[n].state} for n in sorted(touched)
-             if n in frame.by_number and frame.by_number[n].finished]  # fmt: skip
+    ended = [
+        {"number": n, "state": frame.by_number[n].state}
+        for n in sorted(touched)
+        if n in frame.by_number and frame.by_number[n].finished
+    ]
     running = [
         n for n in sorted(touched) if n in frame.by_number and not frame.by_number[n].finished
     ]

@@ -74,19 +74,39 @@ def _add_optimizer_box(
 ) -> None:
     color = color_for(opt, order)
     texts = [settings_text(r, frame) for r in rows] if points == "all" else None
-    fig.add_trace(go.Box(
-        y=arr(r.value for r in rows), name=esc(opt), boxpoints=points, jitter=0.5, pointpos=0,
-        marker={"color": color, "size": 5, "opacity": 0.6}, line={"color": color},
-        text=texts, customdata=ints(r.number for r in rows), hoveron="points+boxes",
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Box(
+            y=arr(r.value for r in rows),
+            name=esc(opt),
+            boxpoints=points,
+            jitter=0.5,
+            pointpos=0,
+            marker={"color": color, "size": 5, "opacity": 0.6},
+            line={"color": color},
+            text=texts,
+            customdata=ints(r.number for r in rows),
+            hoveron="points+boxes",
+        )
+    )
     best = _best(rows, frame.meta.maximize)
-    fig.add_trace(go.Scatter(
-        x=[esc(opt)], y=[best.value], mode="markers", name=f"best {esc(opt)}",
-        marker={"symbol": "star", "size": 18, "color": color, "line": {"width": 1.5,
-                "color": "#222"}},
-        text=[settings_text(best, frame)], customdata=[best.number],
-        hovertemplate="best " + esc(opt) + "<br>%{text}<extra></extra>", showlegend=False,
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[esc(opt)],
+            y=[best.value],
+            mode="markers",
+            name=f"best {esc(opt)}",
+            marker={
+                "symbol": "star",
+                "size": 18,
+                "color": color,
+                "line": {"width": 1.5, "color": "#222"},
+            },
+            text=[settings_text(best, frame)],
+            customdata=[best.number],
+            hovertemplate="best " + esc(opt) + "<br>%{text}<extra></extra>",
+            showlegend=False,
+        )
+    )
 
 
 def _scatter_by_optimizer(
@@ -108,7 +128,7 @@ def _scatter_by_optimizer(
             customdata=ints(r.number for r in groups[opt]),
             hovertemplate=_HOVER,
             **trace,
-        )  # fmt: skip
+        )
         for opt in order
     ]
 
@@ -123,8 +143,12 @@ def learning_rate(frame: StudyFrame) -> ChartResult:
         return missing
     shown, note = thin(rows, frame)
     fig = go.Figure(_scatter_by_optimizer(frame, shown, LR))
-    layout(fig, f"{frame.meta.objective_name} vs learning rate", legend_title_text=OPTIMIZER,
-           yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
+    layout(
+        fig,
+        f"{frame.meta.objective_name} vs learning rate",
+        legend_title_text=OPTIMIZER,
+        yaxis_title=esc(frame.meta.objective_name),
+    )
     fig.update_xaxes(title_text="learning rate", type="log" if frame.is_log(LR) else "linear")
     return ChartResult(fig, note=note)
 
@@ -140,8 +164,9 @@ def regularization(frame: StudyFrame) -> ChartResult:
         what = ", ".join(f"{k} = {fmt(v)}" for k, v in fixed.items()) or "none in the space"
         return empty(f"This study does not vary {', '.join(REGULARIZATION)} ({what}).")
     shown, note = thin(rows, frame, REGULARIZATION_POINTS)
-    fig = make_subplots(rows=1, cols=len(present), shared_yaxes=True,
-                        subplot_titles=[esc(s) for s in present])  # fmt: skip
+    fig = make_subplots(
+        rows=1, cols=len(present), shared_yaxes=True, subplot_titles=[esc(s) for s in present]
+    )
     for col, setting in enumerate(present, start=1):
         for trace in _scatter_by_optimizer(frame, shown, setting, showlegend=col == 1):
             fig.add_trace(trace, row=1, col=col)
@@ -169,15 +194,18 @@ def batch_norm(frame: StudyFrame) -> ChartResult:
         part = [r for r in rows if _truthy(r.settings.get(BATCH_NORM)) is flag]
         if not part:
             continue
-        fig.add_trace(go.Box(
-            x=[esc(fmt(r.settings.get(OPTIMIZER, "all trials"))) for r in part],
-            y=arr(r.value for r in part), name=f"batch norm {'on' if flag else 'off'}",
-            marker={"color": color}, boxpoints=False,
-        ))  # fmt: skip
+        fig.add_trace(
+            go.Box(
+                x=[esc(fmt(r.settings.get(OPTIMIZER, "all trials"))) for r in part],
+                y=arr(r.value for r in part),
+                name=f"batch norm {'on' if flag else 'off'}",
+                marker={"color": color},
+                boxpoints=False,
+            )
+        )
     if len(fig.data) < 2:
         return empty("Every completed trial used the same batch-norm setting: nothing to compare.")
-    layout(fig, "Batch norm on vs off", boxmode="group",
-           yaxis_title=esc(frame.meta.objective_name))  # fmt: skip
+    layout(fig, "Batch norm on vs off", boxmode="group", yaxis_title=esc(frame.meta.objective_name))
     order = [esc(fmt(o)) for o in optimizers_seen if o is not None]
     if order:
         fig.update_xaxes(categoryorder="array", categoryarray=order, title_text=OPTIMIZER)

@@ -124,8 +124,14 @@ def pareto(frame: StudyFrame) -> ChartResult:
         return empty("A Pareto front needs two or more objectives; this study has one.")
     if count > 3:
         return empty(f"The Pareto chart draws 2 or 3 objectives; this study has {count}.")
-    rows = [r for r in frame.rows if r.state == "COMPLETE" and r.values is not None
-            and len(r.values) == count and all(_finite(v) for v in r.values)]  # fmt: skip
+    rows = [
+        r
+        for r in frame.rows
+        if r.state == "COMPLETE"
+        and r.values is not None
+        and len(r.values) == count
+        and all(_finite(v) for v in r.values)
+    ]
     if not rows:
         return empty(no_scores_message(frame))
     values = np.array([r.values for r in rows], dtype=float)
@@ -176,17 +182,30 @@ def _pareto_traces(
         for part, on_front in ((faded.get(name), False), (filled.get(name), True)):
             if not part:
                 continue
-            marker = ({"size": 10 if trace is go.Scatter else 6, "color": color, "opacity": 1.0,
-                       "line": {"width": 1.5, "color": "#222"}} if on_front
-                      else {"size": 6 if trace is go.Scatter else 3, "color": color,
-                            "opacity": 0.3})  # fmt: skip
-            out.append(trace(
-                **_coords(part, trace), mode="markers", name=esc(name), legendgroup=esc(name),
-                showlegend=not on_front or name not in faded, marker=marker,
-                text=[_hover(frame, r, lines) for r in part], hovertemplate=_HOVER,
-                customdata=ints(r.number for r in part),
-                meta={"front": on_front, "method": esc(name)},
-            ))  # fmt: skip
+            marker = (
+                {
+                    "size": 10 if trace is go.Scatter else 6,
+                    "color": color,
+                    "opacity": 1.0,
+                    "line": {"width": 1.5, "color": "#222"},
+                }
+                if on_front
+                else {"size": 6 if trace is go.Scatter else 3, "color": color, "opacity": 0.3}
+            )
+            out.append(
+                trace(
+                    **_coords(part, trace),
+                    mode="markers",
+                    name=esc(name),
+                    legendgroup=esc(name),
+                    showlegend=not on_front or name not in faded,
+                    marker=marker,
+                    text=[_hover(frame, r, lines) for r in part],
+                    hovertemplate=_HOVER,
+                    customdata=ints(r.number for r in part),
+                    meta={"front": on_front, "method": esc(name)},
+                )
+            )
     return out
 
 
@@ -196,37 +215,60 @@ def _coords(rows: list[TrialRow], trace: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _pareto_2d(
-    frame: StudyFrame, names: list[str], front: list[TrialRow], shown: list[TrialRow],
+    frame: StudyFrame,
+    names: list[str],
+    front: list[TrialRow],
+    shown: list[TrialRow],
     values: np.ndarray,
-) -> go.Figure:  # fmt: skip
+) -> go.Figure:
     """Two objectives: the scatter plus the front's attainment line (a staircase)."""
     maximize = [d == "maximize" for d in frame.meta.directions]
     line = sorted(front, key=lambda r: (r.values[0], r.values[1]))  # type: ignore[index]
-    fig = go.Figure([
-        go.Scatter(x=arr(r.values[0] for r in line), y=arr(r.values[1] for r in line),  # type: ignore[index]
-                   mode="lines", name="Pareto front", hoverinfo="skip",
-                   line={"color": "#222", "width": 1.5, "shape": "vh" if maximize[0] else "hv"}),
-        *_pareto_traces(frame, front, shown, go.Scatter),
-    ])  # fmt: skip
-    layout(fig, "Pareto front (filled: non-dominated; faded: dominated)",
-           legend_title_text="compression",
-           xaxis=_axis(names[0], values[:, 0], maximize[0]),
-           yaxis=_axis(names[1], values[:, 1], maximize[1]))  # fmt: skip
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=arr(r.values[0] for r in line),
+                y=arr(r.values[1] for r in line),  # type: ignore[index]
+                mode="lines",
+                name="Pareto front",
+                hoverinfo="skip",
+                line={"color": "#222", "width": 1.5, "shape": "vh" if maximize[0] else "hv"},
+            ),
+            *_pareto_traces(frame, front, shown, go.Scatter),
+        ]
+    )
+    layout(
+        fig,
+        "Pareto front (filled: non-dominated; faded: dominated)",
+        legend_title_text="compression",
+        xaxis=_axis(names[0], values[:, 0], maximize[0]),
+        yaxis=_axis(names[1], values[:, 1], maximize[1]),
+    )
     return fig
 
 
 def _pareto_3d(
-    frame: StudyFrame, names: list[str], front: list[TrialRow], shown: list[TrialRow],
+    frame: StudyFrame,
+    names: list[str],
+    front: list[TrialRow],
+    shown: list[TrialRow],
     values: np.ndarray,
-) -> go.Figure:  # fmt: skip
+) -> go.Figure:
     """Three objectives: a 3-D scatter (drag to turn it)."""
     maximize = [d == "maximize" for d in frame.meta.directions]
     fig = go.Figure(_pareto_traces(frame, front, shown, go.Scatter3d))
-    scene = {axis: _axis(names[i], values[:, i], maximize[i])
-             for i, axis in enumerate(("xaxis", "yaxis", "zaxis"))}  # fmt: skip
-    layout(fig, "Pareto front in 3-D (filled: non-dominated; faded: dominated)",
-           legend_title_text="compression", scene=scene, height=560,
-           margin={"l": 0, "r": 0, "t": 50, "b": 0})  # fmt: skip
+    scene = {
+        axis: _axis(names[i], values[:, i], maximize[i])
+        for i, axis in enumerate(("xaxis", "yaxis", "zaxis"))
+    }
+    layout(
+        fig,
+        "Pareto front in 3-D (filled: non-dominated; faded: dominated)",
+        legend_title_text="compression",
+        scene=scene,
+        height=560,
+        margin={"l": 0, "r": 0, "t": 50, "b": 0},
+    )
     return fig
 
 
@@ -240,8 +282,10 @@ def size(session: Session, frame: StudyFrame) -> ChartResult:
     if not rows:
         if not any(r.state == "COMPLETE" for r in frame.rows):
             return empty(no_scores_message(frame))
-        return empty("No completed trial reported its model as shipped yet "
-                     "(val_accuracy and model_bytes in its final metrics).")  # fmt: skip
+        return empty(
+            "No completed trial reported its model as shipped yet "
+            "(val_accuracy and model_bytes in its final metrics)."
+        )
     groups = _groups(frame, rows)
     order = method_order(set(groups))
     limit = max(50, MAX_POINTS // max(1, len(groups)))
@@ -249,9 +293,13 @@ def size(session: Session, frame: StudyFrame) -> ChartResult:
     for name in order:
         _add_method(fig, frame, name, groups[name], shipped, method_color(name, order), limit)
     x_axis = _axis(SIZE, np.array([shipped[r.trial_id].size for r in rows]), False)
-    layout(fig, "Validation accuracy against model size, per compression method",
-           legend_title_text="compression", yaxis_title="validation accuracy (as shipped)",
-           xaxis=x_axis | {"title": {"text": "model bytes (as shipped)"}})  # fmt: skip
+    layout(
+        fig,
+        "Validation accuracy against model size, per compression method",
+        legend_title_text="compression",
+        yaxis_title="validation accuracy (as shipped)",
+        xaxis=x_axis | {"title": {"text": "model bytes (as shipped)"}},
+    )
     shown = sum(len(t.x) for t in fig.data if t.mode == "markers")
     note = "lines: each method's best accuracy at each size"
     if shown < len(rows):
@@ -260,31 +308,54 @@ def size(session: Session, frame: StudyFrame) -> ChartResult:
 
 
 def _add_method(
-    fig: go.Figure, frame: StudyFrame, name: str, rows: list[TrialRow],
-    shipped: dict[int, Shipped], color: str, limit: int,
-) -> None:  # fmt: skip
+    fig: go.Figure,
+    frame: StudyFrame,
+    name: str,
+    rows: list[TrialRow],
+    shipped: dict[int, Shipped],
+    color: str,
+    limit: int,
+) -> None:
     """One method: its trials as points and its own front (most accurate per size) as a line."""
     points = np.array([(-shipped[r.trial_id].accuracy, shipped[r.trial_id].size) for r in rows])
     mask = non_dominated(points)
-    best = sorted((r for r, keep in zip(rows, mask, strict=True) if keep),
-                  key=lambda r: shipped[r.trial_id].size)  # fmt: skip
-    rest = _sample([r for r, keep in zip(rows, mask, strict=True) if not keep],
-                   max(0, limit - len(best)), frame.meta.study_id)  # fmt: skip
+    best = sorted(
+        (r for r, keep in zip(rows, mask, strict=True) if keep),
+        key=lambda r: shipped[r.trial_id].size,
+    )
+    rest = _sample(
+        [r for r, keep in zip(rows, mask, strict=True) if not keep],
+        max(0, limit - len(best)),
+        frame.meta.study_id,
+    )
     part = sorted(best + rest, key=lambda r: r.number)
 
     def shipped_lines(r: TrialRow) -> list[str]:
         s = shipped[r.trial_id]
         return [f"val_accuracy = {fmt(s.accuracy)}", f"model_bytes = {s.size:,.0f}"]
 
-    fig.add_trace(go.Scatter(
-        x=arr(shipped[r.trial_id].size for r in best), y=arr(shipped[r.trial_id].accuracy
-        for r in best), mode="lines", line={"color": color, "width": 1.5, "shape": "hv"},
-        legendgroup=esc(name), showlegend=False, hoverinfo="skip", name=esc(name),
-    ))  # fmt: skip
-    fig.add_trace(go.Scatter(
-        x=arr(shipped[r.trial_id].size for r in part),
-        y=arr(shipped[r.trial_id].accuracy for r in part), mode="markers", name=esc(name),
-        legendgroup=esc(name), marker={"color": color, "size": 7, "opacity": 0.7},
-        text=[_hover(frame, r, shipped_lines) for r in part], hovertemplate=_HOVER,
-        customdata=ints(r.number for r in part),
-    ))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=arr(shipped[r.trial_id].size for r in best),
+            y=arr(shipped[r.trial_id].accuracy for r in best),
+            mode="lines",
+            line={"color": color, "width": 1.5, "shape": "hv"},
+            legendgroup=esc(name),
+            showlegend=False,
+            hoverinfo="skip",
+            name=esc(name),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=arr(shipped[r.trial_id].size for r in part),
+            y=arr(shipped[r.trial_id].accuracy for r in part),
+            mode="markers",
+            name=esc(name),
+            legendgroup=esc(name),
+            marker={"color": color, "size": 7, "opacity": 0.7},
+            text=[_hover(frame, r, shipped_lines) for r in part],
+            hovertemplate=_HOVER,
+            customdata=ints(r.number for r in part),
+        )
+    )

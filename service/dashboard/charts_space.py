@@ -58,14 +58,26 @@ def history(frame: StudyFrame) -> ChartResult:
     best = np.maximum.accumulate(values) if frame.meta.maximize else np.minimum.accumulate(values)
     shown, note = thin(rows, frame)
     objective = esc(frame.meta.objective_name)
-    fig = go.Figure([
-        go.Scatter(x=ints(r.number for r in shown), y=arr(r.value for r in shown), mode="markers",
-                   name=objective, marker={"size": 4, "color": "#1f77b4"},
-                   customdata=ints(r.number for r in shown),
-                   hovertemplate="trial #%{x}<br>%{y}<extra></extra>"),
-        go.Scatter(x=ints(r.number for r in rows), y=best, mode="lines", name="Best Value",
-                   line={"color": "#d62728", "width": 2, "shape": "hv"}),
-    ])  # fmt: skip
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=ints(r.number for r in shown),
+                y=arr(r.value for r in shown),
+                mode="markers",
+                name=objective,
+                marker={"size": 4, "color": "#1f77b4"},
+                customdata=ints(r.number for r in shown),
+                hovertemplate="trial #%{x}<br>%{y}<extra></extra>",
+            ),
+            go.Scatter(
+                x=ints(r.number for r in rows),
+                y=best,
+                mode="lines",
+                name="Best Value",
+                line={"color": "#d62728", "width": 2, "shape": "hv"},
+            ),
+        ]
+    )
     layout(fig, "Optimization history", xaxis_title="trial", yaxis_title=objective)
     return ChartResult(fig, note=note)
 
@@ -132,8 +144,12 @@ def parallel(frame: StudyFrame) -> ChartResult:
             values = np.where(missing, lo - 0.1 * max(hi - lo, 1e-9), values)
         label = esc(name) + (" (log10)" if getattr(dist, "log", False) else "")
         dims.append({"label": label, "values": values, **ticks})
-    color = {"color": objective, "colorscale": "Blues", "showscale": True,
-             "reversescale": not frame.meta.maximize}  # fmt: skip
+    color = {
+        "color": objective,
+        "colorscale": "Blues",
+        "showscale": True,
+        "reversescale": not frame.meta.maximize,
+    }
     fig = go.Figure(go.Parcoords(dimensions=dims, line=color))
     layout(fig, "Parallel coordinates", margin={"l": 70, "r": 70, "t": 90, "b": 40})
     return ChartResult(fig)
@@ -191,16 +207,29 @@ def contour(frame: StudyFrame) -> ChartResult:
         y_log,
     )
     shown, _ = thin(rows, frame, 600)
-    fig = go.Figure([
-        go.Contour(x=x_mid, y=y_mid, z=z, colorscale="Blues", connectgaps=True,
-                   reversescale=not frame.meta.maximize,
-                   colorbar={"title": {"text": "mean " + esc(frame.meta.objective_name)}}),
-        go.Scatter(x=arr(r.settings[x_name] for r in shown),
-                   y=arr(r.settings[y_name] for r in shown),
-                   mode="markers", marker={"size": 4, "color": "#222", "opacity": 0.5},
-                   name="trials", customdata=ints(r.number for r in shown), showlegend=False,
-                   hovertemplate="trial #%{customdata}<extra></extra>"),
-    ])  # fmt: skip
+    fig = go.Figure(
+        [
+            go.Contour(
+                x=x_mid,
+                y=y_mid,
+                z=z,
+                colorscale="Blues",
+                connectgaps=True,
+                reversescale=not frame.meta.maximize,
+                colorbar={"title": {"text": "mean " + esc(frame.meta.objective_name)}},
+            ),
+            go.Scatter(
+                x=arr(r.settings[x_name] for r in shown),
+                y=arr(r.settings[y_name] for r in shown),
+                mode="markers",
+                marker={"size": 4, "color": "#222", "opacity": 0.5},
+                name="trials",
+                customdata=ints(r.number for r in shown),
+                showlegend=False,
+                hovertemplate="trial #%{customdata}<extra></extra>",
+            ),
+        ]
+    )
     layout(fig, f"Contour of {x_name} x {y_name} (mean per cell)")
     fig.update_xaxes(title_text=esc(x_name), type="log" if x_log else "linear")
     fig.update_yaxes(title_text=esc(y_name), type="log" if y_log else "linear")
@@ -219,14 +248,25 @@ def slices(frame: StudyFrame) -> ChartResult:
     fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True)
     for col, name in enumerate(names, start=1):
         part = [r for r in rows if name in r.settings]
-        fig.add_trace(go.Scatter(
-            x=arr(r.settings[name] for r in part), y=arr(r.value for r in part),
-            mode="markers", showlegend=False,
-            marker={"size": 4, "color": ints(r.number for r in part), "colorscale": "Blues",
-                    "showscale": col == 1, "colorbar": {"title": {"text": "trial"}}},
-            customdata=ints(r.number for r in part),
-            hovertemplate="trial #%{customdata}<br>%{x}: %{y}<extra></extra>",
-        ), row=1, col=col)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=arr(r.settings[name] for r in part),
+                y=arr(r.value for r in part),
+                mode="markers",
+                showlegend=False,
+                marker={
+                    "size": 4,
+                    "color": ints(r.number for r in part),
+                    "colorscale": "Blues",
+                    "showscale": col == 1,
+                    "colorbar": {"title": {"text": "trial"}},
+                },
+                customdata=ints(r.number for r in part),
+                hovertemplate="trial #%{customdata}<br>%{x}: %{y}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         log = frame.is_log(name)
         fig.update_xaxes(title_text=esc(name), type="log" if log else "-", row=1, col=col)
     layout(fig, "Slice plots", width=max(600, 300 * len(names)))

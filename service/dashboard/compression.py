@@ -27,12 +27,33 @@ SIZE = "model_bytes"
 NONE = "none"
 #: Fixed colours of the plain methods; combinations get palette colours.
 METHOD_COLORS = {
-    NONE: "#7f7f7f", "prune": "#1f77b4", "low-rank": "#2ca02c", "int8": "#d62728",
-    "fp16": "#ff7f0e", "bf16": "#9467bd",
-}  # fmt: skip
-PALETTE = ("#17becf", "#bcbd22", "#8c564b", "#e377c2", "#393b79", "#637939", "#8c6d31",
-           "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
-           "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52")  # fmt: skip
+    NONE: "#7f7f7f",
+    "prune": "#1f77b4",
+    "low-rank": "#2ca02c",
+    "int8": "#d62728",
+    "fp16": "#ff7f0e",
+    "bf16": "#9467bd",
+}
+PALETTE = (
+    "#17becf",
+    "#bcbd22",
+    "#8c564b",
+    "#e377c2",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#636363",
+    "#a55194",
+    "#6b6ecf",
+    "#b5cf6b",
+    "#e7ba52",
+)
 #: (label, shipped key, dense key) of the trial page's before/after table.
 BEFORE_AFTER = (
     ("validation accuracy", "val_accuracy", "dense_val_accuracy"),
@@ -156,9 +177,14 @@ def before_after(final: dict[str, Any] | None) -> list[dict[str, Any]]:
         after, before = _number(final.get(after_key)), _number(final.get(before_key))
         if not (math.isfinite(after) and math.isfinite(before)):
             continue
-        rows.append({"label": label, "before": show(after_key, before),
-                     "after": show(after_key, after),
-                     "change": _change(after_key, before, after)})  # fmt: skip
+        rows.append(
+            {
+                "label": label,
+                "before": show(after_key, before),
+                "after": show(after_key, after),
+                "change": _change(after_key, before, after),
+            }
+        )
     return rows
 
 

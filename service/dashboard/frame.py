@@ -218,8 +218,11 @@ class StudyFrame:
 
     @cached_property
     def axis_of_param(self) -> dict[str, str]:
-        return {p: (s if s in self.axes else p) for p in self.param_dists
-                for s in [self.meta.setting_of(p)]}  # fmt: skip
+        return {
+            p: (s if s in self.axes else p)
+            for p in self.param_dists
+            for s in [self.meta.setting_of(p)]
+        }
 
     def is_log(self, setting: str) -> bool:
         dist = self.axes.get(setting)
@@ -243,10 +246,18 @@ def decode_rows(
     (``param_dists`` collects the distribution of every parameter seen)."""
     fixed = meta.fixed
     out = [
-        TrialRow(tid, number, getattr(state, "name", str(state)), decode_value(value, vtype),
-                 as_utc(start), as_utc(complete), {}, dict(fixed))
+        TrialRow(
+            tid,
+            number,
+            getattr(state, "name", str(state)),
+            decode_value(value, vtype),
+            as_utc(start),
+            as_utc(complete),
+            {},
+            dict(fixed),
+        )
         for tid, number, state, start, complete, value, vtype in trials
-    ]  # fmt: skip
+    ]
     by_id = {r.trial_id: r for r in out}
     setting: dict[str, str] = {}
     row: TrialRow | None = None

@@ -126,9 +126,13 @@ async def login(request: Request, dash: DashboardDep) -> Response:
         return _render(dash, request, "That token is not valid (or was revoked).", next_path, 401)
     response = RedirectResponse(next_path, 303)
     response.set_cookie(
-        AUTH_COOKIE, token, httponly=True, samesite="strict", path="/",
+        AUTH_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        path="/",
         secure=request.url.scheme == "https",
-    )  # fmt: skip
+    )
     return response
 
 

@@ -35,11 +35,14 @@ def header(session: Session, meta: StudyMeta, counts: TrialCounts | None = None)
     best = best_trial(session, meta.study_id, meta.direction)
     return {
         "counts": counts.model_dump(),
-        "best": None if best is None else {
-            "number": best.number, "value": _finite(best.value),
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": _finite(best.value),
             "settings": meta.settings(best.params),
         },
-    }  # fmt: skip
+    }
 
 
 def label(meta: StudyMeta, counts: dict[str, Any], fleet: Fleet) -> dict[str, Any]:
@@ -59,11 +62,17 @@ def summary(
     """A study's row on the studies page (and the study page's header): ``head`` is
     :func:`header`'s answer, ``workers`` those holding a lease on it."""
     return {
-        "study_id": meta.study_id, "name": meta.name, "run_state": meta.run_state or "external",
-        "direction": meta.direction, "objective": meta.objective_name,
-        "sampler": meta.sampler, "pruner": meta.pruner, **head, "workers": workers,
+        "study_id": meta.study_id,
+        "name": meta.name,
+        "run_state": meta.run_state or "external",
+        "direction": meta.direction,
+        "objective": meta.objective_name,
+        "sampler": meta.sampler,
+        "pruner": meta.pruner,
+        **head,
+        "workers": workers,
         **label(meta, head["counts"], fleet),
-    }  # fmt: skip
+    }
 
 
 def studies(session: Session, worker_timeout_s: float) -> list[dict[str, Any]]:
@@ -73,10 +82,14 @@ def studies(session: Session, worker_timeout_s: float) -> list[dict[str, Any]]:
     workers = queries.active_workers(session)
     fleet = live_fleet(session, worker_timeout_s)
     return [
-        summary(meta, header(session, meta, counts[meta.study_id]),
-                workers.get(meta.study_id, []), fleet)
+        summary(
+            meta,
+            header(session, meta, counts[meta.study_id]),
+            workers.get(meta.study_id, []),
+            fleet,
+        )
         for meta in metas
-    ]  # fmt: skip
+    ]
 
 
 def diagnosis(session: Session, meta: StudyMeta) -> dict[str, Any]:

@@ -34,9 +34,11 @@ def render(
 ) -> HTMLResponse:
     """Render a page with the common context and a strict Content-Security-Policy."""
     context |= {
-        "auth": dash.ctx.settings.auth, "user": user.name, "role": user.role,
+        "auth": dash.ctx.settings.auth,
+        "user": user.name,
+        "role": user.role,
         "poll_ms": int(dash.poll_interval_s * 1000),
-    }  # fmt: skip
+    }
     response = dash.templates.TemplateResponse(request, template, context)
     response.headers["Content-Security-Policy"] = CSP
     return response
@@ -70,11 +72,20 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         stored = artifacts_view.study_bytes(session, study_id)
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(
-        dash, request, "study.html", user, page="study", study=summary, meta=meta,
-        charts=charts_for(meta), states=STATES, optimizers=_optimizer_choices(meta),
-        shown_states=SHOWN_STATES, stored=stored,
+        dash,
+        request,
+        "study.html",
+        user,
+        page="study",
+        study=summary,
+        meta=meta,
+        charts=charts_for(meta),
+        states=STATES,
+        optimizers=_optimizer_choices(meta),
+        shown_states=SHOWN_STATES,
+        stored=stored,
         export=f"{API_PREFIX}/studies/{study_id}/export",
-    )  # fmt: skip
+    )
 
 
 @router.get("/studies/{study_id}/trials/{number}", response_class=HTMLResponse)
@@ -88,9 +99,17 @@ def trial_page(
     artifacts = artifacts_view.trial_artifacts(dash.ctx, view.detail.trial_id)
     held = artifacts_view.size_text(artifacts_view.total(artifacts))
     return render(
-        dash, request, "trial.html", user, page="trial", meta=meta, trial=view.detail, view=view,
-        artifacts=artifacts, artifact_bytes=held,
-    )  # fmt: skip
+        dash,
+        request,
+        "trial.html",
+        user,
+        page="trial",
+        meta=meta,
+        trial=view.detail,
+        view=view,
+        artifacts=artifacts,
+        artifact_bytes=held,
+    )
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -52,9 +52,11 @@ class DashboardState:
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
         self.templates.env.globals.update(
-            asset=asset_url, prefix=DASHBOARD_PREFIX, api=API_PREFIX + DASHBOARD_PREFIX,
+            asset=asset_url,
+            prefix=DASHBOARD_PREFIX,
+            api=API_PREFIX + DASHBOARD_PREFIX,
             poll_ms=int(poll_interval_s * 1000),
-        )  # fmt: skip
+        )
 
     def frame(self, study_id: int, session: Session | None = None) -> StudyFrame:
         """The study's current frame (raises StudyNotFound)."""
@@ -106,9 +108,15 @@ class DashboardState:
         big = int(version.split(":")[0]) > STALE_OK_TRIALS
         cached = self.answers.peek(key)
         if big and cached is None:  # answer at once; the build follows in the background
-            pending = {"study": meta.name, "trials": int(version.split(":")[0]),
-                       "findings": {}, "proposals": [], "external": False, "pending": True,
-                       "version": "pending"}  # fmt: skip
+            pending = {
+                "study": meta.name,
+                "trials": int(version.split(":")[0]),
+                "findings": {},
+                "proposals": [],
+                "external": False,
+                "pending": True,
+                "version": "pending",
+            }
             self.answers.get(key, "pending", lambda _: ("pending", (json.dumps(pending), 0, 0)))
         elif big and time.monotonic() - cached[1] < DIAGNOSIS_SPACING * cached[2]:
             return cached[0]  # type: ignore[no-any-return]

@@ -94,14 +94,29 @@ def page(session: Session, frame: StudyFrame, q: TableQuery) -> dict[str, Any]:
     for r in shown:
         item = items.get(r.trial_id)
         state = item.state if item is not None else r.state.lower()
-        out.append({
-            "number": r.number, "state": state, "value": _jsonable(r.value),
-            "settings": {c: _jsonable(r.settings.get(c)) for c in columns},
-            "duration_s": r.duration_s, "epochs": epochs.get(r.trial_id),
-            "worker": item.worker_id if item else None, "attempts": item.attempts if item else None,
-            "preemptions": item.preemptions if item else 0,
-            "diagnosis": describe(state, item.diagnosis if item else None,
-                                  item.fail_reason if item else None, epochs.get(r.trial_id)),
-        })  # fmt: skip
-    return {"total": len(rows), "offset": q.offset, "limit": q.limit, "columns": columns,
-            "rows": out}  # fmt: skip
+        out.append(
+            {
+                "number": r.number,
+                "state": state,
+                "value": _jsonable(r.value),
+                "settings": {c: _jsonable(r.settings.get(c)) for c in columns},
+                "duration_s": r.duration_s,
+                "epochs": epochs.get(r.trial_id),
+                "worker": item.worker_id if item else None,
+                "attempts": item.attempts if item else None,
+                "preemptions": item.preemptions if item else 0,
+                "diagnosis": describe(
+                    state,
+                    item.diagnosis if item else None,
+                    item.fail_reason if item else None,
+                    epochs.get(r.trial_id),
+                ),
+            }
+        )
+    return {
+        "total": len(rows),
+        "offset": q.offset,
+        "limit": q.limit,
+        "columns": columns,
+        "rows": out,
+    }

@@ -112,11 +112,12 @@ def finding(raw: Any) -> dict[str, Any] | None:
     severity = str(raw.get("severity"))
     severity = severity if severity in SEVERITY_COLORS else "info"
     return {
-        "kind": str(raw["kind"]), "severity": severity,
+        "kind": str(raw["kind"]),
+        "severity": severity,
         "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
         "message": str(raw.get("message") or ""),
         "evidence": [(str(k), "—" if v is None else fmt(v)) for k, v in evidence.items()],
-    }  # fmt: skip
+    }
 
 
 def telemetry_rows(raw: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -157,7 +158,9 @@ def _mark_findings(fig: go.Figure, findings: list[dict[str, Any]], epochs: set[i
             continue
         color = SEVERITY_COLORS.get(f["severity"], SEVERITY_COLORS["info"])
         fig.add_vline(
-            x=f["epoch"], line={"dash": "dot", "color": color, "width": 1.5},
-            annotation_text=esc(f["kind"].replace("_", " ")), annotation_position="top left",
+            x=f["epoch"],
+            line={"dash": "dot", "color": color, "width": 1.5},
+            annotation_text=esc(f["kind"].replace("_", " ")),
+            annotation_position="top left",
             annotation_font={"color": color, "size": 11},
-        )  # fmt: skip
+        )

@@ -36,10 +36,18 @@ def workers(session: Session, timeout_s: float) -> list[dict[str, Any]]:
     wanted |= {t for held in leases.values() for t in held}
     places = queries.trial_places(session, sorted(wanted))
     return [
-        _worker(w, to_info(w, timeout_s, now), places, current[w.worker_id],
-                leases.get(w.worker_id, []), recent.get(w.worker_id, []), now, timeout_s)
+        _worker(
+            w,
+            to_info(w, timeout_s, now),
+            places,
+            current[w.worker_id],
+            leases.get(w.worker_id, []),
+            recent.get(w.worker_id, []),
+            now,
+            timeout_s,
+        )
         for w in records
-    ]  # fmt: skip
+    ]
 
 
 def _first(ids: list[int] | None) -> int | None:
@@ -54,10 +62,15 @@ def _place(places: dict[int, tuple[int, int, str]], trial_id: int | None) -> dic
 
 
 def _worker(
-    record: WorkerRecord, info: WorkerInfo, places: dict[int, tuple[int, int, str]],
-    current: int | None, held: list[int], recent: list[tuple[int, dict[str, Any]]],
-    now: datetime, timeout_s: float,
-) -> dict[str, Any]:  # fmt: skip
+    record: WorkerRecord,
+    info: WorkerInfo,
+    places: dict[int, tuple[int, int, str]],
+    current: int | None,
+    held: list[int],
+    recent: list[tuple[int, dict[str, Any]]],
+    now: datetime,
+    timeout_s: float,
+) -> dict[str, Any]:
     metrics = [m for _, m in recent]
     speeds = [float(m["samples_per_s"]) for m in metrics if _num(m.get("samples_per_s"))]
     memory = [float(m["peak_memory_mb"]) for m in metrics if _num(m.get("peak_memory_mb"))]
@@ -73,7 +86,7 @@ def _worker(
         "recent_trials": len({t for t, _ in recent}),
         "samples_per_s": sum(speeds) / len(speeds) if speeds else None,
         "peak_memory_mb": max(memory) if memory else None,
-    }  # fmt: skip
+    }
 
 
 def telemetry(raw: dict[str, Any] | None, now: datetime, timeout_s: float) -> dict[str, Any] | None:
@@ -114,11 +127,15 @@ def hint(info: WorkerInfo, sample: dict[str, Any] | None, running: int) -> str |
         return None
     if is_gpu(info.devices, sample):
         if running > 1:
-            return (f"GPU {util:.0f} % busy with a pack of {running}: "
-                    "a larger pack (--pack auto) would use it more")  # fmt: skip
+            return (
+                f"GPU {util:.0f} % busy with a pack of {running}: "
+                "a larger pack (--pack auto) would use it more"
+            )
         return f"GPU {util:.0f} % busy: run more trials per device with --pack"
-    return (f"CPU {util:.0f} % busy: train several trials in one process with --pack, "
-            "or start another worker on this host")  # fmt: skip
+    return (
+        f"CPU {util:.0f} % busy: train several trials in one process with --pack, "
+        "or start another worker on this host"
+    )
 
 
 def _num(value: Any) -> bool:

@@ -102,10 +102,14 @@ def study_status(
     if counts.leased:
         return Label(StudyStatus.RUNNING)
     if spent and not counts.queued:
-        return Label(StudyStatus.WAITING, WaitingOn.BUDGET, (
-            f"all {spec.budget.max_trials} trials of the budget are handed out; "
-            f"{unfinished} unfinished hold no lease"
-        ))  # fmt: skip
+        return Label(
+            StudyStatus.WAITING,
+            WaitingOn.BUDGET,
+            (
+                f"all {spec.budget.max_trials} trials of the budget are handed out; "
+                f"{unfinished} unfinished hold no lease"
+            ),
+        )
     if fleet is None:
         return Label(StudyStatus.WAITING)
     code, why = fleet.why_not(spec)

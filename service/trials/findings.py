@@ -28,8 +28,11 @@ def throughput(history: list[dict[str, Any]]) -> dict[str, float]:
     rates = [h["samples_per_s"] for h in history if _number(h.get("samples_per_s"))]
     if rates:
         out["samples_per_s"] = sum(rates) / len(rates)
-    waits = [(h["data_time_s"], h["epoch_time_s"]) for h in history
-             if _number(h.get("data_time_s")) and _number(h.get("epoch_time_s"))]  # fmt: skip
+    waits = [
+        (h["data_time_s"], h["epoch_time_s"])
+        for h in history
+        if _number(h.get("data_time_s")) and _number(h.get("epoch_time_s"))
+    ]
     total = sum(t for _, t in waits)
     if waits and total > 0:
         out["data_wait_share"] = sum(w for w, _ in waits) / total

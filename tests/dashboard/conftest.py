@@ -155,9 +155,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         ctx, demo.demo_spec("mnist-optimizers"), 30, seed=3, workers=names, running=2
     )
     xss = seeding.seed_ask_tell(
-        ctx, demo.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]), 14,
-        seed=4, external_name="<script>alert(1)</script>",
-    )  # fmt: skip
+        ctx,
+        demo.demo_spec("xss", ["adam", "<img src=x onerror=alert(2)>"]),
+        14,
+        seed=4,
+        external_name="<script>alert(1)</script>",
+    )
     empty = seeding.create_study(ctx, demo.demo_spec("no-trials-yet"))
     comp, names, pack = _fleet_with_a_pack(ctx, sid, names)
     server, thread, base = start_server(app)
@@ -173,19 +176,35 @@ def _fleet_with_a_pack(ctx: Any, sid: int, names: list[str]) -> tuple[int, list[
     worker; telemetry: a busy GPU (one trial of ``sid``), an under-used GPU (the pack),
     a GPU without telemetry (the other trial of ``sid``), an under-used CPU."""
     comp = seeding.seed_ask_tell(
-        ctx, compression.compression_spec("mnist-compression"), 40, seed=5,
-        workers=names, running=4, simulate=compression.simulate,
-    )  # fmt: skip
+        ctx,
+        compression.compression_spec("mnist-compression"),
+        40,
+        seed=5,
+        workers=names,
+        running=4,
+        simulate=compression.simulate,
+    )
     cpu = seeding.register_cpu_worker(ctx)
     busy, packed, silent = names
     seeding.hold_leases(ctx, sid, busy, [28])
     seeding.hold_leases(ctx, sid, silent, [29])
     pack = seeding.hold_leases(ctx, comp, packed, [36, 37, 38])
     seeding.hold_leases(ctx, comp, cpu, [39])
-    seeding.set_telemetry(ctx, busy, {"util_pct": 93.0, "device_memory_mb": 30_500.0,
-                                      "cpu_pct": 40.0, "host_memory_mb": 2_100.0})  # fmt: skip
-    seeding.set_telemetry(ctx, packed, {"util_pct": 20.0, "device_memory_mb": 3_200.0,
-                                        "cpu_pct": 12.0, "host_memory_mb": 1_500.0})  # fmt: skip
+    seeding.set_telemetry(
+        ctx,
+        busy,
+        {
+            "util_pct": 93.0,
+            "device_memory_mb": 30_500.0,
+            "cpu_pct": 40.0,
+            "host_memory_mb": 2_100.0,
+        },
+    )
+    seeding.set_telemetry(
+        ctx,
+        packed,
+        {"util_pct": 20.0, "device_memory_mb": 3_200.0, "cpu_pct": 12.0, "host_memory_mb": 1_500.0},
+    )
     seeding.set_telemetry(ctx, silent, None)
     seeding.set_telemetry(ctx, cpu, {"util_pct": 15.0, "cpu_pct": 15.0, "host_memory_mb": 800.0})
     return comp, [busy, packed, silent, cpu], pack

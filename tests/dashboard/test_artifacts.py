@@ -115,9 +115,11 @@ def test_a_study_made_outside_the_service_lists_optuna_uploads(
     source = tmp_path / "plot.png"
     source.write_bytes(b"png")
     artifact_id = optuna.artifacts.upload_artifact(
-        artifact_store=ctx.artifacts, file_path=str(source), study_or_trial=trial,
+        artifact_store=ctx.artifacts,
+        file_path=str(source),
+        study_or_trial=trial,
         storage=ctx.store.storage,
-    )  # fmt: skip
+    )
     study.tell(trial, 0.5)
     client.headers.update(Tokens.header(tokens.viewer))
     [listed] = client.get(f"/api/v1/trials/{trial._trial_id}/artifacts").json()

@@ -190,11 +190,17 @@ def test_live_updates_without_reload(page: Watched, live_server: LiveServer) -> 
     trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     with live_server.ctx.db.session() as session:
         for epoch in (1, 2, 3):
-            session.add(TrialMetric(
-                study_id=live_server.study_id, optuna_trial_id=trial._trial_id, attempt=1,
-                step=epoch, value=0.9, metrics={"val_accuracy": 0.9 + epoch / 1000},
-                created_at=datetime.now(UTC),
-            ))  # fmt: skip
+            session.add(
+                TrialMetric(
+                    study_id=live_server.study_id,
+                    optuna_trial_id=trial._trial_id,
+                    attempt=1,
+                    step=epoch,
+                    value=0.9,
+                    metrics={"val_accuracy": 0.9 + epoch / 1000},
+                    created_at=datetime.now(UTC),
+                )
+            )
     has_trial = (
         "n => document.querySelector('[data-chart=curves] .js-plotly-plot').data"
         ".some(t => Array.from(t.customdata || []).includes(n))"

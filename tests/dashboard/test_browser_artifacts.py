@@ -48,8 +48,14 @@ def finish_with_model(worker: Worker, model: bytes, preempt: bool = False) -> di
         assert worker.ok(trial["lease_id"], "fail", handed_back)["state"] == "queued"
         trial = worker.trial(studies=[STUDY])
     for step in (1, 2):
-        upload(worker, trial["lease_id"], b"c" * (2000 + 1000 * step), kind="checkpoint",
-               step=step, filename="state.tar")  # fmt: skip
+        upload(
+            worker,
+            trial["lease_id"],
+            b"c" * (2000 + 1000 * step),
+            kind="checkpoint",
+            step=step,
+            filename="state.tar",
+        )
     upload(worker, trial["lease_id"], model, kind="model", filename="model.pt")
     worker.ok(trial["lease_id"], "complete", {"value": 0.9})
     return trial

@@ -67,8 +67,13 @@ def test_pareto_chart_hovers_and_a_click_opens_the_trial(page: Watched, live_ser
     assert data[0]["name"] == "Pareto front" and data[0]["mode"] == "lines"
     index, trace = fronts[0]
     target = (trace["x"][0], trace["y"][0])
-    same = {n for t in data if t["meta"] for n, x, y in zip(t["customdata"], t["x"], t["y"],
-            strict=True) if (x, y) == target}  # fmt: skip
+    same = {
+        n
+        for t in data
+        if t["meta"]
+        for n, x, y in zip(t["customdata"], t["x"], t["y"], strict=True)
+        if (x, y) == target
+    }
     x, y = tab.evaluate(POINT_XY, ["pareto", index, 0])
     tab.mouse.move(x, y)
     tab.wait_for_selector("[data-chart=pareto] .hoverlayer .hovertext")
@@ -151,10 +156,14 @@ def test_the_diagnosis_panel_shows_findings_and_proposed_edits(page: Watched, li
 
 
 def test_diagnosis_text_is_shown_as_text(page: Watched, live_server) -> None:
-    hostile = {"study": "x", "trials": 9, "version": "1", "external": False,
-               "findings": {HOSTILE: 9},
-               "proposals": [{"message": HOSTILE, "edit": {"path": HOSTILE, "old": HOSTILE,
-                                                           "new": 1}}]}  # fmt: skip
+    hostile = {
+        "study": "x",
+        "trials": 9,
+        "version": "1",
+        "external": False,
+        "findings": {HOSTILE: 9},
+        "proposals": [{"message": HOSTILE, "edit": {"path": HOSTILE, "old": HOSTILE, "new": 1}}],
+    }
     page.page.route("**/diagnosis", lambda route: route.fulfill(json=hostile))
     tab = _study(page, live_server, live_server.study_id)
     tab.wait_for_selector("#diagnosis-proposals li")
@@ -220,8 +229,11 @@ def test_workers_page_shows_packs_utilisation_and_hints_live(
         row.filter(has_text="GPU 88 %").wait_for(timeout=15_000)  # no reload: the page polls
         assert row.locator(".hint-text").count() == 0
     finally:
-        seeding.set_telemetry(live_server.ctx, packed, {"util_pct": 20.0, "cpu_pct": 12.0,
-                                                        "device_memory_mb": 3_200.0})  # fmt: skip
+        seeding.set_telemetry(
+            live_server.ctx,
+            packed,
+            {"util_pct": 20.0, "cpu_pct": 12.0, "device_memory_mb": 3_200.0},
+        )
     links.nth(1).click()
     tab.wait_for_url(f"**/studies/{live_server.compression_study_id}/trials/{live_server.pack[1]}")
     _assert_clean(page)
@@ -239,8 +251,9 @@ def test_screenshot_of_a_study_page(browser: Any, live_server: LiveServer, tmp_p
     """docs/dashboard.png (the README's): a study page at 1280x900 with its first charts
     drawn. Written there with HPO_UPDATE_SCREENSHOT=1, else to a temporary folder."""
     ctx = live_server.ctx
-    sid = seeding.seed_bulk(ctx, demo.demo_spec("mnist-optimizers-tpe"), 300, seed=11,
-                            workers=live_server.workers[:3])  # fmt: skip
+    sid = seeding.seed_bulk(
+        ctx, demo.demo_spec("mnist-optimizers-tpe"), 300, seed=11, workers=live_server.workers[:3]
+    )
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         tab = context.new_page()

@@ -178,15 +178,22 @@ def test_curve_delta_sends_only_new_rows_and_ended_trials(viewer, ctx, study_id)
     assert nothing["rows"] == [] and nothing["cursor"] == base["cursor"]
     with ctx.db.session() as session:
         for epoch in (1, 2):
-            session.add(TrialMetric(
-                study_id=study_id, optuna_trial_id=trial._trial_id, attempt=1, step=epoch,
-                value=0.9 + epoch / 100, metrics={"val_accuracy": 0.9 + epoch / 100},
-                created_at=datetime.now(UTC),
-            ))  # fmt: skip
+            session.add(
+                TrialMetric(
+                    study_id=study_id,
+                    optuna_trial_id=trial._trial_id,
+                    attempt=1,
+                    step=epoch,
+                    value=0.9 + epoch / 100,
+                    metrics={"val_accuracy": 0.9 + epoch / 100},
+                    created_at=datetime.now(UTC),
+                )
+            )
     delta = viewer.get(url, params={"since": base["cursor"]}).json()
     assert [(r["number"], r["epoch"], r["key"]) for r in delta["rows"]] == [
-        (trial.number, 1, "adam"), (trial.number, 2, "adam"),
-    ]  # fmt: skip
+        (trial.number, 1, "adam"),
+        (trial.number, 2, "adam"),
+    ]
     assert delta["running"] == [trial.number] and delta["cursor"] > base["cursor"]
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     ended = viewer.get(url, params={"since": delta["cursor"], "watch": str(trial.number)}).json()
@@ -198,8 +205,9 @@ def test_compare_charts_overlay_studies(viewer, ctx, study_id) -> None:
     ids = f"{study_id},{other}"
     histories = viewer.get("/api/v1/dashboard/compare/histories", params={"ids": ids}).json()
     assert [t["name"] for t in histories["figure"]["data"]] == [
-        f"mnist-demo (#{study_id})", f"other (#{other})",
-    ]  # fmt: skip
+        f"mnist-demo (#{study_id})",
+        f"other (#{other})",
+    ]
     dist = viewer.get("/api/v1/dashboard/compare/distributions", params={"ids": ids}).json()
     assert [t["type"] for t in dist["figure"]["data"]] == ["violin", "scatter"] * 2
 

@@ -51,15 +51,18 @@ def test_login_rejects_bad_tokens_foreign_origins_and_open_redirects(client, tok
     bad = client.post("/dashboard/login", data={"token": "hpo_nope"}, follow_redirects=False)
     assert bad.status_code == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
     foreign = client.post(
-        "/dashboard/login", data={"token": tokens.viewer},
-        headers={"Origin": "https://evil.example"}, follow_redirects=False,
-    )  # fmt: skip
+        "/dashboard/login",
+        data={"token": tokens.viewer},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
     assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
     for target in ("https://evil.example/", "//evil.example/", "/dashboard\\..\\x"):
         response = client.post(
-            "/dashboard/login", data={"token": tokens.viewer, "next": target},
+            "/dashboard/login",
+            data={"token": tokens.viewer, "next": target},
             follow_redirects=False,
-        )  # fmt: skip
+        )
         assert response.headers["location"] == "/dashboard/"
 
 

@@ -65,8 +65,15 @@ def test_findings_are_escaped(viewer, ctx, study_id) -> None:
     number = _first(viewer, study_id, "fail")["number"]
     with ctx.db.session() as session:
         row = session.query(TrialRecord).filter_by(study_id=study_id, number=number).one()
-        row.findings = [{"kind": HOSTILE, "epoch": 1, "severity": HOSTILE, "message": HOSTILE,
-                         "evidence": {HOSTILE: HOSTILE}}]  # fmt: skip
+        row.findings = [
+            {
+                "kind": HOSTILE,
+                "epoch": 1,
+                "severity": HOSTILE,
+                "message": HOSTILE,
+                "evidence": {HOSTILE: HOSTILE},
+            }
+        ]
     text = _trial_page(viewer, study_id, number)
     assert "<img src=x" not in text and html.escape(HOSTILE) in text
     assert "badge sev-info" in text  # an unknown severity is shown as info
@@ -78,9 +85,10 @@ def test_trial_page_shows_the_compression_and_the_model_before_and_after(
     viewer, compression_id
 ) -> None:
     item = next(
-        t for t in api(viewer, f"/studies/{compression_id}/trials?state=complete")["items"]
+        t
+        for t in api(viewer, f"/studies/{compression_id}/trials?state=complete")["items"]
         if t["params"]["prune_amount"] > 0 and t["params"]["quantize"] == "int8"
-    )  # fmt: skip
+    )
     final = api(viewer, f"/studies/{compression_id}/trials/{item['number']}")["user_attrs"][
         "final_metrics"
     ]
@@ -92,8 +100,11 @@ def test_trial_page_shows_the_compression_and_the_model_before_and_after(
     assert f"<dt>prune_amount</dt><dd>{fmt(item['params']['prune_amount'])}</dd>" in section
     assert "<dt>quantize</dt><dd>int8</dd>" in section
     rows = _table(section[section.index('id="before-after"') :])
-    for label, key in (("model bytes", "model_bytes"), ("FLOPs", "flops"),
-                       ("non-zero parameters", "nonzero_params")):  # fmt: skip
+    for label, key in (
+        ("model bytes", "model_bytes"),
+        ("FLOPs", "flops"),
+        ("non-zero parameters", "nonzero_params"),
+    ):
         before, after = final[f"dense_{key}"], final[key]
         ratio = before / after
         assert rows[label] == [f"{before:,.0f}", f"{after:,.0f}", f"{ratio:.1f}x smaller"]
@@ -128,8 +139,12 @@ def test_the_diagnosis_is_the_apis_with_its_proposals(viewer, ctx, workers) -> N
     assert shown["findings"]["diverged"] >= 10
     [proposal] = shown["proposals"]
     assert "narrow lr_adaptive to high: 0.02" in proposal["message"]
-    assert proposal["edit"] == {"op": "replace", "path": "space.lr_adaptive.high",
-                                "old": 0.1, "new": 0.02}  # fmt: skip
+    assert proposal["edit"] == {
+        "op": "replace",
+        "path": "space.lr_adaptive.high",
+        "old": 0.1,
+        "new": 0.02,
+    }
 
 
 def test_the_diagnosis_is_cached_until_a_trial_finishes(viewer, app, ctx, study_id) -> None:
@@ -139,8 +154,15 @@ def test_the_diagnosis_is_cached_until_a_trial_finishes(viewer, app, ctx, study_
     assert _diagnosis(viewer, study_id) == first and answers.misses == misses
     with ctx.db.session() as session:  # the service's trial rows change (as when one ends)
         row = session.query(TrialRecord).filter_by(study_id=study_id, number=0).one()
-        row.findings = [{"kind": "plateau", "epoch": 3, "severity": "warning",
-                         "message": "no progress", "evidence": {}}]  # fmt: skip
+        row.findings = [
+            {
+                "kind": "plateau",
+                "epoch": 3,
+                "severity": "warning",
+                "message": "no progress",
+                "evidence": {},
+            }
+        ]
         row.updated_at = row.updated_at.replace(year=2030)
     later = _diagnosis(viewer, study_id)
     assert later["version"] != first["version"] and later["findings"]["plateau"] == 1

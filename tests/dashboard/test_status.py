@@ -8,9 +8,14 @@ from hpo.spec import StudySpec
 from service.studies.status import Fleet, study_status
 
 SPEC = StudySpec.model_validate(
-    {"name": "s", "workload": "toy", "space": {"x": {"type": "float", "low": 0, "high": 1}},
-     "budget": {"max_trials": 4}, "resources": {"gpus": 1, "gpu_memory_gb": 8}}
-)  # fmt: skip
+    {
+        "name": "s",
+        "workload": "toy",
+        "space": {"x": {"type": "float", "low": 0, "high": 1}},
+        "budget": {"max_trials": 4},
+        "resources": {"gpus": 1, "gpu_memory_gb": 8},
+    }
+)
 GPU = Resources(gpus=1, gpu_memory_gb=16)
 
 

@@ -129,10 +129,17 @@ def test_objective_failures_name_their_cause(stack: Stack) -> None:
 def test_bad_objective_or_command_exits_at_start(stack: Stack) -> None:
     server = stack.server()
     token = server.tokens()["worker"]
-    broken = stack.worker(server.url, token, "--objective", "tests.e2e.broken_objective:objective",
-                          "--workload", "toy")  # fmt: skip
-    missing = stack.worker(server.url, token, "--command", "no-such-program --flag",
-                           "--workload", "toy")  # fmt: skip
+    broken = stack.worker(
+        server.url,
+        token,
+        "--objective",
+        "tests.e2e.broken_objective:objective",
+        "--workload",
+        "toy",
+    )
+    missing = stack.worker(
+        server.url, token, "--command", "no-such-program --flag", "--workload", "toy"
+    )
     assert broken.wait(60) == 2 and missing.wait(60) == 2
     assert "importing 'tests.e2e.broken_objective' failed: ImportError" in broken.log()
     assert "'no-such-program' not found on PATH" in missing.log()
@@ -169,8 +176,13 @@ def test_a_pruned_command_loses_its_whole_process_group(
 ) -> None:
     server = stack.server()
     pruner = {"name": "threshold", "options": {"lower": 0.3}}
-    spec = toy("cmd-prune", workload="cmd", space=modes("stubborn"), pruner=pruner,
-               budget={"max_trials": 1})  # fmt: skip
+    spec = toy(
+        "cmd-prune",
+        workload="cmd",
+        space=modes("stubborn"),
+        pruner=pruner,
+        budget={"max_trials": 1},
+    )
     server.api().create_study(spec)
     pids = tmp_path / "pids"
     monkeypatch.setenv("PIDS", str(pids))  # the worker passes it on to the command
@@ -262,10 +274,27 @@ def test_the_examples_run_on_the_fleet(stack: Stack) -> None:
     token = server.tokens()["worker"]
     sklearn = "examples.sklearn_objective.objective:objective"
     script = f"{sys.executable} examples/pytorch_command/train.py"
-    stack.worker(server.url, token, "--objective", sklearn, "--workload", "sklearn-digits",
-                 "--max-trials", "4")  # fmt: skip
-    stack.worker(server.url, token, "--command", script, "--workload", "mnist-script",
-                 "--no-param-args", "--max-trials", "2")  # fmt: skip
+    stack.worker(
+        server.url,
+        token,
+        "--objective",
+        sklearn,
+        "--workload",
+        "sklearn-digits",
+        "--max-trials",
+        "4",
+    )
+    stack.worker(
+        server.url,
+        token,
+        "--command",
+        script,
+        "--workload",
+        "mnist-script",
+        "--no-param-args",
+        "--max-trials",
+        "2",
+    )
     for t in finished(server, "sklearn-digits", 4):
         assert t["state"] == "complete" and 0.0 < t["value"] <= 1.0
         assert t["params"]["classifier"] in ("svc", "random_forest")

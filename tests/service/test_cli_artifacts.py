@@ -57,8 +57,14 @@ def run_trial(
     complete it with ``result``; its number."""
     trial = worker.trial(studies=[study])
     for step in checkpoints:
-        upload(worker, trial["lease_id"], b"c" * 100 * step, kind="checkpoint", step=step,
-               filename="ckpt.tar")  # fmt: skip
+        upload(
+            worker,
+            trial["lease_id"],
+            b"c" * 100 * step,
+            kind="checkpoint",
+            step=step,
+            filename="ckpt.tar",
+        )
     if model is not None:
         upload(worker, trial["lease_id"], model, kind="model", filename="model.pt")
     worker.ok(trial["lease_id"], "complete", result)
@@ -102,8 +108,12 @@ def test_best_model_downloads_the_best_trials_model(
 def test_best_model_of_a_multi_objective_study_takes_every_pareto_trial(
     live: LiveApp, worker: Worker, tmp_path: Path
 ) -> None:
-    create(live, "cli-pareto", directions=["maximize", "minimize"],
-           objectives=["val_accuracy", "seconds"])  # fmt: skip
+    create(
+        live,
+        "cli-pareto",
+        directions=["maximize", "minimize"],
+        objectives=["val_accuracy", "seconds"],
+    )
     results = [[0.9, 10.0], [0.8, 5.0], [0.7, 20.0]]  # the third is dominated by both
     numbers = [
         run_trial(worker, "cli-pareto", {"values": r}, model=f"m{i}".encode())

@@ -41,8 +41,9 @@ def relative_draws(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
 
 def run_define_by_run(client: Any, tokens: Tokens, trials: int) -> list[dict[str, float]]:
     registration = {"hostname": "box", "workloads": ["toy"]}
-    answer = client.post(f"{API}/workers/register", json=registration,
-                         headers=Tokens.header(tokens.worker))  # fmt: skip
+    answer = client.post(
+        f"{API}/workers/register", json=registration, headers=Tokens.header(tokens.worker)
+    )
     worker = Worker(client, tokens.worker, answer.json()["worker_id"])
     drawn = []
     for _ in range(trials):
@@ -64,8 +65,9 @@ def run_define_by_run(client: Any, tokens: Tokens, trials: int) -> list[dict[str
 def test_one_relative_sample_per_trial(
     client: Any, tokens: Tokens, ctx: Any, relative_draws: Counter[int]
 ) -> None:
-    create_study(client, tokens, name="dbr", space={}, workload="toy", sampler=TPE,
-                 budget={"max_trials": 8})  # fmt: skip
+    create_study(
+        client, tokens, name="dbr", space={}, workload="toy", sampler=TPE, budget={"max_trials": 8}
+    )
     drawn = run_define_by_run(client, tokens, 8)
     assert len({tuple(p.values()) for p in drawn}) == 8
     # one joint draw per trial (today's main drew one per parameter: 3 per trial)
@@ -76,8 +78,9 @@ def test_one_relative_sample_per_trial(
 
 
 def test_what_was_drawn_is_the_optuna_trials_params(client: Any, tokens: Tokens, ctx: Any) -> None:
-    create_study(client, tokens, name="dbr", space={}, workload="toy", sampler=TPE,
-                 budget={"max_trials": 5})  # fmt: skip
+    create_study(
+        client, tokens, name="dbr", space={}, workload="toy", sampler=TPE, budget={"max_trials": 5}
+    )
     drawn = run_define_by_run(client, tokens, 5)
     optuna_study = optuna.load_study(study_name="dbr", storage=ctx.store.storage)
     assert [t.params for t in optuna_study.trials] == drawn

@@ -31,8 +31,11 @@ def test_heartbeat_and_complete_telemetry_are_stored(client, tokens) -> None:
         f"{API}/leases/{lease}/heartbeat", json={"telemetry": {"u": "x"}}, headers=worker
     )
     assert bad.status_code == 422
-    report = {"step": 1, "value": 0.5, "metrics": {"samples_per_s": 1000.0,
-              "data_time_s": 0.25, "epoch_time_s": 1.0}}  # fmt: skip
+    report = {
+        "step": 1,
+        "value": 0.5,
+        "metrics": {"samples_per_s": 1000.0, "data_time_s": 0.25, "epoch_time_s": 1.0},
+    }
     assert (
         client.post(f"{API}/leases/{lease}/report", json=report, headers=worker).status_code == 200
     )

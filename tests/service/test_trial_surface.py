@@ -143,9 +143,20 @@ def _spec_stub() -> Any:
 
     from hpo.protocol import TrialSpec
 
-    return TrialSpec(lease_id="l", trial_id=1, trial_number=0, study_name="s", attempt=1,
-                     params={}, space={}, objective="value", direction="maximize", seed=0,
-                     lease_expires_at=datetime.now(UTC), heartbeat_interval_s=1.0)  # fmt: skip
+    return TrialSpec(
+        lease_id="l",
+        trial_id=1,
+        trial_number=0,
+        study_name="s",
+        attempt=1,
+        params={},
+        space={},
+        objective="value",
+        direction="maximize",
+        seed=0,
+        lease_expires_at=datetime.now(UTC),
+        heartbeat_interval_s=1.0,
+    )
 
 
 def test_deprecated_suggests_warn_as_optuna(live: LiveApp, worker: Any) -> None:
@@ -166,8 +177,15 @@ def test_deprecated_suggests_warn_as_optuna(live: LiveApp, worker: Any) -> None:
 
 def test_set_constraint_reaches_optuna_best_trials(live: LiveApp, worker: Any) -> None:
     with admin(live) as c:
-        c.create_study(study_spec("cons", workload="toy", space=XY, directions=["maximize",
-                                  "minimize"], objectives=["acc", "size"]))  # fmt: skip
+        c.create_study(
+            study_spec(
+                "cons",
+                workload="toy",
+                space=XY,
+                directions=["maximize", "minimize"],
+                objectives=["acc", "size"],
+            )
+        )
     for acc, size, violation in ((0.9, 5.0, 1.0), (0.8, 2.0, -1.0), (0.7, 1.0, 0.0)):
         trial = lease(worker, "cons")
         trial.set_constraint("size_cap", violation)
@@ -177,7 +195,10 @@ def test_set_constraint_reaches_optuna_best_trials(live: LiveApp, worker: Any) -
         trial._client.complete(trial.spec.lease_id, CompleteRequest(values=[acc, size]))
     direct = optuna.load_study(study_name="cons", storage=live.ctx.store.url)
     assert [t.constraints for t in direct.trials] == [
-        {"size_cap": 1.0}, {"size_cap": -1.0}, {"size_cap": 0.0}]  # fmt: skip
+        {"size_cap": 1.0},
+        {"size_cap": -1.0},
+        {"size_cap": 0.0},
+    ]
     # the infeasible (0.9, 5.0) would be on the front without its constraint
     assert sorted(t.number for t in direct.best_trials) == [1, 2]
 
@@ -201,8 +222,9 @@ def test_constraint_checks(live: LiveApp, worker: Any) -> None:
 
 def test_declared_constraints_from_final_metrics(live: LiveApp, worker: Any) -> None:
     with admin(live) as c:
-        c.create_study(study_spec("small", workload="toy", space=XY,
-                                  constraints={"n_params": {"max": 100}}))  # fmt: skip
+        c.create_study(
+            study_spec("small", workload="toy", space=XY, constraints={"n_params": {"max": 100}})
+        )
     for n_params in (50, 500):
         trial = lease(worker, "small")
         body = CompleteRequest(value=0.5, metrics={"n_params": n_params})
@@ -211,7 +233,10 @@ def test_declared_constraints_from_final_metrics(live: LiveApp, worker: Any) -> 
     trial._client.complete(trial.spec.lease_id, CompleteRequest(value=0.6))  # no metric
     direct = optuna.load_study(study_name="small", storage=live.ctx.store.url)
     assert [t.constraints for t in direct.trials] == [
-        {"n_params": -50.0}, {"n_params": 400.0}, {"n_params": 1.0}]  # fmt: skip
+        {"n_params": -50.0},
+        {"n_params": 400.0},
+        {"n_params": 1.0},
+    ]
     assert direct.best_trial.number == 0  # the feasible one, though trial 2 scored higher
     [cached] = [s for s in live.ctx.store._studies.values() if s.spec.name == "small"]
     seen = cached.study.get_trials(deepcopy=False)  # what the study's sampler sees
@@ -220,8 +245,11 @@ def test_declared_constraints_from_final_metrics(live: LiveApp, worker: Any) -> 
 
 def test_declared_constraints_are_checked(live: LiveApp) -> None:
     with admin(live) as c, pytest.raises(ApiError) as bad:
-        c.create_study(study_spec("bad", workload="toy", space=XY,
-                                  constraints={"n_params": {"max": 1, "min": 0}}))  # fmt: skip
+        c.create_study(
+            study_spec(
+                "bad", workload="toy", space=XY, constraints={"n_params": {"max": 1, "min": 0}}
+            )
+        )
     assert bad.value.status_code == 422 and "constraints" in str(bad.value)
 
 

@@ -46,8 +46,13 @@ def test_an_idle_process_reads_near_zero() -> None:
 
 
 def test_a_command_child_tree_is_watched_not_the_worker() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.monotonic()\n"
-                              "while time.monotonic() - t < 1.5: pass"])  # fmt: skip
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt=time.monotonic()\nwhile time.monotonic() - t < 1.5: pass",
+        ]
+    )
     try:
         probe = DeviceProbe("cpu")
         with Telemetry(probe.for_process(child.pid), 0.1) as kid, Telemetry(probe, 0.1) as me:

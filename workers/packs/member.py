@@ -160,9 +160,16 @@ class Member:
         final["n_params"] = count_params(self.module)
         final["total_time_s"] = time.perf_counter() - self._started
         return TrainResult(
-            status, objective, len(self.history), self.history, final, diagnosis, self.steps,
-            self.module, shipped,
-        )  # fmt: skip
+            status,
+            objective,
+            len(self.history),
+            self.history,
+            final,
+            diagnosis,
+            self.steps,
+            self.module,
+            shipped,
+        )
 
     def _ship(self, splits: Splits) -> tuple[dict[str, float], nn.Module]:
         # The solo trainer's own compression step (workers.trainer.ship_model), on this
@@ -195,14 +202,25 @@ class Member:
         self.save(rows)
         cp = self.checkpoint
         assert cp is not None
-        ckpt.write(self.checkpoint_path, {
-            "format": ckpt.PACK_FORMAT, "settings": ckpt.fingerprint(self.config),
-            "params": cp.rows.params, "running": cp.rows.running, "state": cp.rows.state,
-            "opt_steps": cp.rows.steps, "shuffle": cp.shuffle, "dropout": cp.dropout,
-            "epoch": cp.epoch, "history": self.history, "steps": cp.steps,
-            "batches_tracked": cp.batches_tracked, "guard_reference": cp.guard_reference,
-            "elapsed_s": time.perf_counter() - self._started,
-        })  # fmt: skip
+        ckpt.write(
+            self.checkpoint_path,
+            {
+                "format": ckpt.PACK_FORMAT,
+                "settings": ckpt.fingerprint(self.config),
+                "params": cp.rows.params,
+                "running": cp.rows.running,
+                "state": cp.rows.state,
+                "opt_steps": cp.rows.steps,
+                "shuffle": cp.shuffle,
+                "dropout": cp.dropout,
+                "epoch": cp.epoch,
+                "history": self.history,
+                "steps": cp.steps,
+                "batches_tracked": cp.batches_tracked,
+                "guard_reference": cp.guard_reference,
+                "elapsed_s": time.perf_counter() - self._started,
+            },
+        )
 
     def _resume(self, path: Path) -> None:
         """Continue from a checkpoint file (CheckpointUnreadable when it cannot be)."""
@@ -213,9 +231,15 @@ class Member:
                 raise ValueError(f"{tuple(rows.params.shape)} parameters, not the model's")
             self.history = list(p["history"])
             self.checkpoint = Checkpoint(
-                rows, p["shuffle"], p["dropout"], int(p["epoch"]), len(self.history),
-                int(p["steps"]), int(p["batches_tracked"]), p["guard_reference"],
-            )  # fmt: skip
+                rows,
+                p["shuffle"],
+                p["dropout"],
+                int(p["epoch"]),
+                len(self.history),
+                int(p["steps"]),
+                int(p["batches_tracked"]),
+                p["guard_reference"],
+            )
             self.restore()
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ckpt.CheckpointUnreadable(f"{path.name}: does not fit: {exc}") from exc
