@@ -207,6 +207,10 @@ class TrialDetail(TrialItem):
     intermediate_values: list[IntermediateValue]
     metrics: list[StepMetrics]
     user_attrs: dict[str, Any]
+    distributions: dict[str, str] = Field(
+        default_factory=dict,
+        description="each parameter's distribution as Optuna stores it (distribution_to_json)",
+    )
     leases: list[LeaseInfo]
     findings: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -118,6 +118,15 @@ def params_by_trial(session: Session, ids: Sequence[int]) -> dict[int, dict[str,
     return out
 
 
+def param_distributions(session: Session, trial_id: int) -> dict[str, str]:
+    """Each parameter's distribution as Optuna stores it (``distribution_to_json``)."""
+    c = trial_params.c
+    rows = session.execute(
+        select(c.param_name, c.distribution_json).where(c.trial_id == trial_id).order_by(c.param_id)
+    )
+    return {name: dist_json for name, dist_json in rows}
+
+
 def user_attrs_by_trial(
     session: Session, ids: Sequence[int], keys: Sequence[str] | None = None
 ) -> dict[int, dict[str, Any]]:

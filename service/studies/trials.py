@@ -33,6 +33,7 @@ from service.storage.optuna_rows import (
     ValueType,
     as_utc,
     intermediate_values,
+    param_distributions,
     params_by_trial,
     trial_values,
     trials,
@@ -194,6 +195,7 @@ def study_trial_detail(session: Session, study_id: int, number: int, name: str) 
         ],
         metrics=step_metrics(session, trial_id),
         user_attrs=user_attrs_by_trial(session, [trial_id]).get(trial_id, {}),
+        distributions=param_distributions(session, trial_id),
         leases=lease_history(session, trial_id),
         **_diagnostics(session, trial_id),
     )
