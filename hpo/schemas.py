@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hpo.diagnosis import Proposal
 
@@ -172,6 +172,28 @@ class TrialPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class EnqueueRequest(BaseModel):
+    """``POST /studies/{study}/enqueue``: Optuna's ``study.enqueue_trial`` (the next lease
+    of the study runs these params; parameters left out are sampled)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(max_length=100)
+    user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    skip_if_exists: bool = Field(
+        default=False, description="enqueue nothing when a trial with these params exists"
+    )
+
+
+class EnqueuedTrial(BaseModel):
+    """The WAITING trial an enqueue added (none when ``skipped``)."""
+
+    study: str
+    trial_id: int | None = None
+    number: int | None = None
+    skipped: bool = False
 
 
 class IntermediateValue(BaseModel):

@@ -8,12 +8,14 @@ handlers are thin: the domain lives in :mod:`service.studies`,
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from hpo.schemas import (
+    EnqueuedTrial,
+    EnqueueRequest,
     ParetoFront,
     ShownState,
     StudyDiagnosis,
@@ -28,6 +30,7 @@ from service.api.deps import AdminDep, ContextDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
 from service.studies import records
 from service.studies.diagnosis import study_diagnosis
+from service.studies.enqueue import enqueue_trial
 from service.studies.export import content_disposition, plan_export, stream_csv, stream_json
 from service.studies.trials import get_trial, list_trials
 
@@ -100,6 +103,26 @@ def delete_study(
     """Delete the Optuna study and every record of it (409 while leases are active)."""
     records.delete_study(ctx, study, force=force)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{study}/enqueue",
+    status_code=201,
+    response_model=EnqueuedTrial,
+    responses=error_responses(404, 409, 422),
+)
+def enqueue(study: StudyRef, body: EnqueueRequest, ctx: ContextDep, _: AdminDep) -> EnqueuedTrial:
+    """Optuna's ``study.enqueue_trial``: a WAITING trial with these params fixed, leased
+    before any new trial (409 when the study is stopped or its budget is used; 422 for a
+    value outside the declared space)."""
+    return enqueue_trial(ctx, study, body)
+
+
+@router.get("/{study}/user_attrs", response_model=dict[str, Any], responses=error_responses(404))
+def get_user_attrs(study: StudyRef, session: SessionDep, ctx: ContextDep, _: ViewerDep) -> Any:
+    """The Optuna study's user attributes (Optuna's ``study.user_attrs``)."""
+    record = records.get_study_record(session, study)
+    return ctx.store.storage.get_study_user_attrs(record.study_id)
 
 
 @router.get("/{study}/pareto", response_model=ParetoFront, responses=error_responses(404))

@@ -63,9 +63,9 @@ class CachedStudy:
     _live_ids: dict[int, int] = field(default_factory=dict)  # trial number -> trial id
 
     def new_trial(self) -> int:
-        """``Study.ask()``'s storage half, without its waiting-trial pop (the service
-        never enqueues WAITING trials; re-runs re-use their RUNNING trial). Runs
-        outside the sampler lock: it is one insert."""
+        """``Study.ask()``'s storage half for a new trial (an enqueued WAITING trial is
+        taken before this by ``TrialView.pop_waiting``; re-runs re-use their RUNNING
+        trial). Runs outside the sampler lock: it is one insert."""
         return self.study._storage.create_new_trial(self.study._study_id)
 
     @contextlib.contextmanager

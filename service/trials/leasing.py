@@ -3,7 +3,8 @@
 1. **Reserve** (one transaction, under the study lock ``lease_seq``): expire
    overdue leases of the study, then lease a queued re-run at once, or check
    the budget and concurrency and insert a ``creating`` row.
-2. **Sample** (no transaction of ours): ``study.ask()`` + define-by-run suggestions.
+2. **Sample** (no transaction of ours): ``study.ask()`` (an enqueued WAITING trial
+   first, as Optuna's) + define-by-run suggestions.
 3. **Lease** (one transaction): fill the ``creating`` row and insert the lease.
 
 A read-only pre-check first skips studies that clearly have no work, so that
@@ -29,6 +30,7 @@ from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
 from service.fleet import registry
 from service.storage.models import StudyRecord, TrialRecord, WorkerRecord
+from service.storage.optuna_store import CachedStudy
 from service.storage.samplers import suggest_params
 from service.trials.choice import candidates, study_counts
 from service.trials.granting import (
@@ -225,7 +227,7 @@ def _sample_and_grant(
     """
     cached = cached_study(ctx, study)
     try:
-        trial_id = cached.new_trial()
+        trial_id = _enqueued_or_new(cached)
     except Exception as exc:  # noqa: BLE001 - no Optuna trial exists: drop the slot
         log.exception("study %r: creating a trial failed", study.name)
         _drop_creating(ctx, row_id)
@@ -240,6 +242,13 @@ def _sample_and_grant(
         return _busy(study, "sampling took too long")
     ctx.metrics.leases_granted.inc()
     return spec
+
+
+def _enqueued_or_new(cached: CachedStudy) -> int:
+    """An enqueued WAITING trial first (``POST /studies/{study}/enqueue``: its fixed
+    params are then what the sampling step suggests), else a new Optuna trial."""
+    popped = cached.view.pop_waiting(cached.study._study_id) if cached.view else None
+    return popped if popped is not None else cached.new_trial()
 
 
 def _sample(ctx: AppContext, study: StudyRecord, row_id: int, trial_id: int) -> Sampled | NoWork:
