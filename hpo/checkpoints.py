@@ -118,7 +118,10 @@ class CheckpointFolder:
         if bad is None:
             return None
         try:
-            return self.client.reject_checkpoint(self.lease_id, bad.artifact_id, reason)
+            resume: Checkpoint | None = self.client.reject_checkpoint(
+                self.lease_id, bad.artifact_id, reason
+            )
+            return resume
         except (ApiError, ClientError) as exc:
             self.warnings.append(f"could not ask for an older checkpoint: {exc}")
             return None

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -63,6 +63,9 @@ from hpo.schemas import (
 )
 from hpo.spec import StudySpec
 from hpo.transport import Call, RetryPolicies, RetryPolicy, Transport
+
+if TYPE_CHECKING:
+    from hpo.optuna_study import ClientStudy
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -147,6 +150,14 @@ class Client:
     def _state(self, study: str | int, action: str) -> StudySummary:
         call = Call("POST", _study(study, f"/{action}"), self.policies.default)
         return self._typed(call, StudySummary)
+
+    def study(self, name: str) -> ClientStudy:
+        """The study with Optuna's ``Study`` API: ask/tell, optimize, trials, best_trial
+        (see :mod:`hpo.optuna_study`; needs Optuna). Close it (or use ``with``) to give
+        back the trials asked and not told."""
+        from hpo.optuna_study import ClientStudy  # imports Optuna: only when asked for
+
+        return ClientStudy(self, name)
 
     # ------------------------------------------------------------------ trials
 

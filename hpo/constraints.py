@@ -54,11 +54,11 @@ def constraint_values(
     out: dict[str, float] = {}
     for name, bound in constraints.items():
         metric = metrics.get(name)
-        ok = isinstance(metric, (int, float)) and not isinstance(metric, bool)
-        if ok and math.isfinite(float(metric)):
-            out[CONSTRAINT_PREFIX + name] = bound.value(float(metric))
-        else:
-            out[CONSTRAINT_PREFIX + name] = MISSING_METRIC_VIOLATION
+        number = float(metric) if isinstance(metric, int | float) else math.nan
+        if isinstance(metric, bool) or not math.isfinite(number):
+            number = math.nan
+        key = CONSTRAINT_PREFIX + name
+        out[key] = MISSING_METRIC_VIOLATION if math.isnan(number) else bound.value(number)
     return out
 
 

@@ -152,6 +152,14 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def evidence_of(*parts: Mapping[str, float | int | str | None]) -> Evidence:
+    """One evidence dict from several groups of entries."""
+    out: Evidence = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
 def _g(value: float) -> str:
     return f"{value:.4g}"
 
@@ -216,7 +224,7 @@ def check_exploding(h: History, threshold: float = EXPLODING_NORM) -> Finding | 
     evidence: Evidence = {key: value if math.isfinite(value) else str(value)}
     evidence |= {"peak_epoch": epoch, "threshold": threshold, "median_grad_norm": typical}
     many = typical is not None and len(means) >= 3
-    usual = f" (median of the epoch means {_g(typical)})" if many else ""
+    usual = f" (median of the epoch means {_g(typical)})" if many and typical is not None else ""
     return Finding(
         kind=FindingKind.EXPLODING_GRADIENTS,
         epoch=started,
@@ -246,8 +254,10 @@ def check_vanishing(h: History) -> Finding | None:
         message=f"The first layer's gradient is {ratio:.2%} of the whole gradient norm "
         f"(under {VANISHING_RATIO:.0%}) and the training loss fell only {drop:.1%}: "
         "gradients vanish before reaching the input.",
-        evidence={"ratio": ratio, "grad_norm_first": first[epoch], "grad_norm": total[epoch]}
-        | {"loss_drop": drop, "threshold": VANISHING_RATIO},
+        evidence=evidence_of(
+            {"ratio": ratio, "grad_norm_first": first[epoch], "grad_norm": total[epoch]},
+            {"loss_drop": drop, "threshold": VANISHING_RATIO},
+        ),
         severity=Severity.WARNING,
     )
 
@@ -268,8 +278,10 @@ def check_dead_units(h: History) -> Finding | None:
         epoch=started,
         message=f"{value:.0%} of the hidden ReLU units never fire on validation data "
         f"(epoch {epoch}; threshold {DEAD_FRACTION:.0%}): most of the model's width is dead.",
-        evidence={"dead_fraction": value, "measured_epoch": epoch, "threshold": DEAD_FRACTION}
-        | {"max_dead_fraction": max(v for _, v in series)},
+        evidence=evidence_of(
+            {"dead_fraction": value, "measured_epoch": epoch, "threshold": DEAD_FRACTION},
+            {"max_dead_fraction": max(v for _, v in series)},
+        ),
         severity=Severity.ERROR if value >= DEAD_SEVERE else Severity.WARNING,
     )
 
@@ -295,12 +307,14 @@ def check_overfitting(h: History) -> Finding | None:
         message=f"Validation loss rose from {_g(best)} (epoch {best_epoch}) to {_g(last)} "
         f"(epoch {last_epoch}) while training loss fell from {_g(train_best)} to "
         f"{_g(train_last)}: the model is overfitting.",
-        evidence={"best_epoch": best_epoch, "best_val_loss": best, "val_loss": last}
-        | {"train_loss_at_best": train_best, "train_loss": train_last, "rise": last / best - 1}
-        | {
-            "val_accuracy_at_best": accuracy.get(best_epoch),
-            "val_accuracy": accuracy.get(last_epoch),
-        },
+        evidence=evidence_of(
+            {"best_epoch": best_epoch, "best_val_loss": best, "val_loss": last},
+            {"train_loss_at_best": train_best, "train_loss": train_last, "rise": last / best - 1},
+            {
+                "val_accuracy_at_best": accuracy.get(best_epoch),
+                "val_accuracy": accuracy.get(last_epoch),
+            },
+        ),
         severity=Severity.WARNING,
     )
 
@@ -346,9 +360,11 @@ def check_underfitting(h: History) -> Finding | None:
         epoch=train[0][0],
         message=f"Training loss barely moved{at_lr}: {_g(start)} -> {_g(train[-1][1])} "
         f"({drop:.1%} lower) over {len(train)} epochs{accuracy}; {why}.",
-        evidence={"start_loss": start, "train_loss": train[-1][1], "loss_drop": drop}
-        | {"epochs": len(train), "rising_epochs": rises, "lr": lr, "val_accuracy": acc}
-        | {"threshold": UNDERFIT_MIN_DROP},
+        evidence=evidence_of(
+            {"start_loss": start, "train_loss": train[-1][1], "loss_drop": drop},
+            {"epochs": len(train), "rising_epochs": rises, "lr": lr, "val_accuracy": acc},
+            {"threshold": UNDERFIT_MIN_DROP},
+        ),
         severity=Severity.WARNING,
     )
 
@@ -372,8 +388,10 @@ def check_plateau(h: History) -> Finding | None:
         message=f"Training loss has stayed at {_g(best)} since epoch {since} "
         f"(less than {PLATEAU_MIN_GAIN:.0%} better over the last {PLATEAU_EPOCHS} epochs) "
         f"after falling only {drop:.0%}: training is stuck on a plateau.",
-        evidence={"since_epoch": since, "best_train_loss": best, "loss_drop": drop}
-        | {"val_loss": h.last("val_loss"), "lr": h.last("lr"), "epochs": PLATEAU_EPOCHS},
+        evidence=evidence_of(
+            {"since_epoch": since, "best_train_loss": best, "loss_drop": drop},
+            {"val_loss": h.last("val_loss"), "lr": h.last("lr"), "epochs": PLATEAU_EPOCHS},
+        ),
         severity=Severity.INFO,
     )
 

@@ -47,8 +47,12 @@ class ReadOnlyStudy(RuntimeError):
     """``trial.study`` is a view: this write is not possible through it."""
 
 
-class OptunaTrial(Trial, optuna.trial.Trial):
-    """:class:`hpo.Trial`, recognised by Optuna as one of its trials."""
+class OptunaTrial(Trial, optuna.trial.Trial):  # type: ignore[misc, override]  # see below
+    """:class:`hpo.Trial`, recognised by Optuna as one of its trials.
+
+    Optuna's ``__init__`` sets ``study``, ``storage`` and ``_trial_id`` as attributes;
+    here they are :class:`hpo.Trial`'s read-only properties (its ``__init__`` is never
+    called), which mypy reports as an override of writeable attributes."""
 
 
 def read_only_sampler() -> optuna.samplers.BaseSampler:
@@ -66,9 +70,9 @@ def to_distribution(dist: dict[str, Any]) -> BaseDistribution:
         return IntDistribution(
             int(dist["low"]), int(dist["high"]), log=bool(dist.get("log")), step=step
         )
-    step = dist.get("step")
+    grid = dist.get("step")
     return FloatDistribution(
-        float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")), step=step
+        float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")), step=grid
     )
 
 

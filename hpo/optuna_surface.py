@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import datetime
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hpo.constraints import CONSTRAINT_PREFIX, check_constraint
 from hpo.optuna_view import TrialAttrsRequest
+from hpo.protocol import TrialSpec
+
+if TYPE_CHECKING:
+    from hpo.trial import Trial
 
 _DEPRECATED = (
     "{name} has been deprecated in v3.0.0. This feature will be removed in v6.0.0. "
@@ -29,7 +33,7 @@ class OptunaSurface:
 
     # set by hpo.Trial.__init__
     _client: Any
-    _spec: Any
+    _spec: TrialSpec
     _params: dict[str, Any]
     _dists: dict[str, dict[str, Any]]
     _intermediate: dict[int, float]
@@ -44,7 +48,15 @@ class OptunaSurface:
 
     if TYPE_CHECKING:  # hpo.Trial's
 
-        def suggest_float(self, name: str, low: float, high: float, **kw: Any) -> float: ...
+        def suggest_float(
+            self,
+            name: str,
+            low: float,
+            high: float,
+            *,
+            step: float | None = None,
+            log: bool = False,
+        ) -> float: ...
 
     # ------------------------------------------------------------------ study and storage
 
@@ -70,7 +82,7 @@ class OptunaSurface:
         if self._storage is None:
             from hpo.optuna_compat import LeaseStorage
 
-            self._storage = LeaseStorage(self._client, self)
+            self._storage = LeaseStorage(self._client, cast("Trial", self))
         return self._storage
 
     @property
@@ -79,7 +91,7 @@ class OptunaSurface:
         ``optuna.artifacts.upload_artifact(artifact_store=trial.artifact_store, ...)``."""
         from hpo.optuna_compat import LeaseArtifactStore
 
-        return LeaseArtifactStore(self._client, self)
+        return LeaseArtifactStore(self._client, cast("Trial", self))
 
     @property
     def _trial_id(self) -> int:

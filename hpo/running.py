@@ -175,7 +175,9 @@ def send_result(client: Any, trial: Trial, result: Result) -> FinishResponse | N
     return deliver(client.fail, spec.lease_id, fail, trial.label)
 
 
-def deliver(call: Callable[[str, Any], Any], lease_id: str, body: Any, label: str) -> Any:
+def deliver(
+    call: Callable[[str, Any], FinishResponse], lease_id: str, body: Any, label: str
+) -> FinishResponse | None:
     """complete/fail: the client retries until delivered; a 409 means the lease is gone."""
     try:
         return call(lease_id, body)
