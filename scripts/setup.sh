@@ -16,9 +16,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing hpo-service[server,worker,dev] (torch is large: a few minutes)"
+  echo "setup: installing hpo-service[server,worker,dev,integrations] (torch is large: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[server,worker,dev]'
+  .venv/bin/python -m pip install -q -e '.[server,worker,dev,integrations]'
   touch "$stamp"
 fi
 
