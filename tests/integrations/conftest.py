@@ -72,9 +72,15 @@ def run_study(
     ``hpo worker --objective tests.integrations.OBJECTIVE``; the server and its trials."""
     server = stack.server()
     api = server.api()
-    spec = study_spec(name, workload=name, space={}, objective="value", pruner=pruner,
-                      sampler={"name": "tpe", "seed": seed},
-                      budget={"max_trials": trials})  # fmt: skip
+    spec = study_spec(
+        name,
+        workload=name,
+        space={},
+        objective="value",
+        pruner=pruner,
+        sampler={"name": "tpe", "seed": seed},  # optuna.create_study's default, as in the examples
+        budget={"max_trials": trials},
+    )
     api.create_study(spec)
     cwd = stack.workdir / "cwd"
     cwd.mkdir(exist_ok=True)
@@ -83,10 +89,18 @@ def run_study(
         "HPO_DATA_DIR": str(mnist_root()),
         "KERAS_BACKEND": "torch",
     }
-    worker = stack.worker(server.url, server.tokens()["worker"],
-                          "--objective", f"tests.integrations.{objective}",
-                          "--workload", name, "--max-trials", str(trials),
-                          env=env, cwd=cwd)  # fmt: skip
+    worker = stack.worker(
+        server.url,
+        server.tokens()["worker"],
+        "--objective",
+        f"tests.integrations.{objective}",
+        "--workload",
+        name,
+        "--max-trials",
+        str(trials),
+        env=env,
+        cwd=cwd,
+    )
     items = wait_for(lambda: api.finished(name, trials), 90, f"{trials} trials of {name}")
     worker.wait(30)
     return server, items
