@@ -228,7 +228,7 @@ def _sample_and_grant(
     cached = cached_study(ctx, study)
     try:
         trial_id = _enqueued_or_new(cached)
-    except Exception as exc:  # noqa: BLE001 - no Optuna trial exists: drop the slot
+    except Exception as exc:  # no Optuna trial exists: drop the slot
         log.exception("study %r: creating a trial failed", study.name)
         _drop_creating(ctx, row_id)
         return _sampling_failed(study, exc)
@@ -258,7 +258,7 @@ def _sample(ctx: AppContext, study: StudyRecord, row_id: int, trial_id: int) -> 
         with cached.sampling(trial_id) as trial:
             number = trial.number
             params = suggest_params(trial, study_spec(study))
-    except Exception as exc:  # noqa: BLE001 - never leave a RUNNING trial without a row
+    except Exception as exc:  # never leave a RUNNING trial without a row
         if number < 0:
             number = ctx.store.storage.get_trial(trial_id).number
         log.exception("study %r: sampling trial %d failed", study.name, number)
