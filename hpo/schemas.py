@@ -183,7 +183,9 @@ class EnqueueRequest(BaseModel):
     params: dict[str, Any] = Field(max_length=100)
     user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
     skip_if_exists: bool = Field(
-        default=False, description="enqueue nothing when a trial with these params exists"
+        default=False,
+        strict=True,
+        description="enqueue nothing when a trial with these params exists",
     )
 
 
