@@ -3,8 +3,9 @@
 A real server (SQLite, auth on) with one study that always has work; the
 schemathesis CLI runs its coverage, fuzzing and stateful phases over every
 API operation with the admin token, a fixed seed and a bounded number of
-examples per operation. Checks: no 5xx, every response conforms to the
-schema (body, status code, content type). Left out of the run, and why:
+examples per operation. Checks: all of schemathesis's (no 5xx, responses conform
+to the schema, schema-violating requests refused, Allow headers on 405...) but
+positive_data_acceptance (see EXCLUDED_CHECKS). Left out of the run, and why:
 
 * ``DELETE /tokens/{token_id}``: the fuzzer would revoke its own token and
   turn the rest of the run into 401s (covered by hand in test_hostile_input);
@@ -27,10 +28,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(200)]
 
 SEED = 20261201
 EXAMPLES = 5
-CHECKS = (
-    "not_a_server_error,response_schema_conformance,status_code_conformance,"
-    "content_type_conformance"
-)
+CHECKS = "all"
+#: Cross-field rules that JSON Schema cannot state: a spec validator (the built-in
+#: trainer needs a space), integer-valued floats for strict integers, NUL nested inside
+#: free-form values (user_attrs, params). Requests the schema admits but these rules
+#: refuse get a 422 naming the field, which this check would count as a failure.
+EXCLUDED_CHECKS = "positive_data_acceptance"
 EXCLUDE = r"(/dashboard|/tokens/\{)"
 
 
@@ -40,6 +43,7 @@ def _schemathesis(
     exe = Path(sys.executable).with_name("schemathesis")
     argv = [str(exe), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}"]
     argv += ["--seed", str(SEED), "-n", str(EXAMPLES), "--checks", CHECKS, "--workers", "1"]
+    argv += ["--exclude-checks", EXCLUDED_CHECKS]
     argv += ["--phases", "coverage,fuzzing,stateful", *paths]
     argv += ["--no-shrink", "--request-timeout", "40", "--warnings", "off"]
     argv += ["--report", "junit", "--report-dir", str(out)]
