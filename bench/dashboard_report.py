@@ -75,8 +75,8 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         "second study of as many trials, two objectives "
         "(val_accuracy, model_bytes) and the trainer's final metrics "
         "(`bench/synthetic/compression.py`). `diagnosis`: the first study's "
-        "(`hpo.diagnosis` over every finished trial), built in the background for a big "
-        "study, then cached until a trial row changes (and rebuilt at most once per 20 "
+        "(`service.studies.proposals` over every finished trial), built in the background "
+        "for a big study, then cached until a trial row changes (and rebuilt at most once per 20 "
         "times its build time).",
         "",
         *_server_table(data["server"]),

@@ -13,8 +13,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hpo.diagnosis import Proposal
-
 
 class StudyState(StrEnum):
     """Run state of a study: ``running <-> paused``; any -> ``stopped`` (final)."""
@@ -129,6 +127,39 @@ class ParetoFront(BaseModel):
     objectives: list[str]
     directions: list[str]
     trials: list[BestTrial]
+
+
+class SpecEdit(BaseModel):
+    """Replace the value at ``path`` (dotted, into the spec) ``old`` -> ``new``."""
+
+    op: Literal["replace"] = "replace"
+    path: str
+    old: Any
+    new: Any
+
+
+class Proposal(BaseModel):
+    """One pattern across trials and the spec edit that avoids it."""
+
+    parameter: str = Field(description="the space entry the edit changes")
+    outcome: str = Field(description="finding kind, or 'failed'")
+    region: Literal["above", "below", "choice"]
+    threshold: float | None = Field(default=None, description="split value (numeric patterns)")
+    choices: list[Any] = Field(default_factory=list, description="removed choices (categorical)")
+    condition: dict[str, Any] = Field(
+        default_factory=dict, description="only trials with these categorical values"
+    )
+    bad: int = Field(description="trials in the region with the outcome")
+    total: int = Field(description="trials in the region")
+    kept_bad: int = Field(description="trials on the kept side with the outcome")
+    kept_total: int = Field(description="trials on the kept side")
+    p_value: float
+    pattern: str
+    edit: SpecEdit
+    message: str
+    related: list[str] = Field(
+        default_factory=list, description="weaker patterns that the same edit also addresses"
+    )
 
 
 class StudyDiagnosis(BaseModel):

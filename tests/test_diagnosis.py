@@ -1,4 +1,4 @@
-"""hpo.diagnosis: study-level patterns -> proposed search-space edits.
+"""service.studies.proposals: study-level patterns -> proposed search-space edits.
 
 Hand-built trial records (the function is pure) plus one REAL small Optuna
 study whose objective runs the reference trainer with a deliberately bad lr region.
@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from hpo.diagnosis import Proposal, TrialRecord, diagnose_study
 from hpo.findings import Finding, FindingKind, Severity
-from hpo.splits import MIN_REGION_BAD, best_split, fisher_greater, readable_between
+from hpo.schemas import Proposal
+from service.studies.proposals import TrialRecord, diagnose_study
+from service.studies.splits import MIN_REGION_BAD, best_split, fisher_greater, readable_between
 
 OPTIMIZERS_SPEC: dict[str, Any] = {
     "space": {

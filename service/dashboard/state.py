@@ -30,7 +30,8 @@ MAX_ANSWERS = 512
 #: Studies with more trials than this get their charts and header stale-while-revalidate.
 STALE_OK_TRIALS = 2000
 #: A big study's diagnosis is rebuilt at most once per this many times its build time
-#: (``hpo.diagnosis`` takes seconds at 10,000 trials; a live study changes every second).
+#: (``service.studies.proposals`` takes seconds at 10,000 trials; a live study changes
+#: every second).
 DIAGNOSIS_SPACING = 20.0
 
 

@@ -1,7 +1,7 @@
 """A study's diagnosis: the findings of its finished trials, aggregated into spec edits.
 
 The per-trial findings are stored when each trial finishes
-(:mod:`service.trials.findings`); :func:`hpo.diagnosis.diagnose_study` looks
+(:mod:`service.trials.findings`); :func:`service.studies.proposals.diagnose_study` looks
 for regions of the search space where they cluster (for example "9 of 12 adam
 trials with lr > 0.02 diverged") and proposes the edit that avoids them.
 """
@@ -13,10 +13,9 @@ from collections import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hpo.diagnosis import TrialRecord as DiagnosedTrial
-from hpo.diagnosis import diagnose_study
 from hpo.schemas import StudyDiagnosis
 from service.storage.models import StudyRecord, TrialRecord
+from service.studies import proposals
 from service.trials.states import TrialState
 
 #: The diagnosis reads the study's latest finished trials, at most this many: where the
@@ -44,7 +43,7 @@ def study_diagnosis(session: Session, record: StudyRecord) -> StudyDiagnosis:
         .limit(MAX_TRIALS)
     ).all()
     trials = [
-        DiagnosedTrial(
+        proposals.TrialRecord(
             number=row.number,
             state=row.final_state or "fail",
             params=row.params or {},
@@ -58,5 +57,5 @@ def study_diagnosis(session: Session, record: StudyRecord) -> StudyDiagnosis:
         study=record.name,
         trials=len(trials),
         findings=dict(sorted(kinds.items())),
-        proposals=diagnose_study(trials, record.spec),
+        proposals=proposals.diagnose_study(trials, record.spec),
     )

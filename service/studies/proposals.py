@@ -13,8 +13,10 @@ high: 0.02", with counts and a spec edit (``{"path": "space.lr_adaptive.high",
 * categorical choices whose trials (nearly) all have the outcome: remove them.
 
 Minimum counts and a one-sided Fisher exact test keep a few unlucky trials from
-making a proposal; a study without findings gets none. Standard library and
-pydantic only, so a client can run it on its own trials.
+making a proposal; a study without findings gets none. The server runs it (the
+study's diagnosis, :mod:`service.studies.diagnosis`); the answer's shapes
+(:class:`~hpo.schemas.Proposal`, :class:`~hpo.schemas.SpecEdit`) are the wire
+contract's. Standard library and pydantic only.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from hpo.findings import Finding, FindingKind
-from hpo.splits import (
+from hpo.schemas import Proposal, SpecEdit
+from service.studies.splits import (
     MAX_KEPT_RATE,
     MAX_P_VALUE,
     MIN_KEPT,
@@ -69,39 +72,6 @@ class TrialRecord(BaseModel):
     def outcomes(self) -> set[str]:
         found = {str(f.kind) for f in self.findings}
         return found | {FAILED} if self.state.lower() == "fail" else found
-
-
-class SpecEdit(BaseModel):
-    """Replace the value at ``path`` (dotted, into the spec) ``old`` -> ``new``."""
-
-    op: Literal["replace"] = "replace"
-    path: str
-    old: Any
-    new: Any
-
-
-class Proposal(BaseModel):
-    """One pattern across trials and the spec edit that avoids it."""
-
-    parameter: str = Field(description="the space entry the edit changes")
-    outcome: str = Field(description="finding kind, or 'failed'")
-    region: Literal["above", "below", "choice"]
-    threshold: float | None = Field(default=None, description="split value (numeric patterns)")
-    choices: list[Any] = Field(default_factory=list, description="removed choices (categorical)")
-    condition: dict[str, Any] = Field(
-        default_factory=dict, description="only trials with these categorical values"
-    )
-    bad: int = Field(description="trials in the region with the outcome")
-    total: int = Field(description="trials in the region")
-    kept_bad: int = Field(description="trials on the kept side with the outcome")
-    kept_total: int = Field(description="trials on the kept side")
-    p_value: float
-    pattern: str
-    edit: SpecEdit
-    message: str
-    related: list[str] = Field(
-        default_factory=list, description="weaker patterns that the same edit also addresses"
-    )
 
 
 # --------------------------------------------------------------------------- space access
