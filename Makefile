@@ -26,5 +26,6 @@ test-all: setup-test
 demo: setup
 	bash scripts/demo.sh $(DEMO_ARGS)
 
-lint:
+lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/python scripts/mypy_ratchet.py
