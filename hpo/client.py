@@ -93,9 +93,11 @@ class Client:
     ) -> None:
         self.base_url = (url or os.environ.get("HPO_SERVER") or DEFAULT_SERVER).rstrip("/")
         self.policies = policies or RetryPolicies()
+        self._token = token if token is not None else os.environ.get("HPO_TOKEN")
+        self._timeout = timeout
         self._http = Transport(
             self.base_url,
-            token if token is not None else os.environ.get("HPO_TOKEN"),
+            self._token,
             timeout,
             stop=stop,
             sleep=sleep,
@@ -103,6 +105,11 @@ class Client:
             transport=transport,
             user_agent=user_agent,
         )
+
+    def clone(self) -> Client:
+        """A new client on the same server, token, timeout and retry policies (a Client
+        serves one thread: a heartbeat thread gets its own)."""
+        return Client(self.base_url, self._token, self._timeout, policies=self.policies)
 
     def close(self) -> None:
         """Close the connection pool."""

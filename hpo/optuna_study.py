@@ -94,7 +94,7 @@ class ClientStudy(StudyReads):
         super().__init__(client, name)
         self._worker_id: str | None = None
         self._open: dict[int, Trial] = {}  # asked, not told yet, by number
-        self._keeper = LeaseKeeper(lambda: _sibling(client))
+        self._keeper = LeaseKeeper(client.clone)
         self._stop_flag = self._in_optimize = False
 
     def close(self) -> None:
@@ -376,13 +376,6 @@ class ClientStudy(StudyReads):
         if result.ending == Ending.FAILED:
             log.warning("trial %d failed: %s", trial.number, result.reason)
         return frozen
-
-
-def _sibling(client: Client) -> Client:
-    """A second client on the same server and token (a Client serves one thread)."""
-    auth = client._http._http.headers.get("Authorization", "")
-    token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
-    return Client(client.base_url, token, client._http.timeout, policies=client.policies)
 
 
 def _number_of(trial: Trial | int) -> int:
