@@ -30,7 +30,7 @@ from service.api.deps import AdminDep, ContextDep, SessionDep, ViewerDep
 from service.api.errors import error_responses
 from service.studies import records
 from service.studies.diagnosis import study_diagnosis
-from service.studies.enqueue import enqueue_trial
+from service.studies.enqueue import enqueue_trial, stop_and_fail_waiting
 from service.studies.export import content_disposition, plan_export, stream_csv, stream_json
 from service.studies.trials import get_trial, list_trials
 
@@ -88,9 +88,10 @@ def resume_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySumm
 
 
 @router.post("/{study}/stop", response_model=StudySummary, responses=error_responses(404))
-def stop_study(study: StudyRef, session: SessionDep, _: AdminDep) -> StudySummary:
-    """Stop for good: no new trials, workers are told to stop at their next heartbeat."""
-    return _change(session, study, "stop")
+def stop_study(study: StudyRef, ctx: ContextDep, _: AdminDep) -> StudySummary:
+    """Stop for good: no new trials, workers are told to stop at their next heartbeat,
+    enqueued trials that never ran end as failed."""
+    return stop_and_fail_waiting(ctx, study)
 
 
 @router.delete("/{study}", status_code=204, responses=error_responses(404, 409))

@@ -24,13 +24,18 @@ from optuna.trial import create_trial
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpo.schemas import EnqueuedTrial, EnqueueRequest, StudyState
+from hpo.schemas import EnqueuedTrial, EnqueueRequest, StudyState, StudySummary
 from hpo.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec
 from service.core.context import AppContext
 from service.core.errors import Conflict, InvalidRequest
 from service.storage.models import StudyRecord, TrialRecord
 from service.storage.optuna_rows import trials
-from service.studies.records import get_study_record, load_spec
+from service.studies.records import (
+    change_state_without_commit,
+    get_study_record,
+    load_spec,
+    study_summary,
+)
 
 
 def enqueue_trial(ctx: AppContext, ref: str, body: EnqueueRequest) -> EnqueuedTrial:
@@ -106,3 +111,28 @@ def _misfit(param: Param, value: Any) -> str | None:
     if not (math.isfinite(value) and param.low <= value <= param.high):
         return f"{value!r} is outside [{param.low}, {param.high}]"
     return None
+
+
+#: Why a stopped study's enqueued trials ended without running.
+STOPPED_REASON = "the study was stopped before this enqueued trial ran"
+
+
+def stop_and_fail_waiting(ctx: AppContext, ref: str) -> StudySummary:
+    """Stop the study (committed first: Optuna's writes below use their own
+    connection), then end its enqueued trials."""
+    with ctx.db.session() as session:
+        study_id = change_state_without_commit(session, ref, "stop").study_id
+    fail_waiting(ctx, study_id)
+    with ctx.db.session() as session:
+        return study_summary(session, get_study_record(session, ref))
+
+
+def fail_waiting(ctx: AppContext, study_id: int) -> int:
+    """A stopped study hands out nothing: its WAITING trials end as FAIL (through
+    RUNNING, so Optuna records a start), each with the reason; how many there were."""
+    failed = 0
+    while (trial_id := ctx.store.view.pop_waiting(study_id)) is not None:
+        ctx.store.storage.set_trial_user_attr(trial_id, "fail_reason", STOPPED_REASON)
+        ctx.store.storage.set_trial_state_values(trial_id, OptunaState.FAIL)
+        failed += 1
+    return failed

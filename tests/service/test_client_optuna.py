@@ -337,3 +337,17 @@ def test_trials_dataframe_without_pandas_says_so(
     monkeypatch.setitem(sys.modules, "pandas", None)
     with client(live) as api, pytest.raises(ImportError, match="needs pandas"):
         api.study("best").trials_dataframe()
+
+
+def test_stopping_fails_enqueued_trials_so_wait_returns(live: LiveApp) -> None:
+    create(live, "enqueue-stop", budget={"max_trials": 5})
+    with client(live) as api:
+        with api.study("enqueue-stop") as study:
+            study.enqueue_trial({"x": 1.0})
+            study.enqueue_trial({"x": 2.0})
+        api.stop("enqueue-stop")
+        summary = api.wait("enqueue-stop", timeout_s=10, poll_s=0.2, progress=False)
+        assert summary.state == "stopped" and summary.counts.waiting == 0
+    direct = optuna.load_study(study_name="enqueue-stop", storage=live.ctx.store.url)
+    assert [t.state for t in direct.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all("stopped before" in t.user_attrs["fail_reason"] for t in direct.trials)
