@@ -97,6 +97,10 @@ class StudyItem(BaseModel):
     counts: TrialCounts
     created_at: datetime
     updated_at: datetime
+    status: StudyStatus = Field(
+        default=StudyStatus.WAITING, description="what the study is doing now (its label)"
+    )
+    waiting_on: WaitingOn | None = Field(default=None, description="why a waiting study waits")
 
 
 class StudySummary(StudyItem):
@@ -114,10 +118,6 @@ class StudySummary(StudyItem):
         description="why the study's trials wait: no live worker runs its workload or has "
         "its resources",
     )
-    status: StudyStatus = Field(
-        default=StudyStatus.WAITING, description="what the study is doing now (its label)"
-    )
-    waiting_on: WaitingOn | None = Field(default=None, description="why a waiting study waits")
 
 
 class ParetoFront(BaseModel):

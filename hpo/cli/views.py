@@ -7,18 +7,25 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hpo.schemas import StudyDiagnosis, StudyPage, StudySummary, TrialItem
+from hpo.schemas import (
+    StudyDiagnosis,
+    StudyPage,
+    StudyStatus,
+    StudySummary,
+    TrialItem,
+    WaitingOn,
+)
 
 
 def print_study_page(page: StudyPage) -> None:
     """Studies with their trial counts, and which slice of the total is shown."""
-    table = Table("id", "name", "state", "sampler", "pruner", "done", "running", "failed", "total")
+    table = Table("id", "name", "status", "sampler", "pruner", "done", "running", "failed", "total")
     for s in page.items:
         c = s.counts
         table.add_row(
             str(s.study_id),
             s.name,
-            s.state,
+            label(s.status, s.waiting_on),
             s.sampler,
             s.pruner,
             str(c.complete + c.pruned),
@@ -32,10 +39,18 @@ def print_study_page(page: StudyPage) -> None:
     console.print(f"{page.total} studies (showing {shown})", markup=False)
 
 
+def label(status: StudyStatus, waiting_on: WaitingOn | None) -> str:
+    """The study's label as the dashboard shows it: ``waiting (no_workers)``."""
+    return f"{status} ({waiting_on})" if waiting_on is not None else str(status)
+
+
 def print_summary(study: StudySummary) -> None:
     """A study's identity, its trial counts and its best trial (or Pareto front)."""
     console = Console()
     info = Table("field", "value", show_header=False, title=f"study {study.name}")
+    info.add_row("status", label(study.status, study.waiting_on))
+    if study.waiting_reason:
+        info.add_row("waiting because", study.waiting_reason)
     for key in ("study_id", "state", "directions", "objectives", "sampler", "pruner", "seed"):
         value = getattr(study, key)
         info.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))

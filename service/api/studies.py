@@ -56,10 +56,11 @@ def create_study(spec: StudySpec, ctx: ContextDep, _: AdminDep) -> StudySummary:
 
 @router.get("", response_model=StudyPage)
 def list_studies(
-    session: SessionDep, _: ViewerDep, limit: Limit = 50, offset: Offset = 0
+    session: SessionDep, ctx: ContextDep, _: ViewerDep, limit: Limit = 50, offset: Offset = 0
 ) -> StudyPage:
-    """Studies in creation order with their trial counts."""
-    return records.list_studies(session, limit=limit, offset=offset)
+    """Studies in creation order with their trial counts and labels."""
+    timeout = ctx.settings.worker_timeout_s
+    return records.list_studies(session, limit=limit, offset=offset, worker_timeout_s=timeout)
 
 
 @router.get("/{study}", response_model=StudySummary, responses=error_responses(404))

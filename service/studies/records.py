@@ -134,8 +134,11 @@ def check_page(limit: int, offset: int) -> None:
         raise InvalidRequest(f"offset: must be >= 0, got {offset}", "offset")
 
 
-def list_studies(session: Session, limit: int = 50, offset: int = 0) -> StudyPage:
-    """Studies in creation order, one page, with trial counts (two queries per page)."""
+def list_studies(
+    session: Session, limit: int = 50, offset: int = 0, worker_timeout_s: float | None = None
+) -> StudyPage:
+    """Studies in creation order, one page, with trial counts (two queries per page) and
+    labels (with ``worker_timeout_s``: one more query, for the live fleet)."""
     check_page(limit, offset)
     total = session.scalar(select(func.count()).select_from(StudyRecord)) or 0
     records = list(
@@ -144,7 +147,14 @@ def list_studies(session: Session, limit: int = 50, offset: int = 0) -> StudyPag
         )
     )
     counts = trial_counts(session, [r.study_id for r in records])
-    items = [study_item(r, load_spec(r), counts[r.study_id]) for r in records]
+    fleet = None if worker_timeout_s is None else status.live_fleet(session, worker_timeout_s)
+    items = []
+    for record in records:
+        spec, record_counts = load_spec(record), counts[record.study_id]
+        item = study_item(record, spec, record_counts)
+        label = status.study_status(record.state, record_counts, spec, fleet)
+        item.status, item.waiting_on = label.status, label.waiting_on
+        items.append(item)
     return StudyPage(items=items, total=total, limit=limit, offset=offset)
 
 

@@ -71,10 +71,12 @@ def test_create_list_and_show(live: LiveApp, tmp_path: Path) -> None:
     run_trials(live.ctx, "cli-one", [0.5, 0.75, "pruned"])
 
     listing = hpo(live, "list")
-    assert listing.exit_code == 0 and "cli-one" in listing.output and "running" in listing.output
+    assert listing.exit_code == 0 and "cli-one" in listing.output
+    assert "no_workers" in listing.output  # its label: waiting, on no live worker
     for ref in ("cli-one", study_id):
         shown = hpo(live, "show", ref)
         assert shown.exit_code == 0, shown.output
+        assert "no_workers" in shown.output and "waiting because" in shown.output
         assert "cli-one" in shown.output and "random" in shown.output
         assert "best trial" in shown.output and "0.75" in shown.output
 

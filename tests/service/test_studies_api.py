@@ -624,3 +624,12 @@ def test_trials_run_through_the_protocol_show_up_everywhere(client, tokens: Toke
     assert rows[0]["test_accuracy"] == "0.88" and "final_metrics" not in rows[0]
     assert rows[0]["worker_id"] == worker.worker_id
     assert client.delete(f"{API}/via-protocol", headers=admin_h).status_code == 204
+
+
+def test_the_studies_list_carries_each_label(admin) -> None:  # type: ignore[no-untyped-def]
+    create(admin, "labelled")
+    [item] = [s for s in admin.get(API).json()["items"] if s["name"] == "labelled"]
+    assert item["status"] == "waiting" and item["waiting_on"] == "no_workers"
+    assert admin.post(f"{API}/labelled/stop").status_code == 200
+    [item] = [s for s in admin.get(API).json()["items"] if s["name"] == "labelled"]
+    assert item["status"] == "stopped" and item["waiting_on"] is None
