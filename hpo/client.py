@@ -54,8 +54,10 @@ from hpo.protocol import (
 from hpo.schemas import (
     BestTrial,
     ParetoFront,
+    ShownState,
     StudyDiagnosis,
     StudyPage,
+    StudyState,
     StudySummary,
     TrialDetail,
     TrialItem,
@@ -71,7 +73,7 @@ T = TypeVar("T", bound=BaseModel)
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: Trial states in which a study still has work going on.
-_UNFINISHED = ("running", "waiting", "queued")
+_UNFINISHED = (ShownState.RUNNING, ShownState.WAITING, ShownState.QUEUED)
 
 
 class Client:
@@ -469,7 +471,7 @@ def _finished(summary: StudySummary) -> bool:
     busy = sum(getattr(counts, name) for name in _UNFINISHED)
     if busy:
         return False
-    return summary.state == "stopped" or counts.total >= summary.max_trials
+    return summary.state == StudyState.STOPPED or counts.total >= summary.max_trials
 
 
 class ChecksumMismatch(RuntimeError):

@@ -29,22 +29,22 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.schemas import TrialDetail
+from hpo.schemas import ShownState, TrialDetail
 
 #: The API's trial states as Optuna's.
 STATES = {
-    "complete": TrialState.COMPLETE,
-    "pruned": TrialState.PRUNED,
-    "fail": TrialState.FAIL,
-    "running": TrialState.RUNNING,
-    "queued": TrialState.RUNNING,
-    "waiting": TrialState.WAITING,
+    ShownState.COMPLETE: TrialState.COMPLETE,
+    ShownState.PRUNED: TrialState.PRUNED,
+    ShownState.FAIL: TrialState.FAIL,
+    ShownState.RUNNING: TrialState.RUNNING,
+    ShownState.QUEUED: TrialState.RUNNING,
+    ShownState.WAITING: TrialState.WAITING,
 }
 
 
 def optuna_state(shown: str) -> TrialState:
     """The Optuna state of a trial shown in ``shown`` (an API state name)."""
-    return STATES[str(shown)]
+    return STATES[ShownState(shown)]
 
 
 def frozen_trial(detail: TrialDetail, space: dict[str, Any] | None = None) -> FrozenTrial:

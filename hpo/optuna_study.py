@@ -59,7 +59,14 @@ from hpo.client import Client, _study
 from hpo.keepalive import LeaseKeeper
 from hpo.optuna_frozen import frozen_trial, suggest_distribution
 from hpo.optuna_reads import StudyReads, space_of
-from hpo.protocol import LeaseRequest, NoWork, NoWorkCode, Resources, WorkerRegistration
+from hpo.protocol import (
+    LeaseRequest,
+    NoWork,
+    NoWorkCode,
+    Resources,
+    TrialOutcome,
+    WorkerRegistration,
+)
 from hpo.running import Ending, Result, abandoned, call_objective, send_result
 from hpo.schemas import EnqueuedTrial, EnqueueRequest
 from hpo.transport import ApiError, Call
@@ -69,7 +76,8 @@ log = logging.getLogger("hpo.optuna_study")
 
 #: No-work codes after which a study hands out nothing more: optimize ends quietly.
 _DONE = frozenset({NoWorkCode.BUDGET_USED, NoWorkCode.STOPPED})
-_TELL_STATES = {"complete": "complete", "pruned": "pruned", "fail": "fail"}
+#: What a tell may end a trial as (Optuna's state names, lower case, or ours).
+_TELL_STATES = {s.value: s for s in (TrialOutcome.COMPLETE, TrialOutcome.PRUNED, TrialOutcome.FAIL)}
 
 
 class NoTrialAvailable(RuntimeError):
@@ -202,26 +210,26 @@ class ClientStudy(StudyReads):
             return self._not_open(number, skip_if_finished)
         return self._finish(asked, self._judge(asked, kind, _as_list(values)))
 
-    def _judge(self, trial: Trial, kind: str | None, values: list[Any] | None) -> Result:
+    def _judge(self, trial: Trial, kind: TrialOutcome | None, values: list[Any] | None) -> Result:
         """The result to send for a tell (ValueError for a combination Optuna refuses)."""
-        if kind == "complete" and values is None:
+        if kind == TrialOutcome.COMPLETE and values is None:
             raise ValueError(
                 "No values were told. Values are required when state is TrialState.COMPLETE."
             )
-        if kind in ("pruned", "fail") and values is not None:
+        if kind in (TrialOutcome.PRUNED, TrialOutcome.FAIL) and values is not None:
             raise ValueError(
                 "Values were told. Values cannot be specified when state is "
                 "TrialState.PRUNED or TrialState.FAIL."
             )
-        if kind == "pruned":
+        if kind == TrialOutcome.PRUNED:
             last = trial.last_value
             ok = last is not None and math.isfinite(last)
             return Result(Ending.PRUNED, values=[last] if ok else None)  # type: ignore[list-item]
-        if kind == "fail":
+        if kind == TrialOutcome.FAIL:
             return Result(Ending.FAILED, reason="told as failed")
         problem = "The value None could not be cast to float." if values is None else None
         problem = problem or self._infeasible(values or [])
-        if problem and kind == "complete":
+        if problem and kind == TrialOutcome.COMPLETE:
             raise ValueError(problem)
         if problem:
             warnings.warn(f"trial {trial.number}: {problem}; told as failed", stacklevel=3)
@@ -384,7 +392,7 @@ def _number_of(trial: Trial | int) -> int:
     return trial if isinstance(trial, int) else trial.number
 
 
-def _state_kind(state: Any) -> str | None:
+def _state_kind(state: Any) -> TrialOutcome | None:
     """complete / pruned / fail (None: from the values) from Optuna's TrialState, our
     TrialOutcome or FinishState, or a string."""
     if state is None:

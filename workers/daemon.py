@@ -32,6 +32,7 @@ from typing import Any
 import hpo
 from hpo.client import Client
 from hpo.protocol import LeaseRequest, LeaseResponse, TrialSpec, WorkerRegistration
+from hpo.schemas import StudyState
 from hpo.transport import (
     ApiError,
     AuthError,
@@ -329,7 +330,7 @@ class Worker:
             except ClientError:
                 return False
             c = summary.counts
-            out_of_budget = summary.state == "stopped" or c.total >= summary.max_trials
+            out_of_budget = summary.state == StudyState.STOPPED or c.total >= summary.max_trials
             if c.running + c.queued + c.waiting or not out_of_budget:
                 return False
         return True

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from hpo.schemas import StudyState
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores UTC; always returns timezone-aware datetimes (SQLite drops the zone)."""
@@ -57,7 +59,7 @@ class StudyRecord(Base):
     study_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(512), unique=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # running|paused|stopped
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RUNNING)
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     # Bumped by every lease transaction: the UPDATE takes the row lock
     # (PostgreSQL) or the write lock (SQLite) that serializes leasing.

@@ -13,6 +13,7 @@ from collections import Counter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from hpo.protocol import TrialOutcome
 from hpo.schemas import StudyDiagnosis
 from service.storage.models import StudyRecord, TrialRecord
 from service.studies import proposals
@@ -45,7 +46,7 @@ def study_diagnosis(session: Session, record: StudyRecord) -> StudyDiagnosis:
     trials = [
         proposals.TrialRecord(
             number=row.number,
-            state=row.final_state or "fail",
+            state=row.final_state or TrialOutcome.FAIL,
             params=row.params or {},
             value=row.value,
             findings=row.findings or [],

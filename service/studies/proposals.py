@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from hpo.findings import Finding, FindingKind
+from hpo.protocol import TrialOutcome
 from hpo.schemas import Proposal, SpecEdit
 from service.studies.splits import (
     MAX_KEPT_RATE,
@@ -42,7 +43,7 @@ from service.studies.splits import (
 # --------------------------------------------------------------------------- thresholds
 
 FAILED = "failed"  # outcome of a trial in state fail (no findings of its own)
-STATES = ("complete", "pruned", "fail")  # trials still running say nothing yet
+STATES = (TrialOutcome.COMPLETE, TrialOutcome.PRUNED, TrialOutcome.FAIL)  # not running ones
 # Removing a categorical choice: nearly all of its trials (and at least
 # MIN_REGION_BAD of them) have the outcome.
 CHOICE_BAD_RATE = 0.9
@@ -71,7 +72,7 @@ class TrialRecord(BaseModel):
 
     def outcomes(self) -> set[str]:
         found = {str(f.kind) for f in self.findings}
-        return found | {FAILED} if self.state.lower() == "fail" else found
+        return found | {FAILED} if self.state.lower() == TrialOutcome.FAIL else found
 
 
 # --------------------------------------------------------------------------- space access
