@@ -3,8 +3,9 @@
 No CDN. ``plotly.min.js`` is plotly.js's *strict* build, vendored in
 ``static/vendor/`` (its README says why: the regular bundle that the Python
 ``plotly`` package ships needs ``'unsafe-eval'`` for its WebGL charts, which the
-dashboard's Content-Security-Policy refuses). URLs carry a hash of the file so
-browsers may cache them.
+dashboard's Content-Security-Policy refuses). URLs carry a hash of the file, and
+a request by that URL is answered ``immutable`` for a year; each file is compressed
+once per process (brotli, gzip) and served in the best coding the browser accepts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+import brotli
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -41,22 +43,55 @@ def asset_url(name: str) -> str:
     return f"{DASHBOARD_PREFIX}/static/{name}?v={_digest(name)}"
 
 
+#: Content codings served, best first (brotli is 17 % smaller than gzip on plotly.js).
+ENCODINGS = ("br", "gzip")
+#: A versioned URL (``?v=<digest>``) names one content for ever; others are revalidated.
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "public, no-cache"
+
+
 @lru_cache(maxsize=16)
-def _bodies(name: str) -> tuple[bytes, bytes]:
-    """(plain, gzip) bytes of an asset, compressed once: plotly.min.js is 5.2 MB plain and
-    about 1.6 MB gzipped, which matters on a real network, not on loopback."""
+def _bodies(name: str) -> dict[str, bytes]:
+    """An asset's bytes per content coding (``identity``, ``br``, ``gzip``), compressed
+    once per process: plotly.min.js is 5.2 MB plain, 1.3 MB brotli, 1.6 MB gzip."""
     raw = FILES[name][0].read_bytes()
-    return raw, gzip.compress(raw, compresslevel=6, mtime=0)
+    return {
+        "identity": raw,
+        "br": brotli.compress(raw, quality=9),  # 0.5 s for plotly.js; 11 takes 10 s
+        "gzip": gzip.compress(raw, compresslevel=6, mtime=0),
+    }
+
+
+def _coding(accept_encoding: str) -> str:
+    """The best coding the client accepts (``q=0`` refuses one)."""
+    offered = {}
+    for part in accept_encoding.lower().split(","):
+        token, _, params = part.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            offered[token.strip()] = float(q)
+        except ValueError:
+            continue
+    return next((c for c in ENCODINGS if offered.get(c, 0) > 0), "identity")
 
 
 @router.get("/{name}")
 def asset(name: str, request: Request) -> Response:
-    """An asset, gzipped when the client accepts it."""
+    """An asset, brotli- or gzip-encoded when the client accepts it; immutable when asked
+    for by its versioned URL, else revalidated by its ETag (304 when unchanged)."""
     if name not in FILES:
         raise NotFound(f"no asset {name!r}")
-    plain, packed = _bodies(name)
-    headers = {"Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
-        headers["Content-Encoding"] = "gzip"
-        return Response(packed, media_type=FILES[name][1], headers=headers)
-    return Response(plain, media_type=FILES[name][1], headers=headers)
+    digest = _digest(name)
+    etag = f'"{digest}"'
+    versioned = request.query_params.get("v") == digest
+    headers = {
+        "Cache-Control": IMMUTABLE if versioned else REVALIDATE,
+        "ETag": etag,
+        "Vary": "Accept-Encoding",
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    coding = _coding(request.headers.get("accept-encoding", ""))
+    if coding != "identity":
+        headers["Content-Encoding"] = coding
+    return Response(_bodies(name)[coding], media_type=FILES[name][1], headers=headers)

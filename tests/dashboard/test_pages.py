@@ -115,6 +115,26 @@ def test_static_assets_come_from_the_package_and_are_cacheable(viewer, study_id)
     assert viewer.get("/dashboard/static/../config.py").status_code == 404
 
 
+def test_static_assets_brotli_immutable_when_versioned_and_revalidated_by_etag(viewer) -> None:
+
+    from service.dashboard.static import PLOTLY_JS, asset_url
+
+    versioned = asset_url("plotly.min.js")
+    raw = viewer.get(versioned, headers={"Accept-Encoding": "gzip, br"})
+    assert raw.headers["content-encoding"] == "br"
+    assert raw.headers["cache-control"] == "public, max-age=31536000, immutable"
+    gz = viewer.get(versioned, headers={"Accept-Encoding": "gzip"})
+    assert int(raw.headers["content-length"]) < int(gz.headers["content-length"])
+    assert raw.content == PLOTLY_JS.read_bytes()  # httpx decodes brotli back
+    refused = viewer.get(versioned, headers={"Accept-Encoding": "br;q=0, gzip"})
+    assert refused.headers["content-encoding"] == "gzip"
+    stale = viewer.get("/dashboard/static/plotly.min.js?v=0123456789ab")
+    assert stale.headers["cache-control"] == "public, no-cache"  # not this content's URL
+    etag = stale.headers["etag"]
+    again = viewer.get("/dashboard/static/plotly.min.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.content
+
+
 def _plotly_js_version(head: str) -> str:
     found = re.search(r"plotly\.js (?:\(strict - minified\) )?v(\d+\.\d+\.\d+)", head)
     assert found, head
