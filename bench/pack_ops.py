@@ -293,7 +293,7 @@ def cuda_branches(on: bool) -> Iterator[None]:
     if not on:
         yield
         return
-    make, create = workers.trainer.make_optimizer, workers.trainer._Loop.create
+    make, create = workers.trainer.make_optimizer, workers.trainer.Loop.create
     is_solo = workers.packs.linear.batched_is_solo
 
     def fused_make(config: TrainConfig, model: Any, device: Any = "cpu") -> Any:
@@ -305,13 +305,13 @@ def cuda_branches(on: bool) -> Iterator[None]:
         return loop
 
     workers.trainer.make_optimizer = fused_make
-    workers.trainer._Loop.create = sparse_guard  # type: ignore[method-assign]
+    workers.trainer.Loop.create = sparse_guard  # type: ignore[method-assign]
     workers.packs.linear.batched_is_solo = lambda *a: True  # type: ignore[assignment]
     try:
         yield
     finally:
         workers.trainer.make_optimizer = make
-        workers.trainer._Loop.create = create  # type: ignore[method-assign]
+        workers.trainer.Loop.create = create  # type: ignore[method-assign]
         workers.packs.linear.batched_is_solo = is_solo
 
 

@@ -132,7 +132,7 @@ class Client:
 
     def get_study(self, study: str | int) -> StudySummary:
         """A study's spec, state, trial counts and best trial (or Pareto front)."""
-        return self._typed(Call("GET", _study(study), self.policies.default), StudySummary)
+        return self._typed(Call("GET", study_path(study), self.policies.default), StudySummary)
 
     def list_studies(self, limit: int = 50, offset: int = 0) -> StudyPage:
         """One page of studies in creation order."""
@@ -154,10 +154,10 @@ class Client:
     def delete_study(self, study: str | int, force: bool = False) -> None:
         """Delete the study and all its trials (409 while leases are active, unless ``force``)."""
         params = {"force": str(force).lower()}
-        self._http.request(Call("DELETE", _study(study), self.policies.default, params=params))
+        self._http.request(Call("DELETE", study_path(study), self.policies.default, params=params))
 
     def _state(self, study: str | int, action: str) -> StudySummary:
-        call = Call("POST", _study(study, f"/{action}"), self.policies.default)
+        call = Call("POST", study_path(study, f"/{action}"), self.policies.default)
         return self._typed(call, StudySummary)
 
     def study(self, name: str) -> ClientStudy:
@@ -183,7 +183,7 @@ class Client:
         params: dict[str, Any] = {"limit": limit, "offset": offset, "order": order}
         if state is not None:
             params["state"] = state
-        call = Call("GET", _study(study, "/trials"), self.policies.default, params=params)
+        call = Call("GET", study_path(study, "/trials"), self.policies.default, params=params)
         return self._typed(call, TrialPage)
 
     def trials(self, study: str | int, *, state: str | None = None) -> Iterator[TrialItem]:
@@ -198,7 +198,7 @@ class Client:
 
     def trial(self, study: str | int, number: int) -> TrialDetail:
         """One trial with its learning curve, metrics and lease history."""
-        call = Call("GET", _study(study, f"/trials/{int(number)}"), self.policies.default)
+        call = Call("GET", study_path(study, f"/trials/{int(number)}"), self.policies.default)
         return self._typed(call, TrialDetail)
 
     def best_trials(self, study: str | int) -> list[BestTrial]:
@@ -210,19 +210,19 @@ class Client:
 
     def diagnosis(self, study: str | int) -> StudyDiagnosis:
         """Findings across the study's trials and the spec edits proposed to avoid them."""
-        call = Call("GET", _study(study, "/diagnosis"), self.policies.default)
+        call = Call("GET", study_path(study, "/diagnosis"), self.policies.default)
         return self._typed(call, StudyDiagnosis)
 
     def pareto(self, study: str | int) -> ParetoFront:
         """The study's Pareto front (its best trial when it has one objective)."""
         return self._typed(
-            Call("GET", _study(study, "/pareto"), self.policies.default), ParetoFront
+            Call("GET", study_path(study, "/pareto"), self.policies.default), ParetoFront
         )
 
     def export(self, study: str | int, write: Callable[[bytes], Any], fmt: str = "csv") -> int:
         """Stream the study's export (``csv`` or ``json``) into ``write``; bytes written."""
         size = 0
-        with self._http.stream(_study(study, "/export"), {"format": fmt}) as resp:
+        with self._http.stream(study_path(study, "/export"), {"format": fmt}) as resp:
             for chunk in resp.iter_bytes():
                 write(chunk)
                 size += len(chunk)
@@ -413,12 +413,12 @@ class Client:
 
     def study_artifacts(self, study: str | int) -> dict[str, int]:
         """Bytes held by a study's artifacts, per kind (and ``total``, ``count``)."""
-        call = Call("GET", _study(study, "/artifacts"), self.policies.default)
+        call = Call("GET", study_path(study, "/artifacts"), self.policies.default)
         return dict(self._http.request(call).json()["bytes"])
 
     def gc(self, study: str | int) -> dict[str, Any]:
         """Apply the study's retention now (admin): what was deleted and freed."""
-        call = Call("POST", _study(study, "/gc"), self.policies.default)
+        call = Call("POST", study_path(study, "/gc"), self.policies.default)
         return dict(self._http.request(call).json())
 
     def best_models(self, study: str | int, dest: str | Path) -> list[Path]:
@@ -452,7 +452,8 @@ class Client:
         return answer.model_validate(self._http.request(call).json())
 
 
-def _study(ref: str | int, suffix: str = "") -> str:
+def study_path(ref: str | int, suffix: str = "") -> str:
+    """The API path of a study (by name or id), with ``suffix``."""
     return f"/studies/{quote(str(ref), safe='')}{suffix}"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.client import Client, _study
+from hpo.client import Client, study_path
 from hpo.optuna_frozen import frozen_trial, optuna_state
 from hpo.spec import StudySpec
 from hpo.transport import Call
@@ -72,7 +72,7 @@ class StudyReads:
     @property
     def user_attrs(self) -> dict[str, Any]:
         """The Optuna study's user attributes (hpo_spec, hpo_seed, hpo_version)."""
-        call = Call("GET", _study(self._name, "/user_attrs"), self._client.policies.default)
+        call = Call("GET", study_path(self._name, "/user_attrs"), self._client.policies.default)
         return dict(self._client._http.request(call).json())
 
     def _is_multi_objective(self) -> bool:

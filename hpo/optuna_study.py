@@ -55,7 +55,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from hpo.client import Client, _study
+from hpo.client import Client, study_path
 from hpo.keepalive import LeaseKeeper
 from hpo.optuna_frozen import frozen_trial, suggest_distribution
 from hpo.optuna_reads import StudyReads, space_of
@@ -135,7 +135,7 @@ class ClientStudy(StudyReads):
         )
         call = Call(
             "POST",
-            _study(self._name, "/enqueue"),
+            study_path(self._name, "/enqueue"),
             self._client.policies.default,
             json=body.model_dump(mode="json"),
         )

@@ -133,3 +133,32 @@ def test_the_cli_import_is_light() -> None:
     loaded = _modules_after(["hpo_cli"])
     assert "torch" not in loaded and "workers.daemon" not in loaded
     assert not _top_level(loaded) & set(SERVER_ONLY)
+
+
+def private_imports(path: Path, root: Path = REPO_ROOT) -> list[str]:
+    """``from <our package> import _name``: a private name used across modules."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] not in ("hpo", "hpo_cli", "service", "workers"):
+                continue
+            found += [
+                f"{path.relative_to(root)}:{node.lineno} imports {node.module}.{a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
+    return found
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    found = []
+    for package in ("hpo", "hpo_cli", "service", "workers"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            found += private_imports(path)
+    assert found == []
+
+
+def test_the_private_import_check_can_fail(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from workers.trainer import _Loop, train\n")
+    assert private_imports(module, tmp_path) == ["m.py:1 imports workers.trainer._Loop"]

@@ -196,7 +196,7 @@ class RunCheckpoint:
 
     path: Path | None
     config: TrainConfig
-    loop: Any  # workers.trainer._Loop
+    loop: Any  # workers.trainer.Loop
     parts: dict[str, Any]  # model, optimizer, scheduler, shuffle, dropout
 
     def resume(

@@ -16,7 +16,7 @@ produce are the ones ``hpo.findings`` reads:
 How the reference trainer (workers/trainer.py) calls them::
 
     grads = GradNormStats(model)               # once per trial, after build_model
-    # in _Loop.step, on the steps it already samples (every GRAD_NORM_EVERY-th),
+    # in Loop.step, on the steps it already samples (every GRAD_NORM_EVERY-th),
     # after backward() and before optimizer.step():
     grads.observe()                            # replaces grad_norm_sum / grad_norms
     # in _epoch_metrics, beside the loss read:

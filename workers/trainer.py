@@ -121,7 +121,7 @@ class _EpochOutcome:
 
 
 @dataclass
-class _Guard:
+class Guard:
     """Divergence guard: NaN/Inf loss, or loss > factor x the first batch's loss."""
 
     factor: float
@@ -167,7 +167,7 @@ def train(
     set_dropout_generator(model, dropout)
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
-    loop = _Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
+    loop = Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
     pruning = gradual_pruning(config)
     saver = ckpt.RunCheckpoint(
         checkpoint,
@@ -201,7 +201,7 @@ def train(
         probes = {**loop.grads.read(), "dead_fraction": dead.fraction() or 0.0}
         metrics = epoch_metrics(epoch, out, val, lr, times, device, probes)
         history.append(metrics)
-        diagnosis = out.diagnosis or _nonfinite_loss(metrics)
+        diagnosis = out.diagnosis or nonfinite_loss(metrics)
         if diagnosis is not None:
             status = TrainStatus.DIVERGED
             break
@@ -212,12 +212,12 @@ def train(
         if not loop.hooks.on_epoch(epoch, metrics):
             status = TrainStatus.PRUNED
             break
-    finished = _Finished(status, history, diagnosis, started, shuffle, val_set)
+    finished = Finished(status, history, diagnosis, started, shuffle, val_set)
     return _result(finished, loop, data.test)
 
 
 @dataclass
-class _Finished:
+class Finished:
     """How the epoch loop ended, and what shipping the model needs."""
 
     status: str
@@ -228,7 +228,7 @@ class _Finished:
     val_set: Split
 
 
-def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
+def _result(done: Finished, loop: Loop, test_set: Split) -> TrainResult:
     """The run's result; a completed run's model is compressed and measured as shipped."""
     final = dict(done.history[-1]) if done.history else {}
     test_set = on_device(test_set, loop.train_set.x.device)
@@ -255,12 +255,12 @@ def _result(done: _Finished, loop: _Loop, test_set: Split) -> TrainResult:
     )
 
 
-def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> tuple[dict[str, float], nn.Module]:
+def ship_model(loop: Loop, done: Finished, test_set: Split) -> tuple[dict[str, float], nn.Module]:
     """Compress the trained model (workers.compression) and measure it as shipped; the
     metrics and the shipped model."""
 
     def finetune(model: nn.Module, epochs: int) -> None:
-        tuning = _Loop.create(
+        tuning = Loop.create(
             loop.config,
             model,
             make_optimizer(loop.config, model, loop.train_set.x.device),
@@ -282,7 +282,7 @@ def ship_model(loop: _Loop, done: _Finished, test_set: Split) -> tuple[dict[str,
     return report.metrics(), shipped
 
 
-def _nonfinite_loss(metrics: dict[str, float]) -> str | None:
+def nonfinite_loss(metrics: dict[str, float]) -> str | None:
     # On CUDA the guard samples every N batches; the epoch's loss sum saw every batch.
     loss = metrics["train_loss"]
     return None if math.isfinite(loss) else f"diverged in epoch {metrics['epoch']}: loss {loss}"
@@ -292,7 +292,7 @@ def _nonfinite_loss(metrics: dict[str, float]) -> str | None:
 
 
 @dataclass
-class _Loop:
+class Loop:
     """What every training step needs, bundled once per trial."""
 
     config: TrainConfig
@@ -301,7 +301,7 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     train_set: Split
     hooks: TrainHooks
-    guard: _Guard
+    guard: Guard
     steps: int = 0  # optimizer steps taken so far (gd: one per epoch)
 
     @classmethod
@@ -312,9 +312,9 @@ class _Loop:
         optimizer: torch.optim.Optimizer,
         train_set: Split,
         hooks: TrainHooks | None,
-    ) -> _Loop:
+    ) -> Loop:
         device = train_set.x.device
-        guard = _Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
+        guard = Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
         forward = maybe_compile(model, config)
         return cls(config, model, forward, optimizer, train_set, hooks or NullHooks(), guard)
 

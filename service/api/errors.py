@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from service.core.db import _is_connection_error
+from service.core.db import is_connection_error
 from service.core.errors import DatabaseUnavailable, DomainError
 
 log = logging.getLogger("hpo.server")
@@ -105,7 +105,7 @@ def _lost_connection(exc: BaseException) -> DBAPIError | None:
     for _ in range(8):  # a short cause chain; bounded
         if seen is None:
             return None
-        if isinstance(seen, DBAPIError) and _is_connection_error(seen):
+        if isinstance(seen, DBAPIError) and is_connection_error(seen):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

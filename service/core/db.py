@@ -78,7 +78,7 @@ class Database:
             session.commit()
         except (OperationalError, DBAPIError) as exc:
             session.rollback()
-            if _is_connection_error(exc):
+            if is_connection_error(exc):
                 raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
             raise
         except BaseException:
@@ -100,7 +100,7 @@ class Database:
         self.engine.dispose()
 
 
-def _is_connection_error(exc: DBAPIError) -> bool:
+def is_connection_error(exc: DBAPIError) -> bool:
     if exc.connection_invalidated:
         return True
     text = str(exc.orig).lower()

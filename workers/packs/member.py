@@ -28,7 +28,7 @@ from workers.packs.keys import optimizer_kind
 from workers.packs.layout import Layout
 from workers.packs.stack import Rows
 from workers.results import TrainStatus
-from workers.trainer import NullHooks, TrainHooks, TrainResult, _Guard, evaluate
+from workers.trainer import Guard, NullHooks, TrainHooks, TrainResult, evaluate
 
 
 class Splits(NamedTuple):
@@ -105,7 +105,7 @@ class Member:
         self.shuffle = torch.Generator().manual_seed(c.seed)  # batch order, as solo: CPU
         self.dropout = dropout_generator(c.seed, device) if c.dropout > 0 else None
         set_dropout_generator(self.module, self.dropout)
-        self.guard = _Guard(c.divergence_factor, guard_every)
+        self.guard = Guard(c.divergence_factor, guard_every)
         self._schedule()
         self.layout = Layout.of(self.module)
         self.rows = Rows(self.layout.row(self.module), self.layout.running(self.module))
@@ -176,12 +176,12 @@ class Member:
         # member's model, config and batch-order generator: fine-tuning, if the settings ask
         # for it, runs the solo loop from where the pack left the member.
         from workers.optimizers import make_optimizer
-        from workers.trainer import _Finished, _Loop, ship_model
+        from workers.trainer import Finished, Loop, ship_model
 
         assert self.module is not None
         optimizer = make_optimizer(self.config, self.module, splits.train.x.device)
-        loop = _Loop.create(self.config, self.module, optimizer, splits.train, NullHooks())
-        done = _Finished(
+        loop = Loop.create(self.config, self.module, optimizer, splits.train, NullHooks())
+        done = Finished(
             TrainStatus.COMPLETED, self.history, None, self._started, self.shuffle, splits.val
         )
         device = splits.train.x.device

@@ -39,9 +39,9 @@ from workers.trainer import (
     GD_CHUNK,
     GRAD_NORM_EVERY,
     TrainResult,
-    _nonfinite_loss,
     catch_up,
     evaluate,
+    nonfinite_loss,
 )
 
 Finished = list[tuple[Member, TrainResult]]
@@ -259,7 +259,7 @@ class PackTrainer:
         leaving = []
         for i, m in enumerate(self.members):
             metrics = self._record(i, rows[i], train_time)
-            if (diagnosis := _nonfinite_loss(metrics)) is not None:
+            if (diagnosis := nonfinite_loss(metrics)) is not None:
                 self._finish(i, TrainStatus.DIVERGED, diagnosis)
             else:
                 m.schedule_step()
