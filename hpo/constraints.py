@@ -62,14 +62,19 @@ def constraint_values(
     return out
 
 
-def check_constraint(key: str, value: Any) -> float:
-    """``trial.set_constraint``'s checks, as Optuna makes them: a float, not NaN."""
+def as_float(value: Any) -> float:
+    """``value`` as a float, or Optuna's TypeError (``report``, ``set_constraint``)."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise TypeError(
             f"The `value` argument is of type '{type(value)}' but supposed to be a float."
         ) from None
+
+
+def check_constraint(key: str, value: Any) -> float:
+    """``trial.set_constraint``'s checks, as Optuna makes them: a float, not NaN."""
+    number = as_float(value)
     if math.isnan(number):
         raise ValueError(f"Attempted to set a constraint for {key!r}, but NaN is not allowed.")
     return number

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.checkpoints import CheckpointFolder
+from hpo.constraints import as_float
 from hpo.optuna_surface import OptunaSurface
 from hpo.protocol import (
     MAX_METRIC_NAME,
@@ -379,12 +380,7 @@ def new_trial(
 
 def _report_args(value: Any, step: Any) -> tuple[float, int]:
     """``report``'s checks, as Optuna makes them."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"The `value` argument is of type '{type(value)}' but supposed to be a float."
-        ) from None
+    number = as_float(value)
     try:
         whole = int(step)
     except (TypeError, ValueError):
