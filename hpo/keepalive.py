@@ -70,7 +70,7 @@ class LeaseKeeper:
                 for spec, control in leases:
                     if self._done.is_set():
                         return
-                    if not _beat(client, spec, control):
+                    if not beat_once(client, spec, control):
                         self.remove(spec.lease_id)
 
     def _interval(self) -> float:
@@ -79,10 +79,13 @@ class LeaseKeeper:
         return max(0.05, min(intervals, default=IDLE_S))
 
 
-def _beat(client: Any, spec: TrialSpec, control: Control) -> bool:
-    """One heartbeat; False once the lease is gone (the trial is dropped)."""
+def beat_once(
+    client: Any, spec: TrialSpec, control: Control, body: HeartbeatRequest | None = None
+) -> bool:
+    """One heartbeat (``body``: with telemetry) whose answer ``control`` applies; False
+    once the lease is gone (the trial is dropped). Workers and notebook studies use it."""
     try:
-        answer = client.heartbeat(spec.lease_id, HeartbeatRequest())
+        answer = client.heartbeat(spec.lease_id, body or HeartbeatRequest())
     except LeaseGone as exc:
         control.drop_trial(f"lease gone: {exc.detail}")
         return False

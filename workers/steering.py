@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hpo.client import Client
+from hpo.keepalive import beat_once
 from hpo.protocol import HeartbeatRequest, TrialSpec
-from hpo.transport import ClientError, LeaseGone
-from hpo.trial import Control, trial_label
+from hpo.trial import Control
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Heartbeat:
         """One heartbeat; False once the lease is gone (no point going on)."""
         sample = self._telemetry() if self._telemetry is not None else None
         body = HeartbeatRequest(progress=self._progress(), telemetry=sample or None)
-        return _beat_one(client, self._spec, self._control, body)
+        return beat_once(client, self._spec, self._control, body)
 
 
 class HeartbeatGroup:
@@ -133,27 +133,10 @@ class HeartbeatGroup:
                     if self._done.is_set():
                         return
                     body = HeartbeatRequest(progress=progress(), telemetry=sample or None)
-                    if not _beat_one(client, spec, control, body):
+                    if not beat_once(client, spec, control, body):
                         self.remove(spec.lease_id)
 
     def _interval(self) -> float:
         with self._lock:
             intervals = [spec.heartbeat_interval_s for spec, _, _ in self._leases.values()]
         return max(0.05, min(intervals, default=1.0))
-
-
-def _beat_one(client: Client, spec: TrialSpec, control: Control, body: HeartbeatRequest) -> bool:
-    """One heartbeat for one lease; False once the lease is gone."""
-    try:
-        answer = client.heartbeat(spec.lease_id, body)
-    except LeaseGone as exc:
-        control.drop_trial(f"lease gone: {exc.detail}")
-        return False
-    except ClientError as exc:  # the next beat may get through before the lease expires
-        log.warning("%s: heartbeat failed: %s", trial_label(spec), exc)
-        return True
-    except Exception:  # never let the thread die silently
-        log.exception("%s: heartbeat error", trial_label(spec))
-        return True
-    control.apply(answer, "heartbeat")
-    return True
