@@ -26,9 +26,16 @@ from hpo.transport import Call
 
 #: Optuna's default columns of ``trials_dataframe``.
 DATAFRAME_ATTRS = (
-    "number", "value", "datetime_start", "datetime_complete", "duration",
-    "params", "user_attrs", "system_attrs", "state",
-)  # fmt: skip
+    "number",
+    "value",
+    "datetime_start",
+    "datetime_complete",
+    "duration",
+    "params",
+    "user_attrs",
+    "system_attrs",
+    "state",
+)
 
 
 class StudyReads:

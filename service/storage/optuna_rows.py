@@ -203,7 +203,7 @@ def study_trial_rows(session: Session, study_id: int, from_trial_id: int = 0) ->
             t.datetime_complete,
             v.value,
             v.value_type,
-        )  # fmt: skip
+        )
         .select_from(trials)
         .outerjoin(trial_values, and_(v.trial_id == t.trial_id, v.objective == 0))
         .where(t.study_id == study_id, t.trial_id >= from_trial_id)

@@ -182,9 +182,12 @@ def test_optimize_runs_n_trials_with_optunas_semantics(live: LiveApp) -> None:
             callbacks=[lambda s, t: seen.append((s, t.number, t.state))],
         )
         assert [(n, s) for _, n, s in seen] == [
-            (0, TrialState.COMPLETE), (1, TrialState.PRUNED), (2, TrialState.FAIL),
-            (3, TrialState.COMPLETE), (4, TrialState.COMPLETE),
-        ]  # fmt: skip
+            (0, TrialState.COMPLETE),
+            (1, TrialState.PRUNED),
+            (2, TrialState.FAIL),
+            (3, TrialState.COMPLETE),
+            (4, TrialState.COMPLETE),
+        ]
         assert all(s is study for s, _, _ in seen)
         with pytest.raises(ZeroDivisionError):
             study.optimize(lambda t: 1 / 0, n_trials=3)  # not caught: failed, then raised
