@@ -67,3 +67,15 @@ def test_the_check_can_fail() -> None:
     source = 'if summary.state == "stopped" or s in ("pruned", "fail"):\n    pass\n'
     assert state_literals_compared(source) == [(1, "stopped"), (1, "pruned"), (1, "fail")]
     assert state_literals_compared("if s == State.STOPPED:\n    pass\n") == []
+
+
+def test_the_formatter_owns_formatting() -> None:
+    markers = ("fmt: " + "skip", "fmt: " + "off")  # spelt apart: this file is scanned too
+    found = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("hpo", "hpo_cli", "service", "workers", "tests", "bench", "scripts")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if any(marker in line for marker in markers)
+    ]
+    assert found == [], f"formatter markers (ruff format owns the layout): {found}"
