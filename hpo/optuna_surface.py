@@ -12,6 +12,7 @@ So integration callbacks that read ``trial.study.direction`` or ``best_value``, 
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
@@ -64,6 +65,7 @@ class OptunaSurface:
     def study(self) -> Any:
         """The trial's study: Optuna's ``Study``, read-only, served through the lease."""
         if self._study is None:
+            _need_optuna("trial.study")
             import optuna
 
             from hpo.optuna_compat import read_only_sampler
@@ -80,6 +82,7 @@ class OptunaSurface:
     def storage(self) -> Any:
         """Optuna's storage interface over the lease (what trial-level callers use)."""
         if self._storage is None:
+            _need_optuna("trial.storage")
             from hpo.optuna_compat import LeaseStorage
 
             self._storage = LeaseStorage(self._client, cast("Trial", self))
@@ -89,6 +92,7 @@ class OptunaSurface:
     def artifact_store(self) -> Any:
         """Optuna's artifact-store protocol on the server's store, for
         ``optuna.artifacts.upload_artifact(artifact_store=trial.artifact_store, ...)``."""
+        _need_optuna("trial.artifact_store")
         from hpo.optuna_compat import LeaseArtifactStore
 
         return LeaseArtifactStore(self._client, cast("Trial", self))
@@ -103,6 +107,7 @@ class OptunaSurface:
     @property
     def distributions(self) -> dict[str, Any]:
         """Each suggested parameter's Optuna distribution, by name."""
+        _need_optuna("trial.distributions")
         from hpo.optuna_compat import to_distribution
 
         return {name: to_distribution(d) for name, d in self._dists.items()}
@@ -182,3 +187,13 @@ class OptunaSurface:
 
 def _warn(name: str, args: str) -> None:
     warnings.warn(_DEPRECATED.format(name=name, args=args), FutureWarning, stacklevel=3)
+
+
+def _need_optuna(what: str) -> None:
+    """A clear error where Optuna is missing (hpo's base install and the worker extra do
+    not bring it; an objective written for Optuna has it)."""
+    if importlib.util.find_spec("optuna") is None:
+        raise ModuleNotFoundError(
+            f"{what} is Optuna's: install it where the objective runs (pip install optuna)",
+            name="optuna",
+        )

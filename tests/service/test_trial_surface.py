@@ -303,3 +303,16 @@ def test_a_chosen_artifact_id_taken_by_another_file_is_refused(
         trial.upload_artifact(tmp_path / "b", artifact_id="fixed-id")
     assert taken.value.status_code == 409 and "artifact_id" in str(taken.value)
     finish(trial, 0.5)
+
+
+def test_without_optuna_trial_study_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
+    )
+    trial = new_trial(None, _spec_stub())
+    assert not isinstance(trial, optuna.trial.Trial)  # a plain hpo.Trial, still usable
+    with pytest.raises(ModuleNotFoundError, match="pip install optuna"):
+        _ = trial.study
