@@ -37,8 +37,9 @@ sys.path.insert(0, str(HERE.parent))  # workers, when the project is not install
 
 from hpo.settings import TrainConfig  # noqa: E402
 from workers.data import MnistData, load_mnist  # noqa: E402
+from workers.outcome import TrainResult  # noqa: E402
 from workers.packs import Member, group_by_key, train_pack  # noqa: E402
-from workers.trainer import TrainResult, train  # noqa: E402
+from workers.trainer import train  # noqa: E402
 
 SPEC = HERE.parent / "studies" / "mnist-optimizers.yaml"
 

@@ -19,7 +19,7 @@ How the reference trainer (workers/trainer.py) calls them::
     # in Loop.step, on the steps it already samples (every GRAD_NORM_EVERY-th),
     # after backward() and before optimizer.step():
     grads.observe()                            # replaces grad_norm_sum / grad_norms
-    # in _epoch_metrics, beside the loss read:
+    # in the epoch's metrics (workers.outcome.epoch_metrics), beside the loss read:
     metrics.update(grads.read())               # one host read; starts the next epoch
     # around the per-epoch validation pass (no extra forward pass):
     with DeadUnitProbe(model) as dead:
@@ -32,14 +32,11 @@ Anything that owns its optimizer can instead sample every N-th step with
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-
-from workers.backend import peak_memory_mb
 
 
 class GradNormStats:
@@ -176,28 +173,3 @@ class DeadUnitProbe:
         if not seen:
             return []
         return (1.0 - torch.stack([a.float().mean() for a in seen])).tolist()
-
-
-def epoch_metrics(
-    epoch: int,
-    out: Any,  # workers.trainer._EpochOutcome
-    val: tuple[float, float],
-    lr: float,
-    times: tuple[float, float],
-    device: torch.device,
-    probes: dict[str, float],
-) -> dict[str, float]:
-    """One epoch's metrics as the solo trainer reports them."""
-    t0, train_time = times
-    return {
-        "epoch": epoch,
-        "train_loss": out.loss_sum.item() / max(out.samples, 1),  # the epoch's one loss read
-        "val_loss": val[0],
-        "val_accuracy": val[1],
-        "lr": lr,
-        **probes,  # grad_norm (+ _max, _min, _first), dead_fraction: what the diagnosis reads
-        "epoch_time_s": time.perf_counter() - t0,  # training + validation
-        "data_time_s": out.data_time,  # waiting on data: the telemetry's data-wait share
-        "samples_per_s": out.samples / max(train_time, 1e-9),  # training only
-        "peak_memory_mb": peak_memory_mb(device),
-    }

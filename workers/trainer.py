@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.settings import TrainConfig, measures_model
+from hpo.settings import TrainConfig
 from workers import checkpoint as ckpt
 from workers.backend import (
     configure_backend,
@@ -39,71 +39,31 @@ from workers.compression import CompressionSettings, PruneSchedule, compress
 from workers.data import MnistData, Split
 from workers.model import (
     build_model,
-    count_params,
     dropout_generator,
     linear_weights,
     set_dropout_generator,
 )
 from workers.optimizers import make_optimizer, make_scheduler
-from workers.probes import DeadUnitProbe, GradNormStats, epoch_metrics
+from workers.outcome import (
+    EpochRun,
+    Guard,
+    NullHooks,
+    RunEnd,
+    TrainHooks,
+    TrainResult,
+    build_result,
+    catch_up,
+    epoch_metrics,
+    evaluate,
+    nonfinite_loss,
+)
+from workers.probes import DeadUnitProbe, GradNormStats
 from workers.results import TrainStatus
 
 GD_CHUNK = 8192  # full-batch gd accumulates its gradient in chunks to bound activation memory
-EVAL_CHUNK = 10000  # evaluation batch: large, since inference needs no activations kept
 CUDA_GUARD_EVERY = 25  # on CUDA read the loss (a device sync) only every N batches
 GRAD_NORM_EVERY = 10  # measure the gradient norm on every Nth step (a full pass over the grads)
 LATENCY_REPEATS = 10  # timed forward passes per batch size when the shipped model is measured
-
-
-class TrainHooks(Protocol):
-    """How the daemon steers a running trial."""
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Called after each epoch; return False to prune (stop now)."""
-        ...
-
-    def should_stop(self) -> bool:
-        """Polled at every batch boundary; True ends training at once."""
-        ...
-
-
-def catch_up(hooks: TrainHooks, history: list[dict[str, float]]) -> bool:
-    """A resumed run's epochs so far, to hooks that want them (``on_resume``: a trial
-    reports the ones its last attempt did not get to report); False: prune now."""
-    on_resume = getattr(hooks, "on_resume", None)
-    return True if on_resume is None or not history else bool(on_resume(history))
-
-
-class NullHooks:
-    """Never prunes, never stops."""
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        return True
-
-    def should_stop(self) -> bool:
-        return False
-
-
-@dataclass
-class TrainResult:
-    """How a trial ended.
-
-    status: completed | pruned | stopped | diverged.
-    objective: validation accuracy of the last evaluated epoch; for diverged the
-    accuracy measured at the moment of divergence (near chance, so the sampler
-    learns the region is bad); None only when stopped before any epoch ended.
-    Metric values can be NaN/Inf after a divergence: JSON needs them mapped.
-    """
-
-    status: str
-    objective: float | None
-    epochs_run: int
-    history: list[dict[str, float]]
-    final: dict[str, float]
-    diagnosis: str | None = None
-    optimizer_steps: int = 0
-    model: nn.Module | None = field(default=None, repr=False, compare=False)
-    shipped: nn.Module | None = field(default=None, repr=False, compare=False)  # compressed
 
 
 @dataclass
@@ -118,28 +78,6 @@ class _EpochOutcome:
     diagnosis: str | None = None  # set when the divergence guard fired
     order: torch.Tensor | None = None  # the epoch's batch order (mini-batch epochs)
     batches_done: int = 0  # where a stopped epoch stopped: its checkpoint resumes there
-
-
-@dataclass
-class Guard:
-    """Divergence guard: NaN/Inf loss, or loss > factor x the first batch's loss."""
-
-    factor: float
-    every: int  # check every N batches (1 on CPU, where reading a loss is free)
-    reference: float | None = None
-
-    def check(self, loss: torch.Tensor, epoch: int, batch: int, always: bool = False) -> str | None:
-        if self.reference is not None and batch % self.every and not always:
-            return None
-        value = loss.item()
-        where = f"diverged at epoch {epoch} batch {batch}: loss {value:.4g}"
-        if not math.isfinite(value):
-            return where
-        if self.reference is None:
-            self.reference = value
-        elif value > self.factor * self.reference:
-            return f"{where} > {self.factor:g} x first loss {self.reference:.4g}"
-        return None
 
 
 def train(
@@ -195,11 +133,13 @@ def train(
             saver.save_stopped(epoch, out, history, started)
             status = TrainStatus.STOPPED
             break
-        times = (t0, time.perf_counter() - t0)
+        run = EpochRun(
+            out.loss_sum.item(), out.samples, out.data_time, t0, time.perf_counter() - t0
+        )
         with DeadUnitProbe(model) as dead:  # records during the validation pass
             val = evaluate(model, val_set)
         probes = {**loop.grads.read(), "dead_fraction": dead.fraction() or 0.0}
-        metrics = epoch_metrics(epoch, out, val, lr, times, device, probes)
+        metrics = epoch_metrics(epoch, run, val, lr, device, probes)
         history.append(metrics)
         diagnosis = out.diagnosis or nonfinite_loss(metrics)
         if diagnosis is not None:
@@ -212,50 +152,15 @@ def train(
         if not loop.hooks.on_epoch(epoch, metrics):
             status = TrainStatus.PRUNED
             break
-    finished = Finished(status, history, diagnosis, started, shuffle, val_set)
-    return _result(finished, loop, data.test)
+    test_set = on_device(data.test, device)
+    end = RunEnd(status, history, diagnosis, started, loop.steps)
+    ship = partial(ship_model, loop, shuffle, val_set, test_set)
+    return build_result(end, config, model, test_set, ship)
 
 
-@dataclass
-class Finished:
-    """How the epoch loop ended, and what shipping the model needs."""
-
-    status: str
-    history: list[dict[str, float]]
-    diagnosis: str | None
-    started: float
-    shuffle: torch.Generator
-    val_set: Split
-
-
-def _result(done: Finished, loop: Loop, test_set: Split) -> TrainResult:
-    """The run's result; a completed run's model is compressed and measured as shipped."""
-    final = dict(done.history[-1]) if done.history else {}
-    test_set = on_device(test_set, loop.train_set.x.device)
-    objective = done.history[-1]["val_accuracy"] if done.history else None
-    shipped = None
-    if done.status == TrainStatus.COMPLETED and measures_model(loop.config):  # score it as shipped
-        metrics, shipped = ship_model(loop, done, test_set)
-        final.update(metrics)
-        objective = final["val_accuracy"]
-    elif done.status != TrainStatus.STOPPED:  # reported, never optimized on
-        final["test_accuracy"] = evaluate(loop.model, test_set)[1]
-    final["n_params"] = count_params(loop.model)
-    final["total_time_s"] = time.perf_counter() - done.started
-    return TrainResult(
-        done.status,
-        objective,
-        len(done.history),
-        done.history,
-        final,
-        done.diagnosis,
-        loop.steps,
-        loop.model,
-        shipped,
-    )
-
-
-def ship_model(loop: Loop, done: Finished, test_set: Split) -> tuple[dict[str, float], nn.Module]:
+def ship_model(
+    loop: Loop, shuffle: torch.Generator, val_set: Split, test_set: Split
+) -> tuple[dict[str, float], nn.Module]:
     """Compress the trained model (workers.compression) and measure it as shipped; the
     metrics and the shipped model."""
 
@@ -268,11 +173,11 @@ def ship_model(loop: Loop, done: Finished, test_set: Split) -> tuple[dict[str, f
             NullHooks(),
         )
         for epoch in range(1, epochs + 1):
-            tuning.run_epoch(epoch, done.shuffle)
+            tuning.run_epoch(epoch, shuffle)
 
     def scores(model: nn.Module) -> dict[str, float]:
         return {
-            "val_accuracy": evaluate(model, done.val_set)[1],
+            "val_accuracy": evaluate(model, val_set)[1],
             "test_accuracy": evaluate(model, test_set)[1],
         }
 
@@ -280,12 +185,6 @@ def ship_model(loop: Loop, done: Finished, test_set: Split) -> tuple[dict[str, f
     repeats = LATENCY_REPEATS
     shipped, report = compress(loop.model, settings, finetune, scores, latency_repeats=repeats)
     return report.metrics(), shipped
-
-
-def nonfinite_loss(metrics: dict[str, float]) -> str | None:
-    # On CUDA the guard samples every N batches; the epoch's loss sum saw every batch.
-    loss = metrics["train_loss"]
-    return None if math.isfinite(loss) else f"diverged in epoch {metrics['epoch']}: loss {loss}"
 
 
 # --------------------------------------------------------------------------- epochs
@@ -416,20 +315,6 @@ def _new_outcome(device: torch.device, resume: ckpt.Position | None = None) -> _
         steps=resume.steps,
         batches_done=resume.batches_done,
     )
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode on ``split``."""
-    model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
-    for start in range(0, len(split), EVAL_CHUNK):
-        x, y = split.x[start : start + EVAL_CHUNK], split.y[start : start + EVAL_CHUNK]
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
-    return loss_sum.item() / len(split), correct.item() / len(split)
 
 
 # --------------------------------------------------------------------------- setup

@@ -22,7 +22,7 @@ import pytest
 from workers.daemon import Worker
 from workers.data import MnistNotFound
 from workers.options import ExitCode, WorkerOptions
-from workers.trainer import TrainResult
+from workers.outcome import TrainResult
 
 NOW = datetime.now(UTC)
 Answer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]

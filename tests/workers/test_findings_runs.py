@@ -33,6 +33,7 @@ from tests.workers.conftest import quick
 from tests.workers.probe_oracle import dead_unit_fraction
 from workers import trainer
 from workers.data import MnistData
+from workers.outcome import NullHooks, TrainResult
 from workers.probes import GradNormStats
 
 PROBE_KEYS = ("grad_norm", "grad_norm_max", "grad_norm_min", "grad_norm_first")
@@ -42,7 +43,7 @@ PROBE_KEYS = ("grad_norm", "grad_norm_max", "grad_norm_min", "grad_norm_first")
 class Probed:
     """A trainer result plus the history with the probe metrics merged in."""
 
-    result: trainer.TrainResult
+    result: TrainResult
     history: list[dict[str, float]]
 
     def findings(self) -> list[Finding]:
@@ -57,7 +58,7 @@ class Probed:
         return matches[0]
 
 
-class _ProbeHooks(trainer.NullHooks):
+class _ProbeHooks(NullHooks):
     """Reads the probes at each epoch end (where the trainer will add them to its metrics)."""
 
     def __init__(self, val_x: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ from hpo.settings import TrainConfig
 from workers import trainer as trainer_module
 from workers.data import MnistData
 from workers.model import build_model
+from workers.outcome import NullHooks, TrainResult
 from workers.packs import (
     Member,
     PackTrainer,
@@ -37,7 +38,7 @@ from workers.packs import (
 from workers.packs import stack as stack_module
 from workers.packs import trainer as pack_trainer_module
 from workers.packs.optim import STATE, Group
-from workers.trainer import NullHooks, TrainResult, make_optimizer, train
+from workers.trainer import make_optimizer, train
 
 VAL_SIZE = 1000  # a smaller validation split keeps the file fast; accuracy steps are 1/1000
 LOSS_TOL = {"rel": 1e-5, "abs": 1e-6}  # measured: <= 3e-7 relative (train_loss), 0 elsewhere

@@ -95,7 +95,7 @@ def test_dead_unit_probe_around_the_trainers_evaluate() -> None:
     # The documented wiring: the probe records during the trainer's own validation pass
     # (inference mode, chunked), so the trainer needs no extra forward pass.
     from workers.data import Split
-    from workers.trainer import evaluate
+    from workers.outcome import evaluate
 
     model = _model()
     with torch.no_grad():

@@ -21,7 +21,8 @@ from tests.workers.conftest import REPO_ROOT, quick
 from workers import trainer as trainer_module
 from workers.data import MnistData
 from workers.model import build_model, count_params
-from workers.trainer import NullHooks, TrainResult, train
+from workers.outcome import NullHooks, TrainResult
+from workers.trainer import train
 
 METRIC_KEYS = set(EPOCH_METRICS)
 TIMING_KEYS = {"epoch_time_s", "data_time_s", "samples_per_s", "peak_memory_mb"}

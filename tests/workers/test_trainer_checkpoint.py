@@ -17,9 +17,10 @@ import torch
 from hpo.settings import OPTIMIZERS, TrainConfig
 from workers import checkpoint as ckpt
 from workers.data import MnistData
+from workers.outcome import NullHooks
 from workers.packs import Member, PackTrainer
 from workers.results import TrainStatus
-from workers.trainer import NullHooks, train
+from workers.trainer import train
 
 from .conftest import quick
 

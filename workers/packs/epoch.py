@@ -2,7 +2,7 @@
 
 The sums stay on the device ([K] tensors, one entry per member) and are read
 once at the end of the epoch (or when a member diverges mid-epoch). The metrics
-are the solo trainer's, key for key (hpo.settings.EPOCH_METRICS): the loss, the
+are built by the solo trainer's own workers.outcome.epoch_metrics: the loss, the
 validation figures of the member's solo-shaped model, the gradient-norm
 statistics of workers.probes.GradNormStats (over the steps the solo trainer
 samples: every GRAD_NORM_EVERY-th of the epoch) and the dead-unit fraction of
@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from workers.backend import peak_memory_mb
+from workers.outcome import EpochRun
 
 ROWS = ("loss", "grad", "grad_max", "grad_min", "grad_first")  # the order of read()
 
@@ -65,32 +65,18 @@ class EpochSums:
         return [dict(zip(ROWS, column, strict=True)) for column in zip(*table, strict=True)]
 
 
-def epoch_metrics(
-    epoch: int,
-    sums: EpochSums,
-    row: dict[str, float],
-    val: tuple[float, float],
-    dead_fraction: float | None,
-    lr: float,
-    train_time: float,
-    device: torch.device,
-) -> dict[str, float]:
-    """One member's metrics for one epoch, as the solo trainer reports them."""
-    metrics = {
-        "epoch": epoch,
-        "train_loss": row["loss"] / max(sums.samples, 1),
-        "val_loss": val[0],
-        "val_accuracy": val[1],
-        "lr": lr,
-    }
+def member_probes(sums: EpochSums, row: dict[str, float], dead: float | None) -> dict[str, float]:
+    """One member's gradient-norm and dead-unit figures, as the solo trainer's probes read."""
+    probes: dict[str, float] = {}
     if sums.grad_norms:  # like GradNormStats.read(): no sampled step, no gradient figures
-        metrics["grad_norm"] = row["grad"] / sums.grad_norms
-        metrics["grad_norm_max"] = row["grad_max"]
-        metrics["grad_norm_min"] = row["grad_min"]
-        metrics["grad_norm_first"] = row["grad_first"] / sums.grad_norms
-    metrics["dead_fraction"] = dead_fraction or 0.0
-    metrics["epoch_time_s"] = time.perf_counter() - sums.t0  # training + validation
-    metrics["data_time_s"] = sums.data_time  # waiting on data (the pack's, shared)
-    metrics["samples_per_s"] = sums.samples / max(train_time, 1e-9)  # training only
-    metrics["peak_memory_mb"] = peak_memory_mb(device)
-    return metrics
+        probes["grad_norm"] = row["grad"] / sums.grad_norms
+        probes["grad_norm_max"] = row["grad_max"]
+        probes["grad_norm_min"] = row["grad_min"]
+        probes["grad_norm_first"] = row["grad_first"] / sums.grad_norms
+    probes["dead_fraction"] = dead or 0.0
+    return probes
+
+
+def epoch_run(sums: EpochSums, row: dict[str, float], train_time: float) -> EpochRun:
+    """One member's training pass, for workers.outcome.epoch_metrics."""
+    return EpochRun(row["loss"], sums.samples, sums.data_time, sums.t0, train_time)

@@ -13,22 +13,23 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from hpo.settings import TrainConfig, measures_model
+from hpo.settings import TrainConfig
 from workers import checkpoint as ckpt
 from workers.data import Split
-from workers.model import build_model, count_params, dropout_generator, set_dropout_generator
+from workers.model import build_model, dropout_generator, set_dropout_generator
 from workers.optimizers import make_scheduler
+from workers.outcome import Guard, NullHooks, RunEnd, TrainHooks, TrainResult, build_result
 from workers.packs.keys import optimizer_kind
 from workers.packs.layout import Layout
 from workers.packs.stack import Rows
 from workers.results import TrainStatus
-from workers.trainer import Guard, NullHooks, TrainHooks, TrainResult, evaluate
 
 
 class Splits(NamedTuple):
@@ -56,7 +57,7 @@ class Checkpoint:
 class Member:
     """A trial to train in a pack: ``Member(trial_id, config, hooks)``.
 
-    ``hooks`` has the solo trainer's shape (workers.trainer.TrainHooks):
+    ``hooks`` has the solo trainer's shape (workers.outcome.TrainHooks):
     ``on_epoch(epoch, metrics) -> bool`` after each of this member's epochs
     (False prunes it), ``should_stop()`` polled at every batch boundary.
     ``checkpoint``: the member's own checkpoint file (format ``PACK_FORMAT`` of
@@ -140,54 +141,30 @@ class Member:
 
     # ----------------------------------------------------------------------- results
 
-    def result(self, status: str, diagnosis: str | None, splits: Splits | None) -> TrainResult:
-        """The solo trainer's TrainResult for this member (weights must be loaded into module).
-
-        As solo: a completed model is compressed and measured as shipped when its
-        settings ask for it (its validation accuracy is then the objective); any other
-        completed, pruned or diverged one gets its test accuracy; a stopped one neither.
-        """
+    def result(
+        self, status: TrainStatus, diagnosis: str | None, splits: Splits | None
+    ) -> TrainResult:
+        """The solo trainer's TrainResult for this member (weights must be loaded into module),
+        built by the same workers.outcome.build_result."""
         assert self.module is not None
-        final: dict[str, Any] = dict(self.history[-1]) if self.history else {}
-        objective = self.history[-1]["val_accuracy"] if self.history else None
-        shipped = None
-        if status == TrainStatus.COMPLETED and splits is not None and measures_model(self.config):
-            metrics, shipped = self._ship(splits)
-            final.update(metrics)
-            objective = final["val_accuracy"]
-        elif status != TrainStatus.STOPPED and splits is not None:  # reported, never optimized on
-            final["test_accuracy"] = evaluate(self.module, splits.test)[1]
-        final["n_params"] = count_params(self.module)
-        final["total_time_s"] = time.perf_counter() - self._started
-        return TrainResult(
-            status,
-            objective,
-            len(self.history),
-            self.history,
-            final,
-            diagnosis,
-            self.steps,
-            self.module,
-            shipped,
-        )
+        end = RunEnd(status, self.history, diagnosis, self._started, self.steps)
+        test_set = None if splits is None else splits.test
+        return build_result(end, self.config, self.module, test_set, partial(self._ship, splits))
 
-    def _ship(self, splits: Splits) -> tuple[dict[str, float], nn.Module]:
+    def _ship(self, splits: Splits | None) -> tuple[dict[str, float], nn.Module]:
         # The solo trainer's own compression step (workers.trainer.ship_model), on this
         # member's model, config and batch-order generator: fine-tuning, if the settings ask
         # for it, runs the solo loop from where the pack left the member.
         from workers.optimizers import make_optimizer
-        from workers.trainer import Finished, Loop, ship_model
+        from workers.trainer import Loop, ship_model
 
-        assert self.module is not None
+        assert self.module is not None and splits is not None
         optimizer = make_optimizer(self.config, self.module, splits.train.x.device)
         loop = Loop.create(self.config, self.module, optimizer, splits.train, NullHooks())
-        done = Finished(
-            TrainStatus.COMPLETED, self.history, None, self._started, self.shuffle, splits.val
-        )
         device = splits.train.x.device
         # Measuring the shipped model draws random inputs: not from the caller's global RNG.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return ship_model(loop, done, splits.test)
+            return ship_model(loop, self.shuffle, splits.val, splits.test)
 
     # ----------------------------------------------------------------------- checkpoints
 

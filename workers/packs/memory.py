@@ -20,11 +20,12 @@ import torch
 from hpo.settings import TrainConfig
 from workers.data import MnistData
 from workers.model import IN_FEATURES, N_CLASSES, build_model, count_params
+from workers.outcome import EVAL_CHUNK, NullHooks, TrainResult
 from workers.packs.keys import PackKey, optimizer_kind
 from workers.packs.member import Member
 from workers.packs.optim import STATE
 from workers.packs.trainer import PackTrainer
-from workers.trainer import EVAL_CHUNK, GD_CHUNK, NullHooks, TrainResult
+from workers.trainer import GD_CHUNK
 
 log = logging.getLogger(__name__)
 

@@ -27,22 +27,15 @@ from hpo.settings import TrainConfig
 from workers.backend import configure_backend, on_device, reset_peak_memory
 from workers.data import MnistData
 from workers.model import N_CLASSES, dropout_noise
-from workers.packs.epoch import EpochSums, epoch_metrics
+from workers.outcome import TrainResult, catch_up, epoch_metrics, evaluate, nonfinite_loss
+from workers.packs.epoch import EpochSums, epoch_run, member_probes
 from workers.packs.keys import KINDS, PackKey, pack_key, packable
 from workers.packs.layout import Layout
 from workers.packs.member import Member, Splits
 from workers.packs.stack import Rows, Stack
 from workers.probes import DeadUnitProbe
 from workers.results import TrainStatus
-from workers.trainer import (
-    CUDA_GUARD_EVERY,
-    GD_CHUNK,
-    GRAD_NORM_EVERY,
-    TrainResult,
-    catch_up,
-    evaluate,
-    nonfinite_loss,
-)
+from workers.trainer import CUDA_GUARD_EVERY, GD_CHUNK, GRAD_NORM_EVERY
 
 Finished = list[tuple[Member, TrainResult]]
 
@@ -282,9 +275,8 @@ class PackTrainer:
         self._load(i)
         with DeadUnitProbe(m.module) as dead:  # records during the validation pass, like solo
             val = evaluate(m.module, self.splits.val)
-        metrics = epoch_metrics(
-            m.epoch, ep, row, val, dead.fraction(), m.lr, train_time, self.device
-        )
+        run, probes = epoch_run(ep, row, train_time), member_probes(ep, row, dead.fraction())
+        metrics = epoch_metrics(m.epoch, run, val, m.lr, self.device, probes)
         m.history.append(metrics)
         return metrics
 
@@ -298,7 +290,7 @@ class PackTrainer:
             self._record(i, rows[i], time.perf_counter() - ep.t0)
             self._finish(i, TrainStatus.DIVERGED, diagnosis)
 
-    def _finish(self, i: int, status: str, diagnosis: str | None) -> None:
+    def _finish(self, i: int, status: TrainStatus, diagnosis: str | None) -> None:
         """Member i ends: its TrainResult (test accuracy on its module) joins ``finished``."""
         self._load(i)
         m = self.members[i]
