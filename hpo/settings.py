@@ -17,6 +17,17 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from hpo.responsible import (
+    DP_CONFLICTS,
+    AdversarialTraining,
+    ClassBalance,
+    DataSettings,
+    PrivacySettings,
+    RobustnessSettings,
+    dp_conflict,
+    dp_error,
+)
+
 #: The workload name of the built-in reference trainer (the MNIST MLP).
 REFERENCE_WORKLOAD = "mnist-mlp"
 
@@ -145,6 +156,14 @@ class TrainConfig(BaseModel):
     # Checkpoint every N epochs (and the last; 0: never) when the worker gives the trial a
     # checkpoint folder: a re-run continues from the latest one (workers.checkpoint).
     checkpoint_every: Annotated[Whole, Field(ge=0, le=1000)] = 1
+    # Privacy, fairness, robustness (hpo.responsible; workers.responsible): nested settings,
+    # searchable by dotted name (``privacy.noise_multiplier``).
+    privacy: PrivacySettings | None = None
+    data: DataSettings = Field(default_factory=DataSettings)
+    class_balance: ClassBalance = "none"
+    robustness: RobustnessSettings | None = None
+    adversarial_training: AdversarialTraining | None = None
+    class_metrics: Flag | Literal["auto"] = "auto"
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], seed: int = 0) -> TrainConfig:
@@ -157,7 +176,7 @@ class TrainConfig(BaseModel):
             kind = type(settings).__name__
             raise SettingsError("settings", f"settings must be a dict, got {kind}")
         try:
-            config = cls.model_validate({"seed": seed, **settings})
+            config = cls.model_validate({"seed": seed, **nest_dotted(settings)})
         except ValidationError as exc:
             raise _settings_error(exc) from None
         check_combination(config)
@@ -183,11 +202,64 @@ def measures_model(config: TrainConfig) -> bool:
     return bool(config.measure_model)
 
 
+def nest_dotted(settings: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (``privacy.noise_multiplier``: a searched nested field) merged into
+    their nested dicts (``privacy: {...}``), so the schema sees one nested value."""
+    out: dict[str, Any] = {k: v for k, v in settings.items() if "." not in k}
+    for key in sorted(k for k in settings if "." in k):
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[leaf] = settings[key]
+    return out
+
+
+def is_setting(name: str) -> bool:
+    """Whether ``name`` is a setting, or a dotted field of a nested one."""
+    model: type[BaseModel] | None = TrainConfig
+    for part in name.split("."):
+        if model is None or part not in model.model_fields:
+            return False
+        model = _nested_model(model.model_fields[part].annotation)
+    return True
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _check_nested(name: str, value: Any) -> Any:
+    """A dotted setting's value, validated as the nested model's field."""
+    if not is_setting(name):
+        raise SettingsError(name, f"unknown setting {name!r}")
+    try:
+        config = TrainConfig.model_validate(nest_dotted({name: value}))
+    except ValidationError as exc:
+        err = _settings_error(exc)
+        if err.field == name or not err.field.startswith(name.split(".")[0]):
+            raise err from None
+        return value  # another field of the nested model is missing (set elsewhere)
+    node: Any = config
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def check_setting(name: str, value: Any) -> Any:
     """Validate one setting on its own (no combination rules); the coerced value.
 
     Raises SettingsError naming ``name`` for an unknown name or a bad value.
     """
+    if "." in name:
+        return _check_nested(name, value)
     if name not in TrainConfig.model_fields:
         raise SettingsError(name, f"unknown setting {name!r}")
     try:
@@ -208,6 +280,10 @@ def check_combination(config: TrainConfig) -> None:
         )
     if config.optimizer == "nesterov" and config.momentum == 0:
         raise SettingsError("momentum", "momentum must be > 0 with nesterov, got 0")
+    if config.privacy is not None:
+        for name in DP_CONFLICTS:
+            if dp_conflict(name, getattr(config, name)):
+                raise SettingsError(name, dp_error(name, name))
     limit = min(config.hidden, IN_FEATURES)
     if config.low_rank is not None and config.low_rank > limit:
         raise SettingsError(
@@ -225,13 +301,31 @@ _BOUND_WORDS = {
 }
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """The dotted setting an error location points at (union tags and indices dropped)."""
+    names: list[str] = []
+    model: type[BaseModel] | None = TrainConfig
+    for part in loc:
+        if not isinstance(part, str) or model is None:
+            continue
+        if part not in model.model_fields:  # an unknown setting, or a nested model's field
+            names.append(part)
+            break
+        names.append(part)
+        model = _nested_model(model.model_fields[part].annotation)
+    return ".".join(names) if names else "settings"
+
+
 def _settings_error(exc: ValidationError) -> SettingsError:
     """The first problem of a validation error, in words that name the setting."""
     err = exc.errors()[0]
-    name = str(err["loc"][0]) if err["loc"] else "settings"
+    name = _field_path(err["loc"])
     kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
         return SettingsError(name, f"unknown setting {name!r}")
+    if "." in name or (kind == "value_error" and name in ("privacy", "data", "robustness")):
+        message = str(err["msg"]).removeprefix("Value error, ")
+        return SettingsError(name, f"{name}: {message}, got {given!r}")
     if kind in _BOUND_WORDS:
         key, op = _BOUND_WORDS[kind]
         return SettingsError(name, f"{name} must be {op} {ctx[key]}, got {given!r}")
