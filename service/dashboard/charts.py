@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.dashboard import (
+    bundles,
     charts_compare,
     charts_curves,
     charts_params,
@@ -38,13 +39,16 @@ def _multi_objective(meta: StudyMeta) -> bool:
 @dataclass(frozen=True)
 class Chart:
     """A chart of the study page: ``build(session, frame)`` draws it; the page shows it
-    for the studies it ``applies`` to (the API answers it for any study)."""
+    for the studies it ``applies`` to (the API answers it for any study). ``bundle`` is
+    the plotly.js family its traces need (``bundles.py``): the page fetches that bundle
+    only when the chart comes into view."""
 
     name: str
     title: str
     build: Callable[[Session, StudyFrame], ChartResult]
     wide: bool = False
     applies: Callable[[StudyMeta], bool] = _always
+    bundle: str = bundles.CARTESIAN
 
 
 def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartResult]:
@@ -64,7 +68,13 @@ STUDY_CHARTS: dict[str, Chart] = {
         Chart("history", "Optimization history", _frame_only(charts_space.history)),
         Chart("importance", "Parameter importance", _frame_only(charts_space.importance)),
         Chart("contour", "Contour", _frame_only(charts_space.contour)),
-        Chart("parallel", "Parallel coordinates", _frame_only(charts_space.parallel), True),
+        Chart(
+            "parallel",
+            "Parallel coordinates",
+            _frame_only(charts_space.parallel),
+            True,
+            bundle=bundles.STRICT,  # parcoords is WebGL
+        ),
         Chart("slice", "Slice plots", _frame_only(charts_space.slices), True),
     ]
 }

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from service.core.context import AppContext
-from service.dashboard import overview, queries
+from service.dashboard import bundles, overview, queries
 from service.dashboard.cache import VersionedCache
 from service.dashboard.charts_base import fmt
 from service.dashboard.frame import StudyFrame, StudyMeta, load_frame
@@ -54,6 +54,7 @@ class DashboardState:
         self.templates.env.filters["fmt"] = fmt
         self.templates.env.globals.update(
             asset=asset_url,
+            bundles=bundles,
             prefix=DASHBOARD_PREFIX,
             api=API_PREFIX + DASHBOARD_PREFIX,
             poll_ms=int(poll_interval_s * 1000),

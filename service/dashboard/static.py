@@ -1,6 +1,7 @@
 """Static assets: the dashboard's own files and plotly.js.
 
-No CDN. ``plotly.min.js`` is plotly.js's *strict* build, vendored in
+No CDN. ``plotly.min.js`` is plotly.js's *strict* build and ``plotly-cartesian.min.js``
+its cartesian partial bundle (``bundles.py``: which page loads which), vendored in
 ``static/vendor/`` (its README says why: the regular bundle that the Python
 ``plotly`` package ships needs ``'unsafe-eval'`` for its WebGL charts, which the
 dashboard's Content-Security-Policy refuses). URLs carry a hash of the file, and
@@ -24,11 +25,14 @@ from service.core.errors import NotFound
 
 HERE = Path(__file__).parent / "static"
 PLOTLY_JS = HERE / "vendor" / "plotly-strict.min.js"
+#: The 2-D partial bundle most charts need (``bundles.py`` says which chart loads which).
+PLOTLY_CARTESIAN_JS = HERE / "vendor" / "plotly-cartesian.min.js"
 FILES = {
     "lib.js": (HERE / "lib.js", "text/javascript"),
     "app.js": (HERE / "app.js", "text/javascript"),
     "style.css": (HERE / "style.css", "text/css"),
     "plotly.min.js": (PLOTLY_JS, "text/javascript"),
+    "plotly-cartesian.min.js": (PLOTLY_CARTESIAN_JS, "text/javascript"),
 }
 router = APIRouter(prefix=f"{DASHBOARD_PREFIX}/static", include_in_schema=False)
 

@@ -21,6 +21,16 @@ from tests.dashboard.conftest import LiveServer, Watched
 pytestmark = pytest.mark.browser
 
 PLOTTED = ".js-plotly-plot .main-svg"
+#: Records every CSP violation the page sees (Chromium also logs them as console errors).
+CSP_WATCH = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+DRAWN = "name => !!document.querySelector(`[data-chart=${name}] .js-plotly-plot .main-svg`)"
+#: The trace types every drawn chart of the page holds.
+TYPES = """sel => Array.from(new Set(Array.from(document.querySelectorAll(`${sel} .js-plotly-plot`))
+  .flatMap((gd) => gd._fullData.map((t) => t.type))))"""
 
 
 def _scroll_all_charts(watched: Watched) -> None:
@@ -39,6 +49,8 @@ def _wait_until_held(tab: Any, held: list, failure: str, seconds: float = 20) ->
 
 
 def _assert_clean(watched: Watched) -> None:
+    if watched.page.evaluate("() => window.__csp !== undefined"):
+        assert watched.page.evaluate("() => window.__csp") == []
     assert watched.errors == [], watched.errors
     assert watched.dialogs == [], watched.dialogs
 
@@ -72,14 +84,15 @@ def test_study_page_renders_every_chart_and_links_to_trials(
     page: Watched, live_server: LiveServer, tmp_path: Path
 ) -> None:
     tab = page.page
+    tab.add_init_script(CSP_WATCH)
     tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
     tab.wait_for_selector(PLOTTED)
     _scroll_all_charts(page)
-    charts = tab.locator("[data-chart]").count()
     tab.wait_for_function(
-        "n => document.querySelectorAll('[data-chart] .js-plotly-plot .main-svg').length >= n",
-        arg=charts,
+        "() => Array.from(document.querySelectorAll('[data-chart]'))"
+        ".every((s) => s.querySelector('.js-plotly-plot .main-svg'))"
     )
+    tab.wait_for_selector('[data-chart="parallel"] canvas')
     assert tab.locator("[data-chart] .plot .empty").count() == 0
     # WebGL charts draw under the page's CSP (Plotly's regular bundle needs
     # 'unsafe-eval' and shows "WebGL is not supported" instead).
@@ -87,6 +100,9 @@ def test_study_page_renders_every_chart_and_links_to_trials(
     parallel = tab.locator('[data-chart="parallel"]')
     assert parallel.locator("canvas").count() >= 1
     assert parallel.locator("g.axis").count() >= 3  # one per dimension, drawn by plotly
+    # Every trace type drew (the 2-D ones with the cartesian bundle, parcoords with the
+    # strict build), no CSP violation (checked by _assert_clean).
+    assert {"scatter", "box", "contour", "parcoords"} <= set(tab.evaluate(TYPES, "[data-chart]"))
     tab.wait_for_selector("#trials-body tr td a")
     tab.screenshot(path=str(tmp_path / "study.png"), full_page=True)
     link = tab.locator("#trials-body tr td a").first
@@ -96,6 +112,46 @@ def test_study_page_renders_every_chart_and_links_to_trials(
     assert tab.locator("h1").inner_text().startswith(f"Trial {number}")
     tab.wait_for_selector("[data-trial-chart] .main-svg")
     tab.screenshot(path=str(tmp_path / "trial.png"), full_page=True)
+    _assert_clean(page)
+    ids = f"{live_server.study_id},{live_server.compression_study_id}"
+    tab.goto(f"{live_server.base}/dashboard/compare?ids={ids}")
+    tab.wait_for_selector("[data-compare=distributions] .main-svg")
+    assert "violin" in tab.evaluate(TYPES, "[data-compare]")
+    _assert_clean(page)
+
+
+def _requests(tab: Any) -> list[str]:
+    seen: list[str] = []
+    tab.on("request", lambda r: seen.append(r.url))
+    return seen
+
+
+def _fetched(seen: list[str], part: str) -> bool:
+    return any(part in url for url in seen)
+
+
+def test_study_page_fetches_the_2d_bundle_first_and_the_rest_on_scroll(
+    page: Watched, live_server: LiveServer
+) -> None:
+    """Charts below the fold (and their plotly.js bundle) are fetched on scroll only."""
+    tab = page.page
+    tab.add_init_script(CSP_WATCH)
+    seen = _requests(tab)
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_function(DRAWN, arg="optimizers")
+    tab.wait_for_timeout(300)  # what the page would fetch eagerly has gone out by now
+    # The parallel-coordinates and slice charts are well below the fold (and its margin).
+    top = tab.evaluate("() => document.querySelector('[data-chart=parallel]').offsetTop")
+    assert top > 2 * tab.viewport_size["height"]
+    assert _fetched(seen, "/static/plotly-cartesian.min.js?v=")
+    assert not _fetched(seen, "/static/plotly.min.js"), "the strict build came before scroll"
+    for below in ("parallel", "slice"):
+        assert not _fetched(seen, f"/charts/{below}"), f"{below} fetched before scroll"
+    tab.locator("[data-chart=parallel]").scroll_into_view_if_needed()
+    tab.wait_for_function(DRAWN, arg="parallel")
+    assert _fetched(seen, "/charts/parallel") and _fetched(seen, "/static/plotly.min.js?v=")
+    assert tab.evaluate(TYPES, "[data-chart=parallel]") == ["parcoords"]
+    assert tab.locator("[data-chart=parallel] canvas").count() >= 1
     _assert_clean(page)
 
 

@@ -101,7 +101,12 @@ def test_study_page_links_exports_and_lists_charts(viewer, study_id) -> None:
     assert f"/api/v1/studies/{study_id}/export?format=json" in text
     for name in ("optimizers", "lr", "curves", "regularization", "history", "contour"):
         assert f'data-chart="{name}"' in text
-    assert "/dashboard/static/plotly.min.js?v=" in text
+    # No plotly.js script tag: lib.js loads each chart family's bundle when it is needed,
+    # and the page preloads the first chart's (the 2-D partial bundle).
+    assert '<script src="/dashboard/static/plotly' not in text
+    assert 'rel="preload" href="/dashboard/static/plotly-cartesian.min.js?v=' in text
+    assert 'data-chart="parallel" data-bundle="strict"' in text
+    assert 'data-chart="lr" data-bundle="cartesian"' in text
 
 
 def test_static_assets_come_from_the_package_and_are_cacheable(viewer, study_id) -> None:
@@ -167,7 +172,7 @@ def test_static_assets_are_gzipped_when_asked_and_prefetched_before_the_study_pa
     plain = viewer.get(url, headers={"Accept-Encoding": "identity"})
     assert "content-encoding" not in plain.headers and plain.content == PLOTLY_JS.read_bytes()
     studies = viewer.get("/dashboard/").text
-    assert 'rel="prefetch" href="/dashboard/static/plotly.min.js?v=' in studies
+    assert 'rel="prefetch" href="/dashboard/static/plotly-cartesian.min.js?v=' in studies
     assert 'rel="prefetch"' not in viewer.get(f"/dashboard/studies/{study_id}").text
 
 

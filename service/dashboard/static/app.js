@@ -5,7 +5,7 @@
 (() => {
   const body = document.body;
   const {
-    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, size, duration, ago, setLive,
+    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyFor, plotlyOf, loader, el, fmt, size, duration, ago, setLive,
     getJSON, every, trialUrl, showChart, chartError, whenVisible, addCurvePoint, markEnded,
   } = window.HPO;
 
@@ -102,8 +102,13 @@
       this.quiet = 0;  // polls that changed nothing (every tenth refreshes the bytes held)
     }
 
+    // The first charts' figures and their plotly.js bundle are fetched at once (the
+    // page preloads that bundle); the other charts' when they scroll into view.
     prefetch(count) {
-      for (const section of this.sections.slice(0, count)) this.pending.set(section, this.fetchChart(section));
+      for (const section of this.sections.slice(0, count)) {
+        this.pending.set(section, this.fetchChart(section));
+        plotlyFor(section.dataset.bundle).catch(() => setLive(false));
+      }
     }
 
     fetchChart(section) {
@@ -137,7 +142,6 @@
         const pending = this.pending.get(section);
         this.pending.delete(section);
         const data = await (pending || this.fetchChart(section));
-        await plotlyReady;
         // A big study answers with the previous figure while the new one is built:
         // nothing to redraw until its version moves.
         if (this.loaded.has(section) && data.version === section.dataset.version) return;
@@ -211,7 +215,7 @@
       this.cursor = d.cursor;
       if (d.rows.length || d.ended.length) {
         plot.layout.datarevision = (plot.layout.datarevision || 0) + 1;
-        await window.Plotly.react(plot, plot.data, plot.layout, PLOT_CONFIG);
+        await (await plotlyOf(section)).react(plot, plot.data, plot.layout, PLOT_CONFIG);
       }
     }
   }
@@ -380,5 +384,5 @@
     compare: comparePage,
   };
   const page = pages[body.dataset.page];
-  if (page) plotlyReady.then(page);
+  if (page) page();  // a deferred script: the document is parsed
 })();

@@ -9,14 +9,35 @@
   const PREFIX = body.dataset.prefix;
   const POLL_MS = Number(body.dataset.pollMs) || 3000;
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
-  // plotly.min.js is a deferred script after this one: wait for it before drawing,
-  // but start fetching figures at once so that both happen at the same time.
-  // (A deferred script runs while readyState is already "interactive", before
-  // DOMContentLoaded: only "complete" means the later deferred scripts have run.)
-  const plotlyReady = new Promise((resolve) => {
-    if (document.readyState === "complete") resolve();
-    else document.addEventListener("DOMContentLoaded", resolve);
-  });
+  // plotly.js comes in bundles per chart family (service/dashboard/bundles.py): a
+  // chart's section names its family in data-bundle (default "cartesian"), and the
+  // family's bundle is fetched the first time one of its charts is drawn (the study
+  // page draws its charts as they scroll into view). Each family keeps its own Plotly
+  // (window.Plotly stays the first one loaded); the figures are fetched meanwhile.
+  const BUNDLES = JSON.parse(body.dataset.bundles || "{}");
+  const DEFAULT_BUNDLE = "cartesian";
+  const plotlys = new Map();
+  function plotlyFor(family) {
+    const name = BUNDLES[family] ? family : DEFAULT_BUNDLE;
+    if (!plotlys.has(name)) {
+      plotlys.set(name, new Promise((resolve, reject) => {
+        const kept = window.Plotly;
+        const script = document.createElement("script");
+        script.src = BUNDLES[name];
+        script.async = true;
+        // A script's load event fires right after it ran: window.Plotly is its Plotly.
+        script.addEventListener("load", () => {
+          const loaded = window.Plotly;
+          if (kept) window.Plotly = kept;
+          resolve(loaded);
+        });
+        script.addEventListener("error", () => reject(new Error(`plotly.js (${name}) did not load`)));
+        document.head.append(script);
+      }));
+    }
+    return plotlys.get(name);
+  }
+  const plotlyOf = (section) => plotlyFor(section.dataset.bundle);
   let firstChartMarked = false;
 
   // Chart requests go out one at a time until the first answer, then two at a
@@ -116,20 +137,22 @@
 
   // ------------------------------------------------------------------ charts
 
-  function showChart(section, data, studyId) {
+  async function showChart(section, data, studyId) {
     const plot = section.querySelector(".plot");
     section.querySelector(".note").textContent = data.note || "";
     section.dataset.version = data.version;
-    plot.removeAttribute("aria-busy");
     if (!data.figure) {
-      if (plot.dataset.plotted) window.Plotly.purge(plot);
+      plot.removeAttribute("aria-busy");
+      if (plot.dataset.plotted) (await plotlyOf(section)).purge(plot);
       delete plot.dataset.plotted;
       plot.replaceChildren(el("p", { class: "empty" }, data.message || "Nothing to show yet."));
-      return Promise.resolve();
+      return;
     }
+    const Plotly = await plotlyOf(section);
+    plot.removeAttribute("aria-busy");
     if (!plot.dataset.plotted) plot.replaceChildren();
     const layout = Object.assign({ autosize: true }, data.figure.layout);
-    return window.Plotly.react(plot, data.figure.data, layout, PLOT_CONFIG).then(() => {
+    await Plotly.react(plot, data.figure.data, layout, PLOT_CONFIG).then(() => {
       if (!firstChartMarked) { firstChartMarked = true; performance.mark("hpo:first-chart"); }
       if (plot.dataset.plotted || studyId === undefined) { plot.dataset.plotted = "1"; return; }
       plot.dataset.plotted = "1";
@@ -202,7 +225,7 @@
 
 
   window.HPO = {
-    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyReady, loader, el, fmt, size, duration, ago, setLive,
+    API, PREFIX, POLL_MS, PLOT_CONFIG, plotlyFor, plotlyOf, loader, el, fmt, size, duration, ago, setLive,
     getJSON, every, trialUrl, showChart, chartError, whenVisible, addCurvePoint, markEnded,
   };
 })();
