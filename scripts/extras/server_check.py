@@ -68,7 +68,7 @@ def main() -> None:
     if login.status_code != 200:
         raise SystemExit(f"/dashboard/login answered {login.status_code}")
     # The installed package carries its static files, the vendored plotly.js included.
-    for asset in ("app.js", "lib.js", "style.css", "plotly.min.js"):
+    for asset in ("app.js", "lib.js", "style.css", "plotly.min.js", "plotly-cartesian.min.js"):
         got = httpx.get(f"{url}/dashboard/static/{asset}")
         if got.status_code != 200 or not got.content:
             raise SystemExit(f"/dashboard/static/{asset} answered {got.status_code}")
