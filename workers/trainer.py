@@ -29,6 +29,7 @@ from torch import nn
 
 from hpo.settings import TrainConfig
 from workers import checkpoint as ckpt
+from workers import responsible
 from workers.backend import (
     configure_backend,
     maybe_compile,
@@ -105,7 +106,9 @@ def train(
     set_dropout_generator(model, dropout)
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer)
-    loop = Loop.create(config, model, optimizer, train_set.head(config.train_subset), hooks)
+    subset = train_set.head(config.train_subset)
+    extras = responsible.plan(config, model, optimizer, subset)  # privacy, fairness, robustness
+    loop = Loop.create(config, model, optimizer, subset, hooks, extras)
     pruning = gradual_pruning(config)
     saver = ckpt.RunCheckpoint(
         checkpoint,
@@ -140,6 +143,8 @@ def train(
             val = evaluate(model, val_set)
         probes = {**loop.grads.read(), "dead_fraction": dead.fraction() or 0.0}
         metrics = epoch_metrics(epoch, run, val, lr, device, probes)
+        if extras is not None:
+            metrics.update(extras.epoch_metrics(loop.steps))  # DP-SGD: epsilon so far
         history.append(metrics)
         diagnosis = out.diagnosis or nonfinite_loss(metrics)
         if diagnosis is not None:
@@ -155,7 +160,10 @@ def train(
     test_set = on_device(data.test, device)
     end = RunEnd(status, history, diagnosis, started, loop.steps)
     ship = partial(ship_model, loop, shuffle, val_set, test_set)
-    return build_result(end, config, model, test_set, ship)
+    result = build_result(end, config, model, test_set, ship)
+    if extras is not None and status != TrainStatus.STOPPED:
+        result.final.update(extras.final_metrics(model, val_set, test_set, loop.steps))
+    return result
 
 
 def ship_model(
@@ -202,6 +210,7 @@ class Loop:
     hooks: TrainHooks
     guard: Guard
     steps: int = 0  # optimizer steps taken so far (gd: one per epoch)
+    plan: responsible.Plan | None = None  # privacy, fairness, robustness (workers.responsible)
 
     @classmethod
     def create(
@@ -211,11 +220,15 @@ class Loop:
         optimizer: torch.optim.Optimizer,
         train_set: Split,
         hooks: TrainHooks | None,
+        plan: responsible.Plan | None = None,
     ) -> Loop:
         device = train_set.x.device
         guard = Guard(config.divergence_factor, 1 if device.type == "cpu" else CUDA_GUARD_EVERY)
         forward = maybe_compile(model, config)
-        return cls(config, model, forward, optimizer, train_set, hooks or NullHooks(), guard)
+        if plan is not None:  # its split (skewed), optimizer and module (DP-SGD) instead
+            train_set, optimizer, forward = plan.train_set, plan.optimizer, plan.forward or forward
+        hooks = hooks or NullHooks()
+        return cls(config, model, forward, optimizer, train_set, hooks, guard, plan=plan)
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -232,7 +245,9 @@ class Loop:
             return self.full_batch_epoch(epoch)
         if resume is not None:
             return self.minibatch_epoch(epoch, resume.order, resume)
-        order = torch.randperm(len(self.train_set), generator=shuffle)
+        order = self.plan.order(shuffle) if self.plan is not None else None
+        if order is None:
+            order = torch.randperm(len(self.train_set), generator=shuffle)
         return self.minibatch_epoch(epoch, order.to(self.train_set.x.device))
 
     def minibatch_epoch(
@@ -241,18 +256,27 @@ class Loop:
         """One shuffled pass in mini-batches; the last, smaller batch is kept (like the seed)."""
         out, size, data = _new_outcome(order.device, resume), self.config.batch_size, self.train_set
         out.order, skip = order, out.batches_done
-        for batch, start in enumerate(range(skip * size, len(order), size), start=skip + 1):
+        if self.plan is not None:  # DP-SGD: Poisson-sampled batches
+            batches = self.plan.batches(order, size, skip, epoch)
+        else:
+            batches = (
+                order[start : start + size] for start in range(skip * size, len(order), size)
+            )
+        for batch, idx in enumerate(batches, start=skip + 1):
             if self.hooks.should_stop():
                 out.stopped, out.batches_done = True, batch - 1
                 return out
-            idx = order[start : start + size]
-            if self.config.batch_norm and len(idx) < 2:
+            if len(idx) < (2 if self.config.batch_norm else 1):
                 continue  # BatchNorm cannot normalise a single sample in train mode
             # index_select, not x[idx]: the generic advanced-indexing path costs ~10x more here.
             gathering = time.perf_counter()
             x, y = data.x.index_select(0, idx), data.y.index_select(0, idx)
             out.data_time += time.perf_counter() - gathering
-            loss = F.cross_entropy(self.forward(x), y)
+            if self.plan is not None:  # adversarial examples, reweighted loss
+                x = self.plan.inputs(self.model, x, y)
+                loss = self.plan.loss(self.forward(x), y)
+            else:
+                loss = F.cross_entropy(self.forward(x), y)
             out.diagnosis = self.guard.check(loss, epoch, batch)
             if out.diagnosis is not None:
                 return out  # no step: the loss is already unusable
@@ -262,6 +286,8 @@ class Loop:
             out.loss_sum += loss.detach() * len(idx)
             out.samples += len(idx)
         out.batches_done = math.ceil(len(order) / size)
+        if self.plan is not None and self.plan.private is not None:
+            out.batches_done = self.plan.private.steps_per_epoch
         return out
 
     def full_batch_epoch(self, epoch: int) -> _EpochOutcome:

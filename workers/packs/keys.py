@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple, TypeVar
 
+from hpo.responsible import solo_reason
 from hpo.settings import TrainConfig
 
 T = TypeVar("T")
@@ -65,7 +66,11 @@ def packable(config: TrainConfig) -> bool:
     Gradual pruning masks weights between epochs inside the solo loop, which the
     stacked model does not reproduce. Compression after training is fine: a
     packed member that completes is compressed by the solo trainer's own step.
+    Privacy (DP-SGD), a skewed or rebalanced split and adversarial training run solo
+    (hpo.responsible.solo_reason): the stacked model has none of them.
     """
+    if solo_reason(config) is not None:
+        return False
     return not (config.prune_schedule == "gradual" and config.prune_amount > 0)
 
 
