@@ -159,7 +159,7 @@ def wait_port(
 
 
 class Server:
-    def __init__(self, url: str, tmp: Path, processes: int = 1) -> None:
+    def __init__(self, url: str, tmp: Path, processes: int = 1, pool: int = 0) -> None:
         self.processes = processes
         self.port = free_port()
         token_file = tmp / f"tokens-{self.port}.json"
@@ -169,6 +169,7 @@ class Server:
             "HPO_AUTH": "true",
             "HPO_TOKEN_FILE": str(token_file),
             "HPO_DB_POOL_SIZE": "40",
+            "HPO_PROPOSAL_POOL": str(pool),  # proposals drawn ahead per study (0: off)
         }
         self.log = open(tmp / f"server-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -393,16 +394,22 @@ def cell(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = make_db(db, tmp)
     result: dict[str, Any] = {"db": db, "sampler": sampler, "T": t_before, "W": workers}
+    result["pool"], result["studies"] = a.pool, a.studies
+    names = [f"s{k}" for k in range(a.studies)] if a.studies > 1 else [""]
     try:
         # ---------------------------------------------------------------- service
         if "service" in a.systems:
             procs = a.server_workers if db == "postgresql" else 1
             result["server_workers"] = procs
-            server = Server(url, tmp, procs)
+            server = Server(url, tmp, procs, a.pool)
             try:
-                server.create_study("svc", sampler)
-                result["seed_s"] = seed(url, "svc", t_before)
-                result["first_lease_s"] = server.warm_up("svc")
+                result["seed_s"] = 0.0
+                for name in names:
+                    server.create_study(f"svc{name}", sampler)
+                    result["seed_s"] += seed(url, f"svc{name}", t_before)
+                result["first_lease_s"] = max(server.warm_up(f"svc{n}") for n in names)
+                if a.pool:
+                    time.sleep(a.pool_fill_s)  # the refill draws the first proposals
                 result["rss_start_mb"] = server.rss_mb()
                 spy = None
                 profiled = ("postgresql", "tpe", 32, 10000)
@@ -411,7 +418,7 @@ def cell(
                 token, port = server.tokens["worker"], server.port
                 result["service"] = run_load(
                     load.service_worker,
-                    lambda i: (i, port, token, "svc"),
+                    lambda i: (i, port, token, f"svc{names[i % len(names)]}"),
                     workers,
                     a.warmup,
                     a.duration,
@@ -424,11 +431,12 @@ def cell(
                 server.stop()
         # ---------------------------------------------------------------- direct RDB
         if "direct" in a.systems:
-            optuna.create_study(study_name="direct", storage=url, direction="maximize")
-            seed(url, "direct", t_before)
+            for name in names:
+                optuna.create_study(study_name=f"direct{name}", storage=url, direction="maximize")
+                seed(url, f"direct{name}", t_before)
             result["direct"] = run_load(
                 load.direct_worker,
-                lambda i: (i, url, "direct", sampler),
+                lambda i: (i, url, f"direct{names[i % len(names)]}", sampler),
                 workers,
                 a.warmup,
                 a.duration,
@@ -459,7 +467,33 @@ def cell(
                     proxy.join()
     finally:
         drop_db(db, url)
+    flatten(result)
     return result
+
+
+def flatten(result: dict) -> None:
+    """The headline keys of issue 23, at the top of the row."""
+    for system in ("service", "direct"):
+        if system in result:
+            result[f"{system}.trials_s"] = result[system]["trials_s"]
+    if "service" in result:
+        result["lease_p95_ms"] = result["service"]["lease_p95"]
+        result["lease_p99_ms"] = result["service"]["lease_p99"]
+    if "service" in result and result.get("direct", {}).get("trials_s"):
+        result["ratio"] = result["service"]["trials_s"] / result["direct"]["trials_s"]
+
+
+def headline(r: dict) -> str:
+    """lifecycles/s both sides, the ratio and the lease p95/p99 of the service."""
+    ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "n/a"
+    return (
+        f"{r['db']} {r['sampler']} W={r['W']} T={r['T']} pool={r.get('pool', 0)} "
+        f"studies={r.get('studies', 1)} server_workers={r.get('server_workers', 1)}: "
+        f"service {r.get('service.trials_s', float('nan')):.1f}/s, "
+        f"direct {r.get('direct.trials_s', float('nan')):.1f}/s, ratio {ratio}, "
+        f"lease p95 {r.get('lease_p95_ms', float('nan')):.1f} ms, "
+        f"p99 {r.get('lease_p99_ms', float('nan')):.1f} ms"
+    )
 
 
 # --------------------------------------------------------------------------- profile
@@ -616,8 +650,15 @@ def fmt_row(r: dict) -> list[str]:
         lat = " | ".join(
             f"{s[f'{op}_p50']:.1f} / {s[f'{op}_p95']:.1f} / {s[f'{op}_p99']:.1f}" for op in OPS
         )
+        label = system
+        if system == "service" and r.get("pool"):
+            label = f"service (pool {r['pool']})"
+        if system == "service" and r.get("server_workers", 1) > 1:
+            label += f" x{r['server_workers']} processes"
+        if r.get("studies", 1) > 1:
+            label += f", {r['studies']} studies"
         lines.append(
-            f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | {system} | "
+            f"| {r['db']} | {r['sampler']} | {r['T']} | {r['W']} | {label} | "
             f"{s['trials_s']:.1f} | {lat} | {s['errors']} | {ratio} |"
         )
     return lines
@@ -751,6 +792,18 @@ def main() -> None:
         default=0.0,
         help="stop starting new cells after this many minutes (0: no limit)",
     )
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        help="the service's proposal pool depth per study (HPO_PROPOSAL_POOL; 0: off)",
+    )
+    p.add_argument(
+        "--pool-fill-s", type=float, default=3.0, help="seconds the pool fills before the load"
+    )
+    p.add_argument(
+        "--studies", type=int, default=1, help="studies at once (each seeded with T trials)"
+    )
     p.add_argument("--out", default="", help="append rows as JSON lines to this file")
     p.add_argument(
         "--render",
@@ -809,6 +862,7 @@ def main() -> None:
                 if k in r and r[k]["error_samples"]
             }
             print(f"  {extra} {errs if errs else ''}", flush=True)
+            print(headline(r), flush=True)
             if a.out:
                 with open(a.out, "a") as fh:
                     fh.write(json.dumps({**r, "machine": info}) + "\n")

@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -289,7 +290,12 @@ class Client:
         return self._typed(call, WorkerInfo)
 
     def lease(self, request: LeaseRequest) -> LeaseResponse:
-        """Ask for work; long-polls up to ``request.wait_s`` seconds on the server."""
+        """Ask for work; long-polls up to ``request.wait_s`` seconds on the server.
+
+        Without a ``request_id`` the request gets a fresh one; the transport's retries
+        send the same body, so a retry gets the trials of the first attempt."""
+        if request.request_id is None:
+            request = request.model_copy(update={"request_id": uuid.uuid4().hex})
         call = Call(
             "POST",
             "/trials/lease",

@@ -58,6 +58,7 @@ class Action(StrEnum):
     CONTINUE = "continue"
     PRUNE = "prune"  # stop training, then call complete with state=pruned
     STOP = "stop"  # the study was stopped or the lease is gone: drop the trial
+    PAUSE = "pause"  # a schedule (PBT, ASHA): checkpoint, hand the lease back (preempted)
 
 
 class FinishState(StrEnum):
@@ -74,6 +75,7 @@ class TrialOutcome(StrEnum):
     PRUNED = "pruned"
     FAIL = "fail"
     QUEUED = "queued"  # the attempt was abandoned; the trial runs again elsewhere
+    PAUSED = "paused"  # handed back at a rung (promotion ASHA): leased again when promoted
 
 
 class NoWorkCode(StrEnum):
@@ -211,6 +213,14 @@ class LeaseRequest(_Body):
         description="batch lease: up to this many trials at once (fused packs), each with "
         "its own lease",
     )
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="client request id, fresh per logical request and the same on its "
+        "retries: a retry gets the first attempt's trials back, never a second set",
+    )
 
 
 class ArtifactKind(StrEnum):
@@ -232,6 +242,11 @@ class Checkpoint(BaseModel):
     step: int = Field(description="the step (epoch) of the last report it includes")
     size: int = Field(description="bytes")
     sha256: str
+    inherited_from: int | None = Field(
+        default=None,
+        description="the Optuna trial that wrote it, when it is another trial's (a PBT "
+        "segment starts from its parent's checkpoint, with its own params)",
+    )
 
 
 class ArtifactInfo(BaseModel):

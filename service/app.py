@@ -36,6 +36,7 @@ from service.core.config import Settings
 from service.core.context import AppContext
 from service.core.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
 from service.dashboard import router
+from service.trials.refill import refill_loop
 
 log = logging.getLogger("hpo.server")
 
@@ -73,13 +74,16 @@ def create_app(settings: Settings, ctx: AppContext | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_reaper(ctx))
+        tasks = [asyncio.create_task(_reaper(ctx))]
+        if ctx.settings.proposal_pool > 0:  # proposals drawn ahead of leases
+            tasks.append(asyncio.create_task(refill_loop(ctx)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(
         title="hpo-service",

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import ContextDep, SessionDep
 from service.fleet.gauges import state_families
+from service.trials.pool import pool_families
 
 router = APIRouter(tags=["health"])
 
@@ -29,5 +30,5 @@ def readyz(ctx: ContextDep) -> JSONResponse:
 def metrics(ctx: ContextDep, session: SessionDep) -> Response:
     """Prometheus text format: request and trial counters, and state gauges (waiting and
     running trials per study, live workers) read from the database."""
-    families = state_families(session, ctx.settings.worker_timeout_s)
+    families = state_families(session, ctx.settings.worker_timeout_s) + pool_families(session)
     return Response(ctx.metrics.render(families), media_type="text/plain; version=0.0.4")

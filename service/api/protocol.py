@@ -25,6 +25,7 @@ from hpo.protocol import (
 from service import trials
 from service.api.deps import ContextDep, WorkerDep
 from service.api.errors import error_responses
+from service.trials.requests import lease_once
 
 router = APIRouter(tags=["protocol"], responses=error_responses(401, 403))
 _LEASE_ERRORS = error_responses(404, 409)
@@ -35,7 +36,11 @@ _LEASE_ERRORS_422 = error_responses(404, 409, 422)
 async def lease_trial(body: LeaseRequest, ctx: ContextDep, _: WorkerDep) -> LeaseResponse:
     """Lease one trial, or up to ``max_trials`` (each with its own lease); with ``wait_s`` > 0
     the answer waits up to that long for work."""
-    return await trials.long_poll(ctx, body.worker_id, body.studies, body.wait_s, body.max_trials)
+    return await lease_once(
+        ctx,
+        body,
+        lambda: trials.long_poll(ctx, body.worker_id, body.studies, body.wait_s, body.max_trials),
+    )
 
 
 @router.post("/leases/{lease_id}/heartbeat", response_model=ActionResponse, responses=_LEASE_ERRORS)

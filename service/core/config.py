@@ -57,6 +57,25 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = Field(
         default=4 * 1024**3, gt=0, description="larger artifact uploads get 413"
     )
+    proposal_pool: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="proposals drawn ahead per running study (0: sample on the lease "
+        "request); grid, QMC, brute-force and define-by-run studies are never pooled",
+    )
+    proposal_stale_tells: int = Field(
+        default=0,
+        ge=0,
+        description="a proposal drawn more than this many tells ago is re-drawn, never "
+        "handed out (0: twice the larger of the pool depth and the study's running trials)",
+    )
+    pool_refill_interval_s: float = Field(
+        default=0.05, gt=0, description="how often the pool refill looks for studies to top up"
+    )
+    lease_request_ttl_s: float = Field(
+        default=3600.0, gt=0, description="how long a lease request id's answer is kept"
+    )
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
 

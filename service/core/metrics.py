@@ -41,6 +41,25 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        seconds = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.lease_latency = Histogram(
+            "hpo_lease_seconds",
+            "Time to answer a lease request (long-poll waits included)",
+            registry=self.registry,
+            buckets=seconds,
+        )
+        self.proposal_age = Histogram(
+            "hpo_proposal_age_seconds",
+            "Age of a pooled proposal when a lease takes it",
+            registry=self.registry,
+            buckets=(*seconds, 60, 300),
+        )
+        self.proposal_sample = Histogram(
+            "hpo_proposal_sample_seconds",
+            "Sampler time per pooled proposal (the refill, off the request path)",
+            registry=self.registry,
+            buckets=seconds,
+        )
 
     def render(self, families: Iterable[Metric] = ()) -> bytes:
         """The exposition text: this app's (or every process's) counters, plus ``families``."""

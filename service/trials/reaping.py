@@ -29,6 +29,7 @@ from service.core.db import utcnow
 from service.fleet import registry
 from service.storage.models import LeaseRecord, StudyRecord, TrialRecord
 from service.trials.finishing import recover
+from service.trials.pool import pooled_trial_ids
 from service.trials.rows import (
     cached_study,
     lock_study_without_commit,
@@ -271,8 +272,14 @@ def _reconcile_study(ctx: AppContext, study: StudyRecord, cutoff: datetime) -> i
     if not running:
         return 0
     rows = _rows_by_optuna_id(ctx, [t._trial_id for t in running])
+    with ctx.db.session() as session:  # proposals drawn ahead have no row on purpose
+        pooled = pooled_trial_ids(
+            session, [t._trial_id for t in running if t._trial_id not in rows]
+        )
     fixed = 0
     for frozen in running:
+        if frozen._trial_id in pooled:
+            continue
         reason = _repair_reason(rows.get(frozen._trial_id), frozen, cutoff)
         if reason and settle(ctx, Settlement(study, frozen._trial_id, reason)):
             fixed += 1
