@@ -37,6 +37,7 @@ from service.core.context import AppContext
 from service.core.middleware import BodyLimitMiddleware, HeadersAndMetricsMiddleware
 from service.dashboard import router
 from service.trials.refill import refill_loop
+from service.trials.requests import forget_old_requests
 
 log = logging.getLogger("hpo.server")
 
@@ -63,6 +64,7 @@ async def _reaper(ctx: AppContext) -> None:
         try:
             await run_in_threadpool(trials.reap_all, ctx)
             await run_in_threadpool(collect_all, ctx)  # retention of finished trials
+            await run_in_threadpool(forget_old_requests, ctx)  # kept lease answers
         except Exception:  # the reaper must survive a database outage
             log.warning("lease reaper failed; will retry", exc_info=True)
 

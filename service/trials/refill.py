@@ -45,7 +45,6 @@ from service.trials.pool import (
     mark_stale_without_commit,
     poolable,
 )
-from service.trials.requests import forget_old_requests
 from service.trials.rows import cached_study, lock_study_without_commit, study_budget, study_spec
 
 log = logging.getLogger("hpo.pool")
@@ -211,7 +210,6 @@ def sweep(ctx: AppContext) -> int:
     """Discard stale proposals, those of studies no longer running and orphaned
     ``drawing`` rows: rows deleted, Optuna trials failed with the reason."""
     now = utcnow()
-    forget_old_requests(ctx, now - timedelta(seconds=ctx.settings.lease_request_ttl_s))
     discarded = 0
     for study_id in _studies_with_rows(ctx):
         with ctx.db.session() as session:

@@ -130,8 +130,11 @@ def _release(ctx: AppContext, request_id: str) -> None:
         )
 
 
-def forget_old_requests(ctx: AppContext, before: datetime) -> int:
-    """Drop kept answers older than ``before`` (the refill's sweep calls it)."""
+def forget_old_requests(ctx: AppContext, before: datetime | None = None) -> int:
+    """Drop kept answers older than ``before`` (default: ``lease_request_ttl_s`` ago;
+    the reaper calls it)."""
+    if before is None:
+        before = utcnow() - timedelta(seconds=ctx.settings.lease_request_ttl_s)
     with ctx.db.session() as session:
         result = session.execute(
             delete(LeaseRequestRecord).where(LeaseRequestRecord.created_at < before)
