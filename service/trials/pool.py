@@ -13,8 +13,10 @@ restart loses none (they are rows). A proposal drawn more than
 Optuna trial and draws a new one): it is never handed out.
 
 Not pooled, sampled on the request path as before: studies without a declared
-space (define-by-run), grid and QMC samplers (their order is exact), and any
-lease while the study has enqueued (WAITING) trials, which go first.
+space (define-by-run), grid and QMC samplers (their order is exact), studies with
+a schedule (PBT, promotion ASHA), and any lease while the study has enqueued
+(WAITING) trials, which go first. When the pool is empty, a lease samples on the
+request path too (it never waits for the refill).
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ PENDING = (ProposalState.DRAWING, ProposalState.READY)
 
 
 def poolable(spec: StudySpec) -> bool:
-    """Whether proposals of a study with ``spec`` may be drawn ahead."""
+    """Whether proposals of a study with ``spec`` may be drawn ahead (not with a
+    schedule: PBT and promotion ASHA decide which trials run next)."""
+    if getattr(spec, "schedule", None) is not None:
+        return False
     return bool(spec.space) and spec.sampler.name not in UNPOOLED_SAMPLERS
 
 
