@@ -18,13 +18,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hpo.constraints import ConstraintSpec
+from hpo.responsible import privacy_conflict
 from hpo.settings import (
     IN_FEATURES,
     REFERENCE_WORKLOAD,
-    SETTING_NAMES,
     SettingsError,
     TrainConfig,
     check_setting,
+    is_setting,
 )
 
 Scalar = str | int | float | bool | None
@@ -319,7 +320,7 @@ def _check_reference_settings(spec: StudySpec) -> None:
         _check_value(f"fixed.{name}", name, value)
     for name, p in spec.space.items():
         target = p.setting or name
-        if target not in SETTING_NAMES:
+        if not is_setting(target):
             where = f"space.{name}.setting" if p.setting else f"space.{name}"
             raise ValueError(f"{where}: unknown setting {target!r}{_OF_TRAINER}")
         if isinstance(p, CategoricalParam):
@@ -329,6 +330,21 @@ def _check_reference_settings(spec: StudySpec) -> None:
             _check_value(f"space.{name}.low", target, p.low)
             _check_value(f"space.{name}.high", target, p.high)
     _check_rank_fits_width(spec)
+    conflict = privacy_conflict(_candidates(spec))
+    if conflict is not None:
+        raise ValueError(f"{conflict}{_OF_TRAINER}")
+
+
+def _candidates(spec: StudySpec) -> list[tuple[str, str, Any]]:
+    """(where, setting, value) for every fixed value and each value the space may take."""
+    out: list[tuple[str, str, Any]] = [(f"fixed.{k}", k, v) for k, v in spec.fixed.items()]
+    for name, p in spec.space.items():
+        target = p.setting or name
+        if isinstance(p, CategoricalParam):
+            out += [(f"space.{name}.choices[{i}]", target, c) for i, c in enumerate(p.choices)]
+        else:
+            out.append((f"space.{name}.high", target, p.high))
+    return out
 
 
 def _extreme(spec: StudySpec, setting: str, largest: bool) -> tuple[str, Any] | None:
