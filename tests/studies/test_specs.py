@@ -21,6 +21,9 @@ EXPECTED = {
     "mnist-architecture",
     "mnist-compression",
     "mnist-compression-cpu",
+    "mnist-privacy",
+    "mnist-fairness",
+    "mnist-robustness",
     "quick",
 }
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.responsible import ADV_ACCURACY, EPSILON, solo_reason
+from hpo.responsible import ADV_ACCURACY, EPSILON, VAL_ADV_ACCURACY, solo_reason
 from hpo.settings import TrainConfig
 from workers.data import Split
 from workers.responsible import fairness
@@ -109,7 +109,9 @@ class Plan:
         if wants_class_metrics(self.config):
             out.update(fairness.class_metrics(model, val_set, test_set))
         if self.config.robustness is not None:
-            out[ADV_ACCURACY] = adversarial_accuracy(model, test_set, self.config.robustness.eval)
+            attack = self.config.robustness.eval
+            out[VAL_ADV_ACCURACY] = adversarial_accuracy(model, val_set, attack)
+            out[ADV_ACCURACY] = adversarial_accuracy(model, test_set, attack)
         return out
 
 
