@@ -235,6 +235,17 @@ def check_exploding(h: History, threshold: float = EXPLODING_NORM) -> Finding | 
     )
 
 
+def _run_start(series: Sequence[tuple[int, float]], holds: Callable[[float], bool]) -> int:
+    """The first epoch of the run of points that reaches the end of ``series`` with
+    ``holds`` true (the last point's epoch when only it holds)."""
+    started = series[-1][0]
+    for epoch, value in reversed(series):
+        if not holds(value):
+            break
+        started = epoch
+    return started
+
+
 def check_vanishing(h: History) -> Finding | None:
     """The first layer gets a vanishing share of the gradient and the loss is not falling."""
     first, total = dict(h.series("grad_norm_first")), dict(h.series("grad_norm"))
@@ -242,15 +253,10 @@ def check_vanishing(h: History) -> Finding | None:
     drop = _loss_drop(h)
     if not ratios or ratios[-1][1] >= VANISHING_RATIO or drop is None or drop >= UNDERFIT_MIN_DROP:
         return None
-    started = ratios[-1][0]
-    for epoch, ratio in reversed(ratios):  # the run of low ratios that reaches the end
-        if ratio >= VANISHING_RATIO:
-            break
-        started = epoch
     epoch, ratio = ratios[-1]
     return Finding(
         kind=FindingKind.VANISHING_GRADIENTS,
-        epoch=started,
+        epoch=_run_start(ratios, lambda r: r < VANISHING_RATIO),
         message=f"The first layer's gradient is {ratio:.2%} of the whole gradient norm "
         f"(under {VANISHING_RATIO:.0%}) and the training loss fell only {drop:.1%}: "
         "gradients vanish before reaching the input.",
@@ -267,15 +273,10 @@ def check_dead_units(h: History) -> Finding | None:
     series = h.series("dead_fraction")
     if not series or series[-1][1] < DEAD_FRACTION:
         return None
-    started = series[-1][0]
-    for epoch, value in reversed(series):
-        if value < DEAD_FRACTION:
-            break
-        started = epoch
     epoch, value = series[-1]
     return Finding(
         kind=FindingKind.DEAD_UNITS,
-        epoch=started,
+        epoch=_run_start(series, lambda v: v >= DEAD_FRACTION),
         message=f"{value:.0%} of the hidden ReLU units never fire on validation data "
         f"(epoch {epoch}; threshold {DEAD_FRACTION:.0%}): most of the model's width is dead.",
         evidence=evidence_of(
