@@ -155,20 +155,19 @@ def intermediate_values(session: Session, trial_id: int) -> list[tuple[int, floa
 
 def param_names(session: Session, study_id: int) -> list[str]:
     """Every parameter name used by any trial of the study."""
-    stmt = (
-        select(trial_params.c.param_name)
-        .join(trials, trials.c.trial_id == trial_params.c.trial_id)
-        .where(trials.c.study_id == study_id)
-        .distinct()
-    )
-    return sorted(session.scalars(stmt))
+    return _distinct_names(session, study_id, trial_params, "param_name")
 
 
 def user_attr_keys(session: Session, study_id: int) -> list[str]:
     """Every user-attribute key set on any trial of the study."""
+    return _distinct_names(session, study_id, trial_user_attrs, "key")
+
+
+def _distinct_names(session: Session, study_id: int, table: Table, column: str) -> list[str]:
+    """The sorted distinct values of ``table.column`` over the study's trials' rows."""
     stmt = (
-        select(trial_user_attrs.c.key)
-        .join(trials, trials.c.trial_id == trial_user_attrs.c.trial_id)
+        select(table.c[column])
+        .join(trials, trials.c.trial_id == table.c.trial_id)
         .where(trials.c.study_id == study_id)
         .distinct()
     )

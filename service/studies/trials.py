@@ -240,15 +240,4 @@ def lease_history(session: Session, trial_id: int) -> list[LeaseInfo]:
         .where(TrialRecord.optuna_trial_id == trial_id)
         .order_by(LeaseRecord.attempt, LeaseRecord.created_at)
     )
-    return [
-        LeaseInfo(
-            lease_id=lease.lease_id,
-            attempt=lease.attempt,
-            worker_id=lease.worker_id,
-            state=lease.state,
-            created_at=lease.created_at,
-            expires_at=lease.expires_at,
-            ended_at=lease.ended_at,
-        )
-        for lease in rows
-    ]
+    return [LeaseInfo.model_validate(lease, from_attributes=True) for lease in rows]
