@@ -50,12 +50,18 @@ def latest_checkpoint_without_commit(session: Session, optuna_trial_id: int) -> 
     )
 
 
-def get_without_commit(session: Session, artifact_id: str) -> ArtifactRecord:
-    """The row of ``artifact_id`` (ArtifactNotFound when absent or deleted)."""
+def live_row_without_commit(session: Session, artifact_id: str) -> ArtifactRecord | None:
+    """Our row of ``artifact_id`` unless it is absent or deleted (then None)."""
     row = session.scalars(
         select(ArtifactRecord).where(ArtifactRecord.artifact_id == artifact_id)
     ).first()
-    if row is None or row.state == DELETED:
+    return None if row is None or row.state == DELETED else row
+
+
+def get_without_commit(session: Session, artifact_id: str) -> ArtifactRecord:
+    """The row of ``artifact_id`` (ArtifactNotFound when absent or deleted)."""
+    row = live_row_without_commit(session, artifact_id)
+    if row is None:
         raise ArtifactNotFound(f"artifact {artifact_id!r} not found", "artifact_id")
     return row
 

@@ -154,19 +154,16 @@ def kept_trial_ids(session: Session, study_id: int, directions: list[str], k: in
 
 def delete(ctx: AppContext, artifact_id: str) -> int:
     """Delete one artifact (an admin's call): its file, Optuna's metadata, our row."""
-    from service.artifacts.records import get_without_commit
+    from service.artifacts.records import live_row_without_commit
     from service.core.errors import ArtifactNotFound
 
     with ctx.db.session() as session:
-        row = session.scalars(
-            select(ArtifactRecord).where(ArtifactRecord.artifact_id == artifact_id)
-        ).first()
-        if row is not None and row.state != DELETED:
+        row = live_row_without_commit(session, artifact_id)
+        if row is not None:
             dropped = _mark_deleted_without_commit(session, [row])
-        elif row is None and optuna_rows.artifact_meta(session, ARTIFACT_PREFIX + artifact_id):
+        elif optuna_rows.artifact_meta(session, ARTIFACT_PREFIX + artifact_id):
             dropped = [_optuna_only_row_without_commit(session, artifact_id)]
         else:
-            get_without_commit(session, artifact_id)  # raises: not found
             raise ArtifactNotFound(f"artifact {artifact_id!r} not found", "artifact_id")
     return remove_files(ctx, dropped)
 

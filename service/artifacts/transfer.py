@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from hpo.protocol import ArtifactInfo, ArtifactKind, Checkpoint
 from service.artifacts import records
-from service.artifacts.records import ARTIFACT_PREFIX, BAD, COMMITTED, DELETED
+from service.artifacts.records import ARTIFACT_PREFIX, BAD, COMMITTED
 from service.artifacts.retention import prune_running_without_commit, remove_files
 from service.core.context import AppContext
 from service.core.db import utcnow
@@ -215,10 +215,8 @@ class Download:
 def find(ctx: AppContext, artifact_id: str) -> Download:
     """Our committed (or bad) artifact, or one that plain Optuna code uploaded."""
     with ctx.db.session() as session:
-        row = session.scalars(
-            select(ArtifactRecord).where(ArtifactRecord.artifact_id == artifact_id)
-        ).first()
-        if row is not None and row.state != DELETED:
+        row = records.live_row_without_commit(session, artifact_id)
+        if row is not None:
             return Download(row.artifact_id, row.filename, row.mimetype, row.size, row.sha256)
         meta = optuna_rows.artifact_meta(session, ARTIFACT_PREFIX + artifact_id)
     if meta is None:
