@@ -217,25 +217,20 @@ def _change(ref: str, action: str, server: str, token: str | None) -> None:
     Console().print(f"study {study.name!r}: {study.state}", markup=False)
 
 
-@study_app.command("pause")
-@_clean_errors
-def pause(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    """Pause a study: no new trials until it is resumed."""
-    _change(ref, "pause", server, token)
+def _state_command(action: str, doc: str) -> None:
+    """Register ``hpo study ACTION REF``: one call of :class:`Client`'s method ``action``."""
+
+    def command(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
+        _change(ref, action, server, token)
+
+    command.__name__ = command.__qualname__ = action
+    command.__doc__ = doc
+    study_app.command(action)(_clean_errors(command))
 
 
-@study_app.command("resume")
-@_clean_errors
-def resume(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    """Resume a paused study."""
-    _change(ref, "resume", server, token)
-
-
-@study_app.command("stop")
-@_clean_errors
-def stop(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
-    """Stop a study for good (it cannot be resumed)."""
-    _change(ref, "stop", server, token)
+_state_command("pause", "Pause a study: no new trials until it is resumed.")
+_state_command("resume", "Resume a paused study.")
+_state_command("stop", "Stop a study for good (it cannot be resumed).")
 
 
 @study_app.command("delete")
