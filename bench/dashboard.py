@@ -1,8 +1,11 @@
-"""Dashboard at scale: a 10,000-trial study, chart endpoint latency and first chart in Chromium.
+"""Dashboard at scale: a 10,000- or 100,000-trial study, chart endpoint latency and first
+chart in Chromium.
 
     .venv/bin/python bench/dashboard.py                 # SQLite in a temporary folder
     .venv/bin/python bench/dashboard.py --database-url postgresql+psycopg://...  # empty DB
     .venv/bin/python bench/dashboard.py --skip-baseline --runs 3
+    .venv/bin/python bench/dashboard.py --trials 100000 --runs 1 --profiles 5 \
+        --baseline-charts history --chart-sizes ''
 
 Measures, over real HTTP against a uvicorn server:
 
@@ -12,10 +15,16 @@ Measures, over real HTTP against a uvicorn server:
    the same for a second study of as many trials, multi-objective compression trials
    (``bench/synthetic/compression.py``), and its Pareto and accuracy-against-size
    charts; the diagnosis of the first study;
-2. browser: time from navigation start to the first drawn chart
-   (``performance.mark('hpo:first-chart')`` in app.js) in headless Chromium, with
-   a fresh server + empty browser cache, a warm server + empty browser cache, and
-   a warm server + warm browser cache;
+   every other page's request too (study list, workers, study and trial pages,
+   compare charts);
+2. browser (``bench/dashboard_live.py``), per fresh Chromium profile (``--profiles``):
+   time from navigation start to the first drawn chart
+   (``performance.mark('hpo:first-chart')`` in app.js) on the first visit (fresh
+   server, empty profile), a second and returning visits, after a server restart; and
+   a live update (a trial finishes: until the open page's counts and first chart show
+   it, the page polling every ``--poll-s``);
+   then the server's resident memory after answering every page and chart (a child
+   process);
 3. baseline: the same Optuna charts the naive way, ``optuna.load_study`` over the
    database + ``optuna.visualization.plot_*`` + ``to_json`` (each in a subprocess
    with a time limit);
@@ -49,7 +58,7 @@ import httpx  # noqa: E402
 import optuna  # noqa: E402
 import plotly  # noqa: E402
 
-from bench import dashboard_charts  # noqa: E402
+from bench import dashboard_charts, dashboard_live  # noqa: E402
 from bench.dashboard_report import FRESH, median, report  # noqa: E402
 from bench.synthetic import compression, demo, seeding  # noqa: E402
 from service.core.auth import create_token_without_commit  # noqa: E402
@@ -67,6 +76,10 @@ BASELINE: dict[str, Any] = {
 STUDY = "bench-10k"
 COMPRESSION_STUDY = "bench-10k-compression"
 COMPRESSION_CHARTS = ("pareto", "size")
+
+
+#: The page's poll interval in the browser rounds (``--poll-s``; the server's default is 3 s).
+POLL_S = {"value": 3.0}
 
 
 def make_settings(url: str, tmp: Path) -> Settings:
@@ -91,8 +104,11 @@ def seed(url: str, tmp: Path, trials: int) -> tuple[Studies, str, float]:
     ctx = app.state.ctx
     started = time.perf_counter()
     workers = seeding.register_workers(ctx, 16)
-    single = seeding.seed_bulk(ctx, demo.demo_spec(STUDY), trials, workers=workers)
-    spec = compression.compression_spec(COMPRESSION_STUDY)
+    budget = max(20_000, 2 * trials)  # the budget is not spent: the studies are running
+    single = seeding.seed_bulk(
+        ctx, demo.demo_spec(STUDY, max_trials=budget), trials, workers=workers
+    )
+    spec = compression.compression_spec(COMPRESSION_STUDY, max_trials=budget)
     multi = seeding.seed_bulk(ctx, spec, trials, workers=workers, simulate=compression.simulate)
     elapsed = time.perf_counter() - started
     with ctx.db.session() as session:
@@ -108,6 +124,7 @@ class Server:
         from service.app import create_app
 
         self.app = create_app(make_settings(url, tmp))
+        self.app.state.dashboard.poll_interval_s = POLL_S["value"]
         self.server, self.thread, self.base = start_server(self.app, port)
         self.port = int(self.base.rsplit(":", 1)[1])
         for thread in threading.enumerate():  # let the library warm-up finish first
@@ -135,7 +152,8 @@ def ms(client: httpx.Client, path: str) -> float:
 def finish_one_trial(url: str) -> None:
     """A worker finishing a trial: changes the study's version."""
     storage = optuna.storages.RDBStorage(url)
-    study = optuna.load_study(study_name=STUDY, storage=storage)
+    sampler = optuna.samplers.RandomSampler()  # TPE would read every trial first
+    study = optuna.load_study(study_name=STUDY, storage=storage, sampler=sampler)
     trial = study.ask()
     trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
     study.tell(trial, 0.97)
@@ -145,7 +163,8 @@ def finish_one_trial(url: str) -> None:
 def finish_one_compression_trial(url: str) -> None:
     """The same in the compression study: two values and the final metrics."""
     storage = optuna.storages.RDBStorage(url)
-    study = optuna.load_study(study_name=COMPRESSION_STUDY, storage=storage)
+    sampler = optuna.samplers.RandomSampler()
+    study = optuna.load_study(study_name=COMPRESSION_STUDY, storage=storage, sampler=sampler)
     trial = study.ask()
     trial.suggest_categorical("quantize", list(compression.BYTES_PER))
     trial.set_user_attr("final_metrics", {"val_accuracy": 0.95, "model_bytes": 50_000})
@@ -187,6 +206,7 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
                 client, f"{api}/trials?limit=50&sort=value&order=desc"
             )
             out["cached"]["learning-curve delta"] = ms(client, f"{api}/curves?since=0")
+            _pages_round(client, out, studies)
             _study_round(
                 server,
                 client,
@@ -199,6 +219,25 @@ def server_round(url: str, tmp: Path, studies: Studies, token: str) -> Rounds:
     finally:
         server.close()
     return out
+
+
+def _pages_round(client: httpx.Client, out: Rounds, studies: Studies) -> None:
+    """The other pages: first answer and cached (HTML pages and their JSON APIs)."""
+    ids = f"{studies.single},{studies.compression}"
+    pages = {
+        "page: studies list (its JSON)": "/api/v1/dashboard/studies",
+        "page: workers (its JSON)": "/api/v1/dashboard/workers",
+        "page: study (HTML)": f"/dashboard/studies/{studies.single}",
+        "page: trial (HTML)": f"/dashboard/studies/{studies.single}/trials/7",
+        "page: trial (its chart)": f"/api/v1/dashboard/studies/{studies.single}/trials/7/chart",
+        "page: compare histories": f"/api/v1/dashboard/compare/histories?ids={ids}",
+        "page: compare distributions": f"/api/v1/dashboard/compare/distributions?ids={ids}",
+    }
+    for name, path in pages.items():
+        for kind in ("cold", "cached"):
+            started = time.perf_counter()
+            client.get(path).raise_for_status()
+            out[kind][name] = (time.perf_counter() - started) * 1000
 
 
 def _diagnosis_round(client: httpx.Client, out: Rounds, api: str) -> None:
@@ -246,69 +285,27 @@ def _study_round(
     out["cached"][prefix + VERSION] = ms(client, f"{api}/version")
 
 
-def first_chart_ms(page: Any, base: str, study_id: int) -> float:
-    page.goto("about:blank")
-    page.goto(f"{base}/dashboard/studies/{study_id}")
-    page.wait_for_function(
-        "() => performance.getEntriesByName('hpo:first-chart').length > 0", timeout=120_000
-    )
-    return float(
-        page.evaluate("() => performance.getEntriesByName('hpo:first-chart')[0].startTime")
-    )
-
-
-def login(page: Any, base: str, token: str) -> None:
-    page.goto(f"{base}/dashboard/login")
-    page.fill("#token", token)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/dashboard/")
-
-
-CASES = (
-    "first visit ever: fresh server, empty browser profile",
-    "second visit: warm server",
-    "returning visit: warm server, browser cache + V8 code cache warm (median of 3)",
-    "returning visit to a freshly started server (trial table not loaded yet)",
-)
-
-
-def browser_round(p: Any, url: str, tmp: Path, study_id: int, token: str) -> list[float]:
-    """One browser profile (a persistent one, as a real browser keeps its cache)."""
-    profile = Path(tempfile.mkdtemp(prefix="profile-", dir=tmp))
-    context = p.chromium.launch_persistent_context(
-        str(profile),
-        executable_path=shutil.which("chromium"),
-        args=BROWSER_ARGS,
-        viewport={"width": 1400, "height": 1000},
-    )
-    page = context.new_page()
-    try:
-        server = Server(url, tmp)
-        try:
-            login(page, server.base, token)
-            first = first_chart_ms(page, server.base, study_id)
-            second = first_chart_ms(page, server.base, study_id)
-            warm = median([first_chart_ms(page, server.base, study_id) for _ in range(3)])
-        finally:
-            server.close()
-        server = Server(url, tmp, server.port)  # same origin and database, empty caches
-        try:
-            restarted = first_chart_ms(page, server.base, study_id)
-        finally:
-            server.close()
-    finally:
-        context.close()
-    return [first, second, warm, restarted]
-
-
-def browser_rounds(url: str, tmp: Path, study_id: int, token: str, runs: int) -> dict[str, list]:
+def browser_rounds(
+    url: str, tmp: Path, study_id: int, token: str, runs: int
+) -> dict[str, list[float]]:
+    """``runs`` fresh browser profiles (``bench/dashboard_live.py``)."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {case: [] for case in CASES}
+    out: dict[str, list[float]] = {}
     with sync_playwright() as p:
         for _ in range(runs):
-            for case, value in zip(CASES, browser_round(p, url, tmp, study_id, token), strict=True):
-                out[case].append(value)
+            one = dashboard_live.browser_round(
+                p,
+                lambda port: Server(url, tmp, port),
+                study_id,
+                token,
+                tmp,
+                BROWSER_ARGS,
+                lambda: finish_one_trial(url),
+            )
+            for case, value in one.items():
+                out.setdefault(case, []).append(value)
+            print(json.dumps(one), flush=True)
     return out
 
 
@@ -326,9 +323,9 @@ def baseline_one(url: str, chart: str) -> None:
     print(json.dumps({"load_s": loaded, "total_s": total, "json_mb": size / 1e6}))
 
 
-def baseline(url: str, limit_s: float) -> dict[str, dict[str, Any]]:
+def baseline(url: str, limit_s: float, charts: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for chart in BASELINE:
+    for chart in charts:
         cmd = [sys.executable, __file__, "--baseline-one", chart, "--database-url", url]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, check=True)
@@ -358,7 +355,13 @@ def environment(url: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=3, help="fresh servers per measurement")
+    parser.add_argument("--runs", type=int, default=3, help="fresh servers per server round")
+    parser.add_argument("--profiles", type=int, default=5, help="fresh browser profiles")
+    parser.add_argument("--poll-s", type=float, default=0.5, help="the pages' poll interval")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument(
+        "--baseline-charts", default=",".join(BASELINE), help="naive Optuna charts to time"
+    )
     parser.add_argument("--database-url", default=None, help="an EMPTY database (default: SQLite)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-browser", action="store_true")
@@ -370,9 +373,16 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dashboard.md")
     parser.add_argument("--baseline-one", help=argparse.SUPPRESS)
+    parser.add_argument("--rss-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    POLL_S["value"] = args.poll_s
     if args.baseline_one:
         baseline_one(args.database_url, args.baseline_one)
+        return
+    if args.rss_one:
+        job = json.loads(args.rss_one)
+        factory = lambda port: Server(job["url"], Path(job["tmp"]), port)  # noqa: E731
+        print(json.dumps(dashboard_live.rss_child(factory, job["token"], job["studies"])))
         return
     tmp = Path(tempfile.mkdtemp(prefix="hpo-dashboard-bench-"))
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
@@ -383,10 +393,14 @@ def main() -> None:
     data["server"] = [server_round(url, tmp, studies, token) for _ in range(args.runs)]
     print(json.dumps(data["server"], indent=1), flush=True)
     if not args.skip_browser:
-        data["browser"] = browser_rounds(url, tmp, study_id, token, args.runs)
+        data["browser"] = browser_rounds(url, tmp, study_id, token, args.profiles)
         print(json.dumps(data["browser"], indent=1), flush=True)
+    if not args.skip_rss:
+        data["rss"] = dashboard_live.rss(__file__, url, tmp, token, [study_id, studies.compression])
+        print(json.dumps(data["rss"]), flush=True)
     if not args.skip_baseline:
-        data["baseline"] = baseline(url, args.baseline_limit_s)
+        charts = [c for c in args.baseline_charts.split(",") if c]
+        data["baseline"] = baseline(url, args.baseline_limit_s, charts)
     if args.chart_sizes:
         sizes = [int(n) for n in args.chart_sizes.split(",")]
         data["chart_paths"] = dashboard_charts.measure(sizes)

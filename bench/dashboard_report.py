@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -53,14 +55,61 @@ def _baseline_table(data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _size(trials: int) -> str:
+    """The row suffix of a study size: '' at 10k (the report's historic rows), ' 100k'."""
+    if trials == 10_000:
+        return ""
+    return f" {trials // 1000}k" if trials % 1000 == 0 else f" {trials:,}"
+
+
+def _targets(args: argparse.Namespace, data: dict[str, Any]) -> list[str]:
+    """Issue 26's targets, medians over the fresh browser profiles."""
+    from bench.dashboard_live import CASES, LIVE_CHART, LIVE_COUNTS
+
+    browser, n, suffix = data.get("browser") or {}, args.profiles, _size(args.trials)
+    rows = [
+        ("first visit", CASES[0], "< 1,000 ms at 10k, < 1,500 ms at 100k"),
+        ("returning visit", CASES[2], "< 300 ms"),
+        ("second visit", CASES[1], ""),
+        ("visit after a server restart", CASES[3], ""),
+        ("live update (counts)", LIVE_COUNTS, "< 1 s at 100k"),
+        ("live update (first chart)", LIVE_CHART, "< 1 s at 100k"),
+    ]
+    lines = [
+        f"## Targets: {args.trials:,} trials, median over {n} fresh browser profiles",
+        "",
+        f"Headless Chromium; the page polls every {args.poll_s:g} s (`--poll-s`).",
+        "",
+        "| measure | ms |",
+        "|---|--:|",
+    ]
+    lines += [f"| {label}{suffix} | {_cell(browser.get(key, []))} |" for label, key, _ in rows]
+    lines += ["", "| measure | goal | min | max |", "|---|---|--:|--:|"]
+    for label, key, goal in rows:
+        got = browser.get(key, [])
+        span = f"{min(got):,.0f} | {max(got):,.0f}" if got else "— | —"
+        lines.append(f"| {label}{suffix} | {goal or '—'} | {span} |")
+    if "rss" in data:
+        lines += ["", "Server resident memory (one process, psutil):", ""]
+        lines += ["| server RSS | MB |", "|---|--:|"]
+        rss = data["rss"]
+        lines += [
+            f"| {k} | {v:,.0f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in rss.items()
+        ]
+    return lines + [""]
+
+
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     """The whole report as Markdown."""
+    command = shlex.join(["python", "bench/dashboard.py", *sys.argv[1:]])
     lines = [
         f"# Dashboard with a {args.trials:,}-trial study",
         "",
-        f"`.venv/bin/python bench/dashboard.py --runs {args.runs}` on "
-        f"{time.strftime('%Y-%m-%d')}; {args.runs} fresh server(s) per measurement.",
+        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M')}; {args.runs} fresh server(s) per "
+        f"server measurement, {args.profiles} fresh browser profile(s).",
         "",
+        *_targets(args, data),
         "| environment | |",
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in data["env"].items()],
