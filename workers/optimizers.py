@@ -23,7 +23,7 @@ def make_optimizer(
     fast: dict[str, Any] = (
         {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
     )
-    common = {"lr": c.lr, "weight_decay": c.weight_decay}
+    common: dict[str, Any] = {"lr": c.lr, "weight_decay": c.weight_decay}
     match c.optimizer:
         case "gd" | "sgd":
             return torch.optim.SGD(params, momentum=0.0, **common, **fast)
@@ -48,6 +48,7 @@ def make_scheduler(
     """Per-epoch schedule, after an optional linear warmup over ``warmup_epochs``."""
     sched = torch.optim.lr_scheduler
     warmup = config.warmup_epochs
+    main: sched.LRScheduler
     match config.lr_schedule:
         case "step":
             main = sched.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)

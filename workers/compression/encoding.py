@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.compression.quantize import linear_layers, stored_bias, stored_weight
+from workers.compression.quantize import (
+    linear_layers,
+    quantized_weight,
+    stored_bias,
+    stored_weight,
+)
 
 BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -100,12 +105,12 @@ def encode(model: nn.Module) -> dict[str, dict[str, Any]]:
     state: dict[str, dict[str, Any]] = {}
     linears = linear_layers(model)
     for i, layer in enumerate(linears):
-        entry = {"weight": encode_matrix(stored_weight(layer))}
+        entry: dict[str, Any] = {"weight": encode_matrix(stored_weight(layer))}
         bias = stored_bias(layer)
         if bias is not None:
             entry["bias"] = bias.detach().cpu().clone()
         if not isinstance(layer, nn.Linear):  # dynamically quantized: keep its quantizer
-            entry.update(_int8_quantizer(layer.weight()))
+            entry.update(_int8_quantizer(quantized_weight(layer)))
         state[f"linear{i}"] = entry
     seen = {id(t) for layer in linears for t in (*layer.parameters(), *layer.buffers())}
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):

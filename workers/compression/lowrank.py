@@ -36,8 +36,15 @@ def hidden_linears(model: nn.Sequential) -> list[int]:
 
 def max_rank(model: nn.Sequential) -> int:
     """The largest rank ``low_rank`` accepts: the smallest dimension of a hidden layer."""
-    dims = [min(model[i].in_features, model[i].out_features) for i in hidden_linears(model)]
+    hidden = [_linear(model, i) for i in hidden_linears(model)]
+    dims = [min(layer.in_features, layer.out_features) for layer in hidden]
     return min(dims) if dims else 0
+
+
+def _linear(model: nn.Sequential, index: int) -> nn.Linear:
+    layer = model[index]
+    assert isinstance(layer, nn.Linear), f"layer {index} is {type(layer).__name__}, not Linear"
+    return layer
 
 
 def factorize(linear: nn.Linear, rank: int) -> tuple[nn.Linear, nn.Linear]:
@@ -77,7 +84,7 @@ def low_rank(model: nn.Sequential, rank: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     targets = set(hidden_linears(model))
     for i, module in enumerate(model):
-        layers.extend(factorize(module, rank) if i in targets else (module,))
+        layers.extend(factorize(_linear(model, i), rank) if i in targets else (module,))
     # Rebuild in place so callers holding ``model`` see the factorized layers.
     for name in list(model._modules):
         del model._modules[name]

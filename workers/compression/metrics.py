@@ -81,7 +81,9 @@ def flops(model: nn.Module) -> int:
 
 def input_features(model: nn.Module) -> int:
     """Width of the model's input: the first Linear's in_features."""
-    return linear_layers(model)[0].in_features
+    features = linear_layers(model)[0].in_features
+    assert isinstance(features, int)
+    return features
 
 
 @torch.inference_mode()

@@ -28,9 +28,16 @@ def pruned_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """A tensor attribute of a module (``weight``, or the ``weight_mask`` pruning adds)."""
+    value = getattr(module, name)
+    assert isinstance(value, torch.Tensor), f"{type(module).__name__}.{name} is not a tensor"
+    return value
+
+
 def sparsity(model: nn.Module) -> float:
     """Fraction of exact zeros among the Linear weights (as the forward pass sees them)."""
-    weights = [m.weight for m, _ in pruned_weights(model)]
+    weights = [_tensor(m, "weight") for m, _ in pruned_weights(model)]
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     return zeros / total if total else 0.0
@@ -47,8 +54,10 @@ def prune_global(model: nn.Module, amount: float) -> float:
     """
     CompressionSettings(prune_amount=amount)  # the one place the range is checked
     params = pruned_weights(model)
-    total = sum(m.weight.numel() for m, _ in params)
-    masked = sum(int((m.weight_mask == 0).sum()) for m, _ in params if prune.is_pruned(m))
+    total = sum(_tensor(m, "weight").numel() for m, _ in params)
+    masked = sum(
+        int((_tensor(m, "weight_mask") == 0).sum()) for m, _ in params if prune.is_pruned(m)
+    )
     missing = round(amount * total) - masked
     if missing > 0:
         # An int amount is an absolute count of the still-unpruned entries to remove:

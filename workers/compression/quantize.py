@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -114,15 +115,25 @@ def linear_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Linear | nnqd.Linear)]
 
 
+def quantized_weight(layer: nn.Module) -> torch.Tensor:
+    """A dynamically quantized Linear's weight (a method there; torch's stubs say a Tensor)."""
+    weight: torch.Tensor = cast(Any, layer).weight()
+    return weight
+
+
 def stored_weight(layer: nn.Module) -> torch.Tensor:
     """The weight values as stored: int8 codes for a quantized Linear, else the weight."""
     if isinstance(layer, nnqd.Linear):
-        return layer.weight().int_repr()
-    return layer.weight.detach()
+        return quantized_weight(layer).int_repr()
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.detach()
 
 
 def stored_bias(layer: nn.Module) -> torch.Tensor | None:
     """The bias as stored (a quantized Linear keeps it in float32)."""
     if isinstance(layer, nnqd.Linear):
-        return layer.bias()
-    return None if layer.bias is None else layer.bias.detach()
+        return cast(Any, layer).bias()  # a method on a quantized Linear (torch's stubs: a Tensor)
+    bias = layer.bias
+    assert bias is None or isinstance(bias, torch.Tensor)
+    return None if bias is None else bias.detach()
