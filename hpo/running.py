@@ -196,6 +196,17 @@ def abandoned(reason: str = SHUTDOWN_REASON, preempted: bool = False) -> Result:
     return Result(Ending.ABANDONED, reason=reason, retry=True, preempted=preempted)
 
 
+def paused(trial: Trial) -> Result:
+    """A schedule paused the trial (PBT segment end, ASHA rung): commit its checkpoint
+    folder, then hand the attempt back (not counted as a retry); the server keeps it
+    paused or finishes the segment."""
+    try:
+        trial.commit_checkpoint()
+    except Exception as exc:  # noqa: BLE001 - handing the lease back matters more
+        log.warning("%s: checkpoint at the pause failed: %s", trial.label, exc)
+    return abandoned("paused by the study's schedule", preempted=True)
+
+
 def preempted(trial: Trial) -> Result:
     """The worker was told to stop (SIGTERM): commit the trial's checkpoint folder as it
     is now, then give the attempt back as preempted."""

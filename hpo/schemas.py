@@ -54,13 +54,15 @@ class ShownState(StrEnum):
     RUNNING = "running"
     WAITING = "waiting"
     QUEUED = "queued"
+    PAUSED = "paused"  # handed back at a rung (promotion ASHA): not running
 
 
 TrialOrder = Literal["number", "-number", "value", "-value"]
 
 
 class TrialCounts(BaseModel):
-    """Trials per state. ``complete + pruned + fail + running + waiting + queued == total``;
+    """Trials per state. ``complete + pruned + fail + running + waiting + queued + paused ==
+    total``;
     ``leased`` counts the running trials a worker holds a lease on."""
 
     complete: int = 0
@@ -69,6 +71,7 @@ class TrialCounts(BaseModel):
     running: int = 0
     waiting: int = 0
     queued: int = 0
+    paused: int = 0
     leased: int = 0
     total: int = 0
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hpo.constraints import ConstraintSpec
 from hpo.responsible import privacy_conflict
+from hpo.schedules import Schedule, check_schedule
 from hpo.settings import (
     IN_FEATURES,
     REFERENCE_WORKLOAD,
@@ -240,6 +241,10 @@ class StudySpec(_Strict):
         max_length=16,
         description="bounds on final metrics (feasible trials: Optuna's constraints)",
     )
+    schedule: Schedule | None = Field(
+        default=None,
+        description="continue trials from checkpoints: PBT or promotion ASHA (hpo.schedules)",
+    )
 
     _check_name = field_validator("name")(lambda cls, v: check_name(v, "name"))
 
@@ -263,6 +268,7 @@ class StudySpec(_Strict):
             raise ValueError("pruner: Optuna cannot prune multi-objective studies; use 'none'")
         if self.sampler.name == "grid":
             grid_search_space(self.space)
+        check_schedule(self)
         return self
 
     @property

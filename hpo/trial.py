@@ -77,10 +77,12 @@ class Control:
     prune: threading.Event = field(default_factory=threading.Event)
     drop: threading.Event = field(default_factory=threading.Event)
     drop_reason: str = ""
+    pause: threading.Event = field(default_factory=threading.Event)  # a schedule's pause
 
     def should_stop(self) -> bool:
         """True once training must stop at the next step boundary."""
-        return self.shutdown.is_set() or self.prune.is_set() or self.drop.is_set()
+        stops = (self.shutdown, self.prune, self.drop, self.pause)
+        return any(flag.is_set() for flag in stops)
 
     def apply(self, answer: ActionResponse, source: str) -> None:
         """Act on a heartbeat/report answer: prune or stop set a flag."""
@@ -89,6 +91,9 @@ class Control:
             self.prune.set()
         elif answer.action == Action.STOP:
             self.drop_trial(f"server says stop ({source}): {answer.message or 'no reason'}")
+        elif answer.action == Action.PAUSE and not self.pause.is_set():
+            log.info("the schedule pauses the trial (%s): %s", source, answer.message or "")
+            self.pause.set()
 
     def drop_trial(self, reason: str) -> None:
         """Stop training and end the attempt without complete/fail."""
@@ -338,9 +343,10 @@ class Trial(OptunaSurface):
             self.checkpoints.commit(step, wait=False)  # uploads while training goes on
 
     def should_prune(self) -> bool:
-        """True when the study's pruner (or the server) says this trial should stop."""
+        """True when the study's pruner (or the server) says this trial should stop; also
+        when a schedule pauses it (the worker then hands it back with its checkpoint)."""
         self._check_live()
-        return self.control.prune.is_set()
+        return self.control.prune.is_set() or self.control.pause.is_set()
 
     # ------------------------------------------------------------------ attributes
 

@@ -331,7 +331,7 @@ class Worker:
                 return False
             c = summary.counts
             out_of_budget = summary.state == StudyState.STOPPED or c.total >= summary.max_trials
-            if c.running + c.queued + c.waiting or not out_of_budget:
+            if c.running + c.queued + c.waiting + c.paused or not out_of_budget:
                 return False
         return True
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from hpo.client import Client
 from hpo.protocol import LeaseRequest, TrialSpec
-from hpo.running import Ending, Result, abandoned, call_objective, preempted
+from hpo.running import Ending, Result, abandoned, call_objective, paused, preempted
 from hpo.settings import SettingsError, TrainConfig
 from hpo.transport import ClientError
 from hpo.trial import Control, Trial, new_trial
@@ -167,6 +167,8 @@ class PackRun:
         outcome = call_objective(trial, lambda t: conclude(t, result))
         if self.env.shutdown.is_set() and outcome.ending in (Ending.DROPPED, Ending.PRUNED):
             outcome = preempted(trial)  # SIGTERM: its last epoch's checkpoint, handed back
+        elif trial.control.pause.is_set() and outcome.ending in (Ending.DROPPED, Ending.PRUNED):
+            outcome = paused(trial)  # the schedule's pause: checkpoint, handed back
         elif trial.control.drop.is_set():
             outcome = Result(Ending.DROPPED, reason=trial.control.drop_reason)
         trial.telemetry = self.telemetry.summary()  # the device, shared by the pack so far

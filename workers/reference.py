@@ -88,6 +88,7 @@ class ReferenceObjective:
         config = trial_config(trial)
         hooks = TrialHooks(trial, config.epochs)
         path = checkpoint_file(trial, config)
+        inherit(trial, path, config)
         if self._train is not None:  # a test's trainer
             result = self._train(config, self.data, self.device, hooks, checkpoint=path)
         else:
@@ -117,6 +118,23 @@ def checkpoint_file(trial: Trial, config: TrainConfig) -> Path | None:
     if trial.checkpoint_dir is None or config.checkpoint_every == 0:
         return None
     return trial.checkpoint_dir / FILENAME
+
+
+def inherit(trial: Trial, path: Path | None, config: TrainConfig) -> None:
+    """A PBT segment resuming its parent's checkpoint: rewrite it for this trial's
+    settings (workers.inherit); one that cannot be is rejected like a bad checkpoint."""
+    resume = trial.checkpoints.resume if trial.checkpoints else None
+    if resume is None or resume.inherited_from is None or path is None or not path.exists():
+        return
+    from workers.checkpoint import CheckpointUnreadable
+    from workers.inherit import adopt
+
+    try:
+        changed = adopt(path, config)
+    except CheckpointUnreadable as exc:
+        trial.reject_checkpoint(f"parent's checkpoint not adoptable: {exc}")
+        return
+    trial.set_user_attr("inherited_changes", {k: list(v) for k, v in changed.items()})
 
 
 def resuming(trial: Trial, path: Path | None, run: Callable[[], Any]) -> Any:

@@ -22,7 +22,15 @@ from typing import Any
 
 from hpo.client import Client
 from hpo.protocol import TrialOutcome, TrialSpec
-from hpo.running import Ending, Result, abandoned, call_objective, preempted, send_result
+from hpo.running import (
+    Ending,
+    Result,
+    abandoned,
+    call_objective,
+    paused,
+    preempted,
+    send_result,
+)
 from hpo.trial import Control, Trial, new_trial, trial_label
 from workers.steering import Heartbeat, NoProgress, Progress
 from workers.telemetry import DeviceProbe, Telemetry
@@ -94,6 +102,8 @@ def run_attempt(env: TrialEnv, trial: Trial, control: Control) -> TrialEnd:
         env.view.stop()
     if env.shutdown.is_set() and result.ending in (Ending.DROPPED, Ending.PRUNED):
         result = preempted(trial)  # our own SIGTERM: checkpoint, give it back (not pruned)
+    elif control.pause.is_set() and result.ending in (Ending.DROPPED, Ending.PRUNED):
+        result = paused(trial)  # the schedule's pause: checkpoint, give it back
     elif control.drop.is_set():
         result = Result(Ending.DROPPED, reason=control.drop_reason)
     return finish(env.client, trial, result)
@@ -145,13 +155,16 @@ _ENDING_OF = {
     TrialOutcome.PRUNED: Ending.PRUNED,
     TrialOutcome.FAIL: Ending.FAILED,
     TrialOutcome.QUEUED: Ending.ABANDONED,
+    TrialOutcome.PAUSED: Ending.ABANDONED,
 }
 
 
 def _already_finished(result: Result, state: TrialOutcome) -> bool:
     """True when the server's answer is not what our call asked for (it kept a result)."""
     if result.retry or result.ending == Ending.ABANDONED:  # gave back: queued, or failed
-        return state not in (TrialOutcome.QUEUED, TrialOutcome.FAIL)  # when retries ran out
+        # queued, paused (a schedule), or failed when retries ran out; a segment's end
+        # (PBT) is completed by the server
+        return state not in (TrialOutcome.QUEUED, TrialOutcome.PAUSED, TrialOutcome.FAIL)
     asked = {
         Ending.COMPLETED: TrialOutcome.COMPLETE,
         Ending.DIVERGED: TrialOutcome.COMPLETE,

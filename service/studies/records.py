@@ -186,6 +186,8 @@ def shown_state(optuna_state: OptunaState, hpo_state: str | None) -> ShownState:
     """The state a trial is shown in: Optuna's, or ``queued`` while it waits for a re-run."""
     if optuna_state == OptunaState.RUNNING and hpo_state == TrialState.QUEUED:
         return ShownState.QUEUED
+    if optuna_state == OptunaState.RUNNING and hpo_state == TrialState.PAUSED:
+        return ShownState.PAUSED
     return ShownState(optuna_state.name.lower())
 
 

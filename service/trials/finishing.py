@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from hpo.constraints import constraint_values
 from hpo.protocol import CompleteRequest, FailRequest, FinishResponse, FinishState, TrialOutcome
 from hpo.spec import StudySpec
+from service import schedules
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import InvalidRequest, LeaseExpired, TrialFinished
@@ -136,7 +137,9 @@ def finish(ctx: AppContext, lease_id: str, make_outcome: OutcomeFactory) -> Fini
     if isinstance(claim, FinishResponse):
         return claim
     frozen = _tell(ctx, claim)
-    return _record(ctx, claim, frozen)
+    answer = _record(ctx, claim, frozen)
+    schedules.after_finish(ctx, claim.view.study, claim.view.trial.optuna_trial_id, answer.state)
+    return answer
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -378,6 +381,16 @@ def _abandon_without_commit(
         raise TrialFinished(f"{view.label} already finished ({trial.final_state})", "lease_id")
     max_retries = study_budget(study).max_retries
     stopped = study.state == StudyState.STOPPED
+    back = (
+        None
+        if stopped
+        else schedules.hand_back_without_commit(session, study, trial, lease_id, lease.worker_id)
+    )
+    if back is not None:  # a schedule's pause: paused (ASHA) or the segment's end (PBT)
+        if back.paused is not None:
+            return back.paused
+        complete, value = TrialOutcome.COMPLETE, back.complete_value or 0.0
+        return Outcome(complete, LeaseState.COMPLETED, [value], user_attrs=body.user_attrs)
     if stopped or (not body.preempted and retries_used(trial) >= max_retries):
         why = "study stopped" if stopped else f"max_retries={max_retries} used up"
         reason = f"attempt {trial.attempts} abandoned ({body.reason}); {why}"

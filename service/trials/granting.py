@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from hpo.protocol import Checkpoint, TrialSpec
 from hpo.spec import to_settings, trial_seed
+from service import schedules
 from service.artifacts.records import latest_checkpoint_without_commit
 from service.core.context import AppContext
 from service.fleet import registry
@@ -64,7 +65,8 @@ def grant_sampled_without_commit(
         lease_id=lease_id, trial_row_id=sampled.row_id, attempt=1, expires_at=expires
     )
     _add_lease_without_commit(session, study, lease, sampled.optuna_id, worker_id, now)
-    return trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease)
+    resume = schedules.granted_resume(session, sampled.optuna_id, sampled.params)  # PBT
+    return trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease, resume)
 
 
 def grant_queued_without_commit(
@@ -103,7 +105,9 @@ def grant_queued_without_commit(
     )
     _add_lease_without_commit(session, study, lease, trial.optuna_trial_id, worker_id, now)
     assert trial.optuna_trial_id is not None and trial.number is not None
-    resume = latest_checkpoint_without_commit(session, trial.optuna_trial_id)
+    resume = latest_checkpoint_without_commit(
+        session, trial.optuna_trial_id
+    ) or schedules.requeued_resume(session, trial.optuna_trial_id)  # PBT: the parent's
     params = trial.params or {}
     return trial_spec(ctx, study, trial.optuna_trial_id, trial.number, params, lease, resume)
 

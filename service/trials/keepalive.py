@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from hpo.protocol import Action, ActionResponse
+from service import schedules
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import LeaseExpired
@@ -87,6 +88,9 @@ def report(
         ctx.store.storage.set_trial_intermediate_value(trial_id, step, value)
     except optuna.exceptions.UpdateFinishedTrialError:
         return ActionResponse(action=Action.STOP, message=f"{view.label} already finished")
+    pause = schedules.report_action(ctx, view.study, view.trial, step, value)
+    if pause is not None:  # PBT segment end, ASHA rung: checkpoint and hand back
+        return answer.model_copy(update={"action": Action.PAUSE, "message": pause})
     if _should_prune(ctx, view, trial_id, step):
         message = f"pruned by the study's pruner at step {step}"
         return answer.model_copy(update={"action": Action.PRUNE, "message": message})

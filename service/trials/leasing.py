@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from hpo.protocol import LeaseResponse, NoWork, NoWorkCode, TrialOutcome, TrialSpec
+from service import schedules
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.core.errors import WorkerNotFound
@@ -122,6 +123,7 @@ def _try_studies(
         ready, reasons = candidates(session, studies, registry.capabilities(worker))
     granted: list[TrialSpec] = []
     for cand in ready:
+        schedules.prepare(ctx, cand.study)  # PBT: population, decided segments
         while len(granted) < limit:
             spec = _lease_from(ctx, cand.study.study_id, worker_id)
             if not isinstance(spec, TrialSpec):
@@ -192,6 +194,8 @@ def _reserve_locked(
         .limit(1)
     ).first()
     reason = blocker(study, total, active, int(queued is not None))
+    if reason is None and queued is None:
+        reason = schedules.reserve_blocker(session, study)  # PBT leases only its segments
     if reason is not None:
         return reason
     if queued is not None:

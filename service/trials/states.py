@@ -41,6 +41,7 @@ class TrialState(StrEnum):
     CREATING = "creating"  # slot reserved, the Optuna trial is being sampled
     LEASED = "leased"  # a worker holds its current lease
     QUEUED = "queued"  # waiting for a re-run after an expired or abandoned lease
+    PAUSED = "paused"  # handed back at a rung (promotion ASHA): queued when promoted
     FINISHED = "finished"  # told to Optuna (complete, pruned or fail)
 
 
@@ -63,8 +64,9 @@ DONE_LEASE_STATES = (LeaseState.COMPLETED, LeaseState.FAILED, LeaseState.ABANDON
 T, L = TrialState, LeaseState
 TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     T.CREATING: frozenset({T.LEASED, T.FINISHED}),
-    T.LEASED: frozenset({T.LEASED, T.QUEUED, T.FINISHED}),
-    T.QUEUED: frozenset({T.LEASED, T.QUEUED, T.FINISHED}),
+    T.LEASED: frozenset({T.LEASED, T.QUEUED, T.PAUSED, T.FINISHED}),
+    T.QUEUED: frozenset({T.LEASED, T.QUEUED, T.PAUSED, T.FINISHED}),
+    T.PAUSED: frozenset({T.QUEUED, T.FINISHED}),
     T.FINISHED: frozenset(),
 }
 LEASE_TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {

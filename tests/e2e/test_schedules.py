@@ -1,0 +1,127 @@
+"""Schedules end to end: promotion ASHA and PBT with real workers, real HTTP, real MNIST.
+
+Small trials (1,000 images, 3-4 epochs) keep each test at seconds of training.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from tests.e2e.conftest import Stack
+from tests.support import study_spec, wait_for
+
+LR = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
+FIXED = {"optimizer": "sgd", "train_subset": 1000}
+
+
+def test_promotion_resumes_from_the_rungs_checkpoint(stack: Stack) -> None:
+    server = stack.server()
+    api = server.api()
+    spec = study_spec(
+        "asha",
+        sampler={"name": "random", "seed": 3},
+        budget={"max_trials": 3, "max_concurrent": 1},
+        fixed={**FIXED, "epochs": 3},
+        space=LR,
+        schedule={"name": "asha", "mode": "promotion", "reduction_factor": 3, "max_resource": 3},
+    )
+    api.create_study(spec)
+    worker = stack.worker(server.url, server.tokens()["worker"])
+    paused = wait_for(lambda: _in_state(api, "asha", "paused"), 90, "a paused trial")
+    assert paused["state"] == "paused"
+    summary = api.http.get("/studies/asha").json()
+    assert summary["counts"]["running"] == 0 or summary["counts"]["paused"] >= 1
+
+    items = wait_for(lambda: api.finished("asha", 3), 120, "the top rung filled")
+    by_state = sorted(t["state"] for t in items)
+    assert by_state == ["complete", "pruned", "pruned"], items
+    [top] = [t for t in items if t["state"] == "complete"]
+    detail = api.trial("asha", top["number"])
+    # It paused at rung 0 (step 1), was promoted, and resumed from that checkpoint.
+    assert detail["user_attrs"]["resumed_from_step"] == 1
+    assert [m["step"] for m in detail["metrics"] if m["attempt"] == 1] == [1]
+    assert [m["step"] for m in detail["metrics"] if m["attempt"] > 1] == [2, 3]
+    assert [v["step"] for v in detail["intermediate_values"]] == [1, 2, 3]
+    # The promoted trial was the best of the rung; the others ended there.
+    rung0 = {
+        t["number"]: api.trial("asha", t["number"])["intermediate_values"][0]["value"]
+        for t in items
+    }
+    assert rung0[top["number"]] == max(rung0.values())
+    for t in items:
+        if t["state"] == "pruned":
+            assert [v["step"] for v in api.trial("asha", t["number"])["intermediate_values"]] == [1]
+    assert api.http.get("/studies/asha").json()["state"] == "stopped"
+    assert "resumes from its checkpoint of step 1" in worker.log()
+
+
+def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
+    server = stack.server()
+    api = server.api()
+    token = server.tokens()["worker"]
+    spec = study_spec(
+        "pbt",
+        sampler={"name": "random", "seed": 4},
+        budget={"max_trials": 4, "max_concurrent": 2},
+        fixed={**FIXED, "epochs": 4},
+        space=LR,
+        schedule={
+            "name": "pbt",
+            "population_size": 2,
+            "perturbation_interval": 2,
+            "quantile": 0.5,
+            "mutations": {"lr": {"factors": [0.5, 2.0]}},
+        },
+    )
+    api.create_study(spec)
+    first = stack.worker(server.url, token)
+    stack.worker(server.url, token)
+    wait_for(lambda: _in_state(api, "pbt", "running", reported=True), 90, "a segment training")
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    stack.worker(server.url, token)
+
+    items = wait_for(lambda: api.finished("pbt", 4), 180, "4 segments finished")
+    assert len(items) == 4 and all(t["state"] == "complete" for t in items), items
+    details = [api.trial("pbt", t["number"]) for t in items]
+    lineage = sorted(
+        (d["user_attrs"]["pbt_member"], d["user_attrs"]["pbt_segment"]) for d in details
+    )
+    assert lineage == [(0, 0), (0, 1), (1, 0), (1, 1)]  # no member lost, none doubled
+    assert max(t["attempts"] for t in items) >= 2  # the killed segment ran again
+    numbers = {d["number"] for d in details}
+    for d in details:
+        attrs, steps = d["user_attrs"], [v["step"] for v in d["intermediate_values"]]
+        if attrs["pbt_segment"] == 0:
+            assert attrs["pbt_parent"] is None and steps == [1, 2]
+        else:  # continues from a segment-0 checkpoint at step 2: its own or a copied one
+            assert attrs["pbt_start_step"] == 2 and attrs["pbt_parent"] in numbers
+            assert attrs["resumed_from_step"] == 2 and steps == [3, 4]
+            parent = api.trial("pbt", attrs["pbt_parent"])
+            assert parent["user_attrs"]["pbt_segment"] == 0
+            changed = attrs["pbt_changed"]
+            if parent["user_attrs"]["pbt_member"] != attrs["pbt_member"]:  # exploit + explore
+                assert changed["exploited_member"] == parent["user_attrs"]["pbt_member"]
+                assert (
+                    d["params"]["lr"]
+                    in (
+                        parent["params"]["lr"] * 0.5,
+                        parent["params"]["lr"] * 2.0,
+                        1e-3,
+                        1e-1,
+                    )
+                    or "lr" not in changed
+                )
+            else:
+                assert changed == {} and d["params"] == parent["params"]
+
+
+def _in_state(api: Any, study: str, state: str, reported: bool = False) -> dict[str, Any] | None:
+    for t in api.trials(study):
+        if t["state"] == state:
+            if not reported:
+                return t
+            if api.trial(study, t["number"]).get("intermediate_values"):
+                return t
+    return None
