@@ -29,6 +29,7 @@ from plotly.subplots import make_subplots
 
 from hpo.settings import LR, REGULARIZATION
 from service.dashboard.charts_base import (
+    MAX_POINTS,
     ChartResult,
     arr,
     empty,
@@ -44,22 +45,37 @@ from service.dashboard.frame import StudyFrame
 from service.dashboard.frame_study import frame_study
 
 GRID = 24
+#: The history draws at most this many trials as points; above it, a quantile band too.
+HISTORY_POINTS = MAX_POINTS
+#: Bins of trial numbers of the history's quantile band.
+BAND_BINS = 100
 SLICE_POINTS = 1500
 #: lr x weight_decay (the first regularization setting) when a study varies both.
 CONTOUR_PREFERRED = (LR, REGULARIZATION[0])
 
 
 def history(frame: StudyFrame) -> ChartResult:
-    """Objective per trial and the best value so far."""
+    """Objective per trial and the best value so far; a big study's points are sampled
+    and a band shows the 10-90 % quantiles of every trial's objective per bin of trials."""
     rows = scored(frame)
     if not rows:
         return empty(no_scores_message(frame))
     values = np.array([r.value for r in rows], dtype=float)
+    numbers = np.array([r.number for r in rows], dtype=np.int64)
     best = np.maximum.accumulate(values) if frame.meta.maximize else np.minimum.accumulate(values)
-    shown, note = thin(rows, frame)
+    steps = _steps(best)  # the "hv" line needs only the trials where the best moves
+    shown, note = thin(rows, frame, HISTORY_POINTS)
     objective = esc(frame.meta.objective_name)
+    band: list[go.Scatter] = []
+    if note:
+        band, width = _quantile_band(numbers, values)
+        note += (
+            f"; the band: 10-90 % of all trials' {objective} per {width:,} trials"
+            " (its line: their median)"
+        )
     fig = go.Figure(
         [
+            *band,
             go.Scatter(
                 x=ints(r.number for r in shown),
                 y=arr(r.value for r in shown),
@@ -70,8 +86,8 @@ def history(frame: StudyFrame) -> ChartResult:
                 hovertemplate="trial #%{x}<br>%{y}<extra></extra>",
             ),
             go.Scatter(
-                x=ints(r.number for r in rows),
-                y=best,
+                x=numbers[steps],
+                y=best[steps],
                 mode="lines",
                 name="Best Value",
                 line={"color": "#d62728", "width": 2, "shape": "hv"},
@@ -80,6 +96,56 @@ def history(frame: StudyFrame) -> ChartResult:
     )
     layout(fig, "Optimization history", xaxis_title="trial", yaxis_title=objective)
     return ChartResult(fig, note=note)
+
+
+def _steps(best: np.ndarray) -> np.ndarray:
+    """Where a running best changes (and its first and last entries)."""
+    keep = np.ones(len(best), dtype=bool)
+    keep[1:-1] = best[1:-1] != best[:-2]
+    return keep
+
+
+def _quantile_band(numbers: np.ndarray, values: np.ndarray) -> tuple[list[go.Scatter], int]:
+    """Traces of the 10 %, 50 % and 90 % quantiles of ``values`` per bin of trial numbers
+    (the 90 % one filled down to the 10 % one), and the bin width in trials."""
+    width = max(1, int(np.ceil((int(numbers.max()) + 1) / BAND_BINS)))
+    bins = numbers // width
+    order = np.argsort(bins, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(bins[order]) != 0])
+    groups = np.split(values[order], starts[1:])
+    centres = bins[order][starts] * width + width / 2
+    q = np.array([np.quantile(g, (0.1, 0.5, 0.9)) for g in groups])
+    line = {"width": 0}
+    traces = [
+        go.Scatter(
+            x=centres,
+            y=q[:, 0],
+            mode="lines",
+            line=line,
+            hoverinfo="skip",
+            showlegend=False,
+            name="10 %",
+        ),
+        go.Scatter(
+            x=centres,
+            y=q[:, 2],
+            mode="lines",
+            line=line,
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.18)",
+            name="10-90 % of trials",
+            hovertemplate="trials %{x:.0f}: 90 % at %{y}<extra></extra>",
+        ),
+        go.Scatter(
+            x=centres,
+            y=q[:, 1],
+            mode="lines",
+            name="median of trials",
+            line={"color": "rgba(31,119,180,0.8)", "width": 1, "dash": "dot"},
+            hovertemplate="trials %{x:.0f}: median %{y}<extra></extra>",
+        ),
+    ]
+    return traces, width
 
 
 def importance(frame: StudyFrame) -> ChartResult:

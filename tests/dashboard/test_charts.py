@@ -250,3 +250,33 @@ def test_big_studies_get_the_previous_figure_while_rebuilding(
         fresh["version"]
         == viewer.get(f"/api/v1/dashboard/studies/{study_id}/version").json()["trials"]
     )
+
+
+def test_history_of_a_big_study_samples_points_and_draws_a_quantile_band(
+    viewer, study_id, monkeypatch
+) -> None:
+    """Above HISTORY_POINTS trials (4,000; 40 here) the points are sampled and a band of
+    the 10-90 % quantiles per bin of trials stands for all of them, as the note says;
+    the best-so-far line keeps only its steps, and stays exact."""
+    from service.dashboard import charts_space
+
+    full = chart(viewer, study_id, "history")
+    assert full["note"] is None and len(full["figure"]["data"]) == 2
+    monkeypatch.setattr(charts_space, "HISTORY_POINTS", 40)
+    monkeypatch.setattr(charts_space, "BAND_BINS", 9)
+    viewer.app.state.dashboard.forget(study_id)
+    big = chart(viewer, study_id, "history")
+    assert "showing 40 of" in big["note"] and "the band: 10-90 %" in big["note"]
+    traces = {t["name"]: t for t in big["figure"]["data"]}
+    low, high, mid = traces["10 %"], traces["10-90 % of trials"], traces["median of trials"]
+    assert high["fill"] == "tonexty" and len(values(low["x"])) == 9
+    bands = zip(values(low["y"]), values(mid["y"]), values(high["y"]), strict=True)
+    assert all(a <= m <= b for a, m, b in bands)
+    points = values(traces["val_accuracy"]["y"])
+    assert len(points) == 40
+    best = traces["Best Value"]
+    full_best = next(t for t in full["figure"]["data"] if t["name"] == "Best Value")
+    assert values(best["y"]) == values(full_best["y"])  # the line is the same, exact
+    assert len(values(best["y"])) < len(points)  # only its steps, not a point per trial
+    assert max(values(best["y"])) == pytest.approx(max(values(full_best["y"])))
+    assert values(best["x"])[-1] == values(full_best["x"])[-1]  # the line reaches the end
