@@ -43,6 +43,36 @@ def first_chart_ms(page: Any, base: str, study_id: int) -> float:
     return float(page.evaluate(f"() => {FIRST_CHART}[0].startTime"))
 
 
+#: Where a first visit's time goes: ms from navigation start (resource timing + marks).
+TRACE_JS = """() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  const res = performance.getEntriesByType("resource");
+  const end = (part) => {
+    const r = res.find((e) => e.name.includes(part));
+    return r ? r.responseEnd : null;
+  };
+  const mark = (n) => {
+    const m = performance.getEntriesByName(n)[0];
+    return m ? m.startTime : null;
+  };
+  return {
+    "HTML received": nav.responseEnd,
+    "DOMContentLoaded": nav.domContentLoadedEventStart,
+    "first chart's JSON received": end("/charts/"),
+    "plotly.js (cartesian) received": end("plotly-cartesian"),
+    "plotly.js (cartesian) ran": mark("hpo:plotly-cartesian"),
+    "first chart drawn": mark("hpo:first-chart"),
+  };
+}"""
+TRACE = "first visit, trace: "
+
+
+def trace(page: Any) -> dict[str, float]:
+    """The first visit's trace (``TRACE_JS``), keys prefixed with ``TRACE``."""
+    got = page.evaluate(TRACE_JS)
+    return {TRACE + k: float(v) for k, v in got.items() if v is not None}
+
+
 def login(page: Any, base: str, token: str) -> None:
     page.goto(f"{base}/dashboard/login")
     page.fill("#token", token)
@@ -100,6 +130,7 @@ def browser_round(
         try:
             login(page, server.base, token)
             out[CASES[0]] = first_chart_ms(page, server.base, study_id)
+            out |= trace(page)
             out[CASES[1]] = first_chart_ms(page, server.base, study_id)
             warm = sorted(first_chart_ms(page, server.base, study_id) for _ in range(3))
             out[CASES[2]] = warm[1]

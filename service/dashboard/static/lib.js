@@ -27,6 +27,7 @@
         script.async = true;
         // A script's load event fires right after it ran: window.Plotly is its Plotly.
         script.addEventListener("load", () => {
+          performance.mark(`hpo:plotly-${name}`);  // (bench/dashboard.py reads it)
           const loaded = window.Plotly;
           if (kept) window.Plotly = kept;
           resolve(loaded);
