@@ -1,6 +1,7 @@
 """Schedules end to end: promotion ASHA and PBT with real workers, real HTTP, real MNIST.
 
-Small trials (1,000 images, 3-4 epochs) keep each test at seconds of training.
+Small trials (500 training and 500 validation images, 3-4 epochs) keep each test at
+seconds of training.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Stack
 from tests.support import study_spec, wait_for
 
 LR = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
-FIXED = {"optimizer": "sgd", "train_subset": 1000}
+FIXED = {"optimizer": "sgd", "train_subset": 500, "val_size": 500}
 
 
 def test_promotion_resumes_from_the_rungs_checkpoint(stack: Stack) -> None:
@@ -56,6 +59,7 @@ def test_promotion_resumes_from_the_rungs_checkpoint(stack: Stack) -> None:
     assert "resumes from its checkpoint of step 1" in worker.log()
 
 
+@pytest.mark.slow  # about 50 s alone on 2 CPUs (3 worker processes), minutes when shared
 def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
