@@ -39,6 +39,7 @@ from service.trials.granting import (
     grant_queued_without_commit,
     grant_sampled_without_commit,
 )
+from service.trials.pool import take_without_commit
 from service.trials.reaping import (
     Expiry,
     Settlement,
@@ -202,6 +203,10 @@ def _reserve_locked(
         reserved.spec = grant_queued_without_commit(ctx, session, study, queued, worker_id, now)
         if reserved.spec is None:
             return _busy(study, "another request took the re-run")
+        return None
+    pooled = take_without_commit(ctx, session, study, worker_id, now, active)
+    if pooled is not None:  # a proposal drawn ahead (service.trials.pool)
+        reserved.spec = pooled
         return None
     row = TrialRecord(
         study_id=study.study_id,
