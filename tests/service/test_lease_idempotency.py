@@ -105,7 +105,7 @@ def test_the_client_retries_with_the_same_request_id(server) -> None:
 
 # --------------------------------------------------------------------------- two replicas
 
-MAX_TRIALS = 20
+MAX_TRIALS = 12
 POOL = {"proposal_pool": 4, "pool_refill_interval_s": 0.05, "db_pool_size": 12}
 
 
@@ -125,7 +125,7 @@ def test_two_replicas_share_one_pool_without_double_handing(pg_url: str, tmp_pat
         leased: Counter[int] = Counter()
         errors: list[str] = []
         lock = threading.Lock()
-        clients = [httpx.Client(base_url=r.url, timeout=30) for r in (a, b) for _ in range(3)]
+        clients = [httpx.Client(base_url=r.url, timeout=30) for r in (a, b) for _ in range(2)]
         workers = [Worker(c, a.tokens.worker) for c in clients]
         leased.update(_retry_on_the_other_replica(workers[0], workers[-1]))
         threads = [threading.Thread(target=_work, args=(w, leased, errors, lock)) for w in workers]
