@@ -28,11 +28,6 @@ from tests.service.lease_helpers import (
 )
 
 
-@pytest.fixture
-def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
-    return Worker(client, tokens.worker)
-
-
 def test_upload_download_and_optuna_sees_it(client, tokens, ctx, worker: Worker) -> None:
     create_study(client, tokens)
     trial = worker.trial()

@@ -11,11 +11,6 @@ import pytest
 from tests.service.lease_helpers import API, Worker, create_study
 
 
-@pytest.fixture
-def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
-    return Worker(client, tokens.worker)
-
-
 def _batch(worker: Worker, k: int, **body: Any) -> list[dict[str, Any]]:
     answer = worker.lease(max_trials=k, **body)
     if answer["trials"]:

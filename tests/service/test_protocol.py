@@ -11,7 +11,6 @@ import threading
 import time
 
 import optuna
-import pytest
 from sqlalchemy import select
 
 from service import trials
@@ -29,11 +28,6 @@ from tests.service.lease_helpers import (
 )
 
 TS = optuna.trial.TrialState
-
-
-@pytest.fixture
-def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
-    return Worker(client, tokens.worker)
 
 
 # --------------------------------------------------------------------------- happy paths

@@ -8,16 +8,20 @@ sampling failures: nothing lost, nothing run twice.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, NoReturn
 
 import optuna
 import pytest
 from sqlalchemy import func, select, update
 
+from hpo.protocol import CompleteRequest, FailRequest
 from service import trials
 from service.core.db import utcnow
 from service.storage.models import LeaseRecord, TrialMetric, TrialRecord
 from service.trials import finishing, leasing
+from tests.conftest import Tokens
 from tests.service.lease_helpers import (
     Worker,
     create_study,
@@ -31,30 +35,35 @@ from tests.service.lease_helpers import (
 TS = optuna.trial.TrialState
 
 
-@pytest.fixture
-def worker(client, tokens) -> Worker:  # type: ignore[no-untyped-def]
-    return Worker(client, tokens.worker)
+def _lease_and_die(
+    client: Any, tokens: Tokens, worker: Worker, step: str, finish: Callable[[str], object]
+) -> tuple[dict[str, Any], str]:
+    """Lease a trial of a new study, then ``finish(lease_id)`` with ``finishing.<step>``
+    raising, as if the server died right there; the trial and its lease id."""
+    create_study(client, tokens)
+    trial = worker.trial()
+
+    def crash(*_a: object, **_k: object) -> NoReturn:
+        raise RuntimeError("server died")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finishing, step, crash)
+        with pytest.raises(RuntimeError):
+            finish(trial["lease_id"])
+    return trial, trial["lease_id"]
 
 
 # --------------------------------------------------------------------------- finishing recovery
 
 
 def test_retried_complete_finishes_a_lease_stuck_in_finishing(
-    client, tokens, ctx, worker: Worker, monkeypatch
+    client, tokens, ctx, worker: Worker
 ) -> None:
-    from hpo.protocol import CompleteRequest
+    def complete(lid: str) -> object:
+        return trials.complete(ctx, lid, CompleteRequest(value=0.6))
 
-    create_study(client, tokens)
-    trial = worker.trial()
-    lid = trial["lease_id"]
-
-    def crash(*_a, **_k):  # the server dies after telling Optuna
-        raise RuntimeError("server died")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(finishing, "_record", crash)
-        with pytest.raises(RuntimeError):
-            trials.complete(ctx, lid, CompleteRequest(value=0.6))
+    # the server dies after telling Optuna
+    trial, lid = _lease_and_die(client, tokens, worker, "_record", complete)
     assert lease_row(ctx, lid).state == "finishing"
     assert optuna_trial(ctx, trial["trial_id"]).state == TS.COMPLETE
     # The retry carries another value: the stored request wins, nothing changes.
@@ -64,22 +73,12 @@ def test_retried_complete_finishes_a_lease_stuck_in_finishing(
     assert trial_rows(ctx, "s1")[0].state == "finished"
 
 
-def test_reaper_finishes_a_lease_stuck_before_tell(
-    client, tokens, ctx, worker: Worker, monkeypatch
-) -> None:
-    from hpo.protocol import FailRequest
+def test_reaper_finishes_a_lease_stuck_before_tell(client, tokens, ctx, worker: Worker) -> None:
+    def fail(lid: str) -> object:
+        return trials.fail(ctx, lid, FailRequest(reason="oom"))
 
-    create_study(client, tokens)
-    trial = worker.trial()
-    lid = trial["lease_id"]
-
-    def crash(*_a, **_k):  # the server dies before telling Optuna
-        raise RuntimeError("server died")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(finishing, "_tell", crash)
-        with pytest.raises(RuntimeError):
-            trials.fail(ctx, lid, FailRequest(reason="oom"))
+    # the server dies before telling Optuna
+    trial, lid = _lease_and_die(client, tokens, worker, "_tell", fail)
     assert optuna_trial(ctx, trial["trial_id"]).state == TS.RUNNING
     assert trials.reap_all(ctx) == 0  # within the grace period: maybe still in flight
     with ctx.db.session() as session:
