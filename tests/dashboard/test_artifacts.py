@@ -5,25 +5,15 @@ artifacts are made through the real API (a lease, uploads, a preempted give-back
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import re
 from typing import Any
 
 import optuna
 
-from hpo.protocol import SHA256_HEADER
 from service.dashboard.artifacts_view import size_text
 from tests.conftest import Tokens
-from tests.service.lease_helpers import API, Worker, create_study
-
-
-def upload(worker: Worker, lease_id: str, data: bytes, **params: Any) -> dict[str, Any]:
-    headers = {**worker.headers, SHA256_HEADER: hashlib.sha256(data).hexdigest()}
-    answer = worker.client.put(
-        f"{API}/leases/{lease_id}/artifacts", content=data, params=params, headers=headers
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()  # type: ignore[no-any-return]
+from tests.service.lease_helpers import Worker, create_study, upload_artifact
 
 
 def preempted_trial_with_artifacts(client: Any, tokens: Tokens) -> dict[str, Any]:
@@ -36,11 +26,12 @@ def preempted_trial_with_artifacts(client: Any, tokens: Tokens) -> dict[str, Any
     assert worker.ok(trial["lease_id"], "fail", preempt)["state"] == "queued"
     trial = worker.trial()
     lease = trial["lease_id"]
+    upload = functools.partial(upload_artifact, worker, lease)
     uploads = {
-        "ckpt-1": upload(worker, lease, b"a" * 1500, kind="checkpoint", step=1, filename="c.tar"),
-        "ckpt-2": upload(worker, lease, b"b" * 2500, kind="checkpoint", step=2, filename="c.tar"),
-        "model": upload(worker, lease, b"weights" * 100, kind="model", filename="model.pt"),
-        "file": upload(worker, lease, b"<b>notes</b>", filename="<notes>.txt"),
+        "ckpt-1": upload(b"a" * 1500, kind="checkpoint", step=1, filename="c.tar"),
+        "ckpt-2": upload(b"b" * 2500, kind="checkpoint", step=2, filename="c.tar"),
+        "model": upload(b"weights" * 100, kind="model", filename="model.pt"),
+        "file": upload(b"<b>notes</b>", filename="<notes>.txt"),
     }
     worker.ok(lease, "complete", {"value": 0.9})
     return {"study_id": study["study_id"], "trial": trial, "uploads": uploads}

@@ -5,7 +5,6 @@ and its study page shows the bytes held, refreshed live."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hpo.protocol import SHA256_HEADER
 from tests.conftest import mint_tokens
 from tests.dashboard.conftest import LiveServer, Watched
-from tests.service.lease_helpers import API, Worker, create_study
+from tests.service.lease_helpers import Worker, create_study, upload_artifact
 
 pytestmark = pytest.mark.browser
 STUDY = "kept-artifacts"
@@ -30,15 +28,6 @@ def worker(live_server: LiveServer) -> Iterator[Worker]:
         yield Worker(http, tokens.worker)
 
 
-def upload(worker: Worker, lease_id: str, data: bytes, **params: Any) -> dict[str, Any]:
-    headers = {**worker.headers, SHA256_HEADER: hashlib.sha256(data).hexdigest()}
-    answer = worker.client.put(
-        f"{API}/leases/{lease_id}/artifacts", content=data, params=params, headers=headers
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()  # type: ignore[no-any-return]
-
-
 def finish_with_model(worker: Worker, model: bytes, preempt: bool = False) -> dict[str, Any]:
     """Lease a trial of STUDY (preempted once first when ``preempt``), upload checkpoints
     of steps 1 and 2 (3,000 and 4,000 bytes) and ``model``, complete it; its TrialSpec."""
@@ -48,7 +37,7 @@ def finish_with_model(worker: Worker, model: bytes, preempt: bool = False) -> di
         assert worker.ok(trial["lease_id"], "fail", handed_back)["state"] == "queued"
         trial = worker.trial(studies=[STUDY])
     for step in (1, 2):
-        upload(
+        upload_artifact(
             worker,
             trial["lease_id"],
             b"c" * (2000 + 1000 * step),
@@ -56,7 +45,7 @@ def finish_with_model(worker: Worker, model: bytes, preempt: bool = False) -> di
             step=step,
             filename="state.tar",
         )
-    upload(worker, trial["lease_id"], model, kind="model", filename="model.pt")
+    upload_artifact(worker, trial["lease_id"], model, kind="model", filename="model.pt")
     worker.ok(trial["lease_id"], "complete", {"value": 0.9})
     return trial
 

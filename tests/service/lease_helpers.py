@@ -122,6 +122,13 @@ def put_artifact(worker: Worker, lease_id: str, data: bytes, **params: Any) -> h
     )
 
 
+def upload_artifact(worker: Worker, lease_id: str, data: bytes, **params: Any) -> dict[str, Any]:
+    """:func:`put_artifact` that must be accepted (201); the stored artifact's info."""
+    answer = put_artifact(worker, lease_id, data, **params)
+    assert answer.status_code == 201, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
 def artifact_listing(client: Any, tokens: Tokens, trial_id: int) -> list[dict[str, Any]]:
     """GET /api/v1/trials/{trial_id}/artifacts as a viewer."""
     answer = client.get(f"{API}/trials/{trial_id}/artifacts", headers=_h(tokens.viewer))

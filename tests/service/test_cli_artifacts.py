@@ -4,7 +4,6 @@ leases a trial, uploads checkpoints and a model through its lease and completes 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hpo.protocol import SHA256_HEADER
-from tests.service.lease_helpers import API, Worker
+from tests.service.lease_helpers import Worker, upload_artifact
 from tests.service.test_cli_studies import CLI_SPACE, hpo
 from tests.support import LiveApp, live_app, study_spec
 
@@ -37,15 +35,6 @@ def create(live: LiveApp, name: str, **changes: Any) -> None:
     assert answer.status_code == 201, answer.text
 
 
-def upload(worker: Worker, lease_id: str, data: bytes, **params: Any) -> dict[str, Any]:
-    headers = {**worker.headers, SHA256_HEADER: hashlib.sha256(data).hexdigest()}
-    answer = worker.client.put(
-        f"{API}/leases/{lease_id}/artifacts", content=data, params=params, headers=headers
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()  # type: ignore[no-any-return]
-
-
 def run_trial(
     worker: Worker,
     study: str,
@@ -57,7 +46,7 @@ def run_trial(
     complete it with ``result``; its number."""
     trial = worker.trial(studies=[study])
     for step in checkpoints:
-        upload(
+        upload_artifact(
             worker,
             trial["lease_id"],
             b"c" * 100 * step,
@@ -66,7 +55,7 @@ def run_trial(
             filename="ckpt.tar",
         )
     if model is not None:
-        upload(worker, trial["lease_id"], model, kind="model", filename="model.pt")
+        upload_artifact(worker, trial["lease_id"], model, kind="model", filename="model.pt")
     worker.ok(trial["lease_id"], "complete", result)
     return int(trial["trial_number"])
 
