@@ -46,36 +46,25 @@ def assert_pruned_and_complete(server: Server, name: str, items: list[dict[str, 
     assert len(study.trials) == len(items)
 
 
-def test_lightgbm_pruning_callback(stack: Stack) -> None:
-    need("optuna_integration", "lightgbm")
-    server, items = run_study(stack, "lightgbm", "objectives_lightgbm:objective", median(10), 6)
-    assert_pruned_and_complete(server, "lightgbm", items)
-
-
-def test_xgboost_pruning_callback(stack: Stack) -> None:
-    need("optuna_integration", "xgboost")
-    server, items = run_study(stack, "xgboost", "objectives_xgboost:objective", median(5), 6)
-    assert_pruned_and_complete(server, "xgboost", items)
-
-
-def test_catboost_pruning_callback(stack: Stack) -> None:
-    need("optuna_integration", "catboost")
-    server, items = run_study(stack, "catboost", "objectives_catboost:objective", median(5), 6)
-    assert_pruned_and_complete(server, "catboost", items)
-
-
-def test_pytorch_lightning_pruning_callback(stack: Stack) -> None:
-    need("optuna_integration", "lightning")
-    need_mnist()
-    server, items = run_study(stack, "lightning", "objectives_lightning:objective", HALVING, 5)
-    assert_pruned_and_complete(server, "lightning", items)
-
-
-def test_keras_pruning_callback_on_torch(stack: Stack) -> None:
-    need("optuna_integration", "keras")
-    need_mnist()
-    server, items = run_study(stack, "keras", "objectives_keras:objective", HALVING, 5)
-    assert_pruned_and_complete(server, "keras", items)
+@pytest.mark.parametrize(
+    ("name", "package", "pruner", "trials", "mnist"),
+    [
+        pytest.param("lightgbm", "lightgbm", median(10), 6, False, id="lightgbm"),
+        pytest.param("xgboost", "xgboost", median(5), 6, False, id="xgboost"),
+        pytest.param("catboost", "catboost", median(5), 6, False, id="catboost"),
+        pytest.param("lightning", "lightning", HALVING, 5, True, id="pytorch-lightning"),
+        pytest.param("keras", "keras", HALVING, 5, True, id="keras-on-torch"),
+    ],
+)
+def test_pruning_callback(
+    stack: Stack, name: str, package: str, pruner: dict[str, Any], trials: int, mnist: bool
+) -> None:
+    """The library's callback from ``objectives_<name>.py`` prunes some trials."""
+    need("optuna_integration", package)
+    if mnist:
+        need_mnist()
+    server, items = run_study(stack, name, f"objectives_{name}:objective", pruner, trials)
+    assert_pruned_and_complete(server, name, items)
 
 
 def test_lightning_ddp_refusal_fails_the_trial_with_its_reason(stack: Stack) -> None:

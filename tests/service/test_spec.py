@@ -220,31 +220,34 @@ def test_valid_spec_is_accepted(api: TestClient) -> None:
 # --------------------------------------------------------------------------- sampling
 
 
+def _toy_spec(name: str, space: dict[str, Any], sampler: dict[str, Any] | None = None) -> StudySpec:
+    """A validated spec of the ``toy`` workload (no trainer checks) over ``space``."""
+    extra = {} if sampler is None else {"sampler": sampler}
+    return StudySpec.model_validate(study_spec(name, workload="toy", space=space, **extra))
+
+
 def _conditional_spec() -> StudySpec:
-    return StudySpec.model_validate(
-        study_spec(
-            "conditional",
-            workload="toy",
-            sampler={"name": "random", "seed": 3},
-            space={
-                "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "nesterov"]},
-                "momentum": {
-                    "type": "float",
-                    "low": 0.5,
-                    "high": 0.99,
-                    "when": {"optimizer": ["momentum", "nesterov"]},
-                },
-                "schedule": {"type": "categorical", "choices": ["constant", "step"]},
-                "step_size": {"type": "int", "low": 1, "high": 5, "when": {"schedule": ["step"]}},
-                "gamma": {
-                    "type": "float",
-                    "low": 0.1,
-                    "high": 0.9,
-                    "when": {"schedule": ["step"], "optimizer": ["sgd"]},
-                },
-                "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "setting": "lr"},
+    return _toy_spec(
+        "conditional",
+        sampler={"name": "random", "seed": 3},
+        space={
+            "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "nesterov"]},
+            "momentum": {
+                "type": "float",
+                "low": 0.5,
+                "high": 0.99,
+                "when": {"optimizer": ["momentum", "nesterov"]},
             },
-        )
+            "schedule": {"type": "categorical", "choices": ["constant", "step"]},
+            "step_size": {"type": "int", "low": 1, "high": 5, "when": {"schedule": ["step"]}},
+            "gamma": {
+                "type": "float",
+                "low": 0.1,
+                "high": 0.9,
+                "when": {"schedule": ["step"], "optimizer": ["sgd"]},
+            },
+            "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "setting": "lr"},
+        },
     )
 
 
@@ -269,26 +272,23 @@ def test_suggest_params_samples_conditionals_only_when_they_hold() -> None:
 
 
 def test_suggest_params_skips_parameters_conditioned_on_a_skipped_one() -> None:
-    spec = StudySpec.model_validate(
-        study_spec(
-            "chain",
-            workload="toy",
-            sampler={"name": "random", "seed": 5},
-            space={
-                "batch_norm": {"type": "categorical", "choices": [False, True]},
-                "bn_kind": {
-                    "type": "categorical",
-                    "choices": ["plain", "affine"],
-                    "when": {"batch_norm": [True]},
-                },
-                "bn_momentum": {
-                    "type": "float",
-                    "low": 0.1,
-                    "high": 0.9,
-                    "when": {"bn_kind": ["plain", "affine"]},
-                },
+    spec = _toy_spec(
+        "chain",
+        sampler={"name": "random", "seed": 5},
+        space={
+            "batch_norm": {"type": "categorical", "choices": [False, True]},
+            "bn_kind": {
+                "type": "categorical",
+                "choices": ["plain", "affine"],
+                "when": {"batch_norm": [True]},
             },
-        )
+            "bn_momentum": {
+                "type": "float",
+                "low": 0.1,
+                "high": 0.9,
+                "when": {"bn_kind": ["plain", "affine"]},
+            },
+        },
     )
     study = optuna.create_study(sampler=make_sampler(spec, seed=5))
     seen = set()
@@ -305,17 +305,14 @@ def test_suggest_params_skips_parameters_conditioned_on_a_skipped_one() -> None:
 
 
 def test_grid_search_space_enumerates_every_kind() -> None:
-    spec = StudySpec.model_validate(
-        study_spec(
-            "grid",
-            workload="toy",
-            sampler={"name": "grid", "seed": 0},
-            space={
-                "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
-                "depth": {"type": "int", "low": 1, "high": 5, "step": 2},
-                "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
-            },
-        )
+    spec = _toy_spec(
+        "grid",
+        sampler={"name": "grid", "seed": 0},
+        space={
+            "opt": {"type": "categorical", "choices": ["sgd", "adam"]},
+            "depth": {"type": "int", "low": 1, "high": 5, "step": 2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3, "step": 0.1},
+        },
     )
     grid = grid_search_space(spec.space)
     assert grid == {"opt": ["sgd", "adam"], "depth": [1, 3, 5], "dropout": [0.0, 0.1, 0.2, 0.3]}
@@ -343,6 +340,6 @@ def test_grid_search_space_enumerates_every_kind() -> None:
     ids=["continuous float", "log int", "too many points"],
 )
 def test_grid_search_space_refuses_what_it_cannot_enumerate(param: dict[str, Any]) -> None:
-    spec = StudySpec.model_validate(study_spec("g", workload="toy", space={"x": param}))
+    spec = _toy_spec("g", space={"x": param})
     with pytest.raises(ValueError, match="space.x"):
         grid_search_space(spec.space)

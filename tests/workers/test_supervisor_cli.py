@@ -62,17 +62,24 @@ def test_gpu_groups_for_trials_over_several_gpus() -> None:
         gpu_groups(plan, 8)
 
 
+def _assert_resolves(answers: dict[str, str], refusals: dict[str, str]) -> None:
+    """``resolve_device(asked)`` gives each answer, and refuses each refusal's asked
+    device with a DeviceError matching its message."""
+    for asked, device in answers.items():
+        assert resolve_device(asked) == device, asked
+    for asked, message in refusals.items():
+        with pytest.raises(DeviceError, match=message):
+            resolve_device(asked)
+
+
 def test_resolve_device_without_cuda() -> None:
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this check is for machines without CUDA")
-    assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") == "cpu"
-    with pytest.raises(DeviceError, match="not available"):
-        resolve_device("cuda")
-    with pytest.raises(DeviceError, match="unknown device"):
-        resolve_device("tpu")
+    _assert_resolves(
+        {"cpu": "cpu", "auto": "cpu"}, {"cuda": "not available", "tpu": "unknown device"}
+    )
 
 
 def test_resolve_device_with_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,13 +87,10 @@ def test_resolve_device_with_mocked_cuda(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert resolve_device("auto") == "cuda:0"
-    assert resolve_device("CUDA") == "cuda:0"
-    assert resolve_device("cuda:1") == "cuda:1"
-    with pytest.raises(DeviceError, match="does not exist"):
-        resolve_device("cuda:2")
-    with pytest.raises(DeviceError, match="expected cuda:N"):
-        resolve_device("cuda:one")
+    _assert_resolves(
+        {"auto": "cuda:0", "CUDA": "cuda:0", "cuda:1": "cuda:1"},
+        {"cuda:2": "does not exist", "cuda:one": "expected cuda:N"},
+    )
 
 
 def test_child_command_pins_the_gpu_and_keeps_the_token_off_argv() -> None:
