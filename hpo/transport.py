@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +126,7 @@ class RetryPolicies:
     def interactive(cls) -> RetryPolicies:
         """For people at a terminal: give up within a few seconds."""
         quick = RetryPolicy(3, 5.0, 0.25, 1.0)
-        return cls(
-            default=quick,
-            heartbeat=quick,
-            report=quick,
-            finish=quick,
-            startup=quick,
-            upload=quick,
-        )
+        return cls(**{kind.name: quick for kind in fields(cls)})
 
 
 # --------------------------------------------------------------------------- transport
