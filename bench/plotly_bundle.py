@@ -39,7 +39,7 @@ def serve(bundle: Path) -> None:
     """Make the in-process servers started next serve ``bundle`` as plotly.min.js."""
     static.FILES["plotly.min.js"] = (bundle, "text/javascript")
     static._digest.cache_clear()  # the URL carries the file's hash: no cross-bundle cache hits
-    static._bodies.cache_clear()
+    static._body.cache_clear()
 
 
 def sizes(bundle: Path) -> str:

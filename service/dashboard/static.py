@@ -54,16 +54,17 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, no-cache"
 
 
-@lru_cache(maxsize=16)
-def _bodies(name: str) -> dict[str, bytes]:
-    """An asset's bytes per content coding (``identity``, ``br``, ``gzip``), compressed
-    once per process: plotly.min.js is 5.2 MB plain, 1.3 MB brotli, 1.6 MB gzip."""
+@lru_cache(maxsize=32)
+def _body(name: str, coding: str) -> bytes:
+    """An asset's bytes in a content coding (``identity``, ``br``, ``gzip``), compressed
+    once per process and coding, when first asked for: plotly.min.js is 5.2 MB plain,
+    1.3 MB brotli, 1.6 MB gzip."""
     raw = FILES[name][0].read_bytes()
-    return {
-        "identity": raw,
-        "br": brotli.compress(raw, quality=9),  # 0.5 s for plotly.js; 11 takes 10 s
-        "gzip": gzip.compress(raw, compresslevel=6, mtime=0),
-    }
+    if coding == "br":
+        return bytes(brotli.compress(raw, quality=9))  # 0.5 s for plotly.js; 11 takes 10 s
+    if coding == "gzip":
+        return gzip.compress(raw, compresslevel=6, mtime=0)
+    return raw
 
 
 def _coding(accept_encoding: str) -> str:
@@ -98,4 +99,4 @@ def asset(name: str, request: Request) -> Response:
     coding = _coding(request.headers.get("accept-encoding", ""))
     if coding != "identity":
         headers["Content-Encoding"] = coding
-    return Response(_bodies(name)[coding], media_type=FILES[name][1], headers=headers)
+    return Response(_body(name, coding), media_type=FILES[name][1], headers=headers)
