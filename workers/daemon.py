@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,7 @@ class Worker:
         self._install = install_signals
         self._signals = 0
         self._last_idle_reason: str | None = None
+        self._request_id: str | None = None  # the lease request not answered yet
         self.device = "cpu"
         self._device_probe: DeviceProbe | None = None
         #: trials leased at once: 1, or K with --pack K (--pack auto: K after the first lease)
@@ -336,29 +338,37 @@ class Worker:
         return True
 
     def _lease(self, client: Client) -> LeaseResponse | int | None:
-        """One lease request: the answer, None (retry later) or an exit code."""
+        """One lease request: the answer, None (retry later) or an exit code.
+
+        The request id stays the same until an answer arrives: a request the server
+        answered while the connection dropped, asked again after the outage, gets the
+        trials it already leased (never a second set)."""
+        self._request_id = self._request_id or uuid.uuid4().hex
         body = LeaseRequest(
             worker_id=self.worker_id or "unregistered",
             studies=self.options.studies or None,
             wait_s=self.options.wait_s,
             max_trials=self._batch,
+            request_id=self._request_id,
         )
         try:
             answer = client.lease(body)
-        except ClientAborted:
-            return None
-        except ServerUnavailable as exc:
-            log.warning("server unavailable, will retry: %s", exc)
+        except (ClientAborted, ServerUnavailable) as exc:  # not answered: same id next time
+            if isinstance(exc, ServerUnavailable):
+                log.warning("server unavailable, will retry: %s", exc)
             return None
         except AuthError as exc:
+            self._request_id = None
             log.error("server refused the token (HTTP %d): %s", exc.status_code, exc.detail)
             return ExitCode.CONFIG
         except ApiError as exc:
+            self._request_id = None
             if exc.status_code == 404:  # the server forgot this worker (new database)
                 log.warning("server does not know this worker: registering again")
                 return self._register(client, self.device)
             log.error("lease refused: %s", exc)
             return None
+        self._request_id = None  # answered: the next lease is a new request
         if answer.trial is None and answer.reason != self._last_idle_reason:
             log.info("no work (%s); asking again", answer.reason or "nothing to run")
             self._last_idle_reason = answer.reason

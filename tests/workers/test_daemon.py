@@ -348,3 +348,27 @@ def test_unknown_device_is_a_configuration_error(one_trial, trainer) -> None:
     worker = Worker(opts, load_data=lambda r, d: "DATA", train=trainer, install_signals=False)
     assert worker.run() == ExitCode.CONFIG
     assert one_trial.calls == []
+
+
+def test_a_lease_not_answered_is_asked_again_with_the_same_request_id() -> None:
+    """Issue 23: the daemon keeps the request id until an answer arrives."""
+    from hpo.protocol import LeaseResponse
+    from hpo.transport import ServerUnavailable
+
+    class Client:
+        def __init__(self) -> None:
+            self.ids: list[str | None] = []
+
+        def lease(self, body: Any) -> LeaseResponse:
+            self.ids.append(body.request_id)
+            if len(self.ids) == 1:
+                raise ServerUnavailable("down", "http://x")
+            return LeaseResponse()
+
+    opts = WorkerOptions(server="http://x", token="t", device="cpu", wait_s=0.0)
+    worker = Worker(opts, load_data=lambda root, device: "DATA", install_signals=False)
+    client = Client()
+    for _ in range(3):
+        worker._lease(client)  # type: ignore[arg-type]
+    first, retry, fresh = client.ids
+    assert first and first == retry and fresh != first
