@@ -137,6 +137,7 @@ def test_create_then_get_summary_counts_and_best_trial(admin, ctx) -> None:
             "running": 1,
             "waiting": 0,
             "queued": 1,
+            "paused": 0,
             "leased": 1,
             "total": 7,
         }
