@@ -69,15 +69,19 @@ def base_query(study_id: int) -> Select[Any]:
 
 
 def filter_state(stmt: Select[Any], state: str | None) -> Select[Any]:
-    """Keep trials shown in ``state`` (``queued`` and ``running`` split Optuna's RUNNING)."""
+    """Keep trials shown in ``state`` (``queued``, ``paused`` and ``running`` split Optuna's
+    RUNNING)."""
     if state is None:
         return stmt
     running = trials.c.state == OptunaState.RUNNING
     queued = TrialRecord.state == TrialState.QUEUED
+    paused = TrialRecord.state == TrialState.PAUSED  # promotion ASHA
     if state == ShownState.QUEUED:
         return stmt.where(running, queued)
+    if state == ShownState.PAUSED:
+        return stmt.where(running, paused)
     if state == ShownState.RUNNING:
-        return stmt.where(running, or_(TrialRecord.state.is_(None), ~queued))
+        return stmt.where(running, or_(TrialRecord.state.is_(None), ~(queued | paused)))
     return stmt.where(trials.c.state == OptunaState[state.upper()])
 
 
