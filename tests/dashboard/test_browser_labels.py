@@ -1,8 +1,11 @@
 """The truth at a glance (issue 26): a real study run to completion by a real worker
-process (reference trainer, real MNIST, a few hundred images, 1 epoch) against a real
-server process over HTTP; the dashboard open in Chromium all along. Each study label
-the pages show is the API's, the open page reaches ``complete`` by itself (no reload),
-and the counts add up to the trials in Optuna."""
+process against a real server process over HTTP, the dashboard open in Chromium all
+along. Each study label the pages show is the API's, the open page reaches
+``complete`` by itself (no reload), and the counts add up to the trials in Optuna.
+
+Two runs of the same test: an Optuna-style objective (``--objective``, instant trials:
+in the default suite) and, as the demo does, the reference trainer on real MNIST (a few
+hundred images, 1 epoch: ``slow``, a minute on 2 busy cores)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from tests.support import wait_for
 pytestmark = pytest.mark.browser
 
 TRIALS = 3
-SPEC = {
+MNIST = {
     "name": "labels",
     "direction": "maximize",
     "objective": "val_accuracy",
@@ -31,6 +34,21 @@ SPEC = {
         "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
     },
 }
+#: The same budget over an objective function of tests/e2e/objectives.py (define-by-run).
+OBJECTIVE = {
+    **{k: v for k, v in MNIST.items() if k != "fixed"},
+    "workload": "toy",
+    "objective": "value",
+    "space": {},
+}
+RUNS = [
+    pytest.param(
+        OBJECTIVE,
+        ["--objective", "tests.e2e.objectives:conditional", "--workload", "toy"],
+        id="objective",
+    ),
+    pytest.param(MNIST, [], id="mnist", marks=pytest.mark.slow),
+]
 BADGE = "#study-status"
 
 
@@ -53,15 +71,20 @@ def _page_counts(tab: Any) -> dict[str, int]:
     return {s.value: int(tab.locator(f"[data-count={s.value}]").inner_text()) for s in ShownState}
 
 
-def test_every_label_is_the_apis_and_the_counts_add_up(stack: Stack) -> None:  # noqa: F811
+@pytest.mark.parametrize(("spec", "worker_args"), RUNS)
+def test_every_label_is_the_apis_and_the_counts_add_up(
+    stack: Stack,  # noqa: F811
+    spec: dict[str, Any],
+    worker_args: list[str],
+) -> None:
     from playwright.sync_api import sync_playwright
 
     chromium = chromium_path()
     server = stack.server()
     admin = server.api()
-    admin.create_study(SPEC)
+    admin.create_study(spec)
     for name in ("labels-paused", "labels-stopped"):
-        admin.create_study({**SPEC, "name": name})
+        admin.create_study({**spec, "name": name})
     assert admin.http.post("/studies/labels-paused/pause").status_code == 200
     assert admin.http.post("/studies/labels-stopped/stop").status_code == 200
     with sync_playwright() as p:
@@ -80,7 +103,7 @@ def test_every_label_is_the_apis_and_the_counts_add_up(stack: Stack) -> None:  #
         assert _badge(tab) == (StudyStatus.WAITING, WaitingOn.NO_WORKERS)
 
         token = server.tokens()["worker"]
-        stack.worker(server.url, token, "--max-trials", str(TRIALS))
+        stack.worker(server.url, token, "--max-trials", str(TRIALS), *worker_args)
         wait_for(lambda: admin.finished("labels", TRIALS), 180, f"{TRIALS} finished trials")
         summary = wait_for(
             lambda: (s := _summary(server, "labels"))["status"] == StudyStatus.COMPLETE and s,
