@@ -81,6 +81,10 @@ class FindingKind(StrEnum):
     OVERFITTING = "overfitting"
     UNDERFITTING = "underfitting"
     PLATEAU = "plateau"
+    # hpo.findings_responsible: privacy, fairness, robustness (from the final metrics)
+    DP_NOISE_TOO_HIGH = "dp_noise_too_high"
+    CLASS_LEFT_BEHIND = "class_left_behind"
+    ROBUSTNESS_CLIFF = "robustness_cliff"
 
 
 class Severity(StrEnum):
@@ -419,6 +423,7 @@ def check_trial(
     status: str | None = None,
     diagnosis: str | None = None,
     exploding_norm: float = EXPLODING_NORM,
+    final: Mapping[str, Any] | None = None,
 ) -> list[Finding]:
     """Every finding of one trial, in the order the checks run.
 
@@ -426,6 +431,8 @@ def check_trial(
     ended (``"diverged"`` and its message, e.g. "diverged at epoch 2 batch 17: loss
     3e5 > 10 x first loss 2.3"). A diverged run is not also judged for
     underfitting, overfitting or plateau: its loss curve stops at the blow-up.
+    ``final``: the trial's final metrics, for the privacy, fairness and robustness
+    findings (hpo.findings_responsible).
     """
     h = History(history)
     findings = [check_diverged(h, status, diagnosis), check_exploding(h, exploding_norm)]
@@ -434,4 +441,7 @@ def check_trial(
         if diverged and check in (check_overfitting, check_underfitting, check_plateau):
             continue
         findings.append(check(h))
-    return [f for f in findings if f is not None]
+    from hpo.findings_responsible import check_responsible  # it imports this module
+
+    found = [f for f in findings if f is not None]
+    return found if diverged else found + check_responsible(h, final)

@@ -56,6 +56,9 @@ _VERBS = {
     FindingKind.OVERFITTING: "overfit",
     FindingKind.UNDERFITTING: "underfit",
     FindingKind.PLATEAU: "plateaued",
+    FindingKind.DP_NOISE_TOO_HIGH: "collapsed under DP-SGD noise",
+    FindingKind.CLASS_LEFT_BEHIND: "left a class behind",
+    FindingKind.ROBUSTNESS_CLIFF: "fell off a robustness cliff",
     FAILED: "failed",
 }
 

@@ -61,9 +61,11 @@ def diagnostics_without_commit(
     history = [{"epoch": step, **(metrics or {})} for step, metrics in rows]
     figures = {**(telemetry or {}), **throughput(history)} or None
     try:
-        message = (user_attrs.get("final_metrics") or {}).get("diagnosis")
+        final = user_attrs.get("final_metrics") or {}
+        message = final.get("diagnosis")
         status = "diverged" if user_attrs.get("diagnosis") == "diverged" else None
-        found = [f.model_dump(mode="json") for f in check_trial(history, status, message)]
+        checked = check_trial(history, status, message, final=final)
+        found = [f.model_dump(mode="json") for f in checked]
     except Exception:  # findings are advice; the trial finishes anyway
         log.warning("could not check trial %d", optuna_trial_id, exc_info=True)
         found = []
