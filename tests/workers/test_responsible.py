@@ -153,3 +153,19 @@ def test_adversarial_training_raises_adversarial_accuracy(mnist: MnistData) -> N
     )
     assert math.isfinite(plain.final["adv_accuracy"])
     assert trained.final["adv_accuracy"] > plain.final["adv_accuracy"] + 0.03
+
+
+def test_ghost_clipping_takes_the_same_steps_as_materialised_per_sample_gradients(
+    mnist: MnistData,
+) -> None:
+    weights = []
+    for mode in ("ghost", "hooks"):
+        privacy = {"noise_multiplier": 0.0, "max_grad_norm": 0.05, "grad_sample_mode": mode}
+        result = train(quick(**SMALL, train_subset=512, privacy=privacy), mnist)
+        assert result.model is not None
+        weights.append(torch.cat([p.detach().flatten() for p in result.model.parameters()]))
+    plain = train(quick(**SMALL, train_subset=512), mnist)
+    assert plain.model is not None
+    unclipped = torch.cat([p.detach().flatten() for p in plain.model.parameters()])
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
+    assert not torch.allclose(weights[0], unclipped, atol=1e-3)  # clipping changed the steps

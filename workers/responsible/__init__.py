@@ -90,7 +90,9 @@ class Plan:
         return self.adversary.perturb(model, x, y) if self.adversary is not None else x
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's training loss (reweight: per-class weights)."""
+        """The batch's training loss (reweight: per-class weights; DP-SGD: Opacus's)."""
+        if self.private is not None:
+            return self.private.loss(logits, y, self.weights)  # type: ignore[no-any-return]
         if self.weights is not None:
             return fairness.weighted_loss(logits, y, self.weights)
         return F.cross_entropy(logits, y)

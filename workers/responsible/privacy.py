@@ -1,8 +1,10 @@
 """DP-SGD for the reference trainer, on Opacus (``privacy`` settings, hpo.responsible).
 
-Opacus does the privacy work: :class:`opacus.GradSampleModule` computes per-sample
-gradients, :class:`opacus.optimizers.DPOptimizer` clips each to ``max_grad_norm`` and adds
-Gaussian noise of ``noise_multiplier`` x that norm, and its accountants (RDP by default,
+Opacus does the privacy work: its per-sample gradient modules clip each sample's gradient
+to ``max_grad_norm`` (``grad_sample_mode: ghost``, the default, is Opacus's ghost clipping:
+exact per-sample norms without materialising per-sample gradients, two backward passes
+per step; ``hooks`` materialises them), its DP optimizers add Gaussian noise of
+``noise_multiplier`` x that norm, and its accountants (RDP by default,
 PRV on request) turn (noise, sample rate, steps) into epsilon at ``delta``. This module
 only draws the Poisson-sampled batches (each training example joins each step with
 probability q = 1 / steps per epoch, as Opacus's DPDataLoader does) on the trial's own
@@ -20,8 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hpo.responsible import PrivacySettings
@@ -35,14 +39,22 @@ class PrivateTraining:
     noise_multiplier: float
     sample_rate: float
     steps_per_epoch: int
-    forward: nn.Module  # the GradSampleModule around the model
-    optimizer: torch.optim.Optimizer  # the DPOptimizer around the trial's optimizer
+    forward: nn.Module  # the per-sample gradient module around the model
+    optimizer: torch.optim.Optimizer  # the DP optimizer around the trial's optimizer
+    criterion: Any  # the loss: ghost clipping's wrapper (its backward runs both passes)
+    seed: int = 0
 
     def epsilon(self, steps: int) -> float:
         """The accountant's epsilon after ``steps`` DP-SGD steps (at the settings' delta)."""
         return epsilon_after(self.settings, self.noise_multiplier, self.sample_rate, steps)
 
-    seed: int = 0
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> Any:
+        """The batch's loss as DP-SGD needs it (a mean over the batch's samples)."""
+        if self.criterion is None:  # hooks: any mean over samples
+            per_sample = F.cross_entropy(logits, y, reduction="none")
+            return (per_sample * weights[y] if weights is not None else per_sample).mean()
+        self.criterion.criterion.weight = weights  # ghost: the per-sample loss, weighted
+        return self.criterion(logits, y)
 
     def batches(self, n: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
         """Epoch ``epoch``'s Poisson-sampled batches: index tensors of varying length, each
@@ -100,8 +112,6 @@ def make_private(
     seed: int,
 ) -> PrivateTraining:
     """Wrap ``model`` and ``optimizer`` for DP-SGD over ``n`` training examples."""
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
     from opacus.validators import ModuleValidator
 
     errors = ModuleValidator.validate(model, strict=False)
@@ -111,13 +121,27 @@ def make_private(
     noise = noise_for(settings, sample_rate, epochs)
     device = next(model.parameters()).device
     noise_generator = torch.Generator(device=device).manual_seed(seed)
-    private = DPOptimizer(
-        optimizer,
+    dp = dict(
         noise_multiplier=noise,
         max_grad_norm=settings.max_grad_norm,
         expected_batch_size=batch_size,
         loss_reduction="mean",
         generator=noise_generator,
     )
-    forward = GradSampleModule(model, loss_reduction="mean")
-    return PrivateTraining(settings, noise, sample_rate, steps, forward, private, seed)
+    if settings.grad_sample_mode == "hooks":
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        forward = GradSampleModule(model, loss_reduction="mean")
+        private, criterion = DPOptimizer(optimizer, **dp), None
+    else:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizerFastGradientClipping
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        forward = GradSampleModuleFastGradientClipping(
+            model, max_grad_norm=settings.max_grad_norm, use_ghost_clipping=True
+        )
+        private = DPOptimizerFastGradientClipping(optimizer, **dp)
+        criterion = DPLossFastGradientClipping(forward, private, nn.CrossEntropyLoss(), "mean")
+    return PrivateTraining(settings, noise, sample_rate, steps, forward, private, criterion, seed)
