@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from hpo.client import Client
 from hpo.keepalive import beat_once
@@ -42,7 +42,28 @@ class NoProgress:
         return None
 
 
-class Heartbeat:
+class _BeatThread:
+    """A daemon thread that runs ``_run`` from the ``with`` block's start; its end sets
+    ``_done`` and joins the thread (for up to ``join_s`` seconds)."""
+
+    def __init__(self, name: str, join_s: float) -> None:
+        self._done = threading.Event()
+        self._join_s = join_s
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=self._join_s)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Heartbeat(_BeatThread):
     """Background thread that sends a heartbeat every ``spec.heartbeat_interval_s``."""
 
     def __init__(
@@ -58,18 +79,7 @@ class Heartbeat:
         self._control = control
         self._progress = progress
         self._telemetry = telemetry
-        self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-{spec.lease_id}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5.0)
+        super().__init__(f"heartbeat-{spec.lease_id}", join_s=5.0)
 
     def _run(self) -> None:
         interval = max(0.05, self._spec.heartbeat_interval_s)
@@ -85,7 +95,7 @@ class Heartbeat:
         return beat_once(client, self._spec, self._control, body)
 
 
-class HeartbeatGroup:
+class HeartbeatGroup(_BeatThread):
     """One background thread keeping many leases alive (the members of a fused pack).
 
     Each lease is beaten every ``heartbeat_interval_s`` of its spec; a 409 drops
@@ -102,8 +112,7 @@ class HeartbeatGroup:
         self._telemetry = telemetry
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[TrialSpec, Control, Callable[[], float | None]]] = {}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        super().__init__("heartbeats", join_s=10.0)
 
     def add(self, spec: TrialSpec, control: Control, progress: Callable[[], float | None]) -> None:
         """Start beating ``spec``'s lease."""
@@ -114,14 +123,6 @@ class HeartbeatGroup:
         """Stop beating a lease (its trial ended)."""
         with self._lock:
             self._leases.pop(lease_id, None)
-
-    def __enter__(self) -> HeartbeatGroup:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=10.0)
 
     def _run(self) -> None:
         with self._make_client() as client:
