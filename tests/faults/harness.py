@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,35 @@ class Fleet:
 
     def logs(self) -> str:
         return "\n".join(p.log() for p in self.procs)
+
+
+@contextmanager
+def fleet_run(
+    workdir: Path,
+    db_url: str,
+    study: str,
+    trials: int,
+    workers: int,
+    *,
+    max_concurrent: int | None = None,
+    step_sleep: float = 0.2,
+) -> Iterator[tuple[ServerProcess, Fleet]]:
+    """A started server on ``db_url`` with the study ``study`` (:func:`spec`) and
+    ``workers`` fake workers on it; at the end every worker and the server are killed."""
+    server = start_server(workdir, db_url)
+    fleet: Fleet | None = None
+    try:
+        with server.client() as api:
+            resp = api.post("/studies", json=spec(study, trials, max_concurrent=max_concurrent))
+            assert resp.status_code == 201, resp.text
+        fleet = Fleet(workdir, server.url, server.tokens()["worker"], study, step_sleep=step_sleep)
+        for _ in range(workers):
+            fleet.spawn()
+        yield server, fleet
+    finally:
+        if fleet is not None:
+            fleet.close()
+        server.kill()
 
 
 def _mid_trial(log: str) -> bool:

@@ -16,12 +16,10 @@ import httpx
 import pytest
 
 from tests.faults.harness import (
-    Fleet,
     assert_invariants,
     check_invariants,
+    fleet_run,
     server_errors,
-    spec,
-    start_server,
     wait_finished,
 )
 from tests.faults.pg_private import PrivatePostgres, private_pg  # noqa: F401 - fixture
@@ -77,16 +75,8 @@ def test_database_restart_answers_503_and_loses_nothing(
     figures,
 ) -> None:
     db_url = private_pg.url
-    server = start_server(tmp_path, db_url)
-    fleet: Fleet | None = None
     codes: Counter[str] = Counter()
-    try:
-        with server.client() as api:
-            resp = api.post("/studies", json=spec("dbdown", TRIALS, max_concurrent=3))
-            assert resp.status_code == 201, resp.text
-        fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "dbdown", step_sleep=0.2)
-        for _ in range(3):
-            fleet.spawn()
+    with fleet_run(tmp_path, db_url, "dbdown", TRIALS, 3, max_concurrent=3) as (server, fleet):
         recovered: list[float] = []
         for i in range(RESTARTS):
             wait_finished(db_url, "dbdown", 8 * (i + 1), timeout=60)
@@ -107,7 +97,3 @@ def test_database_restart_answers_503_and_loses_nothing(
         assert_invariants(f, TRIALS)
         assert server_errors(logs) == 0, "a worker saw a 5xx that is not retried"
         assert " 500 " not in server.log(), server.log()[-4000:]
-    finally:
-        if fleet is not None:
-            fleet.close()
-        server.kill()

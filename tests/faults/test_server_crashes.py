@@ -16,25 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
-    Fleet,
     assert_invariants,
     check_invariants,
     finished_count,
+    fleet_run,
     server_errors,
-    spec,
-    start_server,
     wait_finished,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 RESTARTS = 3
-
-
-def _create(server, name: str, trials: int, concurrent: int | None) -> None:  # type: ignore[no-untyped-def]
-    with server.client() as api:
-        resp = api.post("/studies", json=spec(name, trials, max_concurrent=concurrent))
-        assert resp.status_code == 201, resp.text
 
 
 def _crash_loop(server, db_url: str, study: str, trials: int) -> tuple[object, int, str]:  # type: ignore[no-untyped-def]
@@ -54,13 +46,7 @@ def _crash_loop(server, db_url: str, study: str, trials: int) -> tuple[object, i
 @pytest.mark.postgres
 def test_server_sigkilled_three_times_on_postgres(pg_url: str, tmp_path: Path, figures) -> None:
     trials = 40
-    server = start_server(tmp_path, pg_url)
-    fleet: Fleet | None = None
-    try:
-        _create(server, "srvcrash", trials, 4)
-        fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "srvcrash", step_sleep=0.2)
-        for _ in range(4):
-            fleet.spawn()
+    with fleet_run(tmp_path, pg_url, "srvcrash", trials, 4, max_concurrent=4) as (server, fleet):
         server, restarts, server_logs = _crash_loop(server, pg_url, "srvcrash", trials)
         done = wait_finished(pg_url, "srvcrash", trials, timeout=120)
         logs = fleet.logs()
@@ -72,22 +58,12 @@ def test_server_sigkilled_three_times_on_postgres(pg_url: str, tmp_path: Path, f
         assert_invariants(f, trials)
         assert server_errors(logs) == 0, "a worker saw a 5xx"
         assert "COMPLETED" in logs
-    finally:
-        if fleet is not None:
-            fleet.close()
-        server.kill()
 
 
 def test_sqlite_eight_workers_never_see_database_is_locked(tmp_path: Path, figures) -> None:
     trials = 64
     db_url = f"sqlite:///{tmp_path / 'faults.db'}"
-    server = start_server(tmp_path, db_url)
-    fleet: Fleet | None = None
-    try:
-        _create(server, "lite", trials, None)
-        fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "lite", step_sleep=0.02)
-        for _ in range(8):
-            fleet.spawn()
+    with fleet_run(tmp_path, db_url, "lite", trials, 8, step_sleep=0.02) as (server, fleet):
         done = wait_finished(db_url, "lite", trials, timeout=150)
         logs = fleet.logs() + server.log()
         locked = logs.lower().count("database is locked")
@@ -100,7 +76,3 @@ def test_sqlite_eight_workers_never_see_database_is_locked(tmp_path: Path, figur
         assert locked == 0, "a 'database is locked' error was seen"
         assert server_errors(logs) == 0 and " 500 " not in server.log()
         assert_invariants(f, trials)
-    finally:
-        if fleet is not None:
-            fleet.close()
-        server.kill()

@@ -17,12 +17,10 @@ import pytest
 
 from tests.faults.harness import (
     Chaos,
-    Fleet,
     assert_invariants,
     check_invariants,
+    fleet_run,
     server_errors,
-    spec,
-    start_server,
     wait_finished,
 )
 
@@ -34,15 +32,8 @@ MIN_KILLS = 20
 
 
 def test_sigkilled_workers_lose_no_trial(pg_url: str, tmp_path: Path, figures) -> None:
-    server = start_server(tmp_path, pg_url)
-    fleet: Fleet | None = None
-    try:
-        with server.client() as api:
-            resp = api.post("/studies", json=spec("crashy", TRIALS, max_concurrent=WORKERS))
-            assert resp.status_code == 201, resp.text
-        fleet = Fleet(tmp_path, server.url, server.tokens()["worker"], "crashy", step_sleep=0.2)
-        for _ in range(WORKERS):
-            fleet.spawn()
+    run = fleet_run(tmp_path, pg_url, "crashy", TRIALS, WORKERS, max_concurrent=WORKERS)
+    with run as (server, fleet):
         chaos = Chaos(fleet, every=0.35, max_kills=MIN_KILLS + 4, max_seconds=120, seed=11)
         started = time.monotonic()
         chaos.start()
@@ -61,7 +52,3 @@ def test_sigkilled_workers_lose_no_trial(pg_url: str, tmp_path: Path, figures) -
         assert f.complete == TRIALS, f.line()
         assert server_errors(logs) == 0, "a worker saw a 5xx"
         assert "Traceback" not in server.log(), server.log()[-3000:]
-    finally:
-        if fleet is not None:
-            fleet.close()
-        server.kill()
