@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ MAX_FRAMES = 32
 MAX_ANSWERS = 512
 #: Studies with more trials than this get their charts and header stale-while-revalidate.
 STALE_OK_TRIALS = 2000
+#: A big study's header (trials per state, best trial) that builds faster than this is
+#: rebuilt at once when a trial ends (the next poll shows it), a slower one in the background.
+HEADER_FRESH_S = 0.3
 #: A big study's diagnosis is rebuilt at most once per this many times its build time
 #: (``service.studies.proposals`` takes seconds at 10,000 trials; a live study changes
 #: every second).
@@ -49,6 +53,8 @@ class DashboardState:
         self.frames: VersionedCache[StudyFrame] = VersionedCache(MAX_FRAMES, "frames")
         self.answers: VersionedCache[Any] = VersionedCache(MAX_ANSWERS, "answers")
         self.poll_interval_s = poll_interval_s
+        #: seconds each study's header took to build, the last time
+        self.header_s: dict[int, float] = {}
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
@@ -86,10 +92,14 @@ class DashboardState:
         version = "-".join(str(v) for v in trials) + f"|{service}"
 
         def build(_previous: Any) -> tuple[str, dict[str, Any]]:
+            started = time.monotonic()
             with self.ctx.db.session() as own:  # not the caller's: may run in the background
-                return version, overview.header(own, meta)
+                body = overview.header(own, meta)
+            self.header_s[meta.study_id] = time.monotonic() - started
+            return version, body
 
-        stale_ok = int(trials[0]) > STALE_OK_TRIALS
+        slow = self.header_s.get(meta.study_id, math.inf) > HEADER_FRESH_S
+        stale_ok = int(trials[0]) > STALE_OK_TRIALS and slow
         key = (meta.study_id, "header")
         return self.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
 
@@ -126,6 +136,7 @@ class DashboardState:
 
     def forget(self, study_id: int) -> None:
         """Drop everything cached about a study."""
+        self.header_s.pop(study_id, None)
         self.frames.forget(study_id)
         self.answers.forget(study_id)
 

@@ -280,3 +280,32 @@ def test_history_of_a_big_study_samples_points_and_draws_a_quantile_band(
     assert len(values(best["y"])) < len(points)  # only its steps, not a point per trial
     assert max(values(best["y"])) == pytest.approx(max(values(full_best["y"])))
     assert values(best["x"])[-1] == values(full_best["x"])[-1]  # the line reaches the end
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_big_studys_counts_move_on_the_first_poll_when_its_header_builds_fast(
+    viewer, app, ctx, study_id, monkeypatch
+) -> None:
+    """Above STALE_OK_TRIALS the header (trials per state) is served stale while rebuilt
+    only when it is slow to build; a fast one is rebuilt at once, so the poll right after
+    a trial ends shows it (the live update)."""
+    from service.dashboard import state
+
+    monkeypatch.setattr(state, "STALE_OK_TRIALS", 10)
+    url = f"/api/v1/dashboard/studies/{study_id}/version"
+    study = optuna.load_study(study_name="mnist-demo", storage=ctx.store.storage)
+
+    def finish_one() -> None:
+        trial = study.ask()
+        trial.suggest_categorical("optimizer", demo.OPTIMIZERS)
+        study.tell(trial, 0.5)
+
+    before = viewer.get(url).json()["counts"]["complete"]
+    finish_one()
+    assert viewer.get(url).json()["counts"]["complete"] == before + 1  # fast: at once
+    monkeypatch.setattr(state, "HEADER_FRESH_S", 0.0)  # every header now counts as slow
+    viewer.get(url)  # (records its build time)
+    finish_one()
+    assert viewer.get(url).json()["counts"]["complete"] == before + 1  # the previous one
+    assert app.state.dashboard.answers.idle(timeout_s=60)
+    assert viewer.get(url).json()["counts"]["complete"] == before + 2
