@@ -241,6 +241,18 @@ class Server:
         if r.status_code != 201:
             raise RuntimeError(f"create study: {r.status_code} {r.text}")
 
+    def set_state(self, name: str, action: str) -> None:
+        """pause / resume a study (the pool must not draw while seed() bulk-inserts)."""
+        import httpx
+
+        r = httpx.post(
+            f"http://127.0.0.1:{self.port}/api/v1/studies/{name}/{action}",
+            headers={"Authorization": f"Bearer {self.tokens['admin']}"},
+            timeout=30,
+        )
+        if r.status_code != 200:
+            raise RuntimeError(f"{action} study: {r.status_code} {r.text}")
+
     def warm_up(self, study: str) -> float:
         """Lifecycles before the clock starts: each server process loads the seeded trials
         into its Optuna cache on its first lease (TPE). With several processes, rounds of
@@ -406,7 +418,11 @@ def cell(
                 result["seed_s"] = 0.0
                 for name in names:
                     server.create_study(f"svc{name}", sampler)
+                    server.set_state(f"svc{name}", "pause")
+                    if a.pool:  # proposals reserved before the pause are still drawn
+                        time.sleep(2.0)
                     result["seed_s"] += seed(url, f"svc{name}", t_before)
+                    server.set_state(f"svc{name}", "resume")
                 result["first_lease_s"] = max(server.warm_up(f"svc{n}") for n in names)
                 if a.pool:
                     time.sleep(a.pool_fill_s)  # the refill draws the first proposals
