@@ -241,6 +241,28 @@ class Server:
         if r.status_code != 201:
             raise RuntimeError(f"create study: {r.status_code} {r.text}")
 
+    def pool_metrics(self) -> dict[str, float]:
+        """From /metrics: leases granted, leases that took a pooled proposal, and the
+        sampler seconds per pooled proposal (sum and count), over the whole run."""
+        import httpx
+
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30).text
+        except httpx.HTTPError:
+            return {}
+        wanted = {
+            "hpo_leases_granted_total": "leases",
+            "hpo_proposal_age_seconds_count": "pooled_leases",
+            "hpo_proposal_sample_seconds_sum": "sample_s_sum",
+            "hpo_proposal_sample_seconds_count": "proposals_drawn",
+        }
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                out[wanted[name]] = out.get(wanted[name], 0.0) + float(value)
+        return out
+
     def set_state(self, name: str, action: str) -> None:
         """pause / resume a study (the pool must not draw while seed() bulk-inserts)."""
         import httpx
@@ -440,6 +462,7 @@ def cell(
                     a.duration,
                 )
                 result["rss_end_mb"] = server.rss_mb()
+                result["server_metrics"] = server.pool_metrics()
                 _partial(result, "service")
                 if spy is not None:
                     finish_profile(spy, result, a)
@@ -502,13 +525,20 @@ def flatten(result: dict) -> None:
 def headline(r: dict) -> str:
     """lifecycles/s both sides, the ratio and the lease p95/p99 of the service."""
     ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "n/a"
+    m = r.get("server_metrics") or {}
+    pooled = ""
+    if m.get("proposals_drawn"):
+        pooled = (
+            f", {m.get('pooled_leases', 0):.0f} of {m.get('leases', 0):.0f} leases from the "
+            f"pool, sampler {1000 * m['sample_s_sum'] / m['proposals_drawn']:.0f} ms/proposal"
+        )
     return (
         f"{r['db']} {r['sampler']} W={r['W']} T={r['T']} pool={r.get('pool', 0)} "
         f"studies={r.get('studies', 1)} server_workers={r.get('server_workers', 1)}: "
         f"service {r.get('service.trials_s', float('nan')):.1f}/s, "
         f"direct {r.get('direct.trials_s', float('nan')):.1f}/s, ratio {ratio}, "
         f"lease p95 {r.get('lease_p95_ms', float('nan')):.1f} ms, "
-        f"p99 {r.get('lease_p99_ms', float('nan')):.1f} ms"
+        f"p99 {r.get('lease_p99_ms', float('nan')):.1f} ms{pooled}"
     )
 
 

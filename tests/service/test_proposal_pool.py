@@ -65,6 +65,10 @@ def test_lease_takes_the_oldest_proposal_and_the_reaper_keeps_the_rest(pooled, d
     trial = Worker(client, tokens.worker).trial()
     assert (trial["trial_id"], trial["params"]) == (drawn[0].optuna_trial_id, drawn[0].params)
     assert [p.id for p in proposals(ctx)] == [drawn[1].id, drawn[2].id]
+    metrics = client.get("/metrics").text
+    assert 'hpo_proposal_pool_depth{state="ready",study="p"} 2.0' in metrics
+    assert "hpo_proposal_age_seconds_count 1.0" in metrics
+    assert "hpo_proposal_sample_seconds_count 3.0" in metrics
     ctx.settings.orphan_grace_s = 1e-6  # the reaper would fail RUNNING trials without a row
     trials.reap_all(ctx)
     assert all(optuna_trial(ctx, p.optuna_trial_id).state == RUNNING for p in drawn[1:])
