@@ -22,7 +22,6 @@ from service.dashboard import (
     charts_curves,
     overview,
     queries,
-    state,
     table,
     trial_view,
     workers_view,
@@ -83,8 +82,9 @@ def _chart_version(session: Session, frame: StudyFrame, name: str) -> str:
 def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
     """One chart of the study page as ``{figure, version, message, note, ...}``.
 
-    Studies over ``state.STALE_OK_TRIALS`` trials get the previous figure while the new
-    one is built in the background (its ``version`` tells the page to ask again)."""
+    Studies over ``state.STALE_OK_TRIALS`` trials whose chart was slow to build get the
+    previous figure while the new one is built in the background (its ``version`` tells
+    the page to ask again)."""
     spec = STUDY_CHARTS.get(name)
     if spec is None:
         raise NotFound(f"no chart {name!r}; charts: {', '.join(STUDY_CHARTS)}", "name")
@@ -99,8 +99,12 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
             result = safe_build(name, lambda: spec.build(session, current))
             return built, payload(name, built, result)
 
-    stale_ok = len(frame.rows) > state.STALE_OK_TRIALS
-    body = dash.answers.get((study_id, "chart", name), version, build, stale_ok=stale_ok)
+    # A big study's chart is rebuilt at once when that is fast, else in the background
+    # while the previous figure is served (``DashboardState.stale_ok``).
+    timing = (study_id, f"chart:{name}")
+    stale_ok = dash.stale_ok(timing, len(frame.rows))
+    built = dash.timed(timing, build)
+    body = dash.answers.get((study_id, "chart", name), version, built, stale_ok=stale_ok)
     return _json(body)
 
 

@@ -7,8 +7,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
@@ -30,9 +31,11 @@ MAX_FRAMES = 32
 MAX_ANSWERS = 512
 #: Studies with more trials than this get their charts and header stale-while-revalidate.
 STALE_OK_TRIALS = 2000
-#: A big study's header (trials per state, best trial) that builds faster than this is
-#: rebuilt at once when a trial ends (the next poll shows it), a slower one in the background.
-HEADER_FRESH_S = 0.3
+T = TypeVar("T")
+#: A big study's header (trials per state, best trial) or chart that builds faster than
+#: this is rebuilt at once when a trial ends (the next poll shows it), a slower one in the
+#: background while the previous one is served.
+FRESH_BUILD_S = 0.3
 #: A big study's diagnosis is rebuilt at most once per this many times its build time
 #: (``service.studies.proposals`` takes seconds at 10,000 trials; a live study changes
 #: every second).
@@ -53,8 +56,8 @@ class DashboardState:
         self.frames: VersionedCache[StudyFrame] = VersionedCache(MAX_FRAMES, "frames")
         self.answers: VersionedCache[Any] = VersionedCache(MAX_ANSWERS, "answers")
         self.poll_interval_s = poll_interval_s
-        #: seconds each study's header took to build, the last time
-        self.header_s: dict[int, float] = {}
+        #: seconds each (study id, answer) took to build, the last time
+        self.build_s: dict[tuple[int, str], float] = {}
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
@@ -92,16 +95,12 @@ class DashboardState:
         version = "-".join(str(v) for v in trials) + f"|{service}"
 
         def build(_previous: Any) -> tuple[str, dict[str, Any]]:
-            started = time.monotonic()
             with self.ctx.db.session() as own:  # not the caller's: may run in the background
-                body = overview.header(own, meta)
-            self.header_s[meta.study_id] = time.monotonic() - started
-            return version, body
+                return version, overview.header(own, meta)
 
-        slow = self.header_s.get(meta.study_id, math.inf) > HEADER_FRESH_S
-        stale_ok = int(trials[0]) > STALE_OK_TRIALS and slow
         key = (meta.study_id, "header")
-        return self.answers.get(key, version, build, stale_ok=stale_ok)  # type: ignore[no-any-return]
+        stale_ok = self.stale_ok(key, int(trials[0]))
+        return self.answers.get(key, version, self.timed(key, build), stale_ok=stale_ok)  # type: ignore[no-any-return]
 
     def diagnosis(self, session: Session, meta: StudyMeta) -> str:
         """:func:`overview.diagnosis` as JSON (with its ``version``), cached under the
@@ -134,9 +133,27 @@ class DashboardState:
             return cached[0]  # type: ignore[no-any-return]
         return self.answers.get(key, version, build, stale_ok=big)[0]  # type: ignore[no-any-return]
 
+    def stale_ok(self, key: tuple[int, str], trials: int) -> bool:
+        """Whether ``key`` may be answered stale while rebuilt: a big study's answer that
+        was slow to build the last time (or never built)."""
+        return trials > STALE_OK_TRIALS and self.build_s.get(key, math.inf) > FRESH_BUILD_S
+
+    def timed(self, key: tuple[int, str], build: Callable[[Any], T]) -> Callable[[Any], T]:
+        """``build``, recording how long it takes (for :meth:`stale_ok`)."""
+
+        def run(previous: Any) -> T:
+            started = time.monotonic()
+            try:
+                return build(previous)
+            finally:
+                self.build_s[key] = time.monotonic() - started
+
+        return run
+
     def forget(self, study_id: int) -> None:
         """Drop everything cached about a study."""
-        self.header_s.pop(study_id, None)
+        for key in [k for k in self.build_s if k[0] == study_id]:
+            self.build_s.pop(key, None)
         self.frames.forget(study_id)
         self.answers.forget(study_id)
 
