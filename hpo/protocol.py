@@ -308,6 +308,11 @@ class TrialSpec(BaseModel):
     resume: Checkpoint | None = Field(
         default=None, description="the latest checkpoint of an earlier attempt (None: fresh)"
     )
+    pause_at: int | None = Field(
+        default=None,
+        description="a schedule's next pause (PBT segment end, ASHA rung): the step after "
+        "which the trial is handed back; a resume at or past it hands back at once",
+    )
     lease_expires_at: datetime
     heartbeat_interval_s: float
 

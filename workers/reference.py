@@ -56,6 +56,10 @@ class TrialHooks:
         for metrics in history:
             if int(metrics["epoch"]) > done and not self.on_epoch(int(metrics["epoch"]), metrics):
                 return False
+        pause_at = self.trial.spec.pause_at
+        if pause_at is not None and history and int(history[-1]["epoch"]) >= pause_at:
+            self.trial.control.pause.set()  # a schedule's pause it reached before a crash
+            return False
         return True
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:

@@ -106,7 +106,11 @@ def collect(ctx: AppContext, study: StudyRecord) -> GcReport:
             )
             .order_by(ArtifactRecord.id.desc())
         ).all()
-        dropped = _mark_deleted_without_commit(session, _finished_to_drop(rows, kept))
+        from service.schedules import kept_checkpoints  # PBT parents' checkpoints to come
+
+        needed = kept_checkpoints(session, study)
+        to_drop = [r for r in _finished_to_drop(rows, kept) if r.artifact_id not in needed]
+        dropped = _mark_deleted_without_commit(session, to_drop)
     report = GcReport(len(dropped), remove_files(ctx, dropped), len(kept))
     if dropped:
         log.info(

@@ -25,7 +25,7 @@ import optuna
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hpo.protocol import Checkpoint, FinishResponse, NoWork, NoWorkCode, TrialOutcome
+from hpo.protocol import Checkpoint, FinishResponse, NoWork, NoWorkCode, TrialOutcome, TrialSpec
 from hpo.schedules import AshaSchedule, PbtSchedule, reference_epochs
 from hpo.spec import StudySpec
 from service.core.context import AppContext
@@ -111,6 +111,28 @@ def requeued_resume(session: Session, optuna_id: int) -> Checkpoint | None:
     """A re-run of a segment that has no checkpoint of its own yet: its parent's."""
     row = pbt.segment_of(session, optuna_id)
     return None if row is None else pbt.inherited_checkpoint(session, row)
+
+
+def with_pause(session: Session, study: StudyRecord, spec: TrialSpec) -> TrialSpec:
+    """The leased attempt's ``pause_at``: its segment's end (PBT) or next rung (ASHA)."""
+    schedule = _spec(study)
+    if schedule is None:
+        return spec
+    at: int | None = None
+    if isinstance(schedule.schedule, AshaSchedule):
+        at = asha.next_rung_step(session, schedule.schedule, spec.trial_id)
+    else:
+        row = pbt.segment_of(session, spec.trial_id)
+        if row is not None and row.end_step < _total_steps(schedule):
+            at = row.end_step
+    return spec.model_copy(update={"pause_at": at})
+
+
+def kept_checkpoints(session: Session, study: StudyRecord) -> set[str]:
+    """Artifact ids retention must keep: the parents' checkpoints of PBT segments to come."""
+    if not (study.spec or {}).get("schedule"):
+        return set()
+    return pbt.live_resume_artifacts(session, study.study_id)
 
 
 def report_action(

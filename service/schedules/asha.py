@@ -35,6 +35,17 @@ from service.storage.schedule_models import RungRecord
 log = logging.getLogger("hpo.schedules")
 
 
+def next_rung_step(session: Session, asha: AshaSchedule, trial_id: int) -> int | None:
+    """The step of the rung the trial heads for (None: the top one, trained to the end)."""
+    promoted = session.scalar(
+        select(func.count(RungRecord.id)).where(
+            RungRecord.optuna_trial_id == trial_id, RungRecord.promoted.is_(True)
+        )
+    )
+    steps, rung = asha.rung_steps, int(promoted or 0)
+    return None if rung >= len(steps) - 1 else steps[rung]
+
+
 def rung_to_pause(session: Session, asha: AshaSchedule, trial_id: int, step: int) -> int | None:
     """The rung a report at ``step`` reaches (None: go on): the rung the trial heads
     for, unless that is the top one (trained to the end)."""

@@ -38,10 +38,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hpo.protocol import Checkpoint
+from hpo.protocol import ArtifactKind, Checkpoint
 from hpo.schedules import PbtSchedule
 from hpo.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec
-from service.artifacts.records import latest_checkpoint_without_commit
+from service.artifacts.records import COMMITTED, latest_checkpoint_without_commit
 from service.core.context import AppContext
 from service.core.db import utcnow
 from service.storage.models import ArtifactRecord, StudyRecord
@@ -191,8 +191,7 @@ def decide_without_commit(
     nxt = _row(study.study_id, row.member, row.segment + 1, start, 0, now)
     nxt.end_step = min(total_steps, start + pbt.perturbation_interval)
     nxt.parent_trial_id, nxt.params, nxt.changed = parent, params, changed
-    ckpt = latest_checkpoint_without_commit(session, parent) if parent is not None else None
-    nxt.resume_artifact_id = ckpt.artifact_id if ckpt is not None else None
+    nxt.resume_artifact_id = None if parent is None else checkpoint_at(session, parent, start)
     try:
         with session.begin_nested():
             session.add(nxt)
@@ -208,6 +207,38 @@ def decide_without_commit(
         changed,
     )
     return True
+
+
+def checkpoint_at(session: Session, trial_id: int, step: int) -> str | None:
+    """The artifact id of the trial's newest committed checkpoint of ``step`` (else its
+    latest: a re-run may have trained past its segment's end before it was told)."""
+    row = session.scalars(
+        select(ArtifactRecord.artifact_id)
+        .where(
+            ArtifactRecord.optuna_trial_id == trial_id,
+            ArtifactRecord.kind == ArtifactKind.CHECKPOINT,
+            ArtifactRecord.state == COMMITTED,
+            ArtifactRecord.step == step,
+        )
+        .order_by(ArtifactRecord.id.desc())
+        .limit(1)
+    ).first()
+    if row is not None:
+        return row
+    latest = latest_checkpoint_without_commit(session, trial_id)
+    return None if latest is None else latest.artifact_id
+
+
+def live_resume_artifacts(session: Session, study_id: int) -> set[str]:
+    """Checkpoints that segments not yet done start from (retention keeps them)."""
+    rows = session.scalars(
+        select(SegmentRecord.resume_artifact_id).where(
+            SegmentRecord.study_id == study_id,
+            SegmentRecord.state != DONE,
+            SegmentRecord.resume_artifact_id.is_not(None),
+        )
+    )
+    return {r for r in rows if r is not None}
 
 
 def _peers_at(session: Session, study_id: int, step: int) -> list[SegmentRecord]:

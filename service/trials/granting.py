@@ -66,7 +66,8 @@ def grant_sampled_without_commit(
     )
     _add_lease_without_commit(session, study, lease, sampled.optuna_id, worker_id, now)
     resume = schedules.granted_resume(session, sampled.optuna_id, sampled.params)  # PBT
-    return trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease, resume)
+    spec = trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease, resume)
+    return schedules.with_pause(session, study, spec)
 
 
 def grant_queued_without_commit(
@@ -109,7 +110,8 @@ def grant_queued_without_commit(
         session, trial.optuna_trial_id
     ) or schedules.requeued_resume(session, trial.optuna_trial_id)  # PBT: the parent's
     params = trial.params or {}
-    return trial_spec(ctx, study, trial.optuna_trial_id, trial.number, params, lease, resume)
+    spec = trial_spec(ctx, study, trial.optuna_trial_id, trial.number, params, lease, resume)
+    return schedules.with_pause(session, study, spec)
 
 
 def _add_lease_without_commit(
