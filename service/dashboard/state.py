@@ -21,7 +21,7 @@ from service.dashboard import bundles, overview, queries
 from service.dashboard.cache import VersionedCache
 from service.dashboard.charts_base import fmt
 from service.dashboard.frame import StudyFrame, StudyMeta, load_frame
-from service.dashboard.static import asset_url
+from service.dashboard.static import asset_url, precompress
 
 HERE = Path(__file__).parent
 log = logging.getLogger("hpo.dashboard")
@@ -190,11 +190,13 @@ def _prewarm_libraries() -> None:
 
 
 def prewarm(dash: DashboardState, studies: int = 4) -> None:
-    """In the background: warm the libraries, then load the trial tables of the most
-    recent studies, so that the first page view after a start does not wait for them."""
+    """In the background: warm the libraries, compress the static files a study page
+    needs first, then load the trial tables of the most recent studies, so that the first
+    page view after a start does not wait for them."""
 
     def run() -> None:
         _prewarm_libraries()
+        precompress()
         try:
             with dash.ctx.db.session() as session:
                 recent = [row.study_id for row in queries.optuna_studies(session)][-studies:]

@@ -67,6 +67,19 @@ def _body(name: str, coding: str) -> bytes:
     return raw
 
 
+#: Compressed at start-up (``precompress``): what a study page's first chart waits for.
+#: The strict build (5.2 MB, 0.5 s of brotli) only when first asked for.
+PRECOMPRESSED = ("lib.js", "app.js", "style.css", "plotly-cartesian.min.js")
+
+
+def precompress() -> None:
+    """Compress the files of :data:`PRECOMPRESSED` in every coding (the dashboard's
+    start-up thread calls it), so that a browser's first visit does not wait for it."""
+    for name in PRECOMPRESSED:
+        for coding in ENCODINGS:
+            _body(name, coding)
+
+
 def _coding(accept_encoding: str) -> str:
     """The best coding the client accepts (``q=0`` refuses one)."""
     offered = {}
