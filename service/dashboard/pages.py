@@ -12,7 +12,7 @@ from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
-from service.dashboard import artifacts_view, overview, queries, trial_view
+from service.dashboard import artifacts_view, charts_responsible, overview, queries, trial_view
 from service.dashboard.charts import charts_for
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
@@ -70,6 +70,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         fleet = live_fleet(session, dash.ctx.settings.worker_timeout_s)
         summary = overview.summary(meta, dash.header(session, meta), workers, fleet)
         stored = artifacts_view.study_bytes(session, study_id)
+        tradeoffs = charts_responsible.study_tradeoffs(session, meta)
     dash.warm(study_id)  # the charts need the trial table: load it while the page loads
     return render(
         dash,
@@ -82,6 +83,7 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         charts=charts_for(meta),
         states=STATES,
         optimizers=_optimizer_choices(meta),
+        tradeoffs=tradeoffs,
         shown_states=SHOWN_STATES,
         stored=stored,
         export=f"{API_PREFIX}/studies/{study_id}/export",
@@ -98,6 +100,8 @@ def trial_page(
         view = trial_view.load(session, meta, number)
     artifacts = artifacts_view.trial_artifacts(dash.ctx, view.detail.trial_id)
     held = artifacts_view.size_text(artifacts_view.total(artifacts))
+    final = view.detail.user_attrs.get("final_metrics")
+    panel = charts_responsible.trial_panel(view.settings, final, view.epochs)
     return render(
         dash,
         request,
@@ -109,6 +113,7 @@ def trial_page(
         view=view,
         artifacts=artifacts,
         artifact_bytes=held,
+        panel=panel,
     )
 
 
