@@ -48,6 +48,16 @@ def _wait_until_held(tab: Any, held: list, failure: str, seconds: float = 20) ->
     assert held, failure
 
 
+def _requests(tab: Any) -> list[str]:
+    seen: list[str] = []
+    tab.on("request", lambda r: seen.append(r.url))
+    return seen
+
+
+def _fetched(seen: list[str], part: str) -> bool:
+    return any(part in url for url in seen)
+
+
 def _assert_clean(watched: Watched) -> None:
     if watched.page.evaluate("() => window.__csp !== undefined"):
         assert watched.page.evaluate("() => window.__csp") == []
@@ -80,13 +90,23 @@ def test_studies_page_lists_studies_and_opens_one(
     _assert_clean(page)
 
 
-def test_study_page_renders_every_chart_and_links_to_trials(
+def test_study_page_renders_every_chart_lazily_and_links_to_trials(
     page: Watched, live_server: LiveServer, tmp_path: Path
 ) -> None:
     tab = page.page
     tab.add_init_script(CSP_WATCH)
+    seen = _requests(tab)
     tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
-    tab.wait_for_selector(PLOTTED)
+    tab.wait_for_function(DRAWN, arg="optimizers")
+    tab.wait_for_timeout(300)  # what the page would fetch eagerly has gone out by now
+    # Lazy loading: the charts well below the fold (and its margin), and the strict
+    # plotly.js build that only parallel coordinates need, are not fetched before scroll.
+    top = tab.evaluate("() => document.querySelector('[data-chart=parallel]').offsetTop")
+    assert top > 2 * tab.viewport_size["height"]
+    assert _fetched(seen, "/static/plotly-cartesian.min.js?v=")
+    assert not _fetched(seen, "/static/plotly.min.js"), "the strict build came before scroll"
+    for below in ("parallel", "slice"):
+        assert not _fetched(seen, f"/charts/{below}"), f"{below} fetched before scroll"
     _scroll_all_charts(page)
     tab.wait_for_function(
         "() => Array.from(document.querySelectorAll('[data-chart]'))"
@@ -103,6 +123,8 @@ def test_study_page_renders_every_chart_and_links_to_trials(
     # Every trace type drew (the 2-D ones with the cartesian bundle, parcoords with the
     # strict build), no CSP violation (checked by _assert_clean).
     assert {"scatter", "box", "contour", "parcoords"} <= set(tab.evaluate(TYPES, "[data-chart]"))
+    assert _fetched(seen, "/charts/parallel") and _fetched(seen, "/static/plotly.min.js?v=")
+    assert tab.evaluate(TYPES, "[data-chart=parallel]") == ["parcoords"]
     tab.wait_for_selector("#trials-body tr td a")
     tab.screenshot(path=str(tmp_path / "study.png"), full_page=True)
     link = tab.locator("#trials-body tr td a").first
@@ -117,41 +139,6 @@ def test_study_page_renders_every_chart_and_links_to_trials(
     tab.goto(f"{live_server.base}/dashboard/compare?ids={ids}")
     tab.wait_for_selector("[data-compare=distributions] .main-svg")
     assert "violin" in tab.evaluate(TYPES, "[data-compare]")
-    _assert_clean(page)
-
-
-def _requests(tab: Any) -> list[str]:
-    seen: list[str] = []
-    tab.on("request", lambda r: seen.append(r.url))
-    return seen
-
-
-def _fetched(seen: list[str], part: str) -> bool:
-    return any(part in url for url in seen)
-
-
-def test_study_page_fetches_the_2d_bundle_first_and_the_rest_on_scroll(
-    page: Watched, live_server: LiveServer
-) -> None:
-    """Charts below the fold (and their plotly.js bundle) are fetched on scroll only."""
-    tab = page.page
-    tab.add_init_script(CSP_WATCH)
-    seen = _requests(tab)
-    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
-    tab.wait_for_function(DRAWN, arg="optimizers")
-    tab.wait_for_timeout(300)  # what the page would fetch eagerly has gone out by now
-    # The parallel-coordinates and slice charts are well below the fold (and its margin).
-    top = tab.evaluate("() => document.querySelector('[data-chart=parallel]').offsetTop")
-    assert top > 2 * tab.viewport_size["height"]
-    assert _fetched(seen, "/static/plotly-cartesian.min.js?v=")
-    assert not _fetched(seen, "/static/plotly.min.js"), "the strict build came before scroll"
-    for below in ("parallel", "slice"):
-        assert not _fetched(seen, f"/charts/{below}"), f"{below} fetched before scroll"
-    tab.locator("[data-chart=parallel]").scroll_into_view_if_needed()
-    tab.wait_for_function(DRAWN, arg="parallel")
-    assert _fetched(seen, "/charts/parallel") and _fetched(seen, "/static/plotly.min.js?v=")
-    assert tab.evaluate(TYPES, "[data-chart=parallel]") == ["parcoords"]
-    assert tab.locator("[data-chart=parallel] canvas").count() >= 1
     _assert_clean(page)
 
 
