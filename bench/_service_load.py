@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import time
 import warnings
 from typing import Any
 
 REPORTS = 3
+
+
+def objective_s() -> float:
+    """Seconds each trial "trains" between lease and first report (bench/service.py
+    ``--objective-s`` sets ``HPO_BENCH_OBJECTIVE_S``; 0: the instant objective)."""
+    return float(os.environ.get("HPO_BENCH_OBJECTIVE_S", "0") or 0)
+
+
 warnings.filterwarnings("ignore", message=".*experimental.*")
 MAX_ERRORS = 200
 
@@ -93,6 +102,7 @@ def service_worker(idx: int, port: int, token: str, study: str, clock: Any, out:
             continue
         lease_id = ans["trial"]["lease_id"]
         value = rng.random()  # the instant objective
+        time.sleep(objective_s())
         ok = True
         for step in range(REPORTS):
             t0 = time.monotonic()
@@ -139,6 +149,7 @@ def _optuna_loop(kind: str, study: Any, clock: Any, out: Any, seed: int) -> None
             if t0 >= t_start:
                 ops["lease"].append(t1 - t0)
             value = rng.random()
+            time.sleep(objective_s())
             for step in range(REPORTS):
                 t0 = time.monotonic()
                 trial.report(value, step)

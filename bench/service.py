@@ -429,6 +429,7 @@ def cell(
     url = make_db(db, tmp)
     result: dict[str, Any] = {"db": db, "sampler": sampler, "T": t_before, "W": workers}
     result["pool"], result["studies"] = a.pool, a.studies
+    result["objective_s"] = a.objective_s
     names = [f"s{k}" for k in range(a.studies)] if a.studies > 1 else [""]
     try:
         # ---------------------------------------------------------------- service
@@ -850,6 +851,12 @@ def main() -> None:
     p.add_argument(
         "--studies", type=int, default=1, help="studies at once (each seeded with T trials)"
     )
+    p.add_argument(
+        "--objective-s",
+        type=float,
+        default=0.0,
+        help="seconds each trial trains between lease and reports, both sides (0: instant)",
+    )
     p.add_argument("--out", default="", help="append rows as JSON lines to this file")
     p.add_argument(
         "--render",
@@ -857,6 +864,7 @@ def main() -> None:
         help="only print the markdown table of the rows in this JSON-lines file",
     )
     a = p.parse_args()
+    os.environ["HPO_BENCH_OBJECTIVE_S"] = str(a.objective_s)  # read by the load processes
     if a.render:
         print(render(Path(a.render)))
         return
