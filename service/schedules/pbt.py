@@ -245,12 +245,14 @@ def _peers_at(session: Session, study_id: int, step: int) -> list[SegmentRecord]
     """Segments that ended complete at ``step``: the members ranked there."""
     return list(
         session.scalars(
-            select(SegmentRecord).where(
+            select(SegmentRecord)
+            .where(
                 SegmentRecord.study_id == study_id,
                 SegmentRecord.state == DONE,
                 SegmentRecord.end_step == step,
                 SegmentRecord.value.is_not(None),
             )
+            .execution_options(populate_existing=True)  # the ended row was just updated
         ).all()
     )
 
