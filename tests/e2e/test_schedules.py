@@ -9,8 +9,6 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-import pytest
-
 from tests.e2e.conftest import Stack
 from tests.support import study_spec, wait_for
 
@@ -62,7 +60,6 @@ def test_promotion_resumes_from_the_rungs_checkpoint(stack: Stack) -> None:
     assert "resumes from its checkpoint of step 1" in worker.log()
 
 
-@pytest.mark.slow  # about 50 s alone on 2 CPUs (3 worker processes), minutes when shared
 def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
