@@ -4,6 +4,7 @@ accuracy (small subsets and a narrow model: these run in seconds)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -48,9 +49,14 @@ def test_target_epsilon_sets_the_noise_that_spends_it(mnist: MnistData) -> None:
     assert result.final["noise_multiplier"] > 0
 
 
-def test_dp_noise_costs_accuracy(mnist: MnistData) -> None:
+def test_dp_noise_costs_accuracy_and_the_log_says_it_trains_solo(
+    mnist: MnistData, caplog: pytest.LogCaptureFixture
+) -> None:
     plain = train(quick(**SMALL), mnist)
-    loud = train(quick(**SMALL, privacy={"noise_multiplier": 50.0, "max_grad_norm": 1.0}), mnist)
+    with caplog.at_level(logging.INFO, logger="workers.responsible"):
+        private = {"noise_multiplier": 50.0, "max_grad_norm": 1.0}
+        loud = train(quick(**SMALL, privacy=private), mnist)
+    assert "DP-SGD: noise_multiplier 50" in caplog.text and "never in a pack" in caplog.text
     assert plain.objective is not None and loud.objective is not None
     assert loud.objective < plain.objective - 0.2  # noise 50 x the clip norm drowns the signal
 
