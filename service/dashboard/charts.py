@@ -36,19 +36,28 @@ def _multi_objective(meta: StudyMeta) -> bool:
     return len(meta.directions) > 1
 
 
+def _pareto_bundle(meta: StudyMeta) -> str:
+    """Three objectives draw a 3-D front (WebGL: the strict build), two a 2-D one."""
+    return bundles.STRICT if len(meta.directions) > 2 else bundles.CARTESIAN
+
+
 @dataclass(frozen=True)
 class Chart:
     """A chart of the study page: ``build(session, frame)`` draws it; the page shows it
     for the studies it ``applies`` to (the API answers it for any study). ``bundle`` is
-    the plotly.js family its traces need (``bundles.py``): the page fetches that bundle
-    only when the chart comes into view."""
+    the plotly.js family its traces need (``bundles.py``), or a function of the study
+    that names it: the page fetches that bundle only when the chart comes into view."""
 
     name: str
     title: str
     build: Callable[[Session, StudyFrame], ChartResult]
     wide: bool = False
     applies: Callable[[StudyMeta], bool] = _always
-    bundle: str = bundles.CARTESIAN
+    bundle: str | Callable[[StudyMeta], str] = bundles.CARTESIAN
+
+    def family(self, meta: StudyMeta) -> str:
+        """The plotly.js bundle family this chart needs for ``meta``'s study."""
+        return self.bundle(meta) if callable(self.bundle) else self.bundle
 
 
 def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartResult]:
@@ -58,7 +67,14 @@ def _frame_only(fn: Callable[[StudyFrame], ChartResult]) -> Callable[..., ChartR
 STUDY_CHARTS: dict[str, Chart] = {
     c.name: c
     for c in [
-        Chart("pareto", "Pareto front", _frame_only(charts_pareto.pareto), True, _multi_objective),
+        Chart(
+            "pareto",
+            "Pareto front",
+            _frame_only(charts_pareto.pareto),
+            True,
+            _multi_objective,
+            bundle=_pareto_bundle,
+        ),
         Chart("size", "Accuracy against size", charts_pareto.size, True, is_compression_study),
         Chart("optimizers", "Optimizer comparison", _frame_only(charts_params.optimizers)),
         Chart("lr", "Learning rate vs objective", _frame_only(charts_params.learning_rate)),

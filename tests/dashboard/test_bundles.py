@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.dashboard import bundles, static
 from service.dashboard.charts import COMPARE_CHARTS, STUDY_CHARTS
+from service.dashboard.frame import load_meta
 from service.dashboard.static import FILES
 from tests.dashboard.conftest import chart
 
@@ -29,17 +30,24 @@ COMPRESSION_CHARTS = ("pareto", "size")
 
 @SQLITE
 def test_every_study_chart_declares_a_bundle_that_draws_its_traces(
-    viewer, study_id, compression_id
+    viewer, ctx, study_id, compression_id
 ) -> None:
+    from bench.synthetic import compression, seeding
+
+    spec = compression.three_objective_spec("three")
+    three = seeding.seed_bulk(ctx, spec, 40, seed=7, simulate=compression.simulate_three)
     seen: set[str] = set()
-    for name, spec in STUDY_CHARTS.items():
-        study = compression_id if name in COMPRESSION_CHARTS else study_id
-        types = _trace_types(chart(viewer, study, name)["figure"])
-        seen |= types
-        missing = {t for t in types if not bundles.draws(spec.bundle, t)}
-        assert not missing, f"chart {name} ({spec.bundle}) draws {missing}"
-    # The check bites: the study charts really draw 2-D and WebGL traces.
-    assert {"scatter", "box", "contour", "parcoords"} <= seen
+    for name, chart_spec in STUDY_CHARTS.items():
+        studies = [compression_id, three] if name in COMPRESSION_CHARTS else [study_id]
+        for study in studies:
+            with ctx.db.session() as session:
+                family = chart_spec.family(load_meta(session, study))
+            types = _trace_types(chart(viewer, study, name)["figure"])
+            seen |= types
+            missing = {t for t in types if not bundles.draws(family, t)}
+            assert not missing, f"chart {name} ({family}) of study {study} draws {missing}"
+    # The check bites: the study charts really draw 2-D, 3-D and WebGL traces.
+    assert {"scatter", "box", "contour", "parcoords", "scatter3d"} <= seen
     assert not bundles.draws(bundles.CARTESIAN, "parcoords")
 
 
