@@ -252,6 +252,24 @@ def after_finish(
         log.exception("study %r: schedule step after trial %d failed", study.name, optuna_id)
 
 
+def end_paused(ctx: AppContext, study_id: int) -> int:
+    """A stopped study's paused trials (promotion ASHA) end as pruned at their rung's
+    value (rows first, then Optuna); how many there were."""
+    from service.trials.rows import cached_study, lock_study_without_commit, tell_optuna
+
+    with ctx.db.session() as session:
+        study = lock_study_without_commit(session, study_id)
+        if study is None:
+            return 0
+        ended = asha.stop_without_commit(session, study, utcnow())
+    if ended:
+        cached = cached_study(ctx, study)
+        for trial_id in ended:
+            number = ctx.store.storage.get_trial(trial_id).number
+            tell_optuna(cached, number, optuna.trial.TrialState.PRUNED)
+    return len(ended)
+
+
 def _decide(ctx: AppContext, study: StudyRecord, optuna_id: int, state: TrialOutcome) -> None:
     from service.trials.rows import lock_study_without_commit, study_spec
 
@@ -290,3 +308,4 @@ def _asha_after(ctx: AppContext, study: StudyRecord, spec: StudySpec) -> None:
     for trial_id in ended:  # their last intermediate value (the rung's) is their value
         number = ctx.store.storage.get_trial(trial_id).number
         tell_optuna(cached, number, optuna.trial.TrialState.PRUNED)
+        log.info("ASHA: trial %d ends pruned at its rung", number)

@@ -177,8 +177,9 @@ def top_rung_filled(session: Session, study: StudyRecord, asha: AshaSchedule) ->
 
 
 def stop_without_commit(session: Session, study: StudyRecord, now: datetime) -> list[int]:
-    """The top rung is filled: stop the study; its paused trials end (their rows finished
-    as pruned here, Optuna told by the caller after the commit); their Optuna ids."""
+    """Stop the study (its top rung is filled, or an admin stopped it); its paused trials
+    end (rows finished as pruned here, Optuna told by the caller after the commit); their
+    Optuna ids."""
     from service.trials.states import TrialState
 
     session.execute(
@@ -200,5 +201,5 @@ def stop_without_commit(session: Session, study: StudyRecord, now: datetime) -> 
         )
         .execution_options(synchronize_session=False)
     )
-    log.info("ASHA: study %r stops: top rung filled; %d paused trials end", study.name, len(paused))
+    log.info("ASHA: study %r stops; %d paused trials end pruned", study.name, len(paused))
     return paused

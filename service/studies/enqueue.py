@@ -123,6 +123,9 @@ def stop_and_fail_waiting(ctx: AppContext, ref: str) -> StudySummary:
     with ctx.db.session() as session:
         study_id = change_state_without_commit(session, ref, "stop").study_id
     fail_waiting(ctx, study_id)
+    from service.schedules import end_paused  # promotion ASHA: paused trials end pruned
+
+    end_paused(ctx, study_id)
     with ctx.db.session() as session:
         return study_summary(session, get_study_record(session, ref))
 

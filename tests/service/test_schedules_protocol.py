@@ -79,3 +79,35 @@ def test_the_bottom_member_copies_the_top_ones_checkpoint_and_explores(
         rows = session.scalars(select(SegmentRecord)).all()
     assert len(rows) == before == 4
     assert sorted((r.member, r.segment) for r in rows) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_paused_trial_frees_its_slot_and_ends_pruned_when_the_study_stops(
+    client: Any, tokens: Tokens, ctx: Any
+) -> None:
+    asha = {"name": "asha", "mode": "promotion", "reduction_factor": 3, "max_resource": 3}
+    create_study(
+        client,
+        tokens,
+        name="a",
+        schedule=asha,
+        budget={"max_trials": 9, "max_concurrent": 1},
+        space=LR,
+        fixed={"epochs": 3, "optimizer": "sgd"},
+    )
+    worker = Worker(client, tokens.worker)
+    trial = worker.trial()
+    assert trial["pause_at"] == 1
+    lease = trial["lease_id"]
+    upload_artifact(worker, lease, b"rung 0", kind="checkpoint", step=1)
+    assert worker.ok(lease, "report", {"step": 1, "value": 0.5})["action"] == "pause"
+    body = {"reason": "paused by the study's schedule", "retry": True, "preempted": True}
+    assert worker.ok(lease, "fail", body)["state"] == "paused"
+    assert worker.ok(lease, "fail", body)["state"] == "paused"  # a retry: the same answer
+    admin = Tokens.header(tokens.admin)
+    summary = client.get("/api/v1/studies/a", headers=admin).json()
+    assert summary["counts"]["paused"] == 1 and summary["counts"]["running"] == 0
+    assert worker.trial()["trial_id"] != trial["trial_id"]  # its slot is free (max_concurrent 1)
+
+    assert client.post("/api/v1/studies/a/stop", headers=admin).status_code == 200
+    frozen = optuna_trial(ctx, trial["trial_id"])
+    assert frozen.state.name == "PRUNED" and frozen.value == 0.5
