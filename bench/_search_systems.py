@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from bench._common import service_settings
 from bench._search_functions import Function
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -83,16 +84,8 @@ class Service:
 
     def __init__(self, workdir: Path) -> None:
         from service.app import create_app
-        from service.core.config import Settings
 
-        settings = Settings(
-            database_url=f"sqlite:///{workdir / 'hpo.db'}",
-            auth=True,
-            token_file=workdir / "tokens.json",
-            lease_ttl_s=600.0,
-            reaper_interval_s=3600.0,
-        )
-        self.app = create_app(settings)
+        self.app = create_app(service_settings(workdir))
         self.admin, self.worker = _mint(self.app.state.ctx)
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))

@@ -69,6 +69,7 @@ sys.path.insert(0, str(HERE.parent))  # workers and bench, when the project is n
 
 import workers.packs.linear  # noqa: E402
 import workers.trainer  # noqa: E402
+from bench._common import publish  # noqa: E402
 from bench.packs import SPEC, machine, sample_configs  # noqa: E402
 from hpo.settings import TrainConfig  # noqa: E402
 from workers.data import MnistData, load_mnist  # noqa: E402
@@ -525,9 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {path: measure(args, data, device, path, ks) for path in paths}
     command = shlex.join(["python", "bench/pack_ops.py", *(sys.argv[1:] if argv is None else argv)])
     lines = report(args, results, device, load, time.perf_counter() - started, command)
-    if args.output:
-        Path(args.output).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("\n".join(lines) + "\n", args.output)
     return 0
 
 

@@ -26,7 +26,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 import torch
@@ -35,7 +34,10 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # workers, when the project is not installed
 
+from bench._common import publish  # noqa: E402
 from hpo.settings import TrainConfig  # noqa: E402
+from hpo.spec import StudySpec, to_settings  # noqa: E402
+from service.storage.samplers import suggest_params  # noqa: E402
 from workers.data import MnistData, load_mnist  # noqa: E402
 from workers.outcome import TrainResult  # noqa: E402
 from workers.packs import Member, group_by_key, train_pack  # noqa: E402
@@ -65,9 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sample_configs(args: argparse.Namespace) -> list[TrainConfig]:
-    """The spec's space sampled define-by-run (``when`` conditions, ``setting`` renames)."""
-    spec = yaml.safe_load(Path(args.spec).read_text())
-    fixed = {**spec.get("fixed", {}), "epochs": args.epochs}
+    """The spec's space sampled define-by-run (``when`` conditions, ``setting`` renames),
+    as the server samples it."""
+    spec = StudySpec.model_validate(yaml.safe_load(Path(args.spec).read_text()))
+    fixed = {**spec.fixed, "epochs": args.epochs}
     if args.train_subset is not None:
         fixed["train_subset"] = args.train_subset
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,26 +78,9 @@ def sample_configs(args: argparse.Namespace) -> list[TrainConfig]:
     configs = []
     for number in range(args.trials):
         trial = study.ask()
-        settings = {**fixed, **_suggest(trial, spec["space"])}
+        settings = {**fixed, **to_settings(spec, suggest_params(trial, spec))}
         configs.append(TrainConfig.from_settings(settings, seed=args.sampler_seed * 1000 + number))
     return configs
-
-
-def _suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    settings: dict[str, Any] = {}
-    for name, p in space.items():
-        when = p.get("when") or {}
-        if not all(values.get(ref) in allowed for ref, allowed in when.items()):
-            continue
-        if p["type"] == "categorical":
-            values[name] = trial.suggest_categorical(name, p["choices"])
-        elif p["type"] == "int":
-            values[name] = trial.suggest_int(name, p["low"], p["high"], log=p.get("log", False))
-        else:
-            values[name] = trial.suggest_float(name, p["low"], p["high"], log=p.get("log", False))
-        settings[p.get("setting") or name] = values[name]
-    return settings
 
 
 # --------------------------------------------------------------------------- runs
@@ -278,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[f"pack K={k}"].append(run := run_packed(configs, data, device, k))
             print(f"pack K={k}: {run.wall_s:.1f} s", flush=True)
     lines = report(args, runs, configs, device, load)
-    if args.output:
-        Path(args.output).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("\n".join(lines) + "\n", args.output)
     return 0
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from bench._common import publish
 from bench._search_functions import FUNCTIONS
 from bench._search_systems import SAMPLERS, run_optuna, run_service, service
 
@@ -212,10 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     results = measure(a)
     text = report(a, results, time.monotonic() - t0)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    publish(text, a.out)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from bench._common import publish, service_settings
+
 REPO = Path(__file__).resolve().parents[1]
 TIMINGS = "/bench/timings"
 CHOICES = ["sgd", "adam", "adamw"]
@@ -116,7 +118,6 @@ def serve(port: int, workdir: Path) -> None:
 
     from bench._search_systems import _mint
     from service.app import create_app
-    from service.core.config import Settings
     from service.storage import optuna_store
 
     sampler_times: list[float] = []
@@ -130,14 +131,7 @@ def serve(port: int, workdir: Path) -> None:
             sampler_times.append(time.perf_counter() - t0)
 
     optuna_store.CachedStudy.suggest = timed_suggest  # type: ignore[method-assign]
-    settings = Settings(
-        database_url=f"sqlite:///{workdir / 'hpo.db'}",
-        auth=True,
-        token_file=workdir / "tokens.json",
-        lease_ttl_s=600.0,
-        reaper_interval_s=3600.0,
-    )
-    app = create_app(settings)
+    app = create_app(service_settings(workdir))
     admin, worker = _mint(app.state.ctx)
     (workdir / "bench-tokens.json").write_text(json.dumps({"admin": admin, "worker": worker}))
     uvicorn.run(_Timed(app, sampler_times), host="127.0.0.1", port=port, log_level="warning")
@@ -410,10 +404,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(line, flush=True)
     load.append(os.getloadavg()[0])
     text = report(a, cells, time.monotonic() - t0, load)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text)
+    publish(text, a.out)
 
 
 if __name__ == "__main__":
