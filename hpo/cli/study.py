@@ -141,12 +141,18 @@ def client(server: str, token: str | None) -> Client:
 @study_app.command("create")
 @_clean_errors
 def create(
-    file: Annotated[Path, typer.Argument(help="study spec (YAML)")],
+    file: Annotated[Path | None, typer.Argument(help="study spec (YAML)")] = None,
+    spec_file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="study spec (YAML), instead of FILE")
+    ] = None,
     server: Server = DEFAULT_SERVER,
     token: Token = None,
 ) -> None:
-    """Create a study from a YAML spec (validated locally first)."""
-    spec = load_spec_file(file)
+    """Create a study from a YAML spec (validated locally first): FILE or -f FILE."""
+    path = spec_file if file is None else file
+    if path is None or (file is not None and spec_file is not None):
+        raise typer.BadParameter("give the study spec once: hpo study create -f FILE (or FILE)")
+    spec = load_spec_file(path)
     with client(server, token) as api:
         study = api.create_study(spec)
     Console().print(f"created study {study.name!r} (id {study.study_id})", markup=False)

@@ -34,7 +34,7 @@ def hpo_study(live: LiveApp, *args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_study_creates_with_the_cli(live: LiveApp, name: str) -> None:
-    code, output = hpo_study(live, "create", str(STUDIES / f"{name}.yaml"))
+    code, output = hpo_study(live, "create", "-f", str(STUDIES / f"{name}.yaml"))
     assert code == 0, output
     assert f"created study '{name}'" in output
 
