@@ -8,6 +8,7 @@ learning curves send only metric rows after the client's cursor.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -22,6 +23,7 @@ from service.dashboard import (
     charts_curves,
     overview,
     queries,
+    schedule_view,
     table,
     trial_view,
     workers_view,
@@ -34,6 +36,7 @@ from service.dashboard.charts import (
     safe_build,
 )
 from service.dashboard.charts_base import ChartResult
+from service.dashboard.charts_schedules import SCHEDULE_CHARTS
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
 from service.dashboard.state import DashboardDep
@@ -160,6 +163,51 @@ def trial_chart(
     fig = trial_view.figure(view)
     message = None if fig is not None else "No epoch reported for this trial."
     return _json(payload("trial", str(len(view.epochs)), ChartResult(fig, message)))
+
+
+def _schedule_answer(dash: Any, study_id: int, what: str, kind: str) -> Response:
+    """A schedule answer (``what``: ``data`` or a chart's name), cached under the
+    schedule's version; 404 for an unknown study, 409 naming ``schedule`` when the study
+    has no schedule of ``kind``."""
+    with dash.ctx.db.session() as session:
+        meta = load_meta(session, study_id)
+        schedule_view.require(meta, kind)
+        version = schedule_view.version(session, study_id)
+
+    def build(_previous: Any) -> tuple[str, str]:
+        with dash.ctx.db.session() as session:
+            built = schedule_view.version(session, study_id)
+            found = schedule_view.data(session, meta, kind)
+        if what == "data":
+            return built, json.dumps({**found, "version": built})
+        chart = SCHEDULE_CHARTS[what]
+        return built, payload(what, built, safe_build(what, lambda: chart.build(found)))
+
+    return _json(dash.answers.get((study_id, "schedule", what), version, build))
+
+
+@router.get("/studies/{study_id}/schedule/pbt")
+def schedule_pbt(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
+    """A PBT study's segments (member, segment, trial, parent, start and end step, params,
+    what changed, value, reported points), its exploit jumps and its best trial's lineage
+    and hyperparameter schedule."""
+    return _schedule_answer(dash, study_id, "data", "pbt")
+
+
+@router.get("/studies/{study_id}/schedule/asha")
+def schedule_asha(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
+    """A promotion-ASHA study's rungs (reached, paused, promoted, ended) and promotions
+    (trial, from rung, to rung, value), in the order the promoted trials resumed."""
+    return _schedule_answer(dash, study_id, "data", "asha")
+
+
+@router.get("/studies/{study_id}/schedule/charts/{name}")
+def schedule_chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
+    """One chart of the schedule page (as the study page's charts)."""
+    spec = SCHEDULE_CHARTS.get(name)
+    if spec is None:
+        raise NotFound(f"no schedule chart {name!r}; charts: {', '.join(SCHEDULE_CHARTS)}", "name")
+    return _schedule_answer(dash, study_id, name, spec.kind)
 
 
 @router.get("/compare/{name}")

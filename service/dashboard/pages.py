@@ -12,8 +12,16 @@ from hpo.protocol import API_PREFIX, DASHBOARD_PREFIX
 from hpo.schemas import ShownState
 from hpo.settings import OPTIMIZER
 from service.core.errors import StudyNotFound
-from service.dashboard import artifacts_view, charts_responsible, overview, queries, trial_view
+from service.dashboard import (
+    artifacts_view,
+    charts_responsible,
+    overview,
+    queries,
+    schedule_view,
+    trial_view,
+)
 from service.dashboard.charts import charts_for
+from service.dashboard.charts_schedules import SCHEDULE_CHARTS
 from service.dashboard.frame import load_meta
 from service.dashboard.login import CSP, PREFIX, PageUser
 from service.dashboard.state import DashboardDep, DashboardState
@@ -87,6 +95,31 @@ def study_page(study_id: StudyId, request: Request, dash: DashboardDep, user: Pa
         shown_states=SHOWN_STATES,
         stored=stored,
         export=f"{API_PREFIX}/studies/{study_id}/export",
+        schedule=schedule_view.kind_of(meta),
+    )
+
+
+@router.get("/studies/{study_id}/schedule", response_class=HTMLResponse)
+def schedule_page(
+    study_id: StudyId, request: Request, dash: DashboardDep, user: PageUser
+) -> Response:
+    """A PBT study's members, best schedule and lineage; a promotion-ASHA study's rungs
+    and promotions (charts and tables come from the JSON API)."""
+    with dash.ctx.db.session() as session:
+        meta = load_meta(session, study_id)
+    kind = schedule_view.require(meta)
+    charts = [c for c in SCHEDULE_CHARTS.values() if c.kind == kind]
+    assert meta.spec is not None and meta.spec.schedule is not None
+    return render(
+        dash,
+        request,
+        "schedule.html",
+        user,
+        page="schedule",
+        meta=meta,
+        kind=kind,
+        schedule=meta.spec.schedule.model_dump(mode="json", exclude_defaults=False),
+        charts=charts,
     )
 
 

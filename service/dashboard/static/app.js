@@ -371,6 +371,64 @@
     }
   }
 
+  // ------------------------------------------------------------------ schedule page
+
+  const trialCell = (studyId, number) => el("td", { class: "num" },
+    number === null || number === undefined ? "—" : el("a", { href: trialUrl(studyId, number) }, `#${number}`));
+
+  function changedText(s) {
+    const parts = [];
+    if (s.exploited_member !== null) parts.push(`copied member ${s.exploited_member}`);
+    for (const [name, [before, after]] of Object.entries(s.changed)) parts.push(`${name} ${fmt(before)} → ${fmt(after)}`);
+    return parts.join("; ") || "—";
+  }
+
+  function renderLineage(studyId, d) {
+    const best = new Set(d.best ? d.best.lineage : []);
+    document.getElementById("best-lineage").textContent = d.best
+      ? `best trial #${d.best.number} (${fmt(d.best.value)}): ${d.best.lineage.map((n) => `#${n}`).join(" → ")}` : "";
+    const rows = d.segments.map((s) => el("tr", { class: best.has(s.number) ? "best-lineage" : null, "data-number": s.number ?? "" },
+      el("td", { class: "num" }, s.member), el("td", { class: "num" }, s.segment),
+      trialCell(studyId, s.number), trialCell(studyId, s.parent_number),
+      el("td", { class: "num" }, s.start_step), el("td", { class: "num" }, s.end_step),
+      el("td", {}, changedText(s)), el("td", { class: "num" }, fmt(s.value)), el("td", {}, s.state)));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "empty" }, "No segment yet.")));
+    document.getElementById("lineage-body").replaceChildren(...rows);
+  }
+
+  function renderAsha(studyId, d) {
+    document.getElementById("rungs-body").replaceChildren(...d.rungs.map((r) => el("tr", {},
+      el("td", { class: "num" }, r.rung), el("td", { class: "num" }, r.step), el("td", { class: "num" }, r.reached),
+      el("td", { class: "num" }, r.paused), el("td", { class: "num" }, r.promoted), el("td", { class: "num" }, r.ended))));
+    const rows = d.promotions.map((p, i) => el("tr", {},
+      el("td", { class: "num" }, i + 1), trialCell(studyId, p.number),
+      el("td", { class: "num" }, p.from_rung), el("td", { class: "num" }, p.to_rung),
+      el("td", { class: "num" }, fmt(p.value)), el("td", { class: "num" }, fmt(p.next_value)),
+      el("td", {}, p.resumed_at ? ago(p.resumed_at) : "queued")));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No promotion yet.")));
+    document.getElementById("promotions-body").replaceChildren(...rows);
+  }
+
+  // Tables from /schedule/{kind}, charts from /schedule/charts/{name}; both again when
+  // the schedule's version moves.
+  function schedulePage() {
+    const studyId = body.dataset.studyId;
+    const kind = body.dataset.schedule;
+    const sections = Array.from(document.querySelectorAll("[data-schedule-chart]"));
+    let version = null;
+    const load = async () => {
+      const d = await getJSON(`${API}/studies/${studyId}/schedule/${kind}`);
+      if (d.version === version) return;
+      version = d.version;
+      if (kind === "pbt") renderLineage(studyId, d); else renderAsha(studyId, d);
+      await Promise.all(sections.map((section) =>
+        loader.add(() => getJSON(`${API}/studies/${studyId}/schedule/charts/${section.dataset.scheduleChart}`))
+          .then((data) => showChart(section, data, studyId)).catch((err) => chartError(section, err))));
+    };
+    load().then(() => setLive(true), () => setLive(false));
+    every(POLL_MS * 2, load);
+  }
+
   let study = null;
   if (body.dataset.page === "study") {
     study = new StudyPage(body.dataset.studyId);
@@ -382,6 +440,7 @@
     workers: workersPage,
     trial: trialPage,
     compare: comparePage,
+    schedule: schedulePage,
   };
   const page = pages[body.dataset.page];
   if (page) page();  // a deferred script: the document is parsed
