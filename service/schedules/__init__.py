@@ -30,7 +30,7 @@ from hpo.schedules import AshaSchedule, PbtSchedule, reference_epochs
 from hpo.spec import StudySpec
 from service.core.context import AppContext
 from service.core.db import utcnow
-from service.schedules import asha, pbt
+from service.schedules import asha, pbt, pbt_repair
 from service.storage.models import StudyRecord, TrialMetric, TrialRecord
 from service.storage.schedule_models import SegmentRecord
 
@@ -64,8 +64,11 @@ def prepare(ctx: AppContext, study: StudyRecord) -> None:
 
 
 def _repair(ctx: AppContext, study: StudyRecord) -> None:
-    """Segments whose trial finished without a decision (a server died in between)."""
+    """Segments whose trial finished without a decision, and segments left ``creating``
+    (a server died in between: :mod:`~service.schedules.pbt_repair`)."""
     from service.trials.states import TrialState
+
+    pbt_repair.repair_creating(ctx, study)
 
     with ctx.db.session() as session:
         rows = session.execute(

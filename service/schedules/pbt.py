@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -85,27 +86,64 @@ def materialize(ctx: AppContext, study: StudyRecord) -> int:
             )
         ).all()
         claimed = [row for row in pending if _move(session, row.id, PENDING, CREATING)]
-        rows = [(r.id, r.member, r.segment, r.start_step, r.params, r.changed) for r in claimed]
-        parents = {r.id: r.parent_trial_id for r in claimed}
-    storage = ctx.store.storage
-    for row_id, member, segment, start, params, changed in rows:
-        parent = parents[row_id]
-        attrs = {
-            "pbt_member": member,
-            "pbt_segment": segment,
-            "pbt_start_step": start,
-            "pbt_parent": None if parent is None else storage.get_trial(parent).number,
-            "pbt_changed": changed or {},
-        }
-        template = create_trial(
-            state=OptunaState.WAITING,
-            system_attrs={"fixed_params": params or {}},
-            user_attrs=attrs,
-        )
-        trial_id = storage.create_new_trial(study.study_id, template_trial=template)
-        with ctx.db.session() as session:
-            _move(session, row_id, CREATING, WAITING, optuna_trial_id=trial_id)
+        rows = [
+            Claim(r.id, r.member, r.segment, r.start_step, r.params, r.changed, r.parent_trial_id)
+            for r in claimed
+        ]
+    for claim in rows:
+        create_claimed(ctx, study, claim)
     return len(rows)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A segment row this server moved to ``creating``: what its trial is made of."""
+
+    row_id: int
+    member: int
+    segment: int
+    start_step: int
+    params: dict[str, Any] | None
+    changed: dict[str, Any] | None
+    parent_trial_id: int | None
+
+
+def create_claimed(ctx: AppContext, study: StudyRecord, claim: Claim) -> int:
+    """Create the claimed segment's WAITING trial and record it (``creating ->
+    waiting``). When the row was taken meanwhile (the repair gave a stuck claim to
+    another server, which created the trial), this trial is an orphan: it fails at
+    once so that it never runs beside the segment's own."""
+    storage = ctx.store.storage
+    parent = claim.parent_trial_id
+    attrs = {
+        "pbt_member": claim.member,
+        "pbt_segment": claim.segment,
+        "pbt_start_step": claim.start_step,
+        "pbt_parent": None if parent is None else storage.get_trial(parent).number,
+        "pbt_changed": claim.changed or {},
+    }
+    template = create_trial(
+        state=OptunaState.WAITING,
+        system_attrs={"fixed_params": claim.params or {}},
+        user_attrs=attrs,
+    )
+    trial_id = storage.create_new_trial(study.study_id, template_trial=template)
+    with ctx.db.session() as session:
+        if _move(session, claim.row_id, CREATING, WAITING, optuna_trial_id=trial_id):
+            return trial_id
+        linked = session.scalar(
+            select(SegmentRecord.optuna_trial_id).where(SegmentRecord.id == claim.row_id)
+        )
+    if linked != trial_id:
+        storage.set_trial_state_values(trial_id, OptunaState.FAIL)
+        log.warning(
+            "PBT %r: member %d segment %d got its trial elsewhere; trial %d failed unused",
+            study.name,
+            claim.member,
+            claim.segment,
+            trial_id,
+        )
+    return trial_id
 
 
 def _move(session: Session, row_id: int, frm: str, to: str, **values: Any) -> bool:
