@@ -9,6 +9,11 @@ the parent's; the optimizer's hyperparameters (learning rate, weight decay,
 momentum, betas, eps) become the segment's, and so do dropout and L1, which the
 trainer takes from the settings. Any other difference (architecture, batch
 size...) makes the checkpoint unusable (CheckpointUnreadable), as for a re-run.
+
+A fused pack member's checkpoint (``PACK_FORMAT``) holds no hyperparameters (a
+pack takes them from each member's settings), so adopting one only re-labels it
+with the segment's settings. Inside a pack that holds the parent, the segment
+takes the parent's state from the pack itself (workers.packs.lineage).
 """
 
 from __future__ import annotations
@@ -29,25 +34,35 @@ MAY_DIFFER = frozenset({*EXPLORABLE_SETTINGS, "seed"})
 
 
 def adopt(path: Path, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Rewrite the solo checkpoint at ``path`` for ``config``; the settings it changed,
-    as {name: (parent's, segment's)}. A pack member's checkpoint is left as it is."""
+    """Rewrite the checkpoint at ``path`` (a solo run's or a pack member's) for ``config``;
+    the settings it changed, as {name: (parent's, segment's)}."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds for a damaged file
         raise ckpt.CheckpointUnreadable(f"{path.name}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ckpt.FORMAT:
-        raise ckpt.CheckpointUnreadable(f"{path.name}: a PBT segment resumes solo checkpoints")
-    old, new = payload.get("settings") or {}, ckpt.fingerprint(config)
-    changed = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt not in (ckpt.FORMAT, ckpt.PACK_FORMAT):
+        raise ckpt.CheckpointUnreadable(f"{path.name}: not a checkpoint of the built-in trainer")
+    changed = changes(payload.get("settings") or {}, config, path.name)
+    if fmt == ckpt.FORMAT:
+        _retune(payload, config, lr_changed="lr" in changed)
+    payload["settings"] = ckpt.fingerprint(config)
+    ckpt.write(path, payload)
+    return changed
+
+
+def changes(parent: dict[str, Any], config: TrainConfig, name: str) -> dict[str, tuple[Any, Any]]:
+    """The explorable settings in which ``config`` differs from a parent's fingerprint,
+    as {name: (parent's, segment's)}; CheckpointUnreadable when any other one differs."""
+    new = ckpt.fingerprint(config)
+    names = set(parent) | set(new)
+    changed = {k: (parent.get(k), new.get(k)) for k in names if parent.get(k) != new.get(k)}
     foreign = sorted(set(changed) - MAY_DIFFER)
     if foreign:
         raise ckpt.CheckpointUnreadable(
-            f"{path.name}: the parent's settings differ in {', '.join(foreign)} "
+            f"{name}: the parent's settings differ in {', '.join(foreign)} "
             f"(a segment may change only {', '.join(EXPLORABLE_SETTINGS)})"
         )
-    _retune(payload, config, lr_changed="lr" in changed)
-    payload["settings"] = new
-    ckpt.write(path, payload)
     return {k: v for k, v in changed.items() if k != "seed"}
 
 

@@ -63,6 +63,9 @@ class Member:
     ``checkpoint``: the member's own checkpoint file (format ``PACK_FORMAT`` of
     workers.checkpoint), continued from when it exists, written at its epoch
     ends every ``checkpoint_every`` epochs before ``on_epoch`` is called.
+    PBT (workers.packs.lineage): ``lineage`` names the member's run (a segment's
+    trial) for successors to continue; ``parent``, the run this one continues: when
+    the pack still holds it, its state is taken from the pack, else from ``checkpoint``.
     """
 
     def __init__(
@@ -71,8 +74,12 @@ class Member:
         config: TrainConfig,
         hooks: TrainHooks | None = None,
         checkpoint: Path | None = None,
+        *,
+        lineage: Hashable | None = None,
+        parent: Hashable | None = None,
     ) -> None:
         self.id, self.config, self.checkpoint_path = id, config, checkpoint
+        self.lineage, self.parent = lineage, parent
         self.hooks: TrainHooks = hooks or NullHooks()
         self.kind = optimizer_kind(config)
         self.epoch = 0  # the epoch being trained (1-based), or the last one ended
@@ -92,8 +99,9 @@ class Member:
     def prepared(self) -> bool:
         return self.module is not None
 
-    def prepare(self, device: torch.device, guard_every: int) -> None:
-        """Build the initial weights and random streams on ``device`` (once)."""
+    def prepare(self, device: torch.device, guard_every: int, resume: bool = True) -> None:
+        """Build the initial weights and random streams on ``device`` (once); continue
+        from the checkpoint file when there is one (unless ``resume`` is False)."""
         if self.prepared:
             return
         c = self.config
@@ -111,8 +119,34 @@ class Member:
         self.layout = Layout.of(self.module)
         self.rows = Rows(self.layout.row(self.module), self.layout.running(self.module))
         self._started = time.perf_counter()
-        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._resume(self.checkpoint_path)
+
+    def adopt(self, parent: Member, rows: Rows, elapsed_s: float) -> None:
+        """PBT inside a pack: continue ``parent``'s run as it was at its last epoch end.
+
+        ``rows``: the parent's parameters, batch-norm statistics and optimizer state
+        (views into the stack it left, copied into this member's slot when it joins);
+        its batch order, dropout stream, epoch, metrics, step counts, guard and time so
+        far too. The hyperparameters stay this member's own (explore): the pack takes
+        them from ``config``. What workers.inherit.adopt does to a solo checkpoint.
+        """
+        assert self.prepared, "prepare() before adopt()"
+        self.rows = Rows(rows.params, list(rows.running), dict(rows.state), rows.steps)
+        self.shuffle.set_state(parent.shuffle.get_state())
+        if self.dropout is not None and parent.dropout is not None:
+            self.dropout.set_state(parent.dropout.get_state())
+        self.epoch, self.steps = parent.epoch, parent.steps
+        self.batches_tracked = parent.batches_tracked
+        self.history = [dict(metrics) for metrics in parent.history]
+        self.guard.reference = parent.guard.reference
+        self._schedule(epochs_done=parent.epoch)
+        self._started = time.perf_counter() - elapsed_s
+        self.resumed = True  # like a resume from a file: the trial's hooks catch up
+
+    def elapsed_s(self) -> float:
+        """Seconds this member's run has taken so far (a resumed run counts its past)."""
+        return time.perf_counter() - self._started
 
     def _schedule(self, epochs_done: int = 0) -> None:
         # A real torch scheduler on a stand-in optimizer: the solo trainer's per-epoch lr values,

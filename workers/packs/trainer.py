@@ -31,6 +31,7 @@ from workers.outcome import TrainResult, catch_up, epoch_metrics, evaluate, nonf
 from workers.packs.epoch import EpochSums, epoch_run, member_probes
 from workers.packs.keys import KINDS, PackKey, pack_key, packable
 from workers.packs.layout import Layout
+from workers.packs.lineage import Parking
 from workers.packs.member import Member, Splits
 from workers.packs.stack import Rows, Stack
 from workers.probes import DeadUnitProbe
@@ -70,6 +71,7 @@ class PackTrainer:
         self.joining: list[Member] = []
         self.stack: Stack | None = None
         self.finished: Finished = []
+        self.parking = Parking()  # PBT: members that left at the last epoch end, for successors
         self._epoch: EpochSums | None = None
         self._l1: Tensor | None = None  # [K, 1] per-member L1 strength, None when all are 0
         self._dropout_any = False
@@ -92,7 +94,10 @@ class PackTrainer:
             raise ValueError(f"{member!r} does not fit this pack: {pack_key(member.config)}")
         if self.key is None:
             self._open(pack_key(member.config))
-        member.prepare(self.device, self.guard_every)
+        inherits = not member.prepared and member.parent in self.parking
+        member.prepare(self.device, self.guard_every, resume=not inherits)
+        if inherits:  # PBT: its parent's state from the pack, not from a file
+            self.parking.hand_over(member)
         if self.snapshots and member.checkpoint is None:
             assert member.rows is not None
             member.save(member.rows)
@@ -116,6 +121,12 @@ class PackTrainer:
                 return self.finished.pop()[1]
         return None
 
+    def admit(self) -> None:
+        """Stack the joining members now, with their hyperparameters (run_epoch does it)."""
+        self._admit()
+        if self.stack is not None:
+            self._refresh()
+
     def drain(self) -> Finished:
         """The members that ended since the last call, with their results."""
         out, self.finished = self.finished, []
@@ -133,7 +144,9 @@ class PackTrainer:
     def run_epoch(self) -> Finished:
         """Admit the joining members, train one epoch of every member, report, shrink."""
         self._admit()
+        self.parking.clear()  # successors have taken their parents' rows by now
         if not self.members:
+            self.key = None
             return self.drain()
         assert self.key is not None and self.stack is not None
         reset_peak_memory(self.device)
@@ -148,7 +161,7 @@ class PackTrainer:
         if self.members:
             self._end_epoch(ep)
         self._epoch = None
-        if not len(self):
+        if not len(self) and not self.parking:
             self.key = None  # empty: the next member may open a pack of another shape
         return self.drain()
 
@@ -258,6 +271,7 @@ class PackTrainer:
                 m.schedule_step()
                 m.write_checkpoint(self._rows(i))  # before the report that commits it
                 if not m.hooks.on_epoch(m.epoch, metrics):
+                    self.parking.park(m, self._rows(i))  # PBT: a segment's end (pause)
                     self._finish(i, TrainStatus.PRUNED, None)
                 elif m.finished_epochs:
                     self._finish(i, TrainStatus.COMPLETED, None)
