@@ -16,6 +16,16 @@ Each member has its own checkpoint folder and file (workers.packs.member), so a
 re-run continues it in any pack or solo. A trial whose checkpoint is a solo
 run's, or one a pack cannot read, trains solo: the solo path reads both formats
 and falls back from an unreadable one.
+
+PBT: a segment's member pauses at the segment's end and is handed back like any
+paused trial; the server decides its successor at once, and the refill that
+follows leases it. A successor whose parent (``Checkpoint.inherited_from``: its
+own last segment, or the member it exploits) left this pack at that epoch end
+continues the parent's state from the pack's rows with its own hyperparameters
+(workers.packs.lineage), not from the parent's file; others continue from the
+parent's checkpoint (a pack member's file is re-labelled for the segment's
+settings, a solo run's trains solo). Every segment is its own trial and writes
+its own checkpoints, so a crash resumes as before.
 """
 
 from __future__ import annotations
@@ -33,7 +43,14 @@ from hpo.running import Ending, Result, abandoned, call_objective, paused, preem
 from hpo.settings import SettingsError, TrainConfig
 from hpo.transport import ClientError
 from hpo.trial import Control, Trial, new_trial
-from workers.reference import TrialHooks, checkpoint_file, conclude, keep_model, trial_config
+from workers.reference import (
+    TrialHooks,
+    checkpoint_file,
+    conclude,
+    inherit,
+    keep_model,
+    trial_config,
+)
 from workers.results import TrainStatus
 from workers.runner import TrialEnd, TrialEnv, finish, new_checkpoint_folder, run_attempt
 from workers.steering import HeartbeatGroup
@@ -105,6 +122,13 @@ class PackRun:
         if step is None or path is None or not path.exists():
             return False
         log.info("%s resumes from its checkpoint of step %d", trial.label, step)
+        resume = trial.checkpoints.resume if trial.checkpoints else None
+        if resume is not None and resume.inherited_from is not None:  # a PBT segment
+            if ckpt.format_of(path) != ckpt.PACK_FORMAT:
+                return True  # a solo run's: the solo path adopts it
+            inherit(trial, path, config)  # re-labelled for this segment's settings
+            if not path.exists():
+                return False  # rejected: a fresh start
         try:
             ckpt.read(path, config, ckpt.PACK_FORMAT)
         except ckpt.CheckpointUnreadable:
@@ -138,11 +162,18 @@ class PackRun:
     def _member(self, leased: _Leased) -> Any:
         from workers.packs import Member
 
-        lease_id = leased.trial.spec.lease_id
-        self._members[lease_id] = leased
-        hooks = TrialHooks(leased.trial, leased.config.epochs)
-        path = checkpoint_file(leased.trial, leased.config)
-        return Member(lease_id, leased.config, hooks, checkpoint=path)
+        trial, spec = leased.trial, leased.trial.spec
+        self._members[spec.lease_id] = leased
+        hooks = TrialHooks(trial, leased.config.epochs)
+        path = checkpoint_file(trial, leased.config)
+        resume = trial.checkpoints.resume if trial.checkpoints else None
+        parent = resume.inherited_from if resume is not None else None  # a PBT segment's
+        # A schedule's trial pauses at a segment's end: the pack keeps its state for the
+        # successor (by Optuna trial id, what a successor's inherited_from names).
+        lineage = spec.trial_id if spec.pause_at is not None else None
+        return Member(
+            spec.lease_id, leased.config, hooks, checkpoint=path, lineage=lineage, parent=parent
+        )
 
     def _refill(self, free: int, key: Any) -> list[Any]:
         """Continuous batching: lease more trials; those that fit the pack join it."""

@@ -121,6 +121,85 @@ def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
                 assert changed == {} and d["params"] == parent["params"]
 
 
+def test_a_pack_runs_its_population_through_pbt_inside_the_pack(stack: Stack) -> None:
+    """Both members of a population in one --pack 2 worker: at the segment end each
+    successor continues its parent's state from the pack (no file read), and every
+    segment's curve is the solo run of the same decisions (parent's checkpoint adopted)."""
+    server = stack.server()
+    api = server.api()
+    fixed = {**FIXED, "optimizer": "momentum", "train_subset": 300, "val_size": 300}
+    spec = study_spec(
+        "packed-pbt",
+        sampler={"name": "random", "seed": 6},
+        budget={"max_trials": 4, "max_concurrent": 2},
+        fixed={**fixed, "epochs": 2},
+        space=LR,
+        schedule={
+            "name": "pbt",
+            "population_size": 2,
+            "perturbation_interval": 1,
+            "quantile": 0.5,
+            "mutations": {"lr": {"factors": [0.5, 2.0]}},
+        },
+    )
+    api.create_study(spec)
+    worker = stack.worker(server.url, server.tokens()["worker"], "--pack", "2")
+    items = wait_for(lambda: api.finished("packed-pbt", 4), 120, "4 segments finished")
+    assert all(t["state"] == "complete" and t["attempts"] == 1 for t in items), items
+    log = worker.log()
+    assert log.count("training a pack of 2") == 1, log  # one pack, never rebuilt
+    assert log.count("inside the pack at epoch 1") == 2, log  # both successors from slots
+    details = {d["number"]: d for d in (api.trial("packed-pbt", t["number"]) for t in items)}
+    lineage = sorted(
+        (d["user_attrs"]["pbt_member"], d["user_attrs"]["pbt_segment"]) for d in details.values()
+    )
+    assert lineage == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for d in details.values():
+        assert d["user_attrs"]["pbt_segment"] == 0 or d["user_attrs"]["resumed_from_step"] == 1
+    _replay_solo(stack, api, details, {**fixed, "epochs": 2})
+
+
+def _replay_solo(stack: Stack, api: Any, details: dict[int, Any], fixed: dict[str, Any]) -> None:
+    """Each segment solo with the server's decisions: its curve equals the pack's."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from hpo.settings import TrainConfig
+    from hpo.spec import trial_seed
+    from workers.data import load_mnist
+    from workers.inherit import adopt
+    from workers.trainer import train
+
+    class Pause:
+        def __init__(self, end: int) -> None:
+            self.end = end
+
+        def on_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+            return epoch < self.end or self.end >= 2
+
+        def should_stop(self) -> bool:
+            return False
+
+    mnist, seed = load_mnist(stack.data_dir), api.http.get("/studies/packed-pbt").json()["seed"]
+    folder = Path(tempfile.mkdtemp(prefix="pbt-replay-"))
+    try:
+        for number in sorted(details, key=lambda n: details[n]["user_attrs"]["pbt_segment"]):
+            d, path = details[number], folder / f"{number}.pt"
+            config = TrainConfig.from_settings({**fixed, **d["params"]}, trial_seed(seed, number))
+            if (parent := d["user_attrs"]["pbt_parent"]) is not None:
+                shutil.copy(folder / f"{parent}.pt", path)
+                adopt(path, config)
+            end = d["user_attrs"]["pbt_segment"] + 1
+            solo = train(config, mnist, hooks=Pause(end), checkpoint=path)
+            reported = [v["value"] for v in d["intermediate_values"]]
+            assert reported == pytest.approx([solo.history[-1]["val_accuracy"]], abs=1e-5)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _in_state(api: Any, study: str, state: str, reported: bool = False) -> dict[str, Any] | None:
     for t in api.trials(study):
         if t["state"] == state:

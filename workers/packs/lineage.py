@@ -65,9 +65,9 @@ class Parking:
             return False
         member.adopt(parked.member, parked.rows, parked.elapsed_s)
         log.info(
-            "%r continues %r inside the pack at epoch %d (its state copied between slots)",
-            member.id,
-            parked.member.id,
+            "run %r continues run %r inside the pack at epoch %d (state copied between slots)",
+            member.lineage,
+            member.parent,
             member.epoch,
         )
         return True
