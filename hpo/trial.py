@@ -154,11 +154,26 @@ class Trial(OptunaSurface):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def attach_checkpoints(self, folder: Path) -> int | None:
+    def attach_checkpoints(self, folder: Path, fetch: bool = True) -> int | None:
         """Give the trial its checkpoint folder, filled from the lease's latest checkpoint
-        (older ones on failure); the step it continues from (None: a fresh start)."""
+        (older ones on failure); the step it continues from (None: a fresh start).
+        ``fetch=False``: the worker holds that checkpoint's state already (a PBT segment
+        whose parent trained in the same pack): the folder stays empty, the resume is
+        noted; :meth:`fetch_checkpoint` fills it later if need be."""
         self.checkpoints = CheckpointFolder(self._client, self._spec.lease_id, folder, self.label)
-        step = self.checkpoints.restore(self._spec.resume)
+        if fetch or self._spec.resume is None:
+            step = self.checkpoints.restore(self._spec.resume)
+        else:
+            self.checkpoints.resume, step = self._spec.resume, self._spec.resume.step
+        self._note_resume(step)
+        return step
+
+    def fetch_checkpoint(self) -> int | None:
+        """Fill the folder with the checkpoint :meth:`attach_checkpoints` did not fetch
+        (older ones on failure); the step it continues from (None: a fresh start)."""
+        if self.checkpoints is None:
+            return None
+        step = self.checkpoints.restore(self.checkpoints.resume)
         self._note_resume(step)
         return step
 

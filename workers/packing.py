@@ -66,6 +66,7 @@ class _Leased:
     trial: Trial
     config: TrainConfig
     solo: bool = False  # its checkpoint is one only the solo path can resume
+    fetched: bool = True  # False: its parent's state is in the pack, its file not fetched
 
 
 @dataclass
@@ -80,6 +81,7 @@ class PackRun:
     ends: list[TrialEnd] = field(default_factory=list)
     waiting: deque[_Leased] = field(default_factory=deque)
     _members: dict[str, _Leased] = field(default_factory=dict, init=False)
+    _pack: Any = field(default=None, init=False)  # the PackTrainer training now
 
     def run(self, specs: list[TrialSpec]) -> list[TrialEnd]:
         """Train ``specs`` (and refills) to the end; the end of every trial run."""
@@ -110,14 +112,34 @@ class PackRun:
                 self.ends.append(finish(self.env.client, trial, bad))
                 continue
             self.beats.add(spec, control, lambda t=trial, c=config: _progress(t, c))
-            self.waiting.append(_Leased(trial, config, solo=self._restore(trial, config)))
+            self.waiting.append(self._queue(trial, config))
+
+    def _queue(self, trial: Trial, config: TrainConfig) -> _Leased:
+        """Give the trial its checkpoint folder: filled from its latest checkpoint, or left
+        empty when that is the checkpoint of a parent whose state this pack holds (PBT)."""
+        folder = new_checkpoint_folder(self.env.checkpoint_root, trial.spec)
+        parent = self._parked(trial.spec)
+        if parent is None or not _note_changes(trial, parent.config, config):
+            trial.attach_checkpoints(folder)
+            return _Leased(trial, config, solo=self._restore(trial, config))
+        step = trial.attach_checkpoints(folder, fetch=False)
+        log.info("%s continues its parent's state in this pack at step %s", trial.label, step)
+        return _Leased(trial, config, fetched=False)
+
+    def _parked(self, spec: TrialSpec) -> Any:
+        """The member whose state the trial continues, when the pack holds it (else None)."""
+        resume = spec.resume
+        if self._pack is None or resume is None or resume.inherited_from is None:
+            return None
+        parked = self._pack.parking.get(resume.inherited_from)
+        return None if parked is None else parked.member
 
     def _restore(self, trial: Trial, config: TrainConfig) -> bool:
-        """Give the trial its checkpoint folder, filled from its latest checkpoint; True when
-        that checkpoint is not a pack member's this pack can continue (then it trains solo)."""
+        """After its folder was filled: True when the trial's checkpoint is not a pack
+        member's this pack can continue (then it trains solo)."""
         from workers import checkpoint as ckpt
 
-        step = trial.attach_checkpoints(new_checkpoint_folder(self.env.checkpoint_root, trial.spec))
+        step = trial.resume_step
         path = checkpoint_file(trial, config)
         if step is None or path is None or not path.exists():
             return False
@@ -137,7 +159,7 @@ class PackRun:
 
     def _train_next(self) -> None:
         """The first waiting trial's group as one pack, or that trial solo."""
-        from workers.packs import pack_key, packable, train_pack
+        from workers.packs import PackTrainer, pack_key, packable, train_pack
 
         first = self.waiting[0]
         if first.solo or not packable(first.config):
@@ -148,16 +170,35 @@ class PackRun:
         group = [m for m in self.waiting if _fits(m, key)]
         for member in group[: self.capacity]:
             self.waiting.remove(member)
-        starters = [self._member(m) for m in group[: self.capacity]]
+        starters = self._join(group[: self.capacity])
         log.info("training a pack of %d (%s)", len(starters), _describe(key))
-        train_pack(
-            starters,
-            self.data,
-            self.device,
-            capacity=self.capacity,
-            refill=self._refill,
-            on_result=self._ended,
-        )
+        self._pack = PackTrainer(self.data, self.device, capacity=self.capacity)
+        try:
+            train_pack(
+                starters,
+                self.data,
+                self.device,
+                capacity=self.capacity,
+                pack=self._pack,
+                refill=self._refill,
+                on_result=self._ended,
+            )
+        finally:
+            self._pack = None
+
+    def _join(self, leased: list[_Leased]) -> list[Any]:
+        """Members for the pack; a trial whose parent's state the pack no longer holds
+        fetches its checkpoint first (one only the solo path can resume goes back to wait)."""
+        members = []
+        for m in leased:
+            if not m.fetched and self._parked(m.trial.spec) is None:
+                m.trial.fetch_checkpoint()
+                m.fetched, m.solo = True, self._restore(m.trial, m.config)
+                if m.solo:
+                    self.waiting.append(m)
+                    continue
+            members.append(self._member(m))
+        return members
 
     def _member(self, leased: _Leased) -> Any:
         from workers.packs import Member
@@ -181,10 +222,11 @@ class PackRun:
         if self.env.shutdown.is_set():
             return []
         self._admit(self.lease(free))
-        joining = [m for m in self.waiting if _fits(m, key)]
+        # Successors whose parents' state the pack holds first: it is kept until the next epoch.
+        joining = sorted((m for m in self.waiting if _fits(m, key)), key=lambda m: m.fetched)
         for leased in joining[:free]:
             self.waiting.remove(leased)
-        return [self._member(m) for m in joining[:free]]
+        return self._join(joining[:free])
 
     # ------------------------------------------------------------------ ending
 
@@ -226,6 +268,21 @@ def _fits(leased: _Leased, key: Any) -> bool:
     from workers.packs import pack_key, packable
 
     return not leased.solo and packable(leased.config) and pack_key(leased.config) == key
+
+
+def _note_changes(trial: Trial, parent: TrainConfig, config: TrainConfig) -> bool:
+    """The settings a PBT segment changes from its parent's, as a user attr (as
+    workers.reference.inherit does from the file); False when it may not continue it."""
+    from workers import checkpoint as ckpt
+    from workers.inherit import changes
+
+    try:
+        changed = changes(ckpt.fingerprint(parent), config, trial.label)
+    except ckpt.CheckpointUnreadable as exc:
+        log.warning("%s cannot continue its parent's state: %s", trial.label, exc)
+        return False
+    trial.set_user_attr("inherited_changes", {k: list(v) for k, v in changed.items()})
+    return True
 
 
 def _remove_folder(trial: Trial) -> None:

@@ -122,21 +122,22 @@ def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
 
 
 def test_a_pack_runs_its_population_through_pbt_inside_the_pack(stack: Stack) -> None:
-    """Both members of a population in one --pack 2 worker: at the segment end each
-    successor continues its parent's state from the pack (no file read), and every
-    segment's curve is the solo run of the same decisions (parent's checkpoint adopted)."""
+    """A population of 3 through one --pack 2 worker: at a segment's end a successor
+    whose parent just left the pack continues the parent's state from the pack (its
+    file not fetched), the others from the parent's checkpoint file; every segment's
+    curve is the solo run of the same decisions (the parent's checkpoint adopted)."""
     server = stack.server()
     api = server.api()
     fixed = {**FIXED, "optimizer": "momentum", "train_subset": 300, "val_size": 300}
     spec = study_spec(
         "packed-pbt",
         sampler={"name": "random", "seed": 6},
-        budget={"max_trials": 4, "max_concurrent": 2},
+        budget={"max_trials": 6, "max_concurrent": 3},
         fixed={**fixed, "epochs": 2},
         space=LR,
         schedule={
             "name": "pbt",
-            "population_size": 2,
+            "population_size": 3,
             "perturbation_interval": 1,
             "quantile": 0.5,
             "mutations": {"lr": {"factors": [0.5, 2.0]}},
@@ -144,18 +145,25 @@ def test_a_pack_runs_its_population_through_pbt_inside_the_pack(stack: Stack) ->
     )
     api.create_study(spec)
     worker = stack.worker(server.url, server.tokens()["worker"], "--pack", "2")
-    items = wait_for(lambda: api.finished("packed-pbt", 4), 120, "4 segments finished")
+    items = wait_for(lambda: api.finished("packed-pbt", 6), 120, "6 segments finished")
     assert all(t["state"] == "complete" and t["attempts"] == 1 for t in items), items
     log = worker.log()
-    assert log.count("training a pack of 2") == 1, log  # one pack, never rebuilt
-    assert log.count("inside the pack at epoch 1") == 2, log  # both successors from slots
+    assert log.count("training a pack of 2") == 1, log  # one pack, refilled, never rebuilt
     details = {d["number"]: d for d in (api.trial("packed-pbt", t["number"]) for t in items)}
-    lineage = sorted(
+    lineage = [
         (d["user_attrs"]["pbt_member"], d["user_attrs"]["pbt_segment"]) for d in details.values()
-    )
-    assert lineage == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    for d in details.values():
-        assert d["user_attrs"]["pbt_segment"] == 0 or d["user_attrs"]["resumed_from_step"] == 1
+    ]
+    assert sorted(lineage) == [(m, s) for m in range(3) for s in range(2)]
+    in_pack = 0
+    for number, d in details.items():
+        if d["user_attrs"]["pbt_segment"] == 0:
+            continue
+        assert d["user_attrs"]["resumed_from_step"] == 1
+        from_pack = f"packed-pbt#{number} continues its parent's state in this pack at step 1"
+        from_file = f"packed-pbt#{number} resumes from its checkpoint of step 1"
+        assert (from_pack in log) != (from_file in log), (number, log)
+        in_pack += from_pack in log
+    assert in_pack >= 1 and log.count("inside the pack at epoch 1") == in_pack, log
     _replay_solo(stack, api, details, {**fixed, "epochs": 2})
 
 

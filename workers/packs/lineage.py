@@ -65,8 +65,8 @@ class Parking:
             return False
         member.adopt(parked.member, parked.rows, parked.elapsed_s)
         log.info(
-            "run %r continues run %r inside the pack at epoch %d (state copied between slots)",
-            member.lineage,
+            "%r continues run %r inside the pack at epoch %d (state copied between slots)",
+            member.id,
             member.parent,
             member.epoch,
         )

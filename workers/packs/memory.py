@@ -45,14 +45,19 @@ def train_pack(
     refill: Refill | None = None,
     on_result: OnResult | None = None,
     snapshots: bool | None = None,
+    pack: PackTrainer | None = None,
 ) -> dict[Hashable, TrainResult]:
     """Train ``members`` (all with one pack_key) ``capacity`` at a time; results by member id.
 
     ``on_result(member, result)`` is called as each member ends (report it then);
     ``refill(free_slots, key)`` is asked for more members whenever slots are free
     and nobody is waiting. ``snapshots`` defaults to on for CUDA (needed to halve).
+    ``pack``: an empty PackTrainer to drive (the caller may look into it, e.g. at its
+    parked members in ``refill``), instead of a new one.
     """
-    pack = PackTrainer(data, device, capacity=max(1, capacity), snapshots=snapshots)
+    if pack is None:
+        pack = PackTrainer(data, device, snapshots=snapshots)
+    pack.capacity = max(1, capacity)
     waiting: deque[Member] = deque(members)
     results: dict[Hashable, TrainResult] = {}
     while True:
