@@ -8,7 +8,8 @@ trials reached it, how many are paused there, how many were promoted from it and
 many ended there. The top rung (``max_resource``) has no rung rows: the trials that
 reached it are the completed ones. Promotions are listed in the order the promoted
 trials resumed (their next lease); promoted trials not resumed yet come last, as
-``queued``.
+``queued``. A promotion's ``next_value`` is the trial's value at the rung it was
+promoted to (at the top rung: its completed value), None until it gets there.
 """
 
 from __future__ import annotations
@@ -81,7 +82,19 @@ def rungs(
     return out
 
 
-def promotions(rows: list[RungRecord], starts: dict[int, list[datetime]]) -> list[dict[str, Any]]:
+def _completed_values(session: Session, study_id: int) -> dict[int, float]:
+    """The value of each trial that completed (at the top rung)."""
+    stmt = select(TrialRecord.optuna_trial_id, TrialRecord.value).where(
+        TrialRecord.study_id == study_id,
+        TrialRecord.state == TrialState.FINISHED,
+        TrialRecord.final_state == TrialOutcome.COMPLETE,
+    )
+    return {t: v for t, v in session.execute(stmt) if t is not None and v is not None}
+
+
+def promotions(
+    rows: list[RungRecord], starts: dict[int, list[datetime]], done: dict[int, float]
+) -> list[dict[str, Any]]:
     """Each promotion (trial, from rung, to rung, value there), in the order the promoted
     trials resumed; not resumed yet: last, ``resumed_at`` None."""
     nxt = {(r.optuna_trial_id, r.rung): r for r in rows}
@@ -103,7 +116,7 @@ def promotions(rows: list[RungRecord], starts: dict[int, list[datetime]]) -> lis
                     "value": r.value,
                     "reached_at": r.created_at.isoformat(),
                     "resumed_at": resumed.isoformat() if resumed else None,
-                    "next_value": reached.value if reached else None,
+                    "next_value": reached.value if reached else done.get(r.optuna_trial_id),
                 },
             )
         )
@@ -130,7 +143,11 @@ def view(session: Session, meta: StudyMeta) -> dict[str, Any]:
         "schedule": asha.model_dump(mode="json"),
         "rung_steps": asha.rung_steps,
         "rungs": rungs(asha, rows, states),
-        "promotions": promotions(rows, _lease_starts(session, meta.study_id)),
+        "promotions": promotions(
+            rows,
+            _lease_starts(session, meta.study_id),
+            _completed_values(session, meta.study_id),
+        ),
         "paused": sorted(
             r.number
             for r in rows

@@ -93,12 +93,14 @@ def test_asha_rung_occupancy_and_promotions(viewer, tokens, ctx) -> None:
     [promotion] = data["promotions"]
     assert (promotion["number"], promotion["from_rung"], promotion["to_rung"]) == (best, 0, 1)
     assert promotion["value"] == max(ASHA_VALUES) and promotion["resumed_at"] is not None
+    assert promotion["next_value"] is None  # not at the top rung yet
 
     finish_promoted(made, 0.9)  # fills the top rung: the others end pruned at rung 0
     data = api(viewer, url)
     assert data["rungs"][0] | {"paused": 0} == data["rungs"][0]
     assert data["rungs"][0]["ended"] == 2 and data["rungs"][1]["reached"] == 1
     assert data["paused"] == []
+    assert [(p["number"], p["next_value"]) for p in data["promotions"]] == [(best, 0.9)]
     bars = chart_of(viewer, made.study_id, "asha-rungs")["figure"]["data"]
     assert [b["name"] for b in bars] == ["reached", "paused", "promoted"]
     assert [list(b["y"]) for b in bars] == [[3, 1], [0, 0], [1, 0]]
