@@ -13,6 +13,7 @@ boundaries (continuous batching). See docs in each module:
     optim     torch.optim's update rules with per-member hyperparameters
     trainer   PackTrainer: add / remove / run_epoch
     memory    train_pack (refill, CUDA OOM halving), pack size from memory
+    lineage   PBT: a segment's successor continues its parent's rows (exploit between slots)
 
 How a daemon drives it (one pack per device; K from --pack, or auto_pack_size)::
 
