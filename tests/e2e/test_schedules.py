@@ -16,6 +16,26 @@ LR = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}
 FIXED = {"optimizer": "sgd", "train_subset": 500, "val_size": 500}
 
 
+def pbt_spec(
+    name: str, seed: int, population: int, interval: int, fixed: dict[str, Any]
+) -> dict[str, Any]:
+    """A PBT study over LR: two segments per member, lr explored by x0.5 or x2."""
+    return study_spec(
+        name,
+        sampler={"name": "random", "seed": seed},
+        budget={"max_trials": 2 * population, "max_concurrent": population},
+        fixed=fixed,
+        space=LR,
+        schedule={
+            "name": "pbt",
+            "population_size": population,
+            "perturbation_interval": interval,
+            "quantile": 0.5,
+            "mutations": {"lr": {"factors": [0.5, 2.0]}},
+        },
+    )
+
+
 def test_promotion_resumes_from_the_rungs_checkpoint(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
@@ -64,21 +84,7 @@ def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
     server = stack.server()
     api = server.api()
     token = server.tokens()["worker"]
-    spec = study_spec(
-        "pbt",
-        sampler={"name": "random", "seed": 4},
-        budget={"max_trials": 4, "max_concurrent": 2},
-        fixed={**FIXED, "epochs": 4},
-        space=LR,
-        schedule={
-            "name": "pbt",
-            "population_size": 2,
-            "perturbation_interval": 2,
-            "quantile": 0.5,
-            "mutations": {"lr": {"factors": [0.5, 2.0]}},
-        },
-    )
-    api.create_study(spec)
+    api.create_study(pbt_spec("pbt", 4, population=2, interval=2, fixed={**FIXED, "epochs": 4}))
     first = stack.worker(server.url, token)
     stack.worker(server.url, token)
     wait_for(lambda: _in_state(api, "pbt", "running", reported=True), 90, "a segment training")
@@ -129,21 +135,9 @@ def test_a_pack_runs_its_population_through_pbt_inside_the_pack(stack: Stack) ->
     server = stack.server()
     api = server.api()
     fixed = {**FIXED, "optimizer": "momentum", "train_subset": 300, "val_size": 300}
-    spec = study_spec(
-        "packed-pbt",
-        sampler={"name": "random", "seed": 6},
-        budget={"max_trials": 6, "max_concurrent": 3},
-        fixed={**fixed, "epochs": 2},
-        space=LR,
-        schedule={
-            "name": "pbt",
-            "population_size": 3,
-            "perturbation_interval": 1,
-            "quantile": 0.5,
-            "mutations": {"lr": {"factors": [0.5, 2.0]}},
-        },
+    api.create_study(
+        pbt_spec("packed-pbt", 6, population=3, interval=1, fixed={**fixed, "epochs": 2})
     )
-    api.create_study(spec)
     worker = stack.worker(server.url, server.tokens()["worker"], "--pack", "2")
     items = wait_for(lambda: api.finished("packed-pbt", 6), 120, "6 segments finished")
     assert all(t["state"] == "complete" and t["attempts"] == 1 for t in items), items
