@@ -85,11 +85,14 @@ def test_sigkill_during_pbt_loses_no_member(stack: Stack) -> None:
     api = server.api()
     token = server.tokens()["worker"]
     api.create_study(pbt_spec("pbt", 4, population=2, interval=2, fixed={**FIXED, "epochs": 4}))
-    first = stack.worker(server.url, token)
-    stack.worker(server.url, token)
-    wait_for(lambda: _in_state(api, "pbt", "running", reported=True), 90, "a segment training")
-    first.signal(signal.SIGKILL)
-    first.wait(10)
+    workers = [stack.worker(server.url, token), stack.worker(server.url, token)]
+    training = wait_for(
+        lambda: _in_state(api, "pbt", "running", reported=True), 90, "a segment training"
+    )
+    # Kill the worker that holds it (the other one may be between segments, holding none).
+    [holder] = [w for w in workers if f"registered as worker {training['worker_id']}" in w.log()]
+    holder.signal(signal.SIGKILL)
+    holder.wait(10)
     stack.worker(server.url, token)
 
     items = wait_for(lambda: api.finished("pbt", 4), 180, "4 segments finished")
