@@ -47,7 +47,13 @@ from service.trials.reaping import (
     expire_study_without_commit,
     settle,
 )
-from service.trials.rows import blocker, cached_study, lock_study_without_commit, study_spec
+from service.trials.rows import (
+    add_creating_row_without_commit,
+    blocker,
+    cached_study,
+    lock_study_without_commit,
+    study_spec,
+)
 from service.trials.states import TrialState, move_trial
 
 log = logging.getLogger("hpo.leases")
@@ -208,16 +214,7 @@ def _reserve_locked(
     if pooled is not None:  # a proposal drawn ahead (service.trials.pool)
         reserved.spec = pooled
         return None
-    row = TrialRecord(
-        study_id=study.study_id,
-        state=TrialState.CREATING,
-        attempts=0,
-        worker_id=worker_id,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(row)
-    session.flush()
+    row = add_creating_row_without_commit(session, study.study_id, worker_id, now)
     reserved.row_id = row.id
     return None
 

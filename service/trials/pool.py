@@ -38,7 +38,7 @@ from service.core.context import AppContext
 from service.storage.models import StudyRecord, TrialRecord
 from service.storage.pool_models import ProposalRecord
 from service.trials.granting import Sampled, grant_sampled_without_commit
-from service.trials.rows import study_spec
+from service.trials.rows import add_creating_row_without_commit, study_spec
 from service.trials.states import TrialState
 
 #: Samplers whose proposals must come in their exact order: never pooled.
@@ -114,16 +114,7 @@ def take_without_commit(
     if taken.rowcount != 1:  # type: ignore[attr-defined]
         return None  # another replica took it first
     assert proposal.optuna_trial_id is not None and proposal.number is not None
-    row = TrialRecord(
-        study_id=study.study_id,
-        state=TrialState.CREATING,
-        attempts=0,
-        worker_id=worker_id,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(row)
-    session.flush()
+    row = add_creating_row_without_commit(session, study.study_id, worker_id, now)
     sampled = Sampled(row.id, proposal.optuna_trial_id, proposal.number, proposal.params or {})
     spec = grant_sampled_without_commit(ctx, session, study, sampled, worker_id, now)
     if spec is not None and proposal.ready_at is not None:

@@ -106,6 +106,23 @@ def lock_study_without_commit(session: Session, study_id: int) -> StudyRecord | 
     ).one()
 
 
+def add_creating_row_without_commit(
+    session: Session, study_id: int, worker_id: str, now: datetime
+) -> TrialRecord:
+    """A new CREATING trial row held by ``worker_id``, flushed so that it has its id."""
+    row = TrialRecord(
+        study_id=study_id,
+        state=TrialState.CREATING,
+        attempts=0,
+        worker_id=worker_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
 def blocker(study: StudyRecord, total: int, active: int, queued: int) -> NoWork | None:
     """Why ``study`` cannot hand out a trial now (None: it can).
 
