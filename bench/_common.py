@@ -1,12 +1,15 @@
 """Pieces the benchmark scripts share: the service settings they run the app with and
-how a finished report is shown and kept."""
+how a finished report is shown and kept, and the bulk inserts that seed a study's
+history straight into Optuna's tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from service.core.config import Settings
 
 
@@ -31,3 +34,36 @@ def publish(text: str, out: str | Path | None) -> None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+def insert_in_chunks(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Bulk-insert ``rows`` into ``table``, 5000 rows a statement."""
+    from sqlalchemy import insert
+
+    for chunk in range(0, len(rows), 5000):
+        conn.execute(insert(table), rows[chunk : chunk + 5000])
+
+
+def insert_complete_trials(conn: Connection, study_id: int, first: int, n: int) -> list[int]:
+    """Insert ``n`` COMPLETE rows numbered from ``first`` into Optuna's trial table of
+    study ``study_id`` (no params, no values); their trial ids, in number order."""
+    import datetime
+
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    now = datetime.datetime.now()
+    rows = [
+        {
+            "number": first + i,
+            "study_id": study_id,
+            "state": "COMPLETE",
+            "datetime_start": now,
+            "datetime_complete": now,
+        }
+        for i in range(n)
+    ]
+    insert_in_chunks(conn, models.TrialModel.__table__, rows)
+    trial = models.TrialModel
+    query = select(trial.trial_id).where(trial.study_id == study_id, trial.number >= first)
+    return list(conn.execute(query.order_by(trial.number)).scalars().all())

@@ -72,7 +72,9 @@ def seed(url: str, study_name: str, n: int) -> float:
     import optuna
     from optuna.distributions import FloatDistribution, distribution_to_json
     from optuna.storages._rdb import models
-    from sqlalchemy import create_engine, insert, select
+    from sqlalchemy import create_engine, select
+
+    from bench._common import insert_complete_trials, insert_in_chunks
 
     t0 = time.perf_counter()
     storage = optuna.storages.RDBStorage(url)
@@ -83,7 +85,6 @@ def seed(url: str, study_name: str, n: int) -> float:
     engine = create_engine(url)
     rng = random.Random(0)
     dist = distribution_to_json(FloatDistribution(0.0, 1.0))
-    now = __import__("datetime").datetime.now()
     with engine.begin() as conn:
         start = conn.execute(
             select(models.TrialModel.number)
@@ -92,27 +93,7 @@ def seed(url: str, study_name: str, n: int) -> float:
             .limit(1)
         ).scalar()
         first = 0 if start is None else start + 1
-        rows = [
-            {
-                "number": first + i,
-                "study_id": study_id,
-                "state": "COMPLETE",
-                "datetime_start": now,
-                "datetime_complete": now,
-            }
-            for i in range(n)
-        ]
-        for chunk in range(0, n, 5000):
-            conn.execute(insert(models.TrialModel.__table__), rows[chunk : chunk + 5000])
-        ids = (
-            conn.execute(
-                select(models.TrialModel.trial_id).where(
-                    models.TrialModel.study_id == study_id, models.TrialModel.number >= first
-                )
-            )
-            .scalars()
-            .all()
-        )
+        ids = insert_complete_trials(conn, study_id, first, n)
         params, values = [], []
         for tid in ids:
             x = rng.random()
@@ -120,9 +101,8 @@ def seed(url: str, study_name: str, n: int) -> float:
                 {"trial_id": tid, "param_name": "x", "param_value": x, "distribution_json": dist}
             )
             values.append({"trial_id": tid, "objective": 0, "value": x, "value_type": "FINITE"})
-        for chunk in range(0, n, 5000):
-            conn.execute(insert(models.TrialParamModel.__table__), params[chunk : chunk + 5000])
-            conn.execute(insert(models.TrialValueModel.__table__), values[chunk : chunk + 5000])
+        insert_in_chunks(conn, models.TrialParamModel.__table__, params)
+        insert_in_chunks(conn, models.TrialValueModel.__table__, values)
     engine.dispose()
     return time.perf_counter() - t0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench._common import publish, service_settings
+from bench._common import insert_complete_trials, insert_in_chunks, publish, service_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TIMINGS = "/bench/timings"
@@ -182,7 +181,7 @@ def seed_history(url: str, study_name: str, n: int, rng: np.random.Generator) ->
     import optuna
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
-    from sqlalchemy import create_engine, insert, select
+    from sqlalchemy import create_engine
 
     from hpo.spec import StudySpec
 
@@ -193,22 +192,8 @@ def seed_history(url: str, study_name: str, n: int, rng: np.random.Generator) ->
     space = StudySpec.model_validate(_spec(study_name, "random", dict(PARAMS))).space
     dists = {name: _distribution(p) for name, p in space.items()}
     engine = create_engine(url)
-    now = datetime.datetime.now()
     with engine.begin() as conn:
-        rows = [
-            {
-                "number": i,
-                "study_id": study_id,
-                "state": "COMPLETE",
-                "datetime_start": now,
-                "datetime_complete": now,
-            }
-            for i in range(n)
-        ]
-        for chunk in range(0, n, 5000):
-            conn.execute(insert(models.TrialModel.__table__), rows[chunk : chunk + 5000])
-        query = select(models.TrialModel.trial_id).where(models.TrialModel.study_id == study_id)
-        ids = conn.execute(query.order_by(models.TrialModel.number)).scalars().all()
+        ids = insert_complete_trials(conn, study_id, 0, n)
         params, values = [], []
         for tid in ids:
             for name, dist in dists.items():
@@ -223,10 +208,8 @@ def seed_history(url: str, study_name: str, n: int, rng: np.random.Generator) ->
                 )
             value = float(rng.random())
             values.append({"trial_id": tid, "objective": 0, "value": value, "value_type": "FINITE"})
-        for chunk in range(0, len(params), 5000):
-            conn.execute(insert(models.TrialParamModel.__table__), params[chunk : chunk + 5000])
-        for chunk in range(0, len(values), 5000):
-            conn.execute(insert(models.TrialValueModel.__table__), values[chunk : chunk + 5000])
+        insert_in_chunks(conn, models.TrialParamModel.__table__, params)
+        insert_in_chunks(conn, models.TrialValueModel.__table__, values)
     engine.dispose()
     return time.perf_counter() - t0
 
