@@ -110,6 +110,15 @@ def seed(url: str, study_name: str, n: int) -> float:
 # --------------------------------------------------------------------------- server
 
 
+def join_or_kill(procs: list[mp.Process]) -> None:
+    """Wait up to 10 s for each load process to end; kill the ones that do not."""
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -363,11 +372,7 @@ def run_load(target: Any, args_of: Any, n: int, warmup: float, duration: float) 
         except Exception:  # noqa: BLE001 - queue.Empty: check the deadline again
             if not any(p.is_alive() for p in procs):
                 break
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.kill()
-            p.join()
+    join_or_kill(procs)
     ops: dict[str, list[float]] = {op: [] for op in OPS}
     done, n_errors, errors = 0, 0, []
     for r in results:
@@ -632,11 +637,7 @@ def memory_run(a: argparse.Namespace, tmp: Path) -> dict:
                         done += q.get(timeout=60)["done"]
                     except Exception:  # noqa: BLE001
                         break
-                for p in procs:
-                    p.join(timeout=10)
-                    if p.is_alive():
-                        p.kill()
-                        p.join()
+                join_or_kill(procs)
                 samples.append((round(time.monotonic() - t_start, 1), server.rss_mb()))
                 out[str(t_before)] = {
                     "rss_boot_mb": rss_boot,
