@@ -36,6 +36,22 @@ class Sampled:
     params: dict[str, Any]
 
 
+def _new_lease(
+    ctx: AppContext, row_id: int, attempt: int, worker_id: str, now: datetime
+) -> tuple[LeaseRecord, dict[str, Any]]:
+    """A new lease on trial row ``row_id`` (not added yet) and the trial columns it sets."""
+    lease_id = str(uuid.uuid4())
+    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
+    lease = LeaseRecord(lease_id=lease_id, trial_row_id=row_id, attempt=attempt, expires_at=expires)
+    values = {
+        "lease_id": lease_id,
+        "worker_id": worker_id,
+        "attempts": attempt,
+        "lease_expires_at": expires,
+    }
+    return lease, values
+
+
 def grant_sampled_without_commit(
     ctx: AppContext,
     session: Session,
@@ -45,25 +61,17 @@ def grant_sampled_without_commit(
     now: datetime,
 ) -> TrialSpec | None:
     """``creating`` -> ``leased`` plus the lease row; None when the reaper took the row."""
-    lease_id = str(uuid.uuid4())
-    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
-    values = {
+    lease, values = _new_lease(ctx, sampled.row_id, 1, worker_id, now)
+    values |= {
         "optuna_trial_id": sampled.optuna_id,
         "number": sampled.number,
         "params": sampled.params,
-        "lease_id": lease_id,
-        "worker_id": worker_id,
-        "attempts": 1,
-        "lease_expires_at": expires,
     }
     creating = [TrialState.CREATING]
     if not move_trial(
         session, sampled.row_id, creating, TrialState.LEASED, values, now, strict=False
     ):
         return None
-    lease = LeaseRecord(
-        lease_id=lease_id, trial_row_id=sampled.row_id, attempt=1, expires_at=expires
-    )
     _add_lease_without_commit(session, study, lease, sampled.optuna_id, worker_id, now)
     resume = schedules.granted_resume(session, sampled.optuna_id, sampled.params)  # PBT
     spec = trial_spec(ctx, study, sampled.optuna_id, sampled.number, sampled.params, lease, resume)
@@ -79,15 +87,7 @@ def grant_queued_without_commit(
     now: datetime,
 ) -> TrialSpec | None:
     """``queued`` -> ``leased`` (only if nobody took the row since it was read)."""
-    lease_id = str(uuid.uuid4())
-    expires = now + timedelta(seconds=ctx.settings.lease_ttl_s)
-    attempt = trial.attempts + 1
-    values = {
-        "lease_id": lease_id,
-        "worker_id": worker_id,
-        "attempts": attempt,
-        "lease_expires_at": expires,
-    }
+    lease, values = _new_lease(ctx, trial.id, trial.attempts + 1, worker_id, now)
     queued = [TrialState.QUEUED]
     moved = move_trial(
         session,
@@ -101,9 +101,6 @@ def grant_queued_without_commit(
     )
     if not moved:
         return None
-    lease = LeaseRecord(
-        lease_id=lease_id, trial_row_id=trial.id, attempt=attempt, expires_at=expires
-    )
     _add_lease_without_commit(session, study, lease, trial.optuna_trial_id, worker_id, now)
     assert trial.optuna_trial_id is not None and trial.number is not None
     resume = latest_checkpoint_without_commit(
