@@ -44,7 +44,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,16 +119,22 @@ def seed(url: str, tmp: Path, trials: int) -> tuple[Studies, str, float]:
 class Server:
     """A fresh app (empty dashboard caches) served by uvicorn in a thread."""
 
-    def __init__(self, url: str, tmp: Path, port: int | None = None) -> None:
+    def __init__(
+        self, url: str, tmp: Path, port: int | None = None, wait_warm: bool = True
+    ) -> None:
         from service.app import create_app
 
         self.app = create_app(make_settings(url, tmp))
-        self.app.state.dashboard.poll_interval_s = POLL_S["value"]
+        dash = self.app.state.dashboard
+        dash.poll_interval_s = POLL_S["value"]
         self.server, self.thread, self.base = start_server(self.app, port)
         self.port = int(self.base.rsplit(":", 1)[1])
-        for thread in threading.enumerate():  # let the library warm-up finish first
-            if thread.name == "dashboard-prewarm":
-                thread.join(timeout=60)
+        # A server that has been up: its start-up warming (libraries, recent studies'
+        # trial tables, headers and first charts) is done (``dash.warmed``) before any
+        # request is timed; ``wait_warm=False`` times a server just started instead.
+        if wait_warm and not dash.warmed.wait(timeout=600):
+            raise RuntimeError("the dashboard's start-up warming did not finish in 600 s")
+        self.warm_s: float | None = dash.warm_s
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -296,7 +301,7 @@ def browser_rounds(
         for _ in range(runs):
             one = dashboard_live.browser_round(
                 p,
-                lambda port: Server(url, tmp, port),
+                lambda port, warm=True: Server(url, tmp, port, warm),
                 study_id,
                 token,
                 tmp,

@@ -25,13 +25,14 @@ from typing import Any
 import httpx
 
 CASES = (
-    "first visit ever: fresh server, empty browser profile",
+    "first visit: empty browser profile, server up (its start-up warming done)",
     "second visit: warm server",
     "returning visit: warm server, browser cache + V8 code cache warm (median of 3)",
-    "returning visit to a freshly started server (trial table not loaded yet)",
+    "returning visit to a server just started (its warming not waited for)",
 )
 LIVE_COUNTS = "live update: trial finished -> the page's counts show it"
 LIVE_CHART = "live update: trial finished -> the first chart redrawn with it"
+WARMING = "the server's start-up warming, waited for before the first visit (ms)"
 FIRST_CHART = "performance.getEntriesByName('hpo:first-chart')"
 
 
@@ -51,6 +52,10 @@ TRACE_JS = """() => {
     const r = res.find((e) => e.name.includes(part));
     return r ? r.responseEnd : null;
   };
+  const start = (part) => {
+    const r = res.find((e) => e.name.includes(part));
+    return r ? r.startTime : null;
+  };
   const mark = (n) => {
     const m = performance.getEntriesByName(n)[0];
     return m ? m.startTime : null;
@@ -58,7 +63,10 @@ TRACE_JS = """() => {
   return {
     "HTML received": nav.responseEnd,
     "DOMContentLoaded": nav.domContentLoadedEventStart,
+    "app.js received": end("app."),
+    "first chart's JSON requested": start("/charts/"),
     "first chart's JSON received": end("/charts/"),
+    "plotly.js (cartesian) requested": start("plotly-cartesian"),
     "plotly.js (cartesian) received": end("plotly-cartesian"),
     "plotly.js (cartesian) ran": mark("hpo:plotly-cartesian"),
     "first chart drawn": mark("hpo:first-chart"),
@@ -127,6 +135,7 @@ def browser_round(
     out: dict[str, float] = {}
     try:
         server = server_factory(None)
+        out[WARMING] = (server.warm_s or 0.0) * 1000
         try:
             login(page, server.base, token)
             out[CASES[0]] = first_chart_ms(page, server.base, study_id)
@@ -137,7 +146,7 @@ def browser_round(
             out[LIVE_COUNTS], out[LIVE_CHART] = live_update_ms(page, finish)
         finally:
             server.close()
-        server = server_factory(server.port)  # same origin and database, empty caches
+        server = server_factory(server.port, False)  # same origin and database, cold caches
         try:
             out[CASES[3]] = first_chart_ms(page, server.base, study_id)
         finally:

@@ -31,6 +31,7 @@ from service.dashboard import (
 from service.dashboard.charts import (
     COMPARE_CHARTS,
     STUDY_CHARTS,
+    charts_for,
     libraries_ready,
     payload,
     safe_build,
@@ -39,7 +40,7 @@ from service.dashboard.charts_base import ChartResult
 from service.dashboard.charts_schedules import SCHEDULE_CHARTS
 from service.dashboard.frame import StudyFrame, load_meta
 from service.dashboard.pages import StudyId, TrialNumber, parse_ids
-from service.dashboard.state import DashboardDep
+from service.dashboard.state import DashboardDep, DashboardState
 from service.studies.status import live_fleet
 
 router = APIRouter(
@@ -88,9 +89,15 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
     Studies over ``state.STALE_OK_TRIALS`` trials whose chart was slow to build get the
     previous figure while the new one is built in the background (its ``version`` tells
     the page to ask again)."""
-    spec = STUDY_CHARTS.get(name)
-    if spec is None:
+    if name not in STUDY_CHARTS:
         raise NotFound(f"no chart {name!r}; charts: {', '.join(STUDY_CHARTS)}", "name")
+    return _json(chart_answer(dash, study_id, name))
+
+
+def chart_answer(dash: DashboardState, study_id: int, name: str) -> str:
+    """The JSON of a study-page chart, cached per study version (``chart``'s answer; the
+    start-up warming builds the first charts of recent studies with it)."""
+    spec = STUDY_CHARTS[name]
     with dash.ctx.db.session() as session:
         frame = dash.frame(study_id, session)
         version = _chart_version(session, frame, name)
@@ -107,8 +114,18 @@ def chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Res
     timing = (study_id, f"chart:{name}")
     stale_ok = dash.stale_ok(timing, len(frame.rows))
     built = dash.timed(timing, build)
-    body = dash.answers.get((study_id, "chart", name), version, built, stale_ok=stale_ok)
-    return _json(body)
+    key = (study_id, "chart", name)
+    return dash.answers.get(key, version, built, stale_ok=stale_ok)  # type: ignore[no-any-return]
+
+
+def warm_study(dash: DashboardState, study_id: int, charts: int = 2) -> None:
+    """Build what a study page asks for first: its header and its first ``charts`` charts
+    (the start-up warming does it for the most recent studies)."""
+    with dash.ctx.db.session() as session:
+        meta = dash.frame(study_id, session).meta
+        dash.header(session, meta)
+    for spec in charts_for(meta)[:charts]:
+        chart_answer(dash, study_id, spec.name)
 
 
 @router.get("/studies/{study_id}/diagnosis")

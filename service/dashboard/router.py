@@ -13,7 +13,7 @@ from service.dashboard.state import DashboardState, prewarm
 def mount(app: FastAPI) -> None:
     """Wire the dashboard into ``app`` (its AppContext must already be on ``app.state``)."""
     app.state.dashboard = dash = DashboardState(app.state.ctx)
-    prewarm(dash)
+    prewarm(dash, warm=lambda study_id: api.warm_study(dash, study_id))
     app.add_exception_handler(login.LoginRequired, login.login_redirect)
     app.include_router(static.router)
     app.include_router(login.router)

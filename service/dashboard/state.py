@@ -58,6 +58,9 @@ class DashboardState:
         self.poll_interval_s = poll_interval_s
         #: seconds each (study id, answer) took to build, the last time
         self.build_s: dict[tuple[int, str], float] = {}
+        #: set when the start-up warming (``prewarm``) is done: (seconds it took)
+        self.warmed = threading.Event()
+        self.warm_s: float | None = None
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.autoescape = True  # every {{ value }} is HTML-escaped
         self.templates.env.filters["fmt"] = fmt
@@ -189,12 +192,16 @@ def _prewarm_libraries() -> None:
         log.debug("prewarming the chart libraries failed", exc_info=True)
 
 
-def prewarm(dash: DashboardState, studies: int = 4) -> None:
+def prewarm(
+    dash: DashboardState, studies: int = 4, warm: Callable[[int], None] | None = None
+) -> None:
     """In the background: warm the libraries, compress the static files a study page
-    needs first, then load the trial tables of the most recent studies, so that the first
-    page view after a start does not wait for them."""
+    needs first, load the trial tables of the most recent studies, then build what their
+    pages ask for first (``warm(study_id)``: header, first charts), so that the first
+    page view after a start does not wait for them. ``dash.warmed`` is set when done."""
 
     def run() -> None:
+        started = time.monotonic()
         _prewarm_libraries()
         precompress()
         try:
@@ -202,8 +209,15 @@ def prewarm(dash: DashboardState, studies: int = 4) -> None:
                 recent = [row.study_id for row in queries.optuna_studies(session)][-studies:]
             for study_id in reversed(recent):
                 dash.frame(study_id)
+            for study_id in reversed(recent):
+                if warm is not None:
+                    warm(study_id)
         except Exception:  # best effort
-            log.debug("prewarming study frames failed", exc_info=True)
+            log.debug("prewarming the recent studies failed", exc_info=True)
+        finally:
+            dash.warm_s = time.monotonic() - started
+            dash.warmed.set()
+            log.info("dashboard warming done in %.1f s", dash.warm_s)
 
     threading.Thread(target=run, name="dashboard-prewarm", daemon=True).start()
 

@@ -267,3 +267,22 @@ def test_the_study_page_and_the_version_poll_share_one_cached_header(viewer, app
     polled = viewer.get(f"/api/v1/dashboard/studies/{study_id}/version").json()
     assert answers.misses == misses  # built once, by the page
     assert polled["counts"]["total"] == 90 and polled["best"]["value"] > 0.9
+
+
+def test_the_study_page_carries_its_first_charts_cached_answer(viewer, ctx) -> None:
+    """Once the first chart's answer is cached (start-up warming, an earlier visit), the
+    page carries it in a JSON data block, no script, its ``<`` escaped; not before."""
+    import json
+
+    spec = demo.demo_spec("carried", ["adam", "<img src=x onerror=alert(3)>"])
+    sid = seeding.seed_ask_tell(ctx, spec, 12, seed=5, external_name="</script><b>x")
+    block = re.compile(r'<script type="application/json" id="first-chart" data-for="(\w+)">')
+    viewer.app.state.dashboard.forget(sid)
+    assert not block.search(viewer.get(f"/dashboard/studies/{sid}").text)
+    first = re.findall(r'data-chart="(\w+)"', viewer.get(f"/dashboard/studies/{sid}").text)[0]
+    answer = viewer.get(f"/api/v1/dashboard/studies/{sid}/charts/{first}").json()
+    page = viewer.get(f"/dashboard/studies/{sid}").text
+    found = block.search(page)
+    assert found and found.group(1) == first
+    carried = page[found.end() : page.index("</script>", found.end())]
+    assert "<" not in carried and json.loads(carried) == answer

@@ -104,9 +104,13 @@
 
     // The first charts' figures and their plotly.js bundle are fetched at once (the
     // page preloads that bundle); the other charts' when they scroll into view.
+    // The page may carry the first chart's answer (a JSON data block, when the server
+    // had it cached): it is drawn from there, without a request.
     prefetch(count) {
+      const inline = document.getElementById("first-chart");
       for (const section of this.sections.slice(0, count)) {
-        this.pending.set(section, this.fetchChart(section));
+        const carried = inline && inline.dataset.for === section.dataset.chart;
+        this.pending.set(section, carried ? Promise.resolve(JSON.parse(inline.textContent)) : this.fetchChart(section));
         plotlyFor(section.dataset.bundle).catch(() => setLive(false));
       }
     }
