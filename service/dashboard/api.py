@@ -50,6 +50,10 @@ router = APIRouter(
 )
 
 
+#: A schedule's answers are also a 409 (naming ``schedule``) for a study without that schedule.
+_SCHEDULE_ERRORS = error_responses(409)
+
+
 def _json(body: str) -> Response:
     return Response(body, media_type="application/json")
 
@@ -203,7 +207,7 @@ def _schedule_answer(dash: Any, study_id: int, what: str, kind: str) -> Response
     return _json(dash.answers.get((study_id, "schedule", what), version, build))
 
 
-@router.get("/studies/{study_id}/schedule/pbt")
+@router.get("/studies/{study_id}/schedule/pbt", responses=_SCHEDULE_ERRORS)
 def schedule_pbt(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
     """A PBT study's segments (member, segment, trial, parent, start and end step, params,
     what changed, value, reported points), its exploit jumps and its best trial's lineage
@@ -211,14 +215,14 @@ def schedule_pbt(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Respons
     return _schedule_answer(dash, study_id, "data", "pbt")
 
 
-@router.get("/studies/{study_id}/schedule/asha")
+@router.get("/studies/{study_id}/schedule/asha", responses=_SCHEDULE_ERRORS)
 def schedule_asha(study_id: StudyId, dash: DashboardDep, _: ViewerDep) -> Response:
     """A promotion-ASHA study's rungs (reached, paused, promoted, ended) and promotions
     (trial, from rung, to rung, value), in the order the promoted trials resumed."""
     return _schedule_answer(dash, study_id, "data", "asha")
 
 
-@router.get("/studies/{study_id}/schedule/charts/{name}")
+@router.get("/studies/{study_id}/schedule/charts/{name}", responses=_SCHEDULE_ERRORS)
 def schedule_chart(study_id: StudyId, name: str, dash: DashboardDep, _: ViewerDep) -> Response:
     """One chart of the schedule page (as the study page's charts)."""
     spec = SCHEDULE_CHARTS.get(name)
