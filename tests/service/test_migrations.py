@@ -17,6 +17,12 @@ from tests.conftest import make_settings
 HPO_TABLES = {table.name for table in Base.metadata.sorted_tables}
 
 
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """These tests migrate themselves: an empty database, not the migrated template's copy."""
+    return empty_db_url
+
+
 def _version(url: str, table: str) -> str | None:
     engine = create_engine(url)
     try:
