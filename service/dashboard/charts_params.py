@@ -46,14 +46,22 @@ def _best(rows: list[TrialRow], maximize: bool) -> TrialRow:
     return pick(rows, key=lambda r: (r.value, -r.number))
 
 
-def optimizers(frame: StudyFrame) -> ChartResult:
-    """Distribution of the objective per optimizer, each optimizer's best trial starred."""
+def _scored_varying(
+    frame: StudyFrame, setting: str, what: str
+) -> tuple[list[TrialRow], ChartResult | None]:
+    """The scored trials, and the empty result saying why there is no chart when there
+    is none yet (no scored trial) or the study does not vary ``setting`` (``what``)."""
     rows = scored(frame)
     if not rows:
-        return empty(no_scores_message(frame))
-    missing = needs(frame, OPTIMIZER, "The optimizer")
-    if missing:
-        return missing
+        return rows, empty(no_scores_message(frame))
+    return rows, needs(frame, setting, what)
+
+
+def optimizers(frame: StudyFrame) -> ChartResult:
+    """Distribution of the objective per optimizer, each optimizer's best trial starred."""
+    rows, reason = _scored_varying(frame, OPTIMIZER, "The optimizer")
+    if reason:
+        return reason
     groups = group_by(rows, OPTIMIZER)
     if len(groups) < 2:
         only = fmt(next(iter(groups)))
@@ -135,12 +143,9 @@ def _scatter_by_optimizer(
 
 def learning_rate(frame: StudyFrame) -> ChartResult:
     """Objective against the learning rate (log x where the space is log), by optimizer."""
-    rows = scored(frame)
-    if not rows:
-        return empty(no_scores_message(frame))
-    missing = needs(frame, LR, "The learning rate")
-    if missing:
-        return missing
+    rows, reason = _scored_varying(frame, LR, "The learning rate")
+    if reason:
+        return reason
     shown, note = thin(rows, frame)
     fig = go.Figure(_scatter_by_optimizer(frame, shown, LR))
     layout(
@@ -182,12 +187,9 @@ def regularization(frame: StudyFrame) -> ChartResult:
 
 def batch_norm(frame: StudyFrame) -> ChartResult:
     """Batch norm on vs off: objective distribution, grouped by optimizer."""
-    rows = scored(frame)
-    if not rows:
-        return empty(no_scores_message(frame))
-    missing = needs(frame, BATCH_NORM, "Batch norm")
-    if missing:
-        return missing
+    rows, reason = _scored_varying(frame, BATCH_NORM, "Batch norm")
+    if reason:
+        return reason
     fig = go.Figure()
     optimizers_seen = optimizer_order(frame, {r.settings.get(OPTIMIZER) for r in rows})
     for flag, color in ((True, "#1f77b4"), (False, "#ff7f0e")):
