@@ -140,9 +140,8 @@ def pareto(frame: StudyFrame) -> ChartResult:
     front = [r for r, keep in zip(rows, mask, strict=True) if keep]
     dominated = [r for r, keep in zip(rows, mask, strict=True) if not keep]
     shown = _sample(dominated, MAX_POINTS, frame.meta.study_id)
-    names = objective_names(frame)
     draw = _pareto_2d if count == 2 else _pareto_3d
-    fig = draw(frame, names, front, shown, values)
+    fig = draw(frame, front, shown, _objective_axes(frame, values))
     note = f"{len(front):,} of {len(rows):,} complete trials on the front"
     if len(shown) < len(dominated):
         note += f"; showing {len(shown):,} of {len(dominated):,} dominated trials"
@@ -214,15 +213,22 @@ def _coords(rows: list[TrialRow], trace: Callable[..., Any]) -> dict[str, Any]:
     return {axis: arr(r.values[i] for r in rows) for i, axis in enumerate(axes)}  # type: ignore[index]
 
 
+def _objective_axes(frame: StudyFrame, values: np.ndarray) -> list[dict[str, Any]]:
+    """Axis settings of each objective (title with its direction, log over a wide span),
+    from the plotted trials' ``values`` (one column per objective)."""
+    return [
+        _axis(name, values[:, i], direction == "maximize")
+        for i, (name, direction) in enumerate(
+            zip(objective_names(frame), frame.meta.directions, strict=True)
+        )
+    ]
+
+
 def _pareto_2d(
-    frame: StudyFrame,
-    names: list[str],
-    front: list[TrialRow],
-    shown: list[TrialRow],
-    values: np.ndarray,
+    frame: StudyFrame, front: list[TrialRow], shown: list[TrialRow], axes: list[dict[str, Any]]
 ) -> go.Figure:
     """Two objectives: the scatter plus the front's attainment line (a staircase)."""
-    maximize = [d == "maximize" for d in frame.meta.directions]
+    maximize_x = frame.meta.directions[0] == "maximize"
     line = sorted(front, key=lambda r: (r.values[0], r.values[1]))  # type: ignore[index]
     fig = go.Figure(
         [
@@ -232,7 +238,7 @@ def _pareto_2d(
                 mode="lines",
                 name="Pareto front",
                 hoverinfo="skip",
-                line={"color": "#222", "width": 1.5, "shape": "vh" if maximize[0] else "hv"},
+                line={"color": "#222", "width": 1.5, "shape": "vh" if maximize_x else "hv"},
             ),
             *_pareto_traces(frame, front, shown, go.Scatter),
         ]
@@ -241,26 +247,18 @@ def _pareto_2d(
         fig,
         "Pareto front (filled: non-dominated; faded: dominated)",
         legend_title_text="compression",
-        xaxis=_axis(names[0], values[:, 0], maximize[0]),
-        yaxis=_axis(names[1], values[:, 1], maximize[1]),
+        xaxis=axes[0],
+        yaxis=axes[1],
     )
     return fig
 
 
 def _pareto_3d(
-    frame: StudyFrame,
-    names: list[str],
-    front: list[TrialRow],
-    shown: list[TrialRow],
-    values: np.ndarray,
+    frame: StudyFrame, front: list[TrialRow], shown: list[TrialRow], axes: list[dict[str, Any]]
 ) -> go.Figure:
     """Three objectives: a 3-D scatter (drag to turn it)."""
-    maximize = [d == "maximize" for d in frame.meta.directions]
     fig = go.Figure(_pareto_traces(frame, front, shown, go.Scatter3d))
-    scene = {
-        axis: _axis(names[i], values[:, i], maximize[i])
-        for i, axis in enumerate(("xaxis", "yaxis", "zaxis"))
-    }
+    scene = dict(zip(("xaxis", "yaxis", "zaxis"), axes, strict=True))
     layout(
         fig,
         "Pareto front in 3-D (filled: non-dominated; faded: dominated)",
