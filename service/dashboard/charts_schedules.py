@@ -53,18 +53,32 @@ def _member_line(member: int, segs: list[dict[str, Any]], by_number: dict[Any, A
             xs.append(step)
             ys.append(value)
             nums.append(s["number"])
-    return go.Scatter(
-        x=xs,
-        y=ys,
+    return _member_trace(
+        member,
+        xs,
+        ys,
+        {"width": 2},
         customdata=nums,
         mode="lines+markers",
         name=f"member {member}",
-        legendgroup=f"m{member}",
-        line={"color": member_color(member), "width": 2},
         marker={"size": 5},
         connectgaps=False,
         hovertemplate=f"member {member}<br>step %{{x}}: %{{y:.4g}}<br>trial #%{{customdata}}"
         "<extra></extra>",
+    )
+
+
+def _member_trace(
+    member: int, xs: list[Any], ys: list[Any], line: dict[str, Any], **trace: Any
+) -> go.Scatter:
+    """A trace of one PBT member: in the member's legend group and colour (``line`` adds
+    width and dash, ``trace`` the rest), so its own line and its exploit jumps go together."""
+    return go.Scatter(
+        x=xs,
+        y=ys,
+        legendgroup=f"m{member}",
+        line={"color": member_color(member)} | line,
+        **trace,
     )
 
 
@@ -80,15 +94,15 @@ def _jump_line(member: int, jumps: list[dict[str, Any]]) -> go.Scatter:
         xs += [j["start"][0], j["end"][0], None]
         ys += [j["start"][1], j["end"][1], None]
         text += [words, words, None]
-    return go.Scatter(
-        x=xs,
-        y=ys,
+    return _member_trace(
+        member,
+        xs,
+        ys,
+        {"width": 1.5, "dash": "dash"},
         text=text,
         mode="lines",
         name=f"member {member}: exploit",
-        legendgroup=f"m{member}",
         showlegend=False,
-        line={"color": member_color(member), "width": 1.5, "dash": "dash"},
         hovertemplate="%{text}<extra></extra>",
     )
 
