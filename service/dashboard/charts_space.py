@@ -115,31 +115,24 @@ def _quantile_band(numbers: np.ndarray, values: np.ndarray) -> tuple[list[go.Sca
     groups = np.split(values[order], starts[1:])
     centres = bins[order][starts] * width + width / 2
     q = np.array([np.quantile(g, (0.1, 0.5, 0.9)) for g in groups])
-    line = {"width": 0}
+
+    def quantile_line(column: int, **trace: Any) -> go.Scatter:
+        """The line of one quantile column of ``q`` over the bins' centres."""
+        return go.Scatter(x=centres, y=q[:, column], mode="lines", **trace)
+
+    hidden = {"width": 0}
     traces = [
-        go.Scatter(
-            x=centres,
-            y=q[:, 0],
-            mode="lines",
-            line=line,
-            hoverinfo="skip",
-            showlegend=False,
-            name="10 %",
-        ),
-        go.Scatter(
-            x=centres,
-            y=q[:, 2],
-            mode="lines",
-            line=line,
+        quantile_line(0, line=hidden, hoverinfo="skip", showlegend=False, name="10 %"),
+        quantile_line(
+            2,
+            line=hidden,
             fill="tonexty",
             fillcolor="rgba(31,119,180,0.18)",
             name="10-90 % of trials",
             hovertemplate="trials %{x:.0f}: 90 % at %{y}<extra></extra>",
         ),
-        go.Scatter(
-            x=centres,
-            y=q[:, 1],
-            mode="lines",
+        quantile_line(
+            1,
             name="median of trials",
             line={"color": "rgba(31,119,180,0.8)", "width": 1, "dash": "dot"},
             hovertemplate="trials %{x:.0f}: median %{y}<extra></extra>",
