@@ -182,14 +182,32 @@ def list_studies(
         _emit(api.list_studies(limit=limit, offset=offset), fmt, views.print_study_page)
 
 
-@study_app.command("show")
-@_clean_errors
-def show(
-    ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None, fmt: Format = TABLE
-) -> None:
-    """Show a study: state, counts and best trial (or Pareto front)."""
-    with client(server, token) as api:
-        _emit(api.get_study(ref), fmt, views.print_summary)
+def _register(name: str, doc: str, command: Callable[..., None]) -> None:
+    """Add ``command`` to ``hpo study`` as ``name``, with ``doc`` as its help."""
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    study_app.command(name)(_clean_errors(command))
+
+
+def _view_command(name: str, method: str, table: Callable[[Any], None], doc: str) -> None:
+    """Register ``hpo study NAME REF [--format table|json]``: the answer of
+    :class:`Client`'s method ``method`` for the study, printed by ``table`` or as JSON."""
+
+    def command(
+        ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None, fmt: Format = TABLE
+    ) -> None:
+        with client(server, token) as api:
+            _emit(getattr(api, method)(ref), fmt, table)
+
+    _register(name, doc, command)
+
+
+_view_command(
+    "show",
+    "get_study",
+    views.print_summary,
+    "Show a study: state, counts and best trial (or Pareto front).",
+)
 
 
 @study_app.command("trials")
@@ -207,14 +225,12 @@ def trials(
     _emit(items, fmt, lambda rows: views.print_trials(ref, rows))
 
 
-@study_app.command("diagnose")
-@_clean_errors
-def diagnose(
-    ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None, fmt: Format = TABLE
-) -> None:
-    """What went wrong in the study's trials, and the spec edits that would avoid it."""
-    with client(server, token) as api:
-        _emit(api.diagnosis(ref), fmt, views.print_diagnosis)
+_view_command(
+    "diagnose",
+    "diagnosis",
+    views.print_diagnosis,
+    "What went wrong in the study's trials, and the spec edits that would avoid it.",
+)
 
 
 def _change(ref: str, action: str, server: str, token: str | None) -> None:
@@ -229,9 +245,7 @@ def _state_command(action: str, doc: str) -> None:
     def command(ref: StudyRef, server: Server = DEFAULT_SERVER, token: Token = None) -> None:
         _change(ref, action, server, token)
 
-    command.__name__ = command.__qualname__ = action
-    command.__doc__ = doc
-    study_app.command(action)(_clean_errors(command))
+    _register(action, doc, command)
 
 
 _state_command("pause", "Pause a study: no new trials until it is resumed.")
