@@ -88,6 +88,21 @@ class _ParamBase(_Strict):
         return v
 
 
+def _check_range(
+    param: FloatParam | IntParam, *, log_floor: tuple[str, bool], stepped: bool
+) -> None:
+    """The bounds checks a float and an int parameter share: ``low < high``; on a log
+    scale, ``low`` above the floor (``log_floor``: how the floor reads, and whether
+    ``low`` is above it) and no step (``stepped``: the parameter sets one)."""
+    if param.low >= param.high:
+        raise ValueError(f"low ({param.low}) must be < high ({param.high})")
+    floor, above = log_floor
+    if param.log and not above:
+        raise ValueError(f"log scale needs {floor}, got low={param.low}")
+    if param.log and stepped:
+        raise ValueError("log and step cannot be combined")
+
+
 class FloatParam(_ParamBase):
     type: Literal["float"]
     low: float
@@ -99,12 +114,7 @@ class FloatParam(_ParamBase):
     def _check(self) -> FloatParam:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ValueError("low and high must be finite")
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got low={self.low}")
-        if self.log and self.step is not None:
-            raise ValueError("log and step cannot be combined")
+        _check_range(self, log_floor=("low > 0", self.low > 0), stepped=self.step is not None)
         return self
 
 
@@ -117,12 +127,7 @@ class IntParam(_ParamBase):
 
     @model_validator(mode="after")
     def _check(self) -> IntParam:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-        if self.log and self.low < 1:
-            raise ValueError(f"log scale needs low >= 1, got low={self.low}")
-        if self.log and self.step != 1:
-            raise ValueError("log and step cannot be combined")
+        _check_range(self, log_floor=("low >= 1", self.low >= 1), stepped=self.step != 1)
         return self
 
 
@@ -143,6 +148,14 @@ class CategoricalParam(_ParamBase):
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+def _known_name(kind: str, name: str, names: dict[str, str]) -> str:
+    """``name`` when it is one of ``names`` (a sampler's or pruner's); else the error
+    that lists the names of that ``kind``."""
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(names)}")
+    return name
+
+
 class SamplerSpec(_Strict):
     name: str = "tpe"
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
@@ -151,9 +164,7 @@ class SamplerSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; choose one of {', '.join(SAMPLERS)}")
-        return v
+        return _known_name("sampler", v, SAMPLERS)
 
     @field_validator("options")
     @classmethod
@@ -171,9 +182,7 @@ class PrunerSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in PRUNERS:
-            raise ValueError(f"unknown pruner {v!r}; choose one of {', '.join(PRUNERS)}")
-        return v
+        return _known_name("pruner", v, PRUNERS)
 
 
 class ResourceSpec(_Strict):
