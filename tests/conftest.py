@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,15 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 def mnist_root() -> Path:
     """MNIST folder: ``HPO_DATA_DIR`` or the shared data folder beside the repo."""
     return Path(os.environ.get("HPO_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test as ``rep_setup``/``rep_call``/``rep_teardown``
+    (fixtures read ``rep_call`` to print the processes' logs of a failed test)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def _pg_admin_url() -> str:

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import mnist_root
 from tests.support import Process, ServerProcess, clean_env, wait_for
 
-__all__ = ["Api", "Server", "Stack", "wait_for"]
+__all__ = ["Api", "Server", "Stack", "need_mnist", "stack_for", "wait_for"]
 
 #: Short leases, frequent heartbeats and reaper passes: failures show within seconds.
 E2E_SETTINGS = {
@@ -119,20 +119,24 @@ class Stack:
         return "\n".join(parts)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
-@pytest.fixture
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def need_mnist() -> None:
+    """Skip the test unless the MNIST files are in :func:`tests.conftest.mnist_root`."""
     if not (mnist_root() / "MNIST" / "raw").is_dir():
         pytest.skip(f"MNIST not found in {mnist_root()} (set HPO_DATA_DIR)")
+
+
+def stack_for(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """A :class:`Stack` for one test (a fixture's body: ``yield from``), closed after it;
+    when the test failed, the tail of every process's log is printed."""
     s = Stack(tmp_path)
     yield s
     s.close()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(s.logs())
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    need_mnist()
+    yield from stack_for(request, tmp_path)

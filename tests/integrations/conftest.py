@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT, mnist_root
-from tests.e2e.conftest import Server, Stack
+from tests.e2e.conftest import Server, Stack, stack_for
 from tests.support import study_spec, wait_for
 
 REQUIRE = "HPO_REQUIRE_INTEGRATIONS"
@@ -38,26 +38,10 @@ def need(*modules: str) -> None:
     pytest.skip(why)
 
 
-def need_mnist() -> None:
-    if not (mnist_root() / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST not found in {mnist_root()} (set HPO_DATA_DIR)")
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    yield s
-    s.close()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(s.logs())
+    """The end-to-end ``stack`` without its MNIST check (only some libraries here use MNIST)."""
+    yield from stack_for(request, tmp_path)
 
 
 def run_study(

@@ -15,8 +15,8 @@ from typing import Any
 import optuna
 import pytest
 
-from tests.e2e.conftest import Server, Stack
-from tests.integrations.conftest import need, need_mnist, run_study
+from tests.e2e.conftest import Server, Stack, need_mnist
+from tests.integrations.conftest import need, run_study
 
 pytestmark = [pytest.mark.integrations, pytest.mark.timeout(150)]
 
