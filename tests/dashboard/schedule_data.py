@@ -42,6 +42,29 @@ class Made:
     worker: Worker | None = None
 
 
+def _study_and_worker(
+    client: Any,
+    tokens: Tokens,
+    name: str,
+    schedule: dict[str, Any],
+    max_trials: int,
+    space: dict[str, Any],
+    fixed: dict[str, Any],
+) -> tuple[int, Worker]:
+    """A study with ``schedule`` and a budget of ``max_trials`` trials (its id), and the
+    worker the test runs its trials as."""
+    made = create_study(
+        client,
+        tokens,
+        name=name,
+        schedule=schedule,
+        budget={"max_trials": max_trials},
+        space=space,
+        fixed=fixed,
+    )
+    return int(made["study_id"]), Worker(client, tokens.worker)
+
+
 def pbt_study(client: Any, tokens: Tokens, ctx: Any, name: str = "pbt") -> Made:
     """A PBT study of 2 members x 3 segments, every segment ended (see PBT_VALUES)."""
     schedule = {
@@ -52,16 +75,9 @@ def pbt_study(client: Any, tokens: Tokens, ctx: Any, name: str = "pbt") -> Made:
         "resample_probability": 0.0,
         "mutations": {"lr": {"factors": [2.0]}, "momentum": {"factors": [0.5]}},
     }
-    made = create_study(
-        client,
-        tokens,
-        name=name,
-        schedule=schedule,
-        budget={"max_trials": 6},
-        space=LR | MOMENTUM,
-        fixed={**FIXED, "epochs": 6},
+    study_id, worker = _study_and_worker(
+        client, tokens, name, schedule, 6, LR | MOMENTUM, {**FIXED, "epochs": 6}
     )
-    worker = Worker(client, tokens.worker)
     held: dict[tuple[int, int], dict[str, Any]] = {}
     trials: dict[int, dict[str, Any]] = {}
     for key in PBT_ORDER:
@@ -72,7 +88,7 @@ def pbt_study(client: Any, tokens: Tokens, ctx: Any, name: str = "pbt") -> Made:
         trial = held[key]
         _run_segment(worker, trial, PBT_VALUES[key])
         trials[trial["trial_number"]] = {"member": key[0], "segment": key[1], **trial}
-    return Made(int(made["study_id"]), name, trials)
+    return Made(study_id, name, trials)
 
 
 def _run_segment(worker: Worker, trial: dict[str, Any], values: list[float]) -> None:
@@ -104,16 +120,9 @@ def asha_study(client: Any, tokens: Tokens, name: str = "asha") -> Made:
     """A promotion-ASHA study: 3 trials paused at rung 0 (step 1), the best of them
     promoted and leased again (``Made.promoted``), the others paused."""
     asha = {"name": "asha", "mode": "promotion", "reduction_factor": 3, "max_resource": 3}
-    made = create_study(
-        client,
-        tokens,
-        name=name,
-        schedule=asha,
-        budget={"max_trials": 3},
-        space=LR,
-        fixed={"epochs": 3, "optimizer": "sgd"},
+    study_id, worker = _study_and_worker(
+        client, tokens, name, asha, 3, LR, {"epochs": 3, "optimizer": "sgd"}
     )
-    worker = Worker(client, tokens.worker)
     trials: dict[int, dict[str, Any]] = {}
     for value in ASHA_VALUES:
         trial = worker.trial()
@@ -124,7 +133,7 @@ def asha_study(client: Any, tokens: Tokens, name: str = "asha") -> Made:
         trials[trial["trial_number"]] = {"rung0": value, **trial}
     promoted = worker.trial()  # the best of rung 0, resumed
     assert trials[promoted["trial_number"]]["rung0"] == max(ASHA_VALUES)
-    return Made(int(made["study_id"]), name, trials, promoted, worker)
+    return Made(study_id, name, trials, promoted, worker)
 
 
 def finish_promoted(made: Made, value: float = 0.9) -> None:
