@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec import Param, StudySpec, trial_seed
 from service.core.db import engine_kwargs
+from service.storage.batch_tpe import BatchTPESampler
 from service.storage.samplers import (
     make_pruner,
     make_sampler,
@@ -38,7 +39,11 @@ from service.storage.trial_view import TrialView
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 #: Samplers whose ``after_trial`` does nothing: ``tell`` needs no sampler lock.
-_STATELESS_AFTER_TRIAL = (optuna.samplers.RandomSampler, optuna.samplers.TPESampler)
+_STATELESS_AFTER_TRIAL = (
+    optuna.samplers.RandomSampler,
+    optuna.samplers.TPESampler,
+    BatchTPESampler,
+)
 
 
 SAMPLER_SALT = 0x5A3D

@@ -20,6 +20,7 @@ from hpo.spec import (
     StudySpec,
     grid_search_space,
 )
+from service.storage.batch_tpe import BatchTPESampler
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -27,12 +28,15 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 
     TPE uses Optuna's constant liar unless the spec says otherwise: trials that are
     still running count as bad guesses, so trials leased at the same time (a batch
-    for a fused pack, or many workers) are spread out instead of clustered.
+    for a fused pack, or many workers) are spread out instead of clustered. TPE is
+    :class:`~service.storage.batch_tpe.BatchTPESampler`: Optuna's, plus one fit per
+    batch of pool proposals.
     """
     cls = getattr(optuna.samplers, SAMPLERS[spec.sampler.name])
     options = dict(spec.sampler.options)
     if spec.sampler.name == "tpe":
         options.setdefault("constant_liar", True)
+        cls = BatchTPESampler  # Optuna's TPE; the pool refill draws a batch per fit
     if spec.sampler.name == "grid":
         return cls(grid_search_space(spec.space), seed=seed, **options)
     return cls(seed=seed, **options)

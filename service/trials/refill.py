@@ -10,7 +10,9 @@ parallel, each on its own core):
    the pool depth and the budget allow (pending proposals count against the
    budget, so a study never draws past ``max_trials``).
 2. **Draw** (no transaction of ours): a new Optuna trial per row, sampled over
-   the spec by the study's own sampler, as the lease path does.
+   the spec by the study's own sampler, as the lease path does. The rows of one
+   pass are one sampler batch: TPE fits its densities once for them
+   (:mod:`service.storage.batch_tpe`); other samplers draw each on its own.
 3. **Ready** (compare-and-set ``drawing`` -> ``ready``): the params are stored.
 
 Then the sweep: stale proposals, those of stopped studies and ``drawing`` rows
@@ -34,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from hpo.schemas import StudyState
 from service.core.context import AppContext
 from service.core.db import utcnow
+from service.storage.batch_tpe import sampler_batch
 from service.storage.models import StudyRecord
 from service.storage.pool_models import ProposalRecord
 from service.storage.samplers import suggest_params
@@ -49,8 +52,9 @@ from service.trials.rows import cached_study, lock_study_without_commit, study_b
 
 log = logging.getLogger("hpo.pool")
 
-#: proposals one refill pass reserves per study (small: replicas interleave)
-CHUNK = 4
+#: proposals one refill pass reserves per study: one TPE fit for all of them (a
+#: bigger batch fits less often; a smaller one lets replicas interleave)
+CHUNK = 8
 #: seconds between sweeps (stale, stopped, orphaned drawing rows)
 SWEEP_EVERY_S = 1.0
 
@@ -121,7 +125,8 @@ def refill_study(ctx: AppContext, study_id: int) -> int:
     if reserved is None:
         return 0
     study, ids = reserved
-    return sum(draw(ctx, study, pid) for pid in ids)
+    with sampler_batch(cached_study(ctx, study).study.sampler, len(ids)):
+        return sum(draw(ctx, study, pid) for pid in ids)
 
 
 def reserve(ctx: AppContext, study_id: int) -> tuple[StudyRecord, list[int]] | None:
