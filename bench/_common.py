@@ -1,9 +1,14 @@
-"""Pieces the benchmark scripts share: the service settings they run the app with and
+"""Pieces the benchmark scripts share: a free port and the wait for a started server
+to answer, the service settings they run the app with and
 how a finished report is shown and kept, and the bulk inserts that seed a study's
 history straight into Optuna's tables."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +16,37 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from service.core.config import Settings
+
+
+def free_port() -> int:
+    """A port free on the loopback now (a child process binds it itself)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(
+    port: int, proc: subprocess.Popen | mp.Process, path: str | None, limit: float
+) -> None:
+    """Wait up to ``limit`` s until ``proc`` answers on ``port``: a 200 on ``path``, or
+    (``path`` None) a TCP connection; RuntimeError when it exits first or never answers."""
+    import httpx
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_alive()
+        if not alive:
+            raise RuntimeError(f"process on port {port} exited")
+        try:
+            if path is None:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            elif httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port} within {limit} s")
 
 
 def service_settings(workdir: Path) -> Settings:

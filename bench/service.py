@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import _service_load as load  # noqa: E402
+from bench._common import free_port, wait_port  # noqa: E402
 
 OPS = ("lease", "report", "complete")
 
@@ -117,34 +117,6 @@ def join_or_kill(procs: list[mp.Process]) -> None:
         if p.is_alive():
             p.kill()
             p.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(
-    port: int, proc: subprocess.Popen | mp.Process, path: str | None, limit: float
-) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_alive()
-        if not alive:
-            raise RuntimeError(f"process on port {port} exited")
-        try:
-            if path is None:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            elif httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
-                return
-        except (OSError, httpx.HTTPError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port} within {limit} s")
 
 
 class Server:

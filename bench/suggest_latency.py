@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from bench._common import insert_complete_trials, insert_in_chunks, publish, service_settings
+from bench._common import (
+    free_port,
+    insert_complete_trials,
+    insert_in_chunks,
+    publish,
+    service_settings,
+    wait_port,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMINGS = "/bench/timings"
@@ -138,38 +144,22 @@ def serve(port: int, workdir: Path) -> None:
 
 @contextlib.contextmanager
 def server(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "bench.suggest_latency", "--serve", str(port)]
     proc = subprocess.Popen(
         [*cmd, "--workdir", str(workdir)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, workdir)
-        yield url, json.loads((workdir / "bench-tokens.json").read_text())
+        try:
+            wait_port(port, proc, "/readyz", 120)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{(workdir / 'server.log').read_text()[-2000:]}") from exc
+        yield f"http://127.0.0.1:{port}", json.loads((workdir / "bench-tokens.json").read_text())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, workdir: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((workdir / "server.log").read_text()[-2000:])
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not start")
 
 
 # --------------------------------------------------------------------------- history
