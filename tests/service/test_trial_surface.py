@@ -54,6 +54,13 @@ def lease(worker: tuple[hpo.Client, str], study: str) -> Trial:
     return new_trial(client, spec)
 
 
+def leased_toy_trial(live: LiveApp, worker: tuple[hpo.Client, str], study: str) -> Trial:
+    """A new two-trial study ``study`` of the toy workload over ``XY``; its first trial, leased."""
+    with admin(live) as c:
+        c.create_study(study_spec(study, workload="toy", space=XY, budget={"max_trials": 2}))
+    return lease(worker, study)
+
+
 def public(cls: type) -> set[str]:
     return {n for n in dir(cls) if not n.startswith("_")}
 
@@ -67,9 +74,7 @@ def test_public_surface_is_optunas() -> None:
 
 
 def test_the_worker_trial_is_an_optuna_trial(live: LiveApp, worker: Any) -> None:
-    with admin(live) as c:
-        c.create_study(study_spec("inst", workload="toy", space=XY, budget={"max_trials": 2}))
-    trial = lease(worker, "inst")
+    trial = leased_toy_trial(live, worker, "inst")
     assert isinstance(trial, optuna.trial.Trial) and isinstance(trial, Trial)
     trial._client.complete(trial.spec.lease_id, CompleteRequest(value=0.5))
 
@@ -204,9 +209,7 @@ def test_set_constraint_reaches_optuna_best_trials(live: LiveApp, worker: Any) -
 
 
 def test_constraint_checks(live: LiveApp, worker: Any) -> None:
-    with admin(live) as c:
-        c.create_study(study_spec("cons2", workload="toy", space=XY, budget={"max_trials": 2}))
-    trial = lease(worker, "cons2")
+    trial = leased_toy_trial(live, worker, "cons2")
     with pytest.raises(ValueError, match="NaN is not allowed"):
         trial.set_constraint("c", float("nan"))
     with pytest.raises(TypeError, match="supposed to be a float"):
@@ -254,9 +257,7 @@ def test_declared_constraints_are_checked(live: LiveApp) -> None:
 
 
 def test_report_twice_keeps_the_first_and_sends_once(live: LiveApp, worker: Any) -> None:
-    with admin(live) as c:
-        c.create_study(study_spec("twice", workload="toy", space=XY, budget={"max_trials": 2}))
-    trial = lease(worker, "twice")
+    trial = leased_toy_trial(live, worker, "twice")
     trial.report(0.5, 1)
     trial.report(0.9, 1)
     assert trial.intermediate_values == {1: 0.5}
@@ -269,9 +270,7 @@ def test_report_twice_keeps_the_first_and_sends_once(live: LiveApp, worker: Any)
 def test_optuna_upload_artifact_through_the_trial(
     live: LiveApp, worker: Any, tmp_path: Path
 ) -> None:
-    with admin(live) as c:
-        c.create_study(study_spec("arts", workload="toy", space=XY, budget={"max_trials": 2}))
-    trial = lease(worker, "arts")
+    trial = leased_toy_trial(live, worker, "arts")
     path = tmp_path / "weights.bin"
     path.write_bytes(b"\x00weights" * 100)
     artifact_id = optuna.artifacts.upload_artifact(
@@ -293,9 +292,7 @@ def test_optuna_upload_artifact_through_the_trial(
 def test_a_chosen_artifact_id_taken_by_another_file_is_refused(
     live: LiveApp, worker: Any, tmp_path: Path
 ) -> None:
-    with admin(live) as c:
-        c.create_study(study_spec("arts2", workload="toy", space=XY, budget={"max_trials": 2}))
-    trial = lease(worker, "arts2")
+    trial = leased_toy_trial(live, worker, "arts2")
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "b").write_bytes(b"b")
     trial.upload_artifact(tmp_path / "a", artifact_id="fixed-id")
