@@ -56,6 +56,14 @@ def _of_segment(ctx: Any, member: int, segment: int) -> list[Any]:
     ]
 
 
+def _second_segment(client: Any, tokens: Tokens, ctx: Any) -> tuple[Worker, SegmentRecord, Any]:
+    """:func:`_study`'s worker, with member 0's second segment: its row and its trial."""
+    worker = _study(client, tokens)
+    row = _row(ctx, 0, 1)
+    [made] = _of_segment(ctx, 0, 1)
+    return worker, row, made
+
+
 def test_a_claim_that_died_before_the_trial_was_made_is_made_again(
     client: Any, tokens: Tokens, ctx: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,10 +95,8 @@ def test_a_claim_that_died_before_the_trial_was_made_is_made_again(
 def test_a_claim_that_died_after_the_trial_was_made_is_linked_to_it(
     client: Any, tokens: Tokens, ctx: Any
 ) -> None:
-    worker = _study(client, tokens)
-    row = _row(ctx, 0, 1)
+    worker, row, made = _second_segment(client, tokens, ctx)
     assert row.state == pbt.WAITING
-    [made] = _of_segment(ctx, 0, 1)
     # The server died between creating the trial and recording it (a fresh claim: the
     # repair links it at once, since the trial is there).
     _set(ctx, row.id, state=pbt.CREATING, optuna_trial_id=None)
@@ -103,9 +109,7 @@ def test_a_claim_that_died_after_the_trial_was_made_is_linked_to_it(
 def test_a_late_creator_whose_claim_was_given_away_fails_its_trial(
     client: Any, tokens: Tokens, ctx: Any
 ) -> None:
-    worker = _study(client, tokens)
-    row = _row(ctx, 0, 1)
-    [made] = _of_segment(ctx, 0, 1)
+    worker, row, made = _second_segment(client, tokens, ctx)
     with ctx.db.session() as session:
         study = session.scalars(select(StudyRecord).where(StudyRecord.name == "p")).one()
         session.expunge(study)
