@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hpo.settings import BATCH_NORM, LR, OPTIMIZER, REGULARIZATION
+from service.dashboard.boxstats import BoxStats, grouped_box, point_box, points_note
 from service.dashboard.charts_base import (
     ChartResult,
     arr,
@@ -67,35 +68,38 @@ def optimizers(frame: StudyFrame) -> ChartResult:
         only = fmt(next(iter(groups)))
         return empty(f"Only one optimizer ({only}) has completed trials: nothing to compare yet.")
     fig = go.Figure()
-    points = "all" if len(rows) <= BOX_POINTS_LIMIT else "outliers"
+    all_points = len(rows) <= BOX_POINTS_LIMIT
     order = optimizer_order(frame, set(groups))
-    for opt in order:
-        _add_optimizer_box(fig, frame, opt, groups[opt], points, order)
+    stats = [_add_optimizer_box(fig, frame, opt, groups[opt], all_points, order) for opt in order]
     title = f"{frame.meta.objective_name} per optimizer (★ best trial)"
     layout(fig, title, showlegend=False, yaxis_title=esc(frame.meta.objective_name))
-    note = None if points == "all" else f"{len(rows):,} trials: points shown for outliers only"
-    return ChartResult(fig, note=note)
+    return ChartResult(fig, note=points_note(len(rows), stats, all_points))
 
 
 def _add_optimizer_box(
-    fig: go.Figure, frame: StudyFrame, opt: Any, rows: list[TrialRow], points: str, order: list[Any]
-) -> None:
+    fig: go.Figure,
+    frame: StudyFrame,
+    opt: Any,
+    rows: list[TrialRow],
+    all_points: bool,
+    order: list[Any],
+) -> BoxStats:
+    """The optimizer's box (statistics from the server, see ``boxstats``) and best star."""
     color = color_for(opt, order)
-    texts = [settings_text(r, frame) for r in rows] if points == "all" else None
-    fig.add_trace(
-        go.Box(
-            y=arr(r.value for r in rows),
-            name=esc(opt),
-            boxpoints=points,
-            jitter=0.5,
-            pointpos=0,
-            marker={"color": color, "size": 5, "opacity": 0.6},
-            line={"color": color},
-            text=texts,
-            customdata=ints(r.number for r in rows),
-            hoveron="points+boxes",
-        )
+    box, stats = point_box(
+        [r.value for r in rows],
+        [r.number for r in rows],
+        lambda i: settings_text(rows[i], frame),
+        all_points,
+        x=[esc(opt)],
+        name=esc(opt),
+        jitter=0.5,
+        pointpos=0,
+        marker={"color": color, "size": 5, "opacity": 0.6},
+        line={"color": color},
+        hoveron="points+boxes",
     )
+    fig.add_trace(box)
     best = _best(rows, frame.meta.maximize)
     fig.add_trace(
         go.Scatter(
@@ -115,6 +119,7 @@ def _add_optimizer_box(
             showlegend=False,
         )
     )
+    return stats
 
 
 def _scatter_by_optimizer(
@@ -196,15 +201,13 @@ def batch_norm(frame: StudyFrame) -> ChartResult:
         part = [r for r in rows if _truthy(r.settings.get(BATCH_NORM)) is flag]
         if not part:
             continue
-        fig.add_trace(
-            go.Box(
-                x=[esc(fmt(r.settings.get(OPTIMIZER, "all trials"))) for r in part],
-                y=arr(r.value for r in part),
-                name=f"batch norm {'on' if flag else 'off'}",
-                marker={"color": color},
-                boxpoints=False,
-            )
-        )
+        by_optimizer = group_by(part, OPTIMIZER)
+        values = {
+            esc(fmt("all trials" if o is None else o)): [r.value for r in g]
+            for o, g in by_optimizer.items()
+        }
+        name = f"batch norm {'on' if flag else 'off'}"
+        fig.add_trace(grouped_box(values, name=name, marker={"color": color}))
     if len(fig.data) < 2:
         return empty("Every completed trial used the same batch-norm setting: nothing to compare.")
     layout(fig, "Batch norm on vs off", boxmode="group", yaxis_title=esc(frame.meta.objective_name))

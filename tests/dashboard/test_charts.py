@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import optuna
 import pytest
 
@@ -46,17 +47,83 @@ def test_unknown_chart_and_study_are_404(viewer, study_id) -> None:
     assert viewer.get("/api/v1/dashboard/studies/999/charts/lr").status_code == 404
 
 
-def test_optimizer_comparison_has_a_box_and_a_best_star_per_optimizer(viewer, study_id) -> None:
-    data = chart(viewer, study_id, "optimizers")["figure"]["data"]
+def _optuna_values(ctx, name: str) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Each optimizer's objective values, read through Optuna (not the dashboard)."""
+    study = optuna.load_study(study_name=name, storage=ctx.store.storage)
+    out: dict[str, list[float]] = {}
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        out.setdefault(t.params["optimizer"], []).append(t.value)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _assert_box_statistics(box: dict, expected: np.ndarray) -> np.ndarray:
+    """The box's precomputed statistics are numpy's over Optuna's values (Plotly's
+    quartile method, 'linear', is numpy's 'hazen'); returns the points outside the
+    whiskers."""
+    q1, median, q3 = np.percentile(expected, [25, 50, 75], method="hazen")
+    reach = 1.5 * (q3 - q1)
+    inside = expected[(expected >= q1 - reach) & (expected <= q3 + reach)]
+    assert box["q1"] == [pytest.approx(q1)] and box["q3"] == [pytest.approx(q3)]
+    assert box["median"] == [pytest.approx(median)]
+    assert box["lowerfence"] == [pytest.approx(inside.min())]
+    assert box["upperfence"] == [pytest.approx(inside.max())]
+    return np.sort(expected[(expected < q1 - reach) | (expected > q3 + reach)])
+
+
+def test_optimizer_comparison_has_a_box_and_a_best_star_per_optimizer(
+    viewer, ctx, study_id
+) -> None:
+    body = chart(viewer, study_id, "optimizers")
+    data = body["figure"]["data"]
     boxes = [t for t in data if t["type"] == "box"]
     stars = [t for t in data if t["type"] == "scatter"]
     assert {b["name"] for b in boxes} == OPTIMIZERS
     assert len(stars) == len(boxes)
+    expected = _optuna_values(ctx, "mnist-demo")
     for box, star in zip(boxes, stars, strict=True):
-        assert star["x"] == [box["name"]]
+        assert star["x"] == [box["name"]] == box["x"]
         assert star["marker"]["symbol"] == "star"
-        assert star["y"][0] == pytest.approx(max(values(box["y"])))  # the study maximizes
-        assert len(values(box["customdata"])) == len(values(box["y"]))  # for click-through
+        assert star["y"][0] == pytest.approx(expected[box["name"]].max())  # the study maximizes
+        _assert_box_statistics(box, expected[box["name"]])
+        # a small study: every trial is a point, with its number for click-through
+        [points], [numbers] = box["y"], box["customdata"]
+        assert sorted(points) == pytest.approx(sorted(expected[box["name"]]))
+        assert len(numbers) == len(points) and len(box["text"][0]) == len(points)
+    assert body["note"] is None
+
+
+def test_big_box_charts_send_statistics_and_outliers_only(viewer, ctx, monkeypatch) -> None:
+    from service.dashboard import charts_params
+
+    monkeypatch.setattr(charts_params, "BOX_POINTS_LIMIT", 10)  # 120 trials count as big
+    sid = seeding.seed_bulk(ctx, demo.demo_spec("many"), 120, seed=6)
+    body = chart(viewer, sid, "optimizers")
+    expected = _optuna_values(ctx, "many")
+    boxes = [t for t in body["figure"]["data"] if t["type"] == "box"]
+    assert {b["name"] for b in boxes} == set(expected)
+    for box in boxes:
+        outliers = _assert_box_statistics(box, expected[box["name"]])
+        [points], [numbers] = box.get("y", [[]]), box.get("customdata", [[]])
+        assert sorted(points) == pytest.approx(outliers.tolist())
+        assert len(numbers) == len(outliers)
+    complete = sum(len(v) for v in expected.values())
+    assert "outliers only" in body["note"] and f"{complete} trials" in body["note"]
+    assert sum(len(b.get("y", [[]])[0]) for b in boxes) < complete
+    batch = chart(viewer, sid, "batch_norm")["figure"]["data"]
+    assert all(t["boxpoints"] is False and "y" not in t for t in batch)
+
+
+def test_box_statistics_draw_a_spread_of_many_outliers(monkeypatch) -> None:
+    from service.dashboard import boxstats
+
+    monkeypatch.setattr(boxstats, "OUTLIER_LIMIT", 5)
+    values = np.concatenate([np.full(100, 0.9), np.linspace(0.0, 0.5, 20), [2.0]])
+    stats = boxstats.box_stats(values)
+    assert stats.q1 == stats.median == stats.q3 == 0.9 and stats.outliers == 21
+    drawn = np.sort(values[stats.points])
+    assert len(drawn) == 5 and drawn[0] == 0.0 and drawn[-1] == 2.0  # extremes kept
+    note = boxstats.points_note(121, [stats], all_points=False)
+    assert note is not None and "5 of 21 outliers" in note
 
 
 def test_learning_rate_chart_is_log_x_and_coloured_by_optimizer(viewer, study_id) -> None:
