@@ -18,6 +18,11 @@ branch_labels = None
 depends_on = None
 
 
+def _utc(name: str, *, nullable: bool = False) -> sa.Column:  # type: ignore[type-arg]
+    """A timestamp column of this revision: UTC, with time zone (required by default)."""
+    return sa.Column(name, service.storage.models.UTCDateTime(timezone=True), nullable=nullable)
+
+
 def upgrade() -> None:
     op.create_table(
         "hpo_studies",
@@ -27,8 +32,8 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("seed", sa.BigInteger(), nullable=False),
         sa.Column("lease_seq", sa.BigInteger(), nullable=False),
-        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        _utc("created_at"),
+        _utc("updated_at"),
         sa.PrimaryKeyConstraint("study_id"),
         sa.UniqueConstraint("name"),
     )
@@ -38,8 +43,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("revoked_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
+        _utc("created_at"),
+        _utc("revoked_at", nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
@@ -50,12 +55,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=True),
         sa.Column("devices", sa.JSON(), nullable=False),
         sa.Column("version", sa.String(length=64), nullable=False),
-        sa.Column(
-            "registered_at", service.storage.models.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "last_seen_at", service.storage.models.UTCDateTime(timezone=True), nullable=False
-        ),
+        _utc("registered_at"),
+        _utc("last_seen_at"),
         sa.Column("current_trial_id", sa.Integer(), nullable=True),
         sa.Column("current_study", sa.String(length=512), nullable=True),
         sa.PrimaryKeyConstraint("worker_id"),
@@ -69,7 +70,7 @@ def upgrade() -> None:
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("metrics", sa.JSON(), nullable=False),
-        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
+        _utc("created_at"),
         sa.ForeignKeyConstraint(["study_id"], ["hpo_studies.study_id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("optuna_trial_id", "step", name="uq_hpo_metric_step"),
@@ -93,17 +94,15 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("lease_id", sa.String(length=36), nullable=True),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
-        sa.Column(
-            "lease_expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=True
-        ),
+        _utc("lease_expires_at", nullable=True),
         sa.Column("final_state", sa.String(length=16), nullable=True),
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("fail_reason", sa.Text(), nullable=True),
         sa.Column("diagnosis", sa.String(length=200), nullable=True),
         sa.Column("last_step", sa.Integer(), nullable=True),
-        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
+        _utc("created_at"),
+        _utc("updated_at"),
+        _utc("finished_at", nullable=True),
         sa.ForeignKeyConstraint(["study_id"], ["hpo_studies.study_id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("optuna_trial_id"),
@@ -120,9 +119,9 @@ def upgrade() -> None:
         sa.Column("worker_id", sa.String(length=64), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("created_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", service.storage.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", service.storage.models.UTCDateTime(timezone=True), nullable=True),
+        _utc("created_at"),
+        _utc("expires_at"),
+        _utc("ended_at", nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.ForeignKeyConstraint(["trial_row_id"], ["hpo_trials.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("lease_id"),
