@@ -128,7 +128,7 @@ def _default_grace() -> str:
 # -- with a fake srun ------------------------------------------------------------------------
 
 
-def _run_fake(fakes: dict[str, Path], **env: str) -> subprocess.CompletedProcess[str]:
+def _run_fake(fakes: dict[str, Path], **env: str | None) -> subprocess.CompletedProcess[str]:
     _write_exe(fakes["bin"] / "srun", FAKE_SRUN)
     base = {
         "PATH": f"{fakes['bin']}{os.pathsep}{os.environ['PATH']}",
@@ -150,8 +150,17 @@ def _run_fake(fakes: dict[str, Path], **env: str) -> subprocess.CompletedProcess
     )
 
 
+def _run_on_gpus(
+    fakes: dict[str, Path], gpus: int, **env: str | None
+) -> subprocess.CompletedProcess[str]:
+    """:func:`_run_fake` on a node where Slurm gave the job ``gpus`` GPUs
+    (``SLURM_GPUS_ON_NODE``, and ``CUDA_VISIBLE_DEVICES`` 0 to ``gpus - 1``)."""
+    devices = ",".join(str(i) for i in range(gpus))
+    return _run_fake(fakes, SLURM_GPUS_ON_NODE=str(gpus), CUDA_VISIBLE_DEVICES=devices, **env)
+
+
 def test_one_worker_per_gpu_each_pinned_to_its_own(fakes: dict[str, Path]) -> None:
-    result = _run_fake(fakes, SLURM_GPUS_ON_NODE="4", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    result = _run_on_gpus(fakes, 4)
     assert result.returncode == 0, result.stderr
     srun = json.loads((fakes["records"] / "srun.json").read_text())
     assert srun["opts"]["gpus-per-task"] == "1"
@@ -201,9 +210,7 @@ def test_gpu_ids_come_from_the_allocation(fakes: dict[str, Path]) -> None:
 
 
 def test_a_failing_worker_fails_the_job_and_the_others_run_on(fakes: dict[str, Path]) -> None:
-    result = _run_fake(
-        fakes, SLURM_GPUS_ON_NODE="4", CUDA_VISIBLE_DEVICES="0,1,2,3", HPO_FAKE_FAIL_TASK="2"
-    )
+    result = _run_on_gpus(fakes, 4, HPO_FAKE_FAIL_TASK="2")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "exit status 3" in result.stdout
     assert len(_records(fakes["records"])) == 4
@@ -212,10 +219,9 @@ def test_a_failing_worker_fails_the_job_and_the_others_run_on(fakes: dict[str, P
 def test_options_reach_every_worker(fakes: dict[str, Path]) -> None:
     token_file = fakes["tmp"] / "token"
     token_file.write_text("from-file-token\n")
-    result = _run_fake(
+    result = _run_on_gpus(
         fakes,
-        SLURM_GPUS_ON_NODE="2",
-        CUDA_VISIBLE_DEVICES="0,1",
+        2,
         HPO_TOKEN=None,
         HPO_WORKER_TOKEN_FILE=str(token_file),
         HPO_IDLE_EXIT="30",
@@ -239,10 +245,9 @@ def test_options_reach_every_worker(fakes: dict[str, Path]) -> None:
 
 
 def test_every_worker_flag_exists_in_the_cli(fakes: dict[str, Path]) -> None:
-    result = _run_fake(
+    result = _run_on_gpus(
         fakes,
-        SLURM_GPUS_ON_NODE="1",
-        CUDA_VISIBLE_DEVICES="0",
+        1,
         HPO_STUDIES="s",
         HPO_DATA_DIR="/data",
         HPO_LOG_DIR=str(fakes["logs"]),
