@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +93,7 @@ def active_workers(session: Session) -> dict[int, list[str]]:
         .distinct()
         .order_by(TrialRecord.worker_id)
     )
-    out: dict[int, list[str]] = {}
-    for sid, worker in session.execute(stmt):
-        out.setdefault(sid, []).append(worker)
-    return out
+    return grouped(session.execute(stmt))
 
 
 def epochs_done(session: Session, trial_ids: list[int]) -> dict[int, int]:
@@ -180,11 +178,19 @@ def leases_by_worker(session: Session) -> dict[str, list[int]]:
     training a fused pack holds several, one otherwise)."""
     stmt = (
         select(TrialRecord.worker_id, TrialRecord.optuna_trial_id)
-        .where(TrialRecord.state == TrialState.LEASED, TrialRecord.worker_id.is_not(None))
+        .where(
+            TrialRecord.state == TrialState.LEASED,
+            TrialRecord.worker_id.is_not(None),
+            TrialRecord.optuna_trial_id.is_not(None),
+        )
         .order_by(TrialRecord.optuna_trial_id)
     )
-    out: dict[str, list[int]] = {}
-    for worker, trial_id in session.execute(stmt):
-        if trial_id is not None:
-            out.setdefault(worker, []).append(trial_id)
+    return grouped(session.execute(stmt))
+
+
+def grouped(rows: Iterable[Sequence[Any]]) -> dict[Any, list[Any]]:
+    """Query rows of ``(key, value)`` as key -> its values, in the rows' order."""
+    out: dict[Any, list[Any]] = {}
+    for key, value in rows:
+        out.setdefault(key, []).append(value)
     return out

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from hpo.protocol import TrialOutcome
 from hpo.schedules import AshaSchedule
 from service.dashboard.frame import StudyMeta
+from service.dashboard.queries import grouped
 from service.storage.models import LeaseRecord, TrialRecord
 from service.storage.schedule_models import RungRecord
 from service.trials.states import TrialState
@@ -40,14 +41,10 @@ def _lease_starts(session: Session, study_id: int) -> dict[int, list[datetime]]:
     stmt = (
         select(TrialRecord.optuna_trial_id, LeaseRecord.created_at)
         .join(TrialRecord, TrialRecord.id == LeaseRecord.trial_row_id)
-        .where(TrialRecord.study_id == study_id)
+        .where(TrialRecord.study_id == study_id, TrialRecord.optuna_trial_id.is_not(None))
         .order_by(LeaseRecord.created_at)
     )
-    out: dict[int, list[datetime]] = {}
-    for tid, at in session.execute(stmt):
-        if tid is not None:
-            out.setdefault(tid, []).append(at)
-    return out
+    return grouped(session.execute(stmt))
 
 
 def rungs(
