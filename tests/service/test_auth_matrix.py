@@ -23,20 +23,19 @@ MUTATING = {"POST", "DELETE", "PATCH", "PUT"}
 PUBLIC_MUTATIONS = {("POST", "/dashboard/login"), ("POST", "/dashboard/logout")}
 WORKER = ("worker",)
 ADMIN: tuple[str, ...] = ()
+#: What a worker does with its lease, each a POST to ``/leases/{lease_id}/ACTION``.
+LEASE_ACTIONS = ("heartbeat", "report", "complete", "fail")
+#: A study's state changes, each a POST to ``/studies/{study}/ACTION``.
+STUDY_ACTIONS = ("pause", "resume", "stop")
 #: Roles (besides admin) allowed on each route we pin.
 PINNED: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", f"{API}/trials/lease"): WORKER,
-    ("POST", f"{API}/leases/{{lease_id}}/heartbeat"): WORKER,
-    ("POST", f"{API}/leases/{{lease_id}}/report"): WORKER,
-    ("POST", f"{API}/leases/{{lease_id}}/complete"): WORKER,
-    ("POST", f"{API}/leases/{{lease_id}}/fail"): WORKER,
+    **{("POST", f"{API}/leases/{{lease_id}}/{action}"): WORKER for action in LEASE_ACTIONS},
     ("POST", f"{API}/workers/register"): WORKER,
     ("GET", f"{API}/workers"): ("viewer", "worker"),
     ("GET", f"{API}/workers/{{worker_id}}"): ("viewer", "worker"),
     ("POST", f"{API}/studies"): ADMIN,
-    ("POST", f"{API}/studies/{{study}}/pause"): ADMIN,
-    ("POST", f"{API}/studies/{{study}}/resume"): ADMIN,
-    ("POST", f"{API}/studies/{{study}}/stop"): ADMIN,
+    **{("POST", f"{API}/studies/{{study}}/{action}"): ADMIN for action in STUDY_ACTIONS},
     ("DELETE", f"{API}/studies/{{study}}"): ADMIN,
     ("POST", f"{API}/tokens"): ADMIN,
     ("DELETE", f"{API}/tokens/{{token_id}}"): ADMIN,
@@ -77,6 +76,17 @@ def endpoints(app) -> list[Endpoint]:  # type: ignore[no-untyped-def]
     return out
 
 
+def guarded_mutations(app) -> list[Endpoint]:  # type: ignore[no-untyped-def]
+    """The mutating routes that have a role dependency."""
+    return [e for e in endpoints(app) if e.method in MUTATING and e.roles is not None]
+
+
+def call(client, endpoint: Endpoint, token: str | None = None):  # type: ignore[no-untyped-def]
+    """``endpoint`` with an empty JSON body, as ``token`` (None: without a token)."""
+    headers = Tokens.header(token) if token is not None else {}
+    return client.request(endpoint.method, endpoint.url, json={}, headers=headers)
+
+
 def test_routes_were_found(app) -> None:
     found = {(e.method, e.path) for e in endpoints(app)}
     missing = set(PINNED) - found
@@ -99,17 +109,13 @@ def test_no_public_mutations(app) -> None:
 def test_mutations_need_a_token_and_the_right_role(app, client, tokens: Tokens) -> None:
     role_tokens = {"viewer": tokens.viewer, "worker": tokens.worker}
     checked = 0
-    for endpoint in endpoints(app):
-        if endpoint.method not in MUTATING or endpoint.roles is None:
-            continue
-        anonymous = client.request(endpoint.method, endpoint.url, json={})
+    for endpoint in guarded_mutations(app):
+        anonymous = call(client, endpoint)
         assert anonymous.status_code == 401, (endpoint, anonymous.text)
         for role, token in role_tokens.items():
             if role in endpoint.roles:
                 continue
-            denied = client.request(
-                endpoint.method, endpoint.url, json={}, headers=Tokens.header(token)
-            )
+            denied = call(client, endpoint, token)
             assert denied.status_code == 403, (endpoint, role, denied.text)
             assert role in denied.json()["detail"]
         checked += 1
@@ -118,15 +124,11 @@ def test_mutations_need_a_token_and_the_right_role(app, client, tokens: Tokens) 
 
 def test_allowed_roles_get_past_auth(app, client, tokens: Tokens) -> None:
     role_tokens = {"admin": tokens.admin, "worker": tokens.worker}
-    for endpoint in endpoints(app):
-        if endpoint.method not in MUTATING or endpoint.roles is None:
-            continue
+    for endpoint in guarded_mutations(app):
         for role, token in role_tokens.items():
             if role != "admin" and role not in endpoint.roles:
                 continue
-            answer = client.request(
-                endpoint.method, endpoint.url, json={}, headers=Tokens.header(token)
-            )
+            answer = call(client, endpoint, token)
             assert answer.status_code not in (401, 403), (endpoint, role, answer.text)
 
 
