@@ -39,7 +39,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, field_validator
 
 from hpo.settings import REFERENCE_WORKLOAD
 
@@ -128,6 +128,12 @@ def _check_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
         if len(json.dumps(value, allow_nan=False, default=str)) > 10_000:
             raise ValueError(f"user attribute {key!r} is larger than 10,000 characters as JSON")
     return attrs
+
+
+#: Free-form metrics of a report or a completion: names and values checked.
+Metrics = Annotated[dict[str, float | int | str | None], AfterValidator(_check_metrics)]
+#: User attributes a worker sends with a trial's end: at most 64, names and sizes checked.
+UserAttrs = Annotated[dict[str, Any], Field(max_length=64), AfterValidator(_check_attrs)]
 
 
 # --------------------------------------------------------------------------- workers
@@ -365,17 +371,18 @@ class SuggestResponse(BaseModel):
     value: Any
 
 
-Telemetry = Annotated[
-    dict[str, float],
-    Field(max_length=32, description="device utilisation and memory figures (see workers)"),
-]
-
-
-def _check_telemetry(values: dict[str, float] | None) -> dict[str, float] | None:
-    for name, value in (values or {}).items():
+def _check_telemetry(values: dict[str, float]) -> dict[str, float]:
+    for name, value in values.items():
         if len(name) > MAX_METRIC_NAME or not math.isfinite(value):
             raise ValueError(f"telemetry {name!r}: a short name and a finite number, got {value}")
     return values
+
+
+Telemetry = Annotated[
+    dict[str, float],
+    Field(max_length=32, description="device utilisation and memory figures (see workers)"),
+    AfterValidator(_check_telemetry),
+]
 
 
 class HeartbeatRequest(_Body):
@@ -384,25 +391,18 @@ class HeartbeatRequest(_Body):
     progress: float | None = Field(default=None, strict=True, ge=0.0, le=1.0)
     telemetry: Telemetry | None = None
 
-    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
-
 
 class ReportRequest(_Body):
     """One intermediate objective value (per epoch) plus free-form metrics."""
 
     step: int = Field(strict=True, ge=0, le=1_000_000)
     value: float = Field(strict=True)
-    metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
 
     @field_validator("value")
     @classmethod
     def _value_finite(cls, v: float) -> float:
         return _finite(v, "value")  # type: ignore[return-value]
-
-    @field_validator("metrics")
-    @classmethod
-    def _metrics_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_metrics(v)
 
 
 class ActionResponse(BaseModel):
@@ -427,14 +427,12 @@ class CompleteRequest(_Body):
         max_length=8,
         description="every objective's value (multi-objective studies); value is values[0]",
     )
-    metrics: dict[str, float | int | str | None] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     diagnosis: str | None = Field(default=None, max_length=200, description="e.g. diverged")
-    user_attrs: dict[str, Any] = Field(
-        default_factory=dict, max_length=64, description="stored as the trial's user attributes"
+    user_attrs: UserAttrs = Field(
+        default_factory=dict, description="stored as the trial's user attributes"
     )
     telemetry: Telemetry | None = Field(default=None, description="utilisation over the trial")
-
-    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
 
     @field_validator("value")
     @classmethod
@@ -447,16 +445,6 @@ class CompleteRequest(_Body):
         for i, value in enumerate(v or []):
             _finite(value, f"values[{i}]")
         return v
-
-    @field_validator("user_attrs")
-    @classmethod
-    def _attrs_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_attrs(v)
-
-    @field_validator("metrics")
-    @classmethod
-    def _metrics_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_metrics(v)
 
 
 class FailRequest(_Body):
@@ -475,15 +463,8 @@ class FailRequest(_Body):
         "counted as a retry",
     )
     diagnosis: str | None = Field(default=None, max_length=200)
-    user_attrs: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    user_attrs: UserAttrs = Field(default_factory=dict)
     telemetry: Telemetry | None = None
-
-    _telemetry_ok = field_validator("telemetry")(lambda cls, v: _check_telemetry(v))
-
-    @field_validator("user_attrs")
-    @classmethod
-    def _attrs_ok(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_attrs(v)
 
 
 class FinishResponse(BaseModel):
