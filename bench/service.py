@@ -377,6 +377,27 @@ def _partial(result: dict, system: str) -> None:
     )
 
 
+def wait_drawn(url: str, timeout_s: float = 60.0) -> None:
+    """Wait until no proposal is being drawn (the seeding's trial numbers must not race
+    with the refill's new trials)."""
+    from sqlalchemy import create_engine, func, select
+
+    from service.storage.pool_models import ProposalRecord
+
+    engine = create_engine(url)
+    query = select(func.count()).where(ProposalRecord.state == "drawing")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            with engine.connect() as conn:
+                if not conn.scalar(query):
+                    return
+    finally:
+        engine.dispose()
+    raise RuntimeError(f"proposals still drawing after {timeout_s:g} s")
+
+
 def cell(
     db: str, sampler: str, t_before: int, workers: int, a: argparse.Namespace, tmp: Path
 ) -> dict:
@@ -400,7 +421,7 @@ def cell(
                     server.create_study(f"svc{name}", sampler)
                     server.set_state(f"svc{name}", "pause")
                     if a.pool:  # proposals reserved before the pause are still drawn
-                        time.sleep(2.0)
+                        wait_drawn(url)
                     result["seed_s"] += seed(url, f"svc{name}", t_before)
                     server.set_state(f"svc{name}", "resume")
                 result["first_lease_s"] = max(server.warm_up(f"svc{n}") for n in names)

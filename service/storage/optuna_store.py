@@ -99,6 +99,18 @@ class CachedStudy:
             if self.view is not None:
                 self.view.sampled(self.study._study_id, trial_id)
 
+    @contextlib.contextmanager
+    def batch(self, size: int) -> Iterator[None]:
+        """In this thread, the next ``size`` draws are one sampler batch: TPE fits its
+        densities once for them and the trials are refreshed once (the pool refill).
+        Other samplers, and a batch of one, draw each trial on its own, as before."""
+        if size <= 1 or not isinstance(self.study.sampler, BatchTPESampler):
+            yield
+            return
+        refresh = self.view.one_refresh() if self.view else contextlib.nullcontext()
+        with self.study.sampler.batch(size), refresh:
+            yield
+
     def suggest(self, trial_id: int, name: str, param: Param) -> Any:
         """Define-by-run: sample parameter ``name`` on trial ``trial_id`` with the study's
         sampler (a parameter the trial already has keeps its recorded value).

@@ -56,12 +56,26 @@ class TrialView(_CachedStorage):
         if study_id is not None:
             self._remember(study_id, trial_id)
         self._local.trial_id = trial_id
-        self._local.synced = False
+        self._local.synced = getattr(self._local, "batch_synced", False)
         try:
             yield
         finally:
             self._local.trial_id = None
             self._local.synced = False
+
+    @contextlib.contextmanager
+    def one_refresh(self) -> Iterator[None]:
+        """While this thread draws one sampler batch (one fit for all its trials, see
+        :mod:`service.storage.batch_tpe`): the study's trials are refreshed for the
+        batch's first trial only; the next ones would re-read the batch's own new
+        trials, which their draws, made by that one fit, do not look at."""
+        self._local.batch_synced = False
+        self._local.in_batch = True
+        try:
+            yield
+        finally:
+            self._local.in_batch = False
+            self._local.batch_synced = False
 
     def _remember(self, study_id: int, trial_id: int) -> None:
         with self._lock:
@@ -206,6 +220,8 @@ class TrialView(_CachedStorage):
             if self._local.synced:
                 return
             self._local.synced = True
+            if getattr(self._local, "in_batch", False):
+                self._local.batch_synced = True
         with self._lock:
             loaded = study_id in self._loaded
         if not loaded:

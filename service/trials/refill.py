@@ -36,7 +36,6 @@ from starlette.concurrency import run_in_threadpool
 from hpo.schemas import StudyState
 from service.core.context import AppContext
 from service.core.db import utcnow
-from service.storage.batch_tpe import sampler_batch
 from service.storage.models import StudyRecord
 from service.storage.pool_models import ProposalRecord
 from service.storage.samplers import suggest_params
@@ -54,7 +53,7 @@ log = logging.getLogger("hpo.pool")
 
 #: proposals one refill pass reserves per study: one TPE fit for all of them (a
 #: bigger batch fits less often; a smaller one lets replicas interleave)
-CHUNK = 8
+CHUNK = 16
 #: seconds between sweeps (stale, stopped, orphaned drawing rows)
 SWEEP_EVERY_S = 1.0
 
@@ -125,7 +124,7 @@ def refill_study(ctx: AppContext, study_id: int) -> int:
     if reserved is None:
         return 0
     study, ids = reserved
-    with sampler_batch(cached_study(ctx, study).study.sampler, len(ids)):
+    with cached_study(ctx, study).batch(len(ids)):
         return sum(draw(ctx, study, pid) for pid in ids)
 
 

@@ -110,10 +110,19 @@ def test_batched_search_is_as_good_as_one_at_a_time() -> None:
     assert batched <= one + 0.3, (batched, one)  # and the batch no worse (within 2x)
 
 
-def test_the_refill_draws_a_pass_with_one_fit(tmp_path: Path, fits) -> None:
+def test_the_refill_draws_a_pass_with_one_fit_and_one_refresh(
+    tmp_path: Path, fits, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastapi.testclient import TestClient
 
+    from service.storage.trial_view import TrialView
     from tests.conftest import mint_tokens
+
+    refreshes: list[int] = []
+    original = TrialView._refresh
+    monkeypatch.setattr(
+        TrialView, "_refresh", lambda view, sid: refreshes.append(sid) or original(view, sid)
+    )
 
     app = pooled_app(f"sqlite:///{tmp_path / 'hpo.db'}", tmp_path, proposal_pool=8)
     with TestClient(app) as client:
@@ -130,11 +139,14 @@ def test_the_refill_draws_a_pass_with_one_fit(tmp_path: Path, fits) -> None:
             history.add_trial(
                 optuna.trial.create_trial(params=params, distributions=space, value=value)
             )
+        ctx.store.view.get_all_trials(history._study_id)  # the first, full read
         fits.clear()
+        refreshes.clear()
         assert fill(ctx) == 8
         drawn = [p.params for p in proposals(ctx)]
     app.state.ctx.close()
     assert len(fits) <= 2  # the joint fit, and momentum's (when a draw needs it): not 8
+    assert len(refreshes) == 1  # the batch's trials are read once, not once per draw
     assert len({p["lr"] for p in drawn}) == 8
     assert all(1e-4 <= p["lr"] <= 1.0 for p in drawn)
     assert all(("momentum" in p) == (p["optimizer"] in ("momentum", "nesterov")) for p in drawn)
