@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,7 +77,14 @@ def _migrate(url: str, tmp_path: Path) -> None:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, made once per test process: tests start from a copy."""
     folder = tmp_path_factory.mktemp("template")
-    _migrate(f"sqlite:///{folder / 'hpo.db'}", folder)
+    _migrate(f"sqlite:///{folder / 'build.db'}", folder)
+    # The backup API copies the whole database, write-ahead log included, even
+    # while a connection the app left to the garbage collector still holds it.
+    source, template = sqlite3.connect(folder / "build.db"), sqlite3.connect(folder / "hpo.db")
+    with template:
+        source.backup(template)
+    source.close()
+    template.close()
     assert not (folder / "hpo.db-wal").exists()  # all of it is in the one file
     return folder / "hpo.db"
 
