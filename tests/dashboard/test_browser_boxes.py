@@ -1,11 +1,14 @@
 """Box charts drawn from the server's statistics (``service/dashboard/boxstats.py``), in
 headless Chromium against a real uvicorn server: Plotly draws the quartiles and whiskers
 it is given, the points it is sent (every trial of a small study, the outliers only of a
-big one, as the chart says), and a click on a point opens its trial."""
+big one, as the chart says), and a click on a point opens its trial; and the study
+page's charts draw one at a time, the first one done before the next starts (so that it
+shows first, issue 26's first-visit target)."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
@@ -26,9 +29,24 @@ DRAWN_BOXES = """(id) => {
 }"""
 
 
+#: Wraps each Plotly's react to log [chart, started, resolved] (ms from navigation).
+REACT_LOG = """window.__reacts = []; let kept;
+Object.defineProperty(window, "Plotly", { configurable: true, get() { return kept; }, set(v) {
+  if (v && v.react && !v.__logged) {
+    const react = v.react; v.__logged = true;
+    v.react = function (gd, ...rest) {
+      const entry = [gd.closest("[data-chart]").dataset.chart, performance.now(), null];
+      window.__reacts.push(entry);
+      return Promise.resolve(react.call(this, gd, ...rest)).then((r) => {
+        entry[2] = performance.now(); return r; });
+    };
+  }
+  kept = v; } });"""
+
+
 def _drawn(tab: Any, server: LiveServer, study_id: int) -> list[dict[str, Any]]:
     tab.goto(f"{server.base}/dashboard/studies/{study_id}")
-    tab.wait_for_selector("[data-chart=optimizers] .main-svg")
+    tab.wait_for_selector("[data-chart=optimizers] .plot[data-plotted]")  # react resolved
     return tab.evaluate(DRAWN_BOXES, "optimizers")  # type: ignore[no-any-return]
 
 
@@ -87,4 +105,26 @@ def test_a_big_study_draws_the_outliers_only_and_says_so(
     assert sum(len(b["points"]) for b in drawn) < 100
     shown = tab.locator("[data-chart=optimizers] .note").inner_text()
     assert shown == note and "points drawn for outliers only" in shown
+    assert page.errors == [] and page.dialogs == []
+
+
+def test_study_charts_draw_in_turn_the_first_one_first(
+    page: Watched, live_server: LiveServer
+) -> None:
+    tab = page.page
+    tab.add_init_script(REACT_LOG)
+
+    def late(route: Any) -> None:  # every prefetched figure is there when plotly.js runs
+        time.sleep(1.5)
+        route.continue_()
+
+    tab.route("**/plotly-cartesian.min.js*", late)
+    tab.goto(f"{live_server.base}/dashboard/studies/{live_server.study_id}")
+    tab.wait_for_function("() => window.__reacts && window.__reacts.length >= 3")
+    tab.wait_for_function("() => window.__reacts.every((r) => r[2] !== null)")
+    reacts = tab.evaluate("() => window.__reacts")
+    first = tab.evaluate("() => performance.getEntriesByName('hpo:first-chart')[0].startTime")
+    assert reacts[0][0] == "optimizers" and first == pytest.approx(reacts[0][2], abs=5)
+    for before, after in zip(reacts, reacts[1:], strict=False):
+        assert after[1] >= before[2], (before, after)  # started once the one before was done
     assert page.errors == [] and page.dialogs == []

@@ -41,6 +41,21 @@
   const plotlyOf = (section) => plotlyFor(section.dataset.bundle);
   let firstChartMarked = false;
 
+  // Charts draw one at a time, each painted before the next starts: Plotly.react's
+  // promise resolves only after the work queued behind it, so charts whose figures
+  // arrived together (when plotly.js has just loaded) would otherwise all draw before
+  // the first one shows. (A hidden tab gets no animation frames: a timeout stands in.)
+  let drawing = Promise.resolve();
+  const painted = () => new Promise((resolve) => {
+    const done = () => window.setTimeout(resolve, 0);
+    if (document.hidden) done(); else { window.requestAnimationFrame(done); window.setTimeout(done, 100); }
+  });
+  function inTurn(draw) {
+    const turn = drawing.then(draw);
+    drawing = turn.then(painted, painted);
+    return turn;
+  }
+
   // Chart requests go out one at a time until the first answer, then two at a
   // time: the server's CPU goes to the chart on top of the page first.
   class Loader {
@@ -153,7 +168,7 @@
     plot.removeAttribute("aria-busy");
     if (!plot.dataset.plotted) plot.replaceChildren();
     const layout = Object.assign({ autosize: true }, data.figure.layout);
-    await Plotly.react(plot, data.figure.data, layout, PLOT_CONFIG).then(() => {
+    await inTurn(() => Plotly.react(plot, data.figure.data, layout, PLOT_CONFIG)).then(() => {
       if (!firstChartMarked) { firstChartMarked = true; performance.mark("hpo:first-chart"); }
       if (plot.dataset.plotted || studyId === undefined) { plot.dataset.plotted = "1"; return; }
       plot.dataset.plotted = "1";
