@@ -44,7 +44,7 @@ class BoxStats:
         return len(self.points) < self.outliers
 
 
-def box_stats(values: Sequence[float] | np.ndarray, all_points: bool = False) -> BoxStats:
+def box_stats(values: Sequence[float | None] | np.ndarray, all_points: bool = False) -> BoxStats:
     """Statistics of one non-empty group of finite values; ``points`` are every value's
     index when ``all_points``, else the outliers' (at most :data:`OUTLIER_LIMIT`)."""
     data = np.asarray(values, dtype=float)
@@ -83,7 +83,7 @@ def box_fields(stats: Sequence[BoxStats]) -> dict[str, list[float]]:
 
 
 def point_box(
-    values: Sequence[float],
+    values: Sequence[float | None],
     numbers: Sequence[int],
     text: Callable[[int], str],
     all_points: bool,
@@ -115,7 +115,7 @@ def _row(texts: list[str]) -> np.ndarray:
     return out
 
 
-def grouped_box(groups: Mapping[str, Sequence[float]], **trace: Any) -> go.Box:
+def grouped_box(groups: Mapping[str, Sequence[float | None]], **trace: Any) -> go.Box:
     """One trace of boxes without points, one box per group at the group's category."""
     stats = [box_stats(values) for values in groups.values()]
     return go.Box(x=list(groups), **box_fields(stats), boxpoints=False, **trace)
