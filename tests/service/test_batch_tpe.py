@@ -80,8 +80,10 @@ def test_outside_a_batch_it_is_optunas_tpe() -> None:
         assert ours.ask(SPACE).params == theirs.ask(SPACE).params
     with sampler_batch(ours.sampler, 1):  # a batch of one is no batch
         assert ours.ask(SPACE).params == theirs.ask(SPACE).params
-    with sampler_batch(optuna.samplers.RandomSampler(seed=0), 8):  # not TPE: a no-op
-        pass
+    ours_random = seeded(optuna.samplers.RandomSampler(seed=0))
+    theirs_random = seeded(optuna.samplers.RandomSampler(seed=0))
+    with sampler_batch(ours_random.sampler, 8):  # not TPE: a no-op, draws unchanged
+        assert ours_random.ask(SPACE).params == theirs_random.ask(SPACE).params
 
 
 def _bowl(params: dict[str, float]) -> float:
